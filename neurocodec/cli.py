@@ -1,0 +1,83 @@
+"""The `neurocodec` command: `info`, `verify`, `plugins` (and `convert`, see neurocodec.convert)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from neurocodec import __version__
+from neurocodec.errors import NeurocodecError
+
+
+def _info(args: argparse.Namespace) -> int:
+    from neurocodec.info import ShardedDatasetInfo
+
+    ShardedDatasetInfo(args.path).print_summary()
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from neurocodec.format.reader import Dataset
+
+    with Dataset(args.path) as ds:
+        count = ds.verify_all()
+        print(f"ok: {count} samples in {len(ds.shards)} shards match {args.path}/dataset_metadata.json")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from neurocodec.plugins import DISABLE_ENV, disabled_from_env, load_registry
+
+    registry = load_registry()
+    for p in registry.plugins():
+        print(f"{p.name:<12} {p.distribution} {p.version}  ({p.module})")
+        mods = registry.modality_names(p.name)
+        codecs = registry.codec_ids(p.name)
+        if mods:
+            print(f"    modalities: {', '.join(mods)}")
+        if codecs:
+            print(f"    codecs:     {', '.join(codecs)}")
+    disabled = disabled_from_env()
+    if disabled:
+        print(f"disabled by {DISABLE_ENV}: {', '.join(sorted(disabled))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `neurocodec` command."""
+    parser = argparse.ArgumentParser(prog="neurocodec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"neurocodec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="summarise a dataset from its manifest")
+    p.add_argument("path")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("verify", help="re-read every shard and check it against the manifest")
+    p.add_argument("path")
+    p.set_defaults(func=_verify)
+    p = sub.add_parser("plugins", help="list installed plugins and what each provides")
+    p.set_defaults(func=_plugins)
+    try:
+        from neurocodec.convert import add_convert_parser
+    except ImportError:
+        pass
+    else:
+        add_convert_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run one subcommand; errors print one line and exit non-zero."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NeurocodecError as exc:
+        print(f"neurocodec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"neurocodec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Codecs: how one field's value becomes the bytes of a tar member, and back.
+
+A codec is keyed by a `codec_id` that the writer stores, with the codec's config, in the
+manifest (as numcodecs does), so a reader always knows how a field was encoded and can say which
+plugin to install when it does not have the codec. Codecs never pickle.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from neurocodec import npy
+from neurocodec.format.manifest import FieldSpec
+
+
+class CodecError(ValueError):
+    """A value cannot be encoded, or bytes do not decode to a value of the field's declared form."""
+
+
+class Codec(abc.ABC):
+    """Serialises the values of one field.
+
+    Subclasses set `codec_id` (stored in the manifest), `kind` ("array", "json", "text" or
+    "bytes") and `extension` (the member's extension, e.g. "npy"), and implement `encode` and
+    `decode`. Parameters go in `get_config()` / `from_config()`, which must round-trip.
+    """
+
+    codec_id: ClassVar[str]
+    kind: ClassVar[str]
+    extension: ClassVar[str]
+
+    def get_config(self) -> dict[str, Any]:
+        """The codec's id and parameters, stored in the manifest."""
+        return {"id": self.codec_id}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Codec":
+        """Build the codec from a config returned by `get_config()`."""
+        params = {k: v for k, v in config.items() if k != "id"}
+        try:
+            return cls(**params)
+        except TypeError as exc:
+            raise CodecError(f"codec {cls.codec_id!r} does not take config {dict(config)}: {exc}") from None
+
+    @abc.abstractmethod
+    def encode(self, value: Any) -> bytes:
+        """Serialise one prepared value."""
+
+    @abc.abstractmethod
+    def decode(self, data: bytes | memoryview, field: FieldSpec) -> Any:
+        """Deserialise one value, checking it against `field` (dtype, shape) as the manifest says.
+
+        Must raise (any exception; the reader wraps it with the shard and member) rather than
+        return a value that does not match the field.
+        """
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.get_config(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.get_config()})"
+
+
+def check_array(array: np.ndarray, field: FieldSpec) -> np.ndarray:
+    """Raise CodecError unless `array` has the field's dtype and fits its shape."""
+    if field.dtype is not None and array.dtype != np.dtype(field.dtype):
+        raise CodecError(f"array has dtype {array.dtype}, the manifest declares {field.dtype}")
+    if field.shape is not None:
+        if array.ndim != len(field.shape) or any(
+            want is not None and got != want for got, want in zip(array.shape, field.shape)
+        ):
+            raise CodecError(f"array has shape {array.shape}, the manifest declares {field.shape}")
+    return array
+
+
+class NpyCodec(Codec):
+    """Numeric arrays as standard `.npy` members (bool, integer, float and complex dtypes).
+
+    With `pack_integers=True`, integer arrays are stored in the smallest integer dtype that
+    holds their values (spike counts mostly fit in uint8) and restored to the field's dtype on
+    decode, bit-exactly. Decoding does not copy unless a packed dtype must be widened.
+    """
+
+    codec_id = "npy"
+    kind = "array"
+    extension = "npy"
+
+    def __init__(self, pack_integers: bool = False) -> None:
+        self.pack_integers = bool(pack_integers)
+
+    def get_config(self) -> dict[str, Any]:
+        """Id and the packing switch."""
+        return {"id": self.codec_id, "pack_integers": self.pack_integers}
+
+    def encode(self, value: np.ndarray) -> bytes:
+        """Serialise, packing integers when configured."""
+        if self.pack_integers and value.dtype.kind in "iu":
+            value = value.astype(smallest_integer_dtype(value), copy=False)
+        return npy.encode(value)
+
+    def decode(self, data: bytes | memoryview, field: FieldSpec) -> np.ndarray:
+        """Parse the `.npy` payload and check it against the field."""
+        array = npy.decode(data)
+        if self.pack_integers and field.dtype is not None:
+            want = np.dtype(field.dtype)
+            if want.kind in "iu" and array.dtype != want:
+                if array.dtype.kind not in "iu" or not np.can_cast(array.dtype, want):
+                    raise CodecError(f"packed dtype {array.dtype} cannot widen to {want}")
+                array = array.astype(want)
+        return check_array(array, field)
+
+
+def smallest_integer_dtype(array: np.ndarray) -> np.dtype:
+    """The smallest integer dtype (unsigned when possible) that holds every value of `array`."""
+    if array.size == 0:
+        return array.dtype
+    lo, hi = int(array.min()), int(array.max())
+    candidates = ("u1", "u2", "u4", "u8") if lo >= 0 else ("i1", "i2", "i4", "i8")
+    for name in candidates:
+        info = np.iinfo(name)
+        # Only dtypes that widen back to the original safely, so decode restores it exactly.
+        if info.min <= lo and hi <= info.max and np.can_cast(name, array.dtype):
+            return np.dtype(name).newbyteorder("<")
+    return array.dtype
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class JsonCodec(Codec):
+    """JSON values (dicts, lists, str, numbers, bools, None; numpy scalars become numbers)."""
+
+    codec_id = "json"
+    kind = "json"
+    extension = "json"
+
+    def encode(self, value: Any) -> bytes:
+        """Serialise with sorted keys so equal values give equal bytes."""
+        try:
+            return json.dumps(value, sort_keys=True, default=_json_default).encode("utf8")
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"value is not JSON serialisable: {exc}") from None
+
+    def decode(self, data: bytes | memoryview, field: FieldSpec) -> Any:
+        """Parse UTF-8 JSON."""
+        return json.loads(bytes(data).decode("utf8"))
+
+
+class TextCodec(Codec):
+    """Strings as UTF-8 `.txt` members."""
+
+    codec_id = "text"
+    kind = "text"
+    extension = "txt"
+
+    def encode(self, value: str) -> bytes:
+        """UTF-8 bytes of the string."""
+        return value.encode("utf8")
+
+    def decode(self, data: bytes | memoryview, field: FieldSpec) -> str:
+        """The string back."""
+        return bytes(data).decode("utf8")
+
+
+class BytesCodec(Codec):
+    """Raw bytes as `.bin` members, stored as they are."""
+
+    codec_id = "bytes"
+    kind = "bytes"
+    extension = "bin"
+
+    def encode(self, value: bytes) -> bytes:
+        """The bytes themselves."""
+        return bytes(value)
+
+    def decode(self, data: bytes | memoryview, field: FieldSpec) -> bytes:
+        """A copy of the payload."""
+        return bytes(data)

@@ -1,0 +1,59 @@
+"""Collate rules: how a modality's decoded values become one batch.
+
+A rule takes the list of values and the field's manifest entry and returns `Collated(data,
+mask)`. Arrays of one shape are stacked into a preallocated tensor; a field whose manifest shape
+has variable axes (None), such as spikes from sessions with different unit counts, is padded
+with zeros to the longest value in the batch and gets a boolean mask of shape
+(batch, *variable axis lengths) that is True where data is real. Because whether a field is
+variable is fixed by the manifest, every batch of a dataset carries the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import attrs
+import numpy as np
+
+if TYPE_CHECKING:
+    from neurocodec.format.manifest import FieldSpec
+
+
+@attrs.frozen(slots=True)
+class Collated:
+    """A batched field: `data` (tensor or list) and, for padded fields, `mask`."""
+
+    data: Any
+    mask: Any = None
+
+
+CollateRule = Callable[[Sequence[Any], "FieldSpec"], Collated]
+"""Signature of a collate rule: (values of one field, the field) -> Collated."""
+
+
+def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
+    """Stack fixed-shape arrays; pad variable axes to the batch maximum and return a mask."""
+    import torch
+
+    arrays = [np.asarray(v) for v in values]
+    if not arrays:
+        raise ValueError(f"cannot collate an empty batch of {field.name!r}")
+    variable = [i for i, d in enumerate(field.shape or ()) if d is None]
+    first = arrays[0]
+    if not variable:
+        out = torch.empty((len(arrays), *first.shape), dtype=torch.from_numpy(first[:0].copy()).dtype)
+        np.stack(arrays, out=out.numpy())
+        return Collated(out)
+    shape = tuple(max(a.shape[i] for a in arrays) for i in range(first.ndim))
+    out = torch.zeros((len(arrays), *shape), dtype=torch.from_numpy(first[:0].copy()).dtype)
+    mask = torch.zeros((len(arrays), *(shape[i] for i in variable)), dtype=torch.bool)
+    target = out.numpy()
+    for b, a in enumerate(arrays):
+        target[(b, *map(slice, a.shape))] = a
+        mask[(b, *(slice(a.shape[i]) for i in variable))] = True
+    return Collated(out, mask)
+
+
+def collate_list(values: Sequence[Any], field: "FieldSpec") -> Collated:
+    """Keep values as a list (JSON, text, bytes and metadata)."""
+    return Collated(list(values))

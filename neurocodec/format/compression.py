@@ -1,0 +1,100 @@
+"""Per-member payload compression.
+
+Each member's payload is compressed on its own, so the per-shard index still points at any
+sample directly (a whole-file compressed tar could only be read from its start). Decompression
+is always bounded by the decoded size the index declares, so a decompression bomb costs at most
+what the manifest admits.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import zlib
+from typing import Callable
+
+import zstandard
+
+COMPRESSIONS = ("none", "zstd", "gz", "bz2", "xz")
+"""Compression names accepted by the writer, in the order of the user guide plus zstd."""
+
+SUFFIX = {"none": "", "zstd": ".zst", "gz": ".gz", "bz2": ".bz2", "xz": ".xz"}
+"""Member-name suffix each compression adds after the codec's extension."""
+
+
+class DecompressionError(ValueError):
+    """A payload does not decompress, or decompresses to more or fewer bytes than declared."""
+
+
+def check_compression(name: str) -> str:
+    """Return `name` if it is a supported compression, else raise ValueError listing them."""
+    if name not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+    return name
+
+
+def compressor(name: str, level: int | None = None) -> Callable[[bytes], bytes]:
+    """Return a function compressing one payload with `name` (deterministic output)."""
+    check_compression(name)
+    if name == "none":
+        return bytes
+    if name == "zstd":
+        cctx = zstandard.ZstdCompressor(level=3 if level is None else level, write_content_size=True)
+        return cctx.compress
+    if name == "gz":
+        lvl = 6 if level is None else level
+
+        def gz(data: bytes) -> bytes:
+            # Raw zlib-wrapped gzip with mtime 0 so output is byte-for-byte reproducible.
+            c = zlib.compressobj(lvl, zlib.DEFLATED, 31)
+            return c.compress(data) + c.flush()
+
+        return gz
+    if name == "bz2":
+        lvl = 9 if level is None else level
+        return lambda data: bz2.compress(data, lvl)
+    lvl = 6 if level is None else level
+    return lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, preset=lvl)
+
+
+def decompress(name: str, data: bytes | memoryview, expected_size: int) -> bytes | memoryview:
+    """Decompress `data` to exactly `expected_size` bytes, never producing more.
+
+    Raises DecompressionError on corrupt input, trailing garbage, or a size mismatch.
+    """
+    if name == "none":
+        if len(data) != expected_size:
+            raise DecompressionError(f"payload is {len(data)} bytes, index says {expected_size}")
+        return data
+    try:
+        if name == "zstd":
+            # Refuse a frame that declares another size before anything is allocated.
+            if zstandard.frame_content_size(data) != expected_size:
+                raise DecompressionError("zstd frame does not declare the indexed size")
+            out = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected_size, allow_extra_data=False)
+            return _check(out, expected_size)
+        if name == "gz":
+            obj = zlib.decompressobj(31)
+            out = obj.decompress(data, expected_size + 1)
+            if not obj.eof or obj.unused_data or obj.unconsumed_tail:
+                raise DecompressionError("gzip stream is truncated or has trailing data")
+            return _check(out, expected_size)
+        if name == "bz2":
+            obj = bz2.BZ2Decompressor()
+            out = obj.decompress(data, expected_size + 1)
+        else:
+            obj = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=256 << 20)
+            out = obj.decompress(data, expected_size + 1)
+        if not obj.eof or obj.unused_data:
+            raise DecompressionError(f"{name} stream is truncated or has trailing data")
+        return _check(out, expected_size)
+    except DecompressionError:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
+        raise DecompressionError(f"{name} payload does not decompress: {exc}") from None
+
+
+def _check(out: bytes, expected_size: int) -> bytes:
+    if len(out) != expected_size:
+        raise DecompressionError(f"payload decompresses to {len(out)}+ bytes, index says {expected_size}")
+    return out

@@ -1,0 +1,65 @@
+"""Names in a neurocodec dataset: shards, indexes, members, keys and fields.
+
+A dataset directory holds `shard_000000.tar`, `shard_000001.tar`, ..., each with an index
+`shard_000000.idx` beside it, and `dataset_metadata.json` (the manifest), written last.
+Inside a shard every sample is a run of consecutive members that share a key:
+`sample_000000001.spikes.npy`, `sample_000000001.behavior.npy`, `sample_000000001.metadata.json`.
+Keys are numbered from 1 across the whole dataset, as in the user guide.
+"""
+
+from __future__ import annotations
+
+import re
+
+FORMAT_NAME = "neurocodec-shards"
+FORMAT_VERSION = 1
+MANIFEST = "dataset_metadata.json"
+METADATA_FIELD = "metadata"
+KEY_DIGITS = 9
+MAX_SAMPLES = 10**KEY_DIGITS - 1
+MAX_FIELD_NAME = 48
+_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_FIELD_NAME - 1))
+_SHARD = re.compile(r"shard_[0-9]{6,}\.tar")
+
+
+def shard_name(number: int) -> str:
+    """File name of shard `number` (0-based)."""
+    return f"shard_{number:06d}.tar"
+
+
+def index_name(shard: str) -> str:
+    """File name of the index that belongs to shard file `shard`."""
+    return shard[: -len(".tar")] + ".idx"
+
+
+def is_shard_name(name: str) -> bool:
+    """True if `name` is a shard file name this format writes."""
+    return _SHARD.fullmatch(name) is not None
+
+
+def sample_key(global_index: int) -> str:
+    """Key of the sample at 0-based position `global_index` in the dataset (keys start at 1)."""
+    return f"sample_{global_index + 1:0{KEY_DIGITS}d}"
+
+
+def member_name(key: str, field: str, extension: str) -> str:
+    """Tar member name of one field of one sample: `<key>.<field>.<extension>`."""
+    return f"{key}.{field}.{extension}"
+
+
+def field_name_problem(name: object) -> str | None:
+    """Why `name` cannot be a field (modality) name, or None if it can.
+
+    Field names become the middle part of member names; a dot would make webdataset, Ray Data
+    and Hugging Face datasets split the key there and silently merge samples.
+    """
+    if not isinstance(name, str):
+        return f"field names must be str, got {type(name).__name__}"
+    if "." in name:
+        return f"field name {name!r} contains a dot; readers split member names at the first dot"
+    if name == METADATA_FIELD:
+        return f"field name {name!r} is reserved for the metadata argument of write_sample"
+    if not _FIELD.fullmatch(name):
+        return (f"field name {name!r} must start with a letter and hold only letters, digits, "
+                f"'_' or '-' (at most {MAX_FIELD_NAME} characters)")
+    return None

@@ -1,0 +1,228 @@
+"""`dataset_metadata.json`: what a dataset holds and how to read it.
+
+The manifest records the format version, every field (its modality, the codec id and config
+that encoded it, its dtype and shape, the plugin and version that supplied it), every shard
+(name, sample count, bytes, SHA-256 of the shard and of its index) and the writer's settings.
+It is written last, atomically: a directory without it is not a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import attrs
+
+from neurocodec.errors import DatasetError
+from neurocodec.format import layout
+from neurocodec.format.compression import COMPRESSIONS, SUFFIX
+
+MAX_MANIFEST_BYTES = 1 << 30
+KINDS = ("array", "json", "text", "bytes")
+
+
+@attrs.frozen(slots=True)
+class FieldSpec:
+    """One field of every sample: a modality's array, or the per-sample metadata.
+
+    `shape` lists each axis's length, None for axes whose length varies between samples;
+    `dtype` and `shape` are None for non-array kinds.
+    """
+
+    name: str
+    modality: str
+    kind: str
+    codec: Mapping[str, Any]
+    extension: str
+    plugin: str
+    plugin_version: str
+    distribution: str = ""
+    dtype: str | None = None
+    shape: tuple[int | None, ...] | None = None
+    max_raw_bytes: int = 0
+    max_stored_bytes: int = 0
+
+    @property
+    def codec_id(self) -> str:
+        """The codec id this field was encoded with."""
+        return self.codec["id"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = attrs.asdict(self, recurse=False)
+        d["codec"] = dict(self.codec)
+        d["shape"] = None if self.shape is None else list(self.shape)
+        return d
+
+
+@attrs.frozen(slots=True)
+class ShardEntry:
+    """One shard file as the manifest records it."""
+
+    name: str
+    index: str
+    samples: int
+    first_sample: int
+    bytes: int
+    sha256: str
+    index_bytes: int
+    index_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(slots=True)
+class Manifest:
+    """The whole of `dataset_metadata.json`. `fields` ends with the metadata field."""
+
+    compression: str
+    total_samples: int
+    fields: tuple[FieldSpec, ...]
+    shards: tuple[ShardEntry, ...]
+    writer: Mapping[str, Any] = attrs.field(factory=dict)
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+    created_with: Mapping[str, str] = attrs.field(factory=dict)
+    format_version: int = layout.FORMAT_VERSION
+
+    @property
+    def modalities(self) -> tuple[FieldSpec, ...]:
+        """The fields other than per-sample metadata."""
+        return tuple(f for f in self.fields if f.name != layout.METADATA_FIELD)
+
+    def member_extension(self, field: FieldSpec) -> str:
+        """The extension of `field`'s members, compression suffix included."""
+        return field.extension + SUFFIX[self.compression]
+
+    def to_json(self) -> str:
+        """Serialise deterministically (sorted keys, stable indentation)."""
+        doc = {
+            "format": layout.FORMAT_NAME,
+            "format_version": self.format_version,
+            "created_with": dict(self.created_with),
+            "compression": self.compression,
+            "total_samples": self.total_samples,
+            "total_shards": len(self.shards),
+            "fields": [f.to_dict() for f in self.fields],
+            "shards": [s.to_dict() for s in self.shards],
+            "writer": dict(self.writer),
+            "extra": dict(self.extra),
+        }
+        return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = layout.MANIFEST) -> "Manifest":
+        """Parse and strictly validate a manifest; errors name `source` and the bad entry."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise DatasetError(f"{source}: not valid JSON ({exc})") from None
+        return _parse(doc, source)
+
+
+def _need(cond: bool, source: str, what: str) -> None:
+    if not cond:
+        raise DatasetError(f"{source}: {what}")
+
+
+def _int(doc: Mapping, key: str, source: str, where: str) -> int:
+    value = doc.get(key)
+    _need(type(value) is int and value >= 0, source, f"{where}{key} must be a non-negative integer")
+    return value
+
+
+def _str(doc: Mapping, key: str, source: str, where: str) -> str:
+    value = doc.get(key)
+    _need(isinstance(value, str), source, f"{where}{key} must be a string")
+    return value
+
+
+def _parse(doc: Any, source: str) -> Manifest:
+    _need(isinstance(doc, dict), source, "the manifest must be a JSON object")
+    if doc.get("format") != layout.FORMAT_NAME:
+        raise DatasetError(
+            f"{source}: not a neurocodec manifest (format {doc.get('format')!r}); datasets "
+            "written by other tools need conversion, see docs/format.md"
+        )
+    version = doc.get("format_version")
+    _need(type(version) is int, source, "format_version must be an integer")
+    _need(version <= layout.FORMAT_VERSION, source,
+          f"format_version {version} is newer than this neurocodec reads "
+          f"({layout.FORMAT_VERSION}); upgrade neurocodec")
+    compression = doc.get("compression")
+    _need(compression in COMPRESSIONS, source, f"unknown compression {compression!r}")
+    fields_doc = doc.get("fields")
+    _need(isinstance(fields_doc, list) and fields_doc, source, "fields must be a non-empty list")
+    fields = tuple(_parse_field(f, source, f"fields[{i}].") for i, f in enumerate(fields_doc))
+    names = [f.name for f in fields]
+    _need(len(set(names)) == len(names), source, "field names repeat")
+    _need(names[-1] == layout.METADATA_FIELD and fields[-1].kind == "json", source,
+          "the last field must be the json metadata field")
+    shards_doc = doc.get("shards")
+    _need(isinstance(shards_doc, list), source, "shards must be a list")
+    shards = tuple(_parse_shard(s, source, f"shards[{i}].") for i, s in enumerate(shards_doc))
+    total = _int(doc, "total_samples", source, "")
+    expected_first = 0
+    for i, shard in enumerate(shards):
+        _need(shard.first_sample == expected_first, source,
+              f"shards[{i}].first_sample is {shard.first_sample}, expected {expected_first}")
+        expected_first += shard.samples
+    _need(expected_first == total, source,
+          f"shards hold {expected_first} samples but total_samples is {total}")
+    _need(total <= layout.MAX_SAMPLES, source, "too many samples for 9-digit keys")
+    _need(len({s.name for s in shards}) == len(shards), source, "shard names repeat")
+    for key in ("writer", "extra", "created_with"):
+        _need(isinstance(doc.get(key, {}), dict), source, f"{key} must be an object")
+    return Manifest(
+        compression=compression, total_samples=total, fields=fields, shards=shards,
+        writer=doc.get("writer", {}), extra=doc.get("extra", {}),
+        created_with=doc.get("created_with", {}), format_version=version,
+    )
+
+
+def _parse_field(doc: Any, source: str, where: str) -> FieldSpec:
+    _need(isinstance(doc, dict), source, f"{where[:-1]} must be an object")
+    name = _str(doc, "name", source, where)
+    if name != layout.METADATA_FIELD:
+        problem = layout.field_name_problem(name)
+        _need(problem is None, source, f"{where}name: {problem}")
+    kind = doc.get("kind")
+    _need(kind in KINDS, source, f"{where}kind must be one of {KINDS}")
+    codec = doc.get("codec")
+    _need(isinstance(codec, dict) and isinstance(codec.get("id"), str), source,
+          f"{where}codec must be an object with a string id")
+    extension = _str(doc, "extension", source, where)
+    _need(extension.replace(".", "").isalnum() and len(extension) <= 16, source,
+          f"{where}extension {extension!r} is not a short alphanumeric extension")
+    dtype, shape = doc.get("dtype"), doc.get("shape")
+    if kind == "array":
+        _need(isinstance(dtype, str), source, f"{where}dtype must be a string for arrays")
+        _need(isinstance(shape, list) and all(d is None or (type(d) is int and d >= 0) for d in shape),
+              source, f"{where}shape must be a list of lengths or nulls")
+        shape = tuple(shape)
+    return FieldSpec(
+        name=name, modality=_str(doc, "modality", source, where), kind=kind, codec=codec,
+        extension=extension, plugin=_str(doc, "plugin", source, where),
+        plugin_version=_str(doc, "plugin_version", source, where),
+        distribution=doc.get("distribution", "") if isinstance(doc.get("distribution", ""), str) else "",
+        dtype=dtype if kind == "array" else None, shape=shape if kind == "array" else None,
+        max_raw_bytes=_int(doc, "max_raw_bytes", source, where),
+        max_stored_bytes=_int(doc, "max_stored_bytes", source, where),
+    )
+
+
+def _parse_shard(doc: Any, source: str, where: str) -> ShardEntry:
+    _need(isinstance(doc, dict), source, f"{where[:-1]} must be an object")
+    name = _str(doc, "name", source, where)
+    _need(layout.is_shard_name(name), source, f"{where}name {name!r} is not a shard file name")
+    index = _str(doc, "index", source, where)
+    _need(index == layout.index_name(name), source, f"{where}index must be {layout.index_name(name)!r}")
+    entry = ShardEntry(
+        name=name, index=index, samples=_int(doc, "samples", source, where),
+        first_sample=_int(doc, "first_sample", source, where), bytes=_int(doc, "bytes", source, where),
+        sha256=_str(doc, "sha256", source, where), index_bytes=_int(doc, "index_bytes", source, where),
+        index_sha256=_str(doc, "index_sha256", source, where),
+    )
+    _need(entry.samples > 0, source, f"{where}samples must be positive")
+    return entry

@@ -1,0 +1,249 @@
+"""Reading datasets safely: the manifest, the per-shard index, and one sample at a time.
+
+Shards may come from anyone. Nothing here hands their bytes to `tarfile`, extracts to disk, or
+executes data. Each shard's size is checked against the manifest, its index against the
+manifest's SHA-256 and against the tar layout (every offset must follow from the sizes before
+it), every member header against the name and size the index promises, every payload against
+its CRC-32, every decompression is bounded by the declared decoded size, and every decoded
+value against the field's dtype and shape. Any failure raises `ShardError` naming the shard and
+member; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from neurocodec.errors import DatasetError, NeurocodecError, ShardError
+from neurocodec.format import index as shard_index
+from neurocodec.format import layout, tar
+from neurocodec.format.compression import decompress
+from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
+from neurocodec.plugins import default_registry
+from neurocodec.registry import Registry
+
+VERIFY_MODES = ("crc", "none")
+KEY = "__key__"
+
+
+class ShardReader:
+    """Random access to the samples of one shard through its index."""
+
+    def __init__(self, path: Path, entry: ShardEntry, dataset: "Dataset") -> None:
+        self.path = path
+        self.entry = entry
+        self.name = entry.name
+        self._dataset = dataset
+        self._verify_crc = dataset.verify == "crc"
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise ShardError(f"cannot open: {exc.strerror or exc}", shard=self.name) from None
+        if size != entry.bytes:
+            raise ShardError(f"file has {size} bytes, the manifest says {entry.bytes} "
+                             "(truncated or replaced)", shard=self.name)
+        self.rows = self._load_index(path.with_name(entry.index), size)
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._view = memoryview(self._map)
+
+    def _load_index(self, path: Path, shard_size: int) -> np.ndarray:
+        entry, fields = self.entry, self._dataset.fields
+        try:
+            with open(path, "rb") as f:
+                data = f.read(entry.index_bytes + 1)
+        except OSError as exc:
+            raise ShardError(f"cannot read index {path.name}: {exc.strerror or exc}", shard=self.name) from None
+        if len(data) != entry.index_bytes or hashlib.sha256(data).hexdigest() != entry.index_sha256:
+            raise ShardError(f"index {path.name} does not match the manifest's size and SHA-256", shard=self.name)
+        try:
+            rows = shard_index.decode(data, entry.samples, len(fields))
+        except ValueError as exc:
+            raise ShardError(f"index {path.name} is malformed: {exc}", shard=self.name) from None
+        problem = shard_index.validate(
+            rows, shard_size, np.array([f.max_raw_bytes for f in fields], dtype=np.uint64),
+            np.array([f.max_stored_bytes for f in fields], dtype=np.uint64),
+        )
+        if problem:
+            raise ShardError(f"index {path.name} is inconsistent: {problem}", shard=self.name)
+        return rows.astype(np.int64)
+
+    def __len__(self) -> int:
+        return self.entry.samples
+
+    def member_name(self, local: int, column: int) -> str:
+        """The name member `column` of sample `local` must have."""
+        field = self._dataset.fields[column]
+        key = layout.sample_key(self.entry.first_sample + local)
+        return layout.member_name(key, field.name, self._dataset.manifest.member_extension(field))
+
+    def read_payload(self, local: int, column: int) -> bytes | memoryview:
+        """The decoded (decompressed) payload bytes of one member, fully checked."""
+        offset, stored, raw, crc = (int(x) for x in self.rows[local, column])
+        name = self.member_name(local, column)
+        try:
+            header = tar.parse_header(self._view[offset - tar.BLOCK:offset])
+        except tar.HeaderError as exc:
+            raise ShardError(f"bad tar header: {exc}", shard=self.name, member=name) from None
+        if header.name != name or header.size != stored:
+            raise ShardError(f"header says {header.name!r} of {header.size} bytes, the index says "
+                             f"{name!r} of {stored}", shard=self.name, member=name)
+        payload = self._view[offset:offset + stored]
+        if self._verify_crc and zlib.crc32(payload) != crc:
+            raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name, member=name)
+        try:
+            return decompress(self._dataset.manifest.compression, payload, raw)
+        except ValueError as exc:
+            raise ShardError(str(exc), shard=self.name, member=name) from None
+
+    def read_sample(self, local: int) -> dict[str, Any]:
+        """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`."""
+        if not 0 <= local < self.entry.samples:
+            raise IndexError(f"shard {self.name} has {self.entry.samples} samples, not {local + 1}")
+        sample: dict[str, Any] = {KEY: layout.sample_key(self.entry.first_sample + local)}
+        for column, (field, codec) in enumerate(zip(self._dataset.fields, self._dataset.codecs)):
+            data = self.read_payload(local, column)
+            try:
+                sample[field.name] = codec.decode(data, field)
+            except NeurocodecError:
+                raise
+            except Exception as exc:  # a hostile payload must not escape as anything else
+                raise ShardError(f"does not decode as {field.kind} with codec {field.codec_id!r}: "
+                                 f"{type(exc).__name__}: {exc}", shard=self.name,
+                                 member=self.member_name(local, column)) from None
+        return sample
+
+    def verify(self) -> None:
+        """Check the whole file: SHA-256, every header in sequence, and every sample's decoding."""
+        digest = hashlib.sha256(self._view).hexdigest()
+        if digest != self.entry.sha256:
+            raise ShardError("SHA-256 does not match the manifest (corrupted)", shard=self.name)
+        end = int(self.rows[-1, -1, 0] + self.rows[-1, -1, 1]) if self.entry.samples else 0
+        end += tar.padding(int(self.rows[-1, -1, 1])) if self.entry.samples else 0
+        if bytes(self._view[end:]) != tar.END_OF_ARCHIVE:
+            raise ShardError("the archive does not end with two zero blocks", shard=self.name)
+        for local in range(self.entry.samples):
+            self.read_sample(local)
+
+    def close(self) -> None:
+        """Drop the mapping (values already returned keep it alive until they are freed)."""
+        self._view = memoryview(b"")
+        self._map = b""
+
+
+class Dataset:
+    """An opened dataset: its manifest, codecs, and random access to every sample.
+
+    `verify="crc"` (default) checks each member's CRC-32 as it is read; `"none"` skips it.
+    `registry` replaces the installed plugins. Shard readers are opened lazily and at most
+    `max_open_shards` stay open.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, registry: Registry | None = None,
+                 verify: str = "crc", max_open_shards: int = 64) -> None:
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+        self.path = Path(path)
+        self.verify = verify
+        self.manifest = read_manifest(self.path)
+        self.fields: tuple[FieldSpec, ...] = self.manifest.fields
+        self.registry = registry or default_registry()
+        self.codecs = tuple(
+            self.registry.codec(f.codec, field=f.name, plugin_hint=_install_hint(f)) for f in self.fields
+        )
+        self._starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
+        self._open: OrderedDict[int, ShardReader] = OrderedDict()
+        self._max_open = max_open_shards
+
+    def __len__(self) -> int:
+        return self.manifest.total_samples
+
+    @property
+    def shards(self) -> tuple[ShardEntry, ...]:
+        """The manifest's shard entries."""
+        return self.manifest.shards
+
+    def shard(self, number: int) -> ShardReader:
+        """The reader of shard `number` (opened and checked on first use)."""
+        reader = self._open.get(number)
+        if reader is None:
+            entry = self.manifest.shards[number]
+            reader = ShardReader(self.path / entry.name, entry, self)
+            self._open[number] = reader
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(number)
+        return reader
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard number, position in shard) of global sample `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"dataset {self.path} has {len(self)} samples, index {index} is out of range")
+        number = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return number, index - int(self._starts[number])
+
+    def read(self, index: int) -> dict[str, Any]:
+        """Decode global sample `index`."""
+        number, local = self.locate(index)
+        return self.shard(number).read_sample(local)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            index += len(self)
+        return self.read(index)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for number, entry in enumerate(self.manifest.shards):
+            reader = self.shard(number)
+            for local in range(entry.samples):
+                yield reader.read_sample(local)
+
+    def verify_all(self) -> int:
+        """Check every shard fully (see `ShardReader.verify`); return the samples checked."""
+        for number in range(len(self.manifest.shards)):
+            self.shard(number).verify()
+        return len(self)
+
+    def close(self) -> None:
+        """Close every open shard."""
+        while self._open:
+            self._open.popitem()[1].close()
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _install_hint(field: FieldSpec) -> str:
+    dist = field.distribution or field.plugin
+    version = f"=={field.plugin_version}" if field.plugin_version else ""
+    return f"plugin {field.plugin!r} (pip install {dist}{version})"
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and validate `dataset_metadata.json` of the dataset at `path`."""
+    manifest_path = path / layout.MANIFEST
+    if not path.is_dir():
+        raise DatasetError(f"{path} is not a directory")
+    try:
+        with open(manifest_path, "rb") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{path} has no {layout.MANIFEST}: not a neurocodec dataset, or its writer did not finish"
+        ) from None
+    except OSError as exc:
+        raise DatasetError(f"{manifest_path}: cannot read ({exc.strerror or exc})") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise DatasetError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes")
+    return Manifest.from_json(text, source=str(manifest_path))

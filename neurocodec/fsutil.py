@@ -1,0 +1,47 @@
+"""Atomic file writes: a temp file beside the target, fsync, then rename."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path(final: Path) -> Path:
+    """A hidden temp name beside `final`, unique to this process."""
+    return final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames in `directory` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to `final` so that readers see either nothing or all of it."""
+    tmp = temp_path(final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_temp_name(name: str) -> bool:
+    """True for temp files this module creates (left behind only by a killed process)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)

@@ -1,0 +1,65 @@
+"""`ShardedDatasetInfo`: what a dataset holds, from its manifest alone (no shard is read)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from neurocodec.format.reader import read_manifest
+
+
+class ShardedDatasetInfo:
+    """Summary of the dataset at `path`: samples, shards, modalities, shapes, dtypes, bytes."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+
+    def get_summary(self) -> dict[str, Any]:
+        """A dict with total_samples, total_shards, modalities, shapes, dtypes, codecs, bytes,
+        compression, format_version, fields (kinds) and the writer's settings.
+
+        Shapes list None for axes whose length varies between samples.
+        """
+        m = self.manifest
+        mods = m.modalities
+        return {
+            "path": str(self.path),
+            "format_version": m.format_version,
+            "total_samples": m.total_samples,
+            "total_shards": len(m.shards),
+            "modalities": [f.name for f in mods],
+            "shapes": {f.name: None if f.shape is None else list(f.shape) for f in mods},
+            "dtypes": {f.name: f.dtype for f in mods},
+            "kinds": {f.name: f.kind for f in mods},
+            "codecs": {f.name: dict(f.codec) for f in mods},
+            "plugins": {f.name: f"{f.plugin} {f.plugin_version}".strip() for f in mods},
+            "bytes": sum(s.bytes + s.index_bytes for s in m.shards),
+            "compression": m.compression,
+            "writer": dict(m.writer),
+        }
+
+    def print_summary(self, file: TextIO | None = None) -> None:
+        """Print a human-readable summary (to stdout by default)."""
+        out = file or sys.stdout
+        s = self.get_summary()
+        print(f"Dataset: {s['path']}  (neurocodec format v{s['format_version']})", file=out)
+        print(f"  samples: {s['total_samples']:,}  shards: {s['total_shards']:,}  "
+              f"size: {_human(s['bytes'])}  compression: {s['compression']}", file=out)
+        print("  modalities:", file=out)
+        for name in s["modalities"]:
+            shape = s["shapes"][name]
+            shape_text = "(" + ", ".join("*" if d is None else str(d) for d in shape) + ")" if shape is not None else "-"
+            print(f"    {name:<16} {s['kinds'][name]:<6} {s['dtypes'][name] or '-':<6} {shape_text:<18} "
+                  f"codec {s['codecs'][name]['id']} ({s['plugins'][name]})", file=out)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,111 @@
+"""Safe `.npy` encoding and decoding for numeric arrays.
+
+The writer emits standard NPY 1.0 files (readable by `numpy.load`, webdataset and everyone
+else). The reader accepts only what a numeric array needs: a bounded header in numpy's own
+literal layout, parsed with a regular expression rather than evaluated; a boolean, integer,
+float or complex dtype; and a declared shape whose size matches the payload exactly. It never
+unpickles, and it decodes without copying (`np.frombuffer` over the payload).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+
+MAGIC = b"\x93NUMPY"
+NUMERIC_KINDS = "biufc"
+MAX_HEADER = 4096
+_DESCR = re.compile(r"[<>|=]?[biufc][0-9]{1,2}")
+_HEADER = re.compile(
+    r"\{\s*'descr':\s*'(?P<descr>[^']{1,16})',\s*'fortran_order':\s*(?P<fortran>True|False),"
+    r"\s*'shape':\s*\((?P<shape>[0-9,\s]{0,400})\),?\s*\}\s*"
+)
+
+
+class NpyError(ValueError):
+    """Bytes are not a well-formed NPY file of a numeric array."""
+
+
+def is_numeric_dtype(dtype: np.dtype) -> bool:
+    """True for the dtypes neurocodec stores: bool, signed/unsigned integers, floats, complex."""
+    return dtype.kind in NUMERIC_KINDS and not dtype.fields and dtype.subdtype is None
+
+
+def header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The NPY 1.0 header (magic, length, padded dict) for a C-ordered array."""
+    text = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (dtype.str, tuple(shape))
+    # Pad with spaces so the data starts on a 64-byte boundary, as numpy does.
+    total = len(MAGIC) + 4 + len(text) + 1
+    text += " " * (-total % 64) + "\n"
+    return MAGIC + b"\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+def encode(array: np.ndarray) -> bytes:
+    """Serialise a numeric array as NPY 1.0 bytes, little-endian and C-ordered."""
+    if not is_numeric_dtype(array.dtype):
+        raise NpyError(f"dtype {array.dtype} is not numeric; only {NUMERIC_KINDS!r} kinds are stored")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # np.ascontiguousarray would turn 0-d into 1-d
+    return header(array.dtype, array.shape) + array.tobytes()
+
+
+def decode(data: bytes | memoryview) -> np.ndarray:
+    """Parse NPY bytes into a read-only array viewing `data` (no copy).
+
+    Raises NpyError for anything that is not a numeric array whose header matches its payload.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < 10 or view[:6] != MAGIC:
+        raise NpyError("not an NPY payload (bad magic)")
+    major = view[6]
+    if major == 1:
+        hlen, start = struct.unpack_from("<H", view, 8)[0], 10
+    elif major in (2, 3):
+        if len(view) < 12:
+            raise NpyError("truncated NPY header")
+        hlen, start = struct.unpack_from("<I", view, 8)[0], 12
+    else:
+        raise NpyError(f"unsupported NPY version {major}")
+    if hlen > MAX_HEADER or start + hlen > len(view):
+        raise NpyError(f"NPY header length {hlen} is too large or past the payload end")
+    try:
+        text = bytes(view[start:start + hlen]).decode("utf8" if major == 3 else "latin1")
+    except UnicodeDecodeError:
+        raise NpyError("NPY header is not text") from None
+    match = _HEADER.fullmatch(text)
+    if match is None:
+        raise NpyError(f"NPY header is not a plain numeric array header: {text[:80]!r}")
+    descr = match["descr"]
+    if not _DESCR.fullmatch(descr):
+        raise NpyError(f"NPY dtype {descr!r} is not a numeric dtype")
+    try:
+        dtype = np.dtype(descr)
+    except TypeError:
+        raise NpyError(f"NPY dtype {descr!r} is not valid") from None
+    shape = _parse_shape(match["shape"])
+    count = 1
+    for dim in shape:
+        count *= dim
+    offset = start + hlen
+    if count * dtype.itemsize != len(view) - offset:
+        raise NpyError(
+            f"NPY header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
+            f"but the payload holds {len(view) - offset} bytes"
+        )
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    if match["fortran"] == "True":
+        return array.reshape(shape[::-1]).T
+    return array.reshape(shape)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if parts and parts[-1] == "":
+        parts.pop()
+    if len(parts) > 32 or any(not p.isdigit() or len(p) > 19 for p in parts):
+        raise NpyError(f"NPY shape ({text}) is not a tuple of at most 32 non-negative integers")
+    return tuple(int(p) for p in parts)

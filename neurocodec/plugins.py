@@ -1,0 +1,153 @@
+"""Plugin discovery and loading: entry points in, a filled `Registry` out.
+
+Nothing here runs at `import neurocodec`. The first reader or writer that needs codecs calls
+`default_registry()`, which loads every plugin of the entry-point group `neurocodec.plugins`
+(sorted, so the result never depends on installation order) and lets each register its codecs
+and modalities. Tests and applications that want isolation call `load_registry()` themselves
+and pass the result as `registry=`.
+
+Switches (environment variables):
+
+- `NEUROCODEC_DISABLE_PLUGINS=name1,name2`: skip these plugins (entry-point or distribution
+  names), for example one that fails to import.
+- `NEUROCODEC_TRACE_PLUGINS=1`: log every plugin loaded and everything it registers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+import threading
+from typing import Any, Iterable
+
+import pluggy
+
+from neurocodec import hookspecs
+from neurocodec.errors import NeurocodecError, PluginError, PluginLoadError
+from neurocodec.registry import PluginInfo, Registry
+
+ENTRY_POINT_GROUP = "neurocodec.plugins"
+DISABLE_ENV = "NEUROCODEC_DISABLE_PLUGINS"
+TRACE_ENV = "NEUROCODEC_TRACE_PLUGINS"
+log = logging.getLogger("neurocodec.plugins")
+
+
+def disabled_from_env() -> set[str]:
+    """Plugin names listed in NEUROCODEC_DISABLE_PLUGINS."""
+    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return sorted(eps, key=lambda ep: (ep.name, ep.dist.name if ep.dist else "", ep.value))
+
+
+def create_plugin_manager(
+    *, entry_points: bool = True, disabled: Iterable[str] | None = None,
+    plugins: Iterable[tuple[str, Any]] = (),
+) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
+    """Build a fresh plugin manager and the provenance of each plugin in it.
+
+    `entry_points` loads the installed plugins; `disabled` (default: from the environment) skips
+    some by entry-point or distribution name; `plugins` adds (name, module-or-object) pairs
+    directly, as a test or an application embedding a private plugin would.
+    A plugin that fails to import raises PluginLoadError naming its distribution.
+    """
+    skip = disabled_from_env() if disabled is None else set(disabled)
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+
+    def add(name: str, obj: Any, info: PluginInfo) -> None:
+        if name in infos:
+            other = infos[name]
+            raise PluginError(
+                f"two plugins are named {name!r}: from {other.distribution} {other.version} and "
+                f"from {info.distribution} {info.version}"
+            )
+        pm.register(obj, name=name)
+        infos[name] = info
+
+    if entry_points:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist else "unknown"
+            version = ep.dist.version if ep.dist else "unknown"
+            if ep.name in skip or dist in skip:
+                log.info("plugin %s (%s %s) disabled by %s", ep.name, dist, version, DISABLE_ENV)
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginLoadError(
+                    f"plugin {ep.name!r} from distribution {dist} {version} failed to import "
+                    f"({ep.value}): {type(exc).__name__}: {exc}. Fix or uninstall it, or set "
+                    f"{DISABLE_ENV}={ep.name} to skip it"
+                ) from exc
+            add(ep.name, obj, PluginInfo(ep.name, dist, version, ep.value))
+    for name, obj in plugins:
+        module = getattr(obj, "__name__", type(obj).__name__)
+        add(name, obj, PluginInfo(name, "(registered directly)", "", module))
+    return pm, infos
+
+
+def build_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], *, trace: bool = False) -> Registry:
+    """Let every plugin register its codecs, then its modalities, attributing each to its plugin."""
+    registry = Registry()
+    registry.trace = trace
+    for info in sorted(infos.values(), key=lambda p: p.name):
+        registry.add_plugin(info)
+    for hook_name, adder in (("neurocodec_register_codecs", registry.add_codec),
+                             ("neurocodec_register_modalities", registry.add_modality)):
+        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        for impl in sorted(impls, key=lambda i: i.plugin_name):
+            info = infos[impl.plugin_name]
+
+            def register(value: Any, _adder=adder, _info=info) -> None:
+                _adder(value, _info)
+
+            try:
+                impl.function(**{a: register for a in impl.argnames})
+            except NeurocodecError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {info.name!r} ({info.distribution} {info.version}) failed in "
+                    f"{hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+    registry.check()
+    return registry
+
+
+def load_registry(*, entry_points: bool = True, disabled: Iterable[str] | None = None,
+                  plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
+    """Load plugins (see `create_plugin_manager`) and return their filled registry."""
+    trace = os.environ.get(TRACE_ENV, "") not in ("", "0")
+    if trace and not log.handlers:
+        log.addHandler(logging.StreamHandler(sys.stderr))
+        log.setLevel(logging.INFO)
+    pm, infos = create_plugin_manager(entry_points=entry_points, disabled=disabled, plugins=plugins)
+    registry = build_registry(pm, infos, trace=trace)
+    registry.plugin_manager = pm
+    return registry
+
+
+_default: Registry | None = None
+_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The registry of all installed plugins, loaded on first use and then reused."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = load_registry()
+        return _default
+
+
+def reset_default_registry() -> None:
+    """Forget the cached default registry (after installing or disabling plugins at run time)."""
+    global _default
+    with _lock:
+        _default = None

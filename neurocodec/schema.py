@@ -1,0 +1,99 @@
+"""The writer's view of a dataset's fields: chosen on the first sample, enforced on the rest.
+
+Every sample must carry the same fields (webdataset, Ray Data and Hugging Face datasets infer a
+schema from the first samples and drop fields that appear later), each field keeps one modality,
+one dtype and one number of dimensions; axes whose length changes between samples are recorded
+as variable (None) in the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from neurocodec.codecs import Codec
+from neurocodec.format import layout
+from neurocodec.format.manifest import FieldSpec
+from neurocodec.modality import ModalitySpec
+from neurocodec.registry import Registry
+
+
+class FieldState:
+    """What the writer knows of one field so far."""
+
+    def __init__(self, name: str, spec: ModalitySpec, codec: Codec, registry: Registry) -> None:
+        self.name = name
+        self.spec = spec
+        self.codec = codec
+        self.plugin = registry.modality_plugin(spec.name)
+        self.dtype: np.dtype | None = None
+        self.shape: list[int | None] | None = None
+        self.max_raw = 0
+        self.max_stored = 0
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` (prepared) does not fit this field, or None. Does not change state."""
+        if self.codec.kind != "array":
+            return None
+        if not isinstance(value, np.ndarray):
+            return f"expected an array like earlier samples, got {type(value).__name__}"
+        if self.dtype is not None and value.dtype != self.dtype:
+            return f"dtype {value.dtype} differs from {self.dtype} in earlier samples"
+        if self.shape is not None and value.ndim != len(self.shape):
+            return f"shape {value.shape} has {value.ndim} dimensions, earlier samples have {len(self.shape)}"
+        return None
+
+    def update(self, value: Any, raw: int, stored: int) -> None:
+        """Account for a written value."""
+        self.max_raw = max(self.max_raw, raw)
+        self.max_stored = max(self.max_stored, stored)
+        if self.codec.kind != "array":
+            return
+        if self.dtype is None:
+            self.dtype, self.shape = value.dtype, list(value.shape)
+        else:
+            self.shape = [d if d == n else None for d, n in zip(self.shape, value.shape)]
+
+    def field_spec(self) -> FieldSpec:
+        """The manifest entry for this field."""
+        return FieldSpec(
+            name=self.name, modality=self.spec.name, kind=self.codec.kind, codec=self.codec.get_config(),
+            extension=self.codec.extension, plugin=self.plugin.name, plugin_version=self.plugin.version,
+            distribution=self.plugin.distribution,
+            dtype=None if self.dtype is None else self.dtype.str,
+            shape=None if self.shape is None else tuple(self.shape),
+            max_raw_bytes=self.max_raw, max_stored_bytes=self.max_stored,
+        )
+
+
+class Schema:
+    """The ordered fields of a dataset, fixed by its first sample."""
+
+    def __init__(self, registry: Registry, options: Mapping[str, Mapping[str, Any]]) -> None:
+        self.registry = registry
+        self.options = options
+        self.fields: dict[str, FieldState] | None = None
+        self.metadata = FieldState(
+            layout.METADATA_FIELD, registry.resolve(layout.METADATA_FIELD, {}),
+            registry.codec({"id": "json"}), registry,
+        )
+
+    def start(self, sample: Mapping[str, Any]) -> None:
+        """Fix the field set from the first sample (sorted by name for a stable layout)."""
+        fields = {}
+        for name in sorted(sample):
+            spec = self.registry.resolve(name, sample[name])
+            fields[name] = FieldState(name, spec, self.registry.codec(spec.codec, field=name), self.registry)
+        unknown = set(self.options) - set(fields)
+        if unknown:
+            raise ValueError(f"modality_options name fields no sample has: {sorted(unknown)}")
+        self.fields = fields
+
+    def field_order(self) -> list[FieldState]:
+        """Fields in member order, metadata last."""
+        return [*self.fields.values(), self.metadata]
+
+    def field_specs(self) -> tuple[FieldSpec, ...]:
+        """Manifest entries in member order."""
+        return tuple(f.field_spec() for f in self.field_order())

@@ -1,0 +1,292 @@
+"""Writing datasets: `WebDatasetWriter` and `create_shards_from_arrays`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from neurocodec import __version__
+from neurocodec.errors import DatasetExistsError, NeurocodecError, SampleError, WriterClosedError
+from neurocodec.format import layout
+from neurocodec.format.compression import SUFFIX, check_compression, compressor
+from neurocodec.format.manifest import Manifest
+from neurocodec.format.shardfile import ShardFileWriter
+from neurocodec.fsutil import atomic_write_bytes, fsync_dir, is_temp_name
+from neurocodec.plugins import default_registry
+from neurocodec.registry import Registry
+from neurocodec.schema import Schema
+
+
+def _existing_dataset_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p for p in directory.iterdir()
+        if p.name == layout.MANIFEST or layout.is_shard_name(p.name)
+        or (p.name.startswith("shard_") and p.name.endswith(".idx")) or is_temp_name(p.name)
+    )
+
+
+class WebDatasetWriter:
+    """Writes samples into tar shards of `shard_size` samples plus a manifest.
+
+    Every sample is a dict of field name to value (arrays, tensors, JSON values, str or bytes);
+    the modality plugin registered under a field's name decides how it is stored (see
+    `neurocodec plugins`), and unregistered names fall back to generic storage. All samples must
+    carry the same fields. `metadata` is stored per sample as `<key>.metadata.json`.
+
+    Writes are atomic: shards appear under their final names only when complete, and
+    `dataset_metadata.json` is written by `finalize()`, last. An output directory that already
+    holds a dataset is refused unless `overwrite=True`. Use as a context manager to finalize on
+    success and discard partial output on error.
+
+    Options: `modality_options` maps a field to its plugin's options (for example
+    `{"lfp": {"dtype": "float16"}}`), `compression_level` tunes the compressor, `fsync=False`
+    skips flushing to disk (faster, not crash-safe), `dataset_metadata` is stored in the
+    manifest's `extra` section, `registry` replaces the installed plugins.
+    """
+
+    def __init__(
+        self, output_dir: str | os.PathLike, shard_size: int = 1000, compression: str = "none", *,
+        overwrite: bool = False, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
+        compression_level: int | None = None, fsync: bool = True,
+        dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
+    ) -> None:
+        if type(shard_size) is not int or shard_size < 1:
+            raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        self.compression = check_compression(compression)
+        self.output_dir = Path(output_dir)
+        self.shard_size = shard_size
+        self.fsync = fsync
+        self.registry = registry or default_registry()
+        self.modality_options = {k: dict(v) for k, v in (modality_options or {}).items()}
+        self.dataset_metadata = dict(dataset_metadata or {})
+        self.compression_level = compression_level
+        self._compress = compressor(compression, compression_level)
+        self._schema = Schema(self.registry, self.modality_options)
+        self._shards: list = []
+        self._current: ShardFileWriter | None = None
+        self._count = 0
+        self._closed = False
+        self._prepare_directory(overwrite)
+
+    def _prepare_directory(self, overwrite: bool) -> None:
+        existing = _existing_dataset_files(self.output_dir)
+        if existing and not overwrite:
+            raise DatasetExistsError(
+                f"{self.output_dir} already holds a dataset ({existing[0].name}, ...); "
+                "pass overwrite=True to replace it"
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Manifest first: from here on no reader takes the directory for a complete dataset.
+        for path in sorted(existing, key=lambda p: p.name != layout.MANIFEST):
+            path.unlink(missing_ok=True)
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_sample(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
+        """Validate, encode and append one sample; return its key (`sample_000000001`, ...).
+
+        An invalid sample raises SampleError naming the sample and field, and nothing of it is
+        written: the writer stays usable.
+        """
+        if self._closed:
+            raise WriterClosedError(f"writer for {self.output_dir} is finalized or aborted")
+        index = self._count
+        if index >= layout.MAX_SAMPLES:
+            raise SampleError(f"a dataset holds at most {layout.MAX_SAMPLES} samples")
+        key = layout.sample_key(index)
+        names, payloads, raws, values = self._encode(sample, metadata, index, key)
+        if self._current is None:
+            self._current = ShardFileWriter(self.output_dir, len(self._shards), index,
+                                            len(payloads), fsync=self.fsync)
+        try:
+            self._current.add_sample(names, payloads, raws)
+        except BaseException:
+            self.abort()
+            raise
+        for state, value, raw, payload in zip(self._schema.field_order(), values, raws, payloads):
+            state.update(value, raw, len(payload))
+        self._count += 1
+        if self._current.samples == self.shard_size:
+            self._close_shard()
+        return key
+
+    def _encode(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None, index: int, key: str):
+        where = f"sample {index} ({key})"
+        if not isinstance(sample, Mapping) or not sample:
+            raise SampleError(f"{where}: a sample must be a non-empty dict of field name to value")
+        for name in sample:
+            problem = layout.field_name_problem(name)
+            if problem:
+                raise SampleError(f"{where}: {problem}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise SampleError(f"{where}: metadata must be a dict or None, got {type(metadata).__name__}")
+        schema = self._schema
+        if schema.fields is None:
+            try:
+                schema.start(sample)
+            except NeurocodecError as exc:
+                raise SampleError(f"{where}: {exc}") from None
+            except ValueError as exc:
+                raise SampleError(f"{where}: {exc}") from None
+        elif set(sample) != set(schema.fields):
+            missing = sorted(set(schema.fields) - set(sample))
+            extra = sorted(set(sample) - set(schema.fields))
+            raise SampleError(
+                f"{where}: fields differ from the first sample's {sorted(schema.fields)} "
+                f"(missing {missing}, extra {extra}); every sample must carry the same fields"
+            )
+        names, payloads, raws, values = [], [], [], []
+        items = [(state, sample[state.name]) for state in schema.fields.values()]
+        items.append((schema.metadata, {} if metadata is None else metadata))
+        for state, value in items:
+            field = f"{where}, field {state.name!r}"
+            if state.spec.fallback and state.spec.accepts is not None and not state.spec.accepts(value):
+                raise SampleError(f"{field}: a {type(value).__name__} where earlier samples held "
+                                  f"{state.spec.name} values")
+            try:
+                prepared = state.spec.prepare(value, self.modality_options.get(state.name, {}))
+            except (TypeError, ValueError) as exc:
+                raise SampleError(f"{field} ({state.spec.name}): {exc}") from None
+            problem = state.check(prepared)
+            if problem:
+                raise SampleError(f"{field}: {problem}")
+            try:
+                raw = state.codec.encode(prepared)
+            except (TypeError, ValueError) as exc:
+                raise SampleError(f"{field}: codec {state.codec.codec_id!r} cannot encode it: {exc}") from None
+            names.append(layout.member_name(key, state.name, state.codec.extension + SUFFIX[self.compression]))
+            payloads.append(self._compress(raw))
+            raws.append(len(raw))
+            values.append(prepared)
+        return names, payloads, raws, values
+
+    def _close_shard(self) -> None:
+        try:
+            self._shards.append(self._current.close())
+        except BaseException:
+            self.abort()
+            raise
+        self._current = None
+
+    # -- ending -------------------------------------------------------------------------------
+    def finalize(self) -> dict[str, Any]:
+        """Close the last shard, write `dataset_metadata.json`, and return a summary.
+
+        The summary holds samples, shards, bytes (shards and indexes), modalities, compression
+        and output_dir. Calling it twice returns the same summary.
+        """
+        if self._closed:
+            if getattr(self, "_summary", None) is None:
+                raise WriterClosedError(f"writer for {self.output_dir} was aborted")
+            return self._summary
+        if self._count == 0:
+            self.abort()
+            raise SampleError(f"no samples were written to {self.output_dir}; nothing to finalize")
+        if self._current is not None:
+            self._close_shard()
+        manifest = Manifest(
+            compression=self.compression, total_samples=self._count, fields=self._schema.field_specs(),
+            shards=tuple(self._shards), writer=self.settings(), extra=self.dataset_metadata,
+            created_with={"neurocodec": __version__},
+        )
+        if self.fsync:
+            fsync_dir(self.output_dir)
+        atomic_write_bytes(self.output_dir / layout.MANIFEST, manifest.to_json().encode(), fsync=self.fsync)
+        if self.fsync:
+            fsync_dir(self.output_dir)
+        self._closed = True
+        self._summary = {
+            "samples": self._count, "shards": len(self._shards),
+            "bytes": sum(s.bytes + s.index_bytes for s in self._shards),
+            "modalities": [f.name for f in manifest.modalities],
+            "compression": self.compression, "output_dir": str(self.output_dir),
+        }
+        return self._summary
+
+    def settings(self) -> dict[str, Any]:
+        """The writer settings recorded in the manifest."""
+        return {
+            "shard_size": self.shard_size, "compression": self.compression,
+            "compression_level": self.compression_level, "modality_options": self.modality_options,
+        }
+
+    def abort(self) -> None:
+        """Discard the unfinished shard and write no manifest; finished shards stay on disk."""
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+        self._closed = True
+        self._summary = None
+
+    def __enter__(self) -> "WebDatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        elif not self._closed:
+            self.abort()
+
+    @property
+    def samples_written(self) -> int:
+        """Samples written so far."""
+        return self._count
+
+
+def create_shards_from_arrays(
+    output_dir: str | os.PathLike, data_dict: Mapping[str, Any], shard_size: int = 1000,
+    compression: str = "none", *, metadata: Sequence[Mapping[str, Any]] | None = None,
+    progress: bool | None = None, **writer_options: Any,
+) -> dict[str, Any]:
+    """Write row `i` of every array in `data_dict` as sample `i`; return the writer's summary.
+
+    Everything is validated before anything is written: arrays (or tensors) of at least one
+    dimension, numeric dtypes their modality accepts, one common first dimension, valid field
+    names, and one metadata dict per sample when `metadata` is given. `progress` shows a tqdm bar
+    (default: only on a terminal). Other keyword arguments go to `WebDatasetWriter`.
+    """
+    from tqdm.auto import tqdm
+
+    from neurocodec.modality import as_array
+
+    if not isinstance(data_dict, Mapping) or not data_dict:
+        raise SampleError("data_dict must be a non-empty dict of field name to array")
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in data_dict.items():
+        problem = layout.field_name_problem(name)
+        if problem:
+            raise SampleError(f"data_dict: {problem}")
+        try:
+            array = as_array(value) if not isinstance(value, (list, tuple)) else None
+        except TypeError:
+            array = None
+        if array is None or array.ndim < 1:
+            raise SampleError(f"data_dict[{name!r}] must be an array or tensor with a first (sample) "
+                              f"dimension, got {type(value).__name__}")
+        arrays[name] = array
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise SampleError(f"data_dict arrays differ in their first dimension: {lengths}")
+    count = next(iter(lengths.values()))
+    if count == 0:
+        raise SampleError("data_dict arrays hold no samples (first dimension 0)")
+    if metadata is not None and len(metadata) != count:
+        raise SampleError(f"metadata holds {len(metadata)} entries for {count} samples")
+    registry = writer_options.get("registry") or default_registry()
+    options = writer_options.get("modality_options") or {}
+    for name, array in arrays.items():
+        spec = registry.resolve(name, array[0])
+        for i in range(count):
+            try:
+                spec.prepare(array[i], options.get(name, {}))
+            except (TypeError, ValueError) as exc:
+                raise SampleError(f"data_dict[{name!r}] row {i} ({spec.name}): {exc}") from None
+    with WebDatasetWriter(output_dir, shard_size, compression, **writer_options) as writer:
+        for i in tqdm(range(count), desc="writing shards", unit="sample", disable=None if progress is None else not progress):
+            writer.write_sample({name: a[i] for name, a in arrays.items()},
+                                metadata=None if metadata is None else metadata[i])
+    return writer.finalize()

@@ -1,0 +1,18 @@
+"""Behavior: tracked variables over time, shape (time, dims): position, velocity, pupil size.
+
+Values keep their dtype (booleans and integer event codes included); float values may be stored
+as float16 on request with `modality_options={"behavior": {"dtype": "float16"}}`.
+"""
+
+from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+
+
+@hookimpl
+def neurocodec_register_modalities(register) -> None:
+    """The behavior modality."""
+    register(ModalitySpec(
+        name="behavior", codec={"id": "npy", "pack_integers": False},
+        prepare=ArrayPolicy(kinds="biuf", float_dtypes=("float16",)),
+        description="behavioral variables (time, dims); keep their dtype, float16 on request",
+        options={"dtype": "'float16' stores float values as float16 (lossy)"},
+    ))

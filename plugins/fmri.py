@@ -1,0 +1,18 @@
+"""fMRI: image volumes, shape (x, y, z) or (time, x, y, z).
+
+Volumes keep their dtype (raw scanner data is often int16); float volumes may be stored as
+float16 on request with `modality_options={"fmri": {"dtype": "float16"}}`.
+"""
+
+from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+
+
+@hookimpl
+def neurocodec_register_modalities(register) -> None:
+    """The fmri modality."""
+    register(ModalitySpec(
+        name="fmri", codec={"id": "npy", "pack_integers": False},
+        prepare=ArrayPolicy(kinds="iuf", float_dtypes=("float16",)),
+        description="fMRI volumes; keep their dtype, float16 on request",
+        options={"dtype": "'float16' stores float volumes as float16 (lossy)"},
+    ))
