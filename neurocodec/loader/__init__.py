@@ -1,0 +1,1 @@
+"""Loading shards for training: order, ranks and workers, state, datasets and the DataLoader."""

@@ -1,0 +1,148 @@
+"""`create_webdataset_dataloader`: batched, multi-worker, multi-rank loading with exact resume.
+
+Each DataLoader worker builds and collates whole batches (worker `j` of `w` builds the rank's
+batches `j, j + w, ...`) and the DataLoader runs with `batch_size=None`, returning them in order.
+The main process knows the position by counting the batches it has handed to the training loop,
+never those prefetched, so `state_dict()` is exact at any moment and needs nothing from the
+workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.utils.data
+
+from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
+from neurocodec.loader.stream import EpochStream, worker_slot
+from neurocodec.plugins import default_registry
+from neurocodec.registry import Registry
+
+_BATCH, _SKIPPED, _EMPTY = "__batch__", "__skipped__", "__empty__"
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Yields this worker's collated batches, tagged with their number for the main process."""
+
+    def __init__(self, stream: EpochStream, collate_fn: Callable[[Sequence[Mapping[str, Any]]], Any] | None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.collate_fn = collate_fn
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stream = self.stream
+        worker, workers = worker_slot()
+        registry = stream.source.registry or default_registry()
+        for k, positions, samples in stream.batches(stream.plan(), worker, workers):
+            values = [s for _, s in samples]
+            if not values:
+                batch: dict[str, Any] = {_EMPTY: True}
+            elif self.collate_fn is not None:
+                batch = self.collate_fn([sample_to_tensors(s) for s in values])
+                if not isinstance(batch, dict):
+                    batch = {"__collated__": batch}
+            else:
+                batch = collate_webdataset(values, stream.fields, registry)
+            batch[_BATCH] = k
+            batch[_SKIPPED] = len(positions) - len(values)
+            yield batch
+
+
+class WebDatasetDataLoader:
+    """An iterable of batches with `state_dict()` / `load_state_dict()` for exact resume.
+
+    Iterating it runs one epoch from the current position; a complete pass moves to the next
+    epoch. The state counts batches handed to the training loop only. Restoring works across a
+    different `num_workers` and a different world size (the remaining samples of the epoch are
+    then split over the new ranks).
+    """
+
+    def __init__(self, stream: EpochStream, *, num_workers: int, prefetch_factor: int | None,
+                 pin_memory: bool, collate_fn: Callable | None, timeout: float,
+                 multiprocessing_context: Any, worker_init_fn: Callable | None) -> None:
+        self.stream = stream
+        self.dataset = BatchStream(stream, collate_fn)
+        self.batch_size = stream.batch_size
+        self.num_workers = num_workers
+        self._kwargs = dict(
+            batch_size=None, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout,
+            worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context if num_workers else None,
+            prefetch_factor=prefetch_factor if num_workers else None,
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return len(self.stream.plan(0))
+
+    def __iter__(self) -> Iterator[Any]:
+        stream = self.stream
+        plan = stream.plan()
+        delivered = 0
+        for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
+            number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
+            if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
+                raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
+            delivered += 1
+            stream.skipped += int(skipped)
+            stream.position = plan.position_after(delivered)
+            if batch.pop(_EMPTY, False):
+                continue
+            yield batch.pop("__collated__") if "__collated__" in batch else batch
+        stream.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out (small, JSON-ready)."""
+        return self.stream.state().to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly after the last batch handed out when `state` was taken."""
+        self.stream.restore(state)
+
+    get_state = state_dict
+    set_state = load_state_dict
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning on the next iteration."""
+        self.stream.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads."""
+        return self.stream.epoch
+
+
+def create_webdataset_dataloader(
+    shard_dir: str | os.PathLike, batch_size: int = 32, num_workers: int = 4, shuffle: bool = True,
+    buffer_size: int = 1000, prefetch_factor: int | None = 2, pin_memory: bool | None = None,
+    seed: int | None = None, drop_last: bool = False, *, collate_fn: Callable | None = None,
+    rank: int | None = None, world_size: int | None = None, chunk_size: int | None = None,
+    on_error: str = "raise", verify: str = "crc", timeout: float = 0,
+    multiprocessing_context: Any = None, worker_init_fn: Callable | None = None,
+    registry: Registry | None = None, epoch: int = 0,
+) -> WebDatasetDataLoader:
+    """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
+
+    Batches follow the epoch order of `WebDatasetLoader` (the same for any `num_workers`),
+    split over torch.distributed ranks by global step, collated by each modality's rule (see
+    `collate_webdataset`) or by `collate_fn`, which receives a list of sample dicts of tensors.
+    `pin_memory` defaults to whether CUDA is available. The tail of an epoch follows
+    `neurocodec.loader.plan` (`drop_last=False`: every rank still takes the same number of
+    batches). Save `loader.state_dict()` with your checkpoint and `load_state_dict()` it to resume
+    exactly, with any number of workers or ranks.
+    """
+    if type(num_workers) is not int or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    stream = EpochStream(
+        shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
+        drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
+        on_error=on_error, verify=verify, registry=registry, epoch=epoch,
+    )
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return WebDatasetDataLoader(
+        stream, num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory,
+        collate_fn=collate_fn, timeout=timeout, multiprocessing_context=multiprocessing_context,
+        worker_init_fn=worker_init_fn,
+    )

@@ -1,0 +1,188 @@
+"""The user-facing datasets: `WebDatasetLoader`, `ResumableWebDatasetLoader`, `RandomAccessWebDataset`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch.utils.data
+
+from neurocodec.format.reader import Dataset
+from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.loader.batch import sample_to_tensors
+from neurocodec.loader.stream import EpochStream, worker_slot
+from neurocodec.registry import Registry
+
+log = logging.getLogger("neurocodec.loader")
+
+
+class WebDatasetLoader(torch.utils.data.IterableDataset):
+    """Iterate a dataset's samples (dicts of tensors, plus `metadata` and `__key__`) in a
+    reproducible, resumable order.
+
+    The order of epoch `e` is a pure function of (dataset, `seed`, `e`, `shuffle`,
+    `buffer_size`, `chunk_size`), whatever the number of DataLoader workers or ranks (see
+    `neurocodec.loader.order`); `seed` defaults to 0, never the clock. Each complete pass moves to
+    the next epoch; `set_epoch` jumps to one. `get_state()` / `set_state()` (or
+    `state_dict()` / `load_state_dict()`) save and restore the position exactly.
+
+    Ranks come from an initialised torch.distributed group or RANK / WORLD_SIZE (or pass
+    `rank` and `world_size`); every rank takes its share of each global step. When you wrap this
+    in your own DataLoader with workers, pass that DataLoader's batch size as `batch_size` so
+    that the stream is the same for any number of workers (with `batch_size=1` workers
+    interleave single samples: still every sample exactly once). For batched training use
+    `create_webdataset_dataloader`, which also tracks the state from the main process.
+
+    `on_error="skip"` logs and leaves out unreadable samples (counted in the state as
+    `skipped`) instead of raising `ShardError`.
+    """
+
+    def __init__(
+        self, shard_dir: str | os.PathLike, shuffle: bool = True, buffer_size: int = 1000, *,
+        seed: int | None = None, batch_size: int = 1, drop_last: bool = False,
+        rank: int | None = None, world_size: int | None = None, chunk_size: int | None = None,
+        on_error: str = "raise", verify: str = "crc", registry: Registry | None = None, epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.stream = EpochStream(
+            shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
+            drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
+            on_error=on_error, verify=verify, registry=registry, epoch=epoch,
+        )
+        self.shard_dir = self.stream.path
+
+    def __len__(self) -> int:
+        """Samples this rank yields in a whole epoch."""
+        return self.stream.plan(0).sample_count()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stream = self.stream
+        plan = stream.plan()
+        worker, workers = worker_slot()
+        in_main = workers == 1
+        for k, positions, samples in stream.batches(plan, worker, workers):
+            if in_main:
+                stream.skipped += len(positions) - len(samples)
+            for n, (i, sample) in enumerate(samples):
+                if in_main:
+                    self._before_yield()
+                    # State counts this sample as handed out. With several ranks a batch is
+                    # counted once whole: a partial batch is read again after a resume.
+                    if n == len(samples) - 1:
+                        stream.position = plan.position_after(k + 1)
+                    elif plan.world_size == 1:
+                        stream.position = int(positions[i]) + 1
+                yield sample_to_tensors(sample)
+            if in_main and not samples:
+                stream.position = plan.position_after(k + 1)
+        if in_main:
+            stream.end_epoch()
+            self._on_epoch_end()
+
+    def _before_yield(self) -> None:
+        """Called in the main process before each sample is handed out (state = all before it)."""
+
+    def _on_epoch_end(self) -> None:
+        """Called in the main process when an epoch has been fully consumed."""
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """The position of this loader (samples handed out so far), as a small JSON-ready dict."""
+        return self.stream.state().to_dict()
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly after the last sample handed out when `state` was taken."""
+        self.stream.restore(state)
+
+    state_dict = get_state
+    load_state_dict = set_state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning on the next iteration."""
+        self.stream.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads."""
+        return self.stream.epoch
+
+
+class ResumableWebDatasetLoader(WebDatasetLoader):
+    """A `WebDatasetLoader` that checkpoints itself to `checkpoint_path` and resumes from it.
+
+    Every `checkpoint_interval` samples handed out (and at the end of each epoch) the state is
+    written atomically (temp file, fsync, rename) as JSON. A new loader with the same
+    `checkpoint_path` resumes from it automatically. A checkpoint is written when the loop asks
+    for the next sample, so it counts every sample the loop has finished with; after a crash, the
+    samples handed out since the last checkpoint (fewer than `checkpoint_interval`) are handed out
+    again, in the same order. Use it in the main process (`num_workers=0`); with DataLoader
+    workers use `create_webdataset_dataloader` and save its `state_dict()` with your model.
+    """
+
+    def __init__(self, shard_dir: str | os.PathLike, checkpoint_path: str | os.PathLike,
+                 checkpoint_interval: int = 1000, **kwargs: Any) -> None:
+        super().__init__(shard_dir, **kwargs)
+        if type(checkpoint_interval) is not int or checkpoint_interval < 1:
+            raise ValueError(f"checkpoint_interval must be a positive integer, got {checkpoint_interval!r}")
+        self.checkpoint_path = Path(checkpoint_path)
+        self.checkpoint_interval = checkpoint_interval
+        self._since_checkpoint = 0
+        if self.checkpoint_path.exists():
+            with open(self.checkpoint_path, encoding="utf8") as f:
+                doc = json.load(f)
+            self.set_state(doc.get("loader_state", doc))
+            log.info("resumed %s at epoch %d position %d", self.shard_dir, self.stream.epoch, self.stream.position)
+
+    def _before_yield(self) -> None:
+        if self._since_checkpoint >= self.checkpoint_interval:
+            self.save_checkpoint()
+        self._since_checkpoint += 1
+
+    def _on_epoch_end(self) -> None:
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        """Write the current state to `checkpoint_path` now (atomically)."""
+        doc = {"shard_dir": str(self.shard_dir), "loader_state": self.get_state()}
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.checkpoint_path, (json.dumps(doc, indent=1) + "\n").encode())
+        self._since_checkpoint = 0
+
+
+class RandomAccessWebDataset(torch.utils.data.Dataset):
+    """Map-style access to the same shards: `len(ds)` and `ds[i]` (sample i of the dataset in
+    storage order), for evaluation and debugging. Reads only the shard holding sample i."""
+
+    def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
+                 registry: Registry | None = None, tensors: bool = True) -> None:
+        self.shard_dir = Path(shard_dir)
+        self._verify, self._registry, self.tensors = verify, registry, tensors
+        self._dataset: Dataset | None = None
+        self._pid = -1
+        self._len = len(self._open())
+
+    def _open(self) -> Dataset:
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset = Dataset(self.shard_dir, verify=self._verify, registry=self._registry)
+            self._pid = os.getpid()
+        return self._dataset
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_dataset"], state["_pid"] = None, -1
+        return state
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self._open()[index]
+        return sample_to_tensors(sample) if self.tensors else sample
+
+    @property
+    def fields(self):
+        """The dataset's fields (manifest entries)."""
+        return self._open().fields

@@ -1,0 +1,70 @@
+"""Reading samples by global id inside a loader process, with the bad-data policy applied."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from neurocodec.errors import ShardError
+from neurocodec.format.reader import Dataset
+from neurocodec.registry import Registry
+
+log = logging.getLogger("neurocodec.loader")
+ON_ERROR = ("raise", "skip")
+
+
+class SampleSource:
+    """Opens the dataset lazily once per process (shard maps are not shared across a fork) and
+    reads samples by id. With `on_error="skip"` a bad sample is logged and left out instead of
+    raising; `skipped` counts them in this process."""
+
+    def __init__(self, path: Path, *, verify: str, on_error: str, registry: Registry | None) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
+        self._dataset: Dataset | None = None
+        self._pid = -1
+        self._bad_shards: dict[int, ShardError] = {}
+        self.skipped = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_dataset"], state["_pid"] = None, -1
+        return state
+
+    @property
+    def dataset(self) -> Dataset:
+        """This process's open dataset."""
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset = Dataset(self.path, registry=self.registry, verify=self.verify)
+            self._pid = os.getpid()
+            self._bad_shards = {}
+        return self._dataset
+
+    def read(self, ids: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(i, decoded sample ids[i]) in order, leaving out bad ones when skipping."""
+        ds = self.dataset
+        for i, sample_id in enumerate(ids.tolist()):
+            number, local = ds.locate(sample_id)
+            try:
+                if number in self._bad_shards:
+                    raise self._bad_shards[number]
+                try:
+                    reader = ds.shard(number)
+                except ShardError as exc:
+                    self._bad_shards[number] = exc
+                    raise
+                sample = reader.read_sample(local)
+            except ShardError as exc:
+                if self.on_error == "raise":
+                    err = ShardError(f"{exc} (reading sample {sample_id} of {self.path})")
+                    err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
+                    raise err from exc
+                self.skipped += 1
+                log.warning("skipping sample %d of %s: %s", sample_id, self.path, exc)
+                continue
+            yield i, sample

@@ -1,0 +1,63 @@
+"""Loader state: small, JSON-serialisable, holding no sample data.
+
+The state is where the training loop is, `(epoch, position)` with position counting the epoch's
+samples consumed by all ranks together, plus the settings that define the order (seed, shuffle,
+buffer and chunk size, dataset size). Restoring into a loader whose order settings differ is an
+error, because the position would point into another order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+
+STATE_VERSION = 1
+_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples")
+
+
+@attrs.frozen(slots=True)
+class LoaderState:
+    """Where a loader is: epoch, position in the epoch's order, samples skipped as bad data."""
+
+    epoch: int
+    position: int
+    seed: int
+    shuffle: bool
+    buffer_size: int
+    chunk_size: int
+    total_samples: int
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"version": STATE_VERSION, **attrs.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "LoaderState":
+        """Validate and load a dict produced by `to_dict`."""
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"a loader state must be a dict, got {type(doc).__name__}")
+        if doc.get("version", STATE_VERSION) != STATE_VERSION:
+            raise ValueError(f"loader state version {doc.get('version')} is not {STATE_VERSION}")
+        values = {}
+        for field in attrs.fields(cls):
+            value = doc.get(field.name, field.default if field.default is not attrs.NOTHING else None)
+            if field.name == "shuffle":
+                ok = isinstance(value, bool)
+            else:
+                ok = type(value) is int and value >= 0
+            if not ok:
+                raise ValueError(f"loader state field {field.name!r} is missing or invalid: {value!r}")
+            values[field.name] = value
+        state = cls(**values)
+        if state.position > state.total_samples:
+            raise ValueError(f"loader state position {state.position} exceeds {state.total_samples} samples")
+        return state
+
+    def check_compatible(self, other: "LoaderState") -> None:
+        """Raise ValueError if `other` (a loader's settings) orders the data differently."""
+        diffs = [f"{k}: state {getattr(self, k)!r} vs loader {getattr(other, k)!r}"
+                 for k in _ORDER_KEYS if getattr(self, k) != getattr(other, k)]
+        if diffs:
+            raise ValueError("cannot restore a state into a loader with another order (" + "; ".join(diffs) + ")")

@@ -1,0 +1,120 @@
+"""The shared core of every iterable loader: settings, epoch order, rank plan, worker striping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from neurocodec.format.reader import read_manifest
+from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
+from neurocodec.loader.plan import StepPlan, detect_rank_world
+from neurocodec.loader.source import SampleSource
+from neurocodec.loader.state import LoaderState
+from neurocodec.registry import Registry
+
+
+class EpochStream:
+    """Settings and position of a loader; yields (batch number, samples) for this process.
+
+    The order of an epoch depends only on (dataset, seed, epoch, shuffle, buffer_size,
+    chunk_size); `batch_size`, `world_size` and `rank` only decide who reads which part of it.
+    """
+
+    def __init__(
+        self, shard_dir: str | os.PathLike, *, shuffle: bool, buffer_size: int, seed: int | None,
+        batch_size: int, drop_last: bool, rank: int | None, world_size: int | None,
+        chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
+    ) -> None:
+        self.path = Path(shard_dir)
+        self.manifest = read_manifest(self.path)
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if type(buffer_size) is not int or buffer_size < 1:
+            raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
+        seed = DEFAULT_SEED if seed is None else seed
+        if type(seed) is not int or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.shuffle, self.buffer_size, self.seed = bool(shuffle), buffer_size, seed
+        self.chunk_size = chunk_size or default_chunk_size(buffer_size)
+        self.batch_size, self.drop_last = batch_size, bool(drop_last)
+        if rank is None or world_size is None:
+            detected_rank, detected_world = detect_rank_world()
+            rank = detected_rank if rank is None else rank
+            world_size = detected_world if world_size is None else world_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
+        self.rank, self.world_size = rank, world_size
+        self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry)
+        self.epoch, self.position, self.skipped = int(epoch), 0, 0
+
+    @property
+    def fields(self):
+        """The dataset's fields (manifest entries)."""
+        return self.manifest.fields
+
+    @property
+    def total_samples(self) -> int:
+        """Samples in one epoch of the dataset."""
+        return self.manifest.total_samples
+
+    def order(self, epoch: int | None = None) -> EpochOrder:
+        """The order of `epoch` (default: the current one)."""
+        return EpochOrder(
+            [s.samples for s in self.manifest.shards], seed=self.seed,
+            epoch=self.epoch if epoch is None else epoch, shuffle=self.shuffle,
+            buffer_size=self.buffer_size, chunk_size=self.chunk_size,
+        )
+
+    def plan(self, start: int | None = None) -> StepPlan:
+        """This rank's batches from `start` (default: the current position) to the epoch's end."""
+        return StepPlan(
+            start=self.position if start is None else start, total=self.total_samples,
+            batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
+            drop_last=self.drop_last,
+        )
+
+    def batches(self, plan: StepPlan, worker: int = 0, workers: int = 1
+                ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, dict[str, Any]]]]]:
+        """(k, positions, [(i, sample at positions[i]), ...]) for this worker's batches
+        k = worker, worker + workers, ...; bad samples are left out when skipping."""
+        order = self.order()
+        for k in range(worker, len(plan), workers):
+            positions = plan.positions(k)
+            yield k, positions, list(self.source.read(order.take(positions)))
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> LoaderState:
+        """The current state."""
+        return LoaderState(
+            epoch=self.epoch, position=self.position, seed=self.seed, shuffle=self.shuffle,
+            buffer_size=self.buffer_size, chunk_size=self.chunk_size,
+            total_samples=self.total_samples, skipped=self.skipped,
+        )
+
+    def restore(self, state: Mapping[str, Any] | LoaderState) -> None:
+        """Continue from `state` (from `state()`, possibly of a loader with other workers or ranks)."""
+        loaded = state if isinstance(state, LoaderState) else LoaderState.from_dict(state)
+        loaded.check_compatible(self.state())
+        self.epoch, self.position, self.skipped = loaded.epoch, loaded.position, loaded.skipped
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning on the next iteration."""
+        if type(epoch) is not int or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch, self.position = epoch, 0
+
+    def end_epoch(self) -> None:
+        """Move to the start of the next epoch."""
+        self.epoch, self.position = self.epoch + 1, 0
+
+
+def worker_slot() -> tuple[int, int]:
+    """(worker id, number of workers) inside a DataLoader worker, else (0, 1)."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
