@@ -142,8 +142,9 @@ def _parse(doc: Any, source: str) -> Manifest:
     _need(isinstance(doc, dict), source, "the manifest must be a JSON object")
     if doc.get("format") != layout.FORMAT_NAME:
         raise DatasetError(
-            f"{source}: not a neurocodec manifest (format {doc.get('format')!r}); datasets "
-            "written by other tools need conversion, see docs/format.md"
+            f"{source}: not a neurocodec manifest (format {doc.get('format')!r}); shards of the "
+            "user guide's older pipeline (pickled .pyd members) convert with "
+            "neurocodec.legacy.convert_legacy_shards, see docs/format.md"
         )
     version = doc.get("format_version")
     _need(type(version) is int, source, "format_version must be an integer")

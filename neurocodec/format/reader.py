@@ -29,7 +29,7 @@ from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, 
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 
-VERIFY_MODES = ("crc", "none")
+VERIFY_MODES = ("crc", "full", "none")
 KEY = "__key__"
 
 
@@ -41,7 +41,7 @@ class ShardReader:
         self.entry = entry
         self.name = entry.name
         self._dataset = dataset
-        self._verify_crc = dataset.verify == "crc"
+        self._verify_crc = dataset.verify != "none"
         try:
             size = os.path.getsize(path)
         except OSError as exc:
@@ -53,6 +53,8 @@ class ShardReader:
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._view = memoryview(self._map)
+        if dataset.verify == "full" and hashlib.sha256(self._view).hexdigest() != entry.sha256:
+            raise ShardError("SHA-256 does not match the manifest (corrupted)", shard=self.name)
 
     def _load_index(self, path: Path, shard_size: int) -> np.ndarray:
         entry, fields = self.entry, self._dataset.fields
@@ -141,7 +143,9 @@ class ShardReader:
 class Dataset:
     """An opened dataset: its manifest, codecs, and random access to every sample.
 
-    `verify="crc"` (default) checks each member's CRC-32 as it is read; `"none"` skips it.
+    `verify="crc"` (default) checks each member's CRC-32 as it is read; `"full"` also checks
+    each shard's SHA-256 against the manifest when the shard is first opened (reads it whole);
+    `"none"` skips payload checksums (headers, sizes and decoded shapes are still checked).
     `registry` replaces the installed plugins. Shard readers are opened lazily and at most
     `max_open_shards` stay open.
     """
