@@ -98,7 +98,13 @@ class WebDatasetWriter:
         if index >= layout.MAX_SAMPLES:
             raise SampleError(f"a dataset holds at most {layout.MAX_SAMPLES} samples")
         key = layout.sample_key(index)
-        names, payloads, raws, values = self._encode(sample, metadata, index, key)
+        started = self._schema.fields is None
+        try:
+            names, payloads, raws, values = self._encode(sample, metadata, index, key)
+        except BaseException:
+            if started:
+                self._schema.fields = None  # a rejected first sample must not fix the schema
+            raise
         if self._current is None:
             self._current = ShardFileWriter(self.output_dir, len(self._shards), index,
                                             len(payloads), fsync=self.fsync)
@@ -276,17 +282,24 @@ def create_shards_from_arrays(
         raise SampleError("data_dict arrays hold no samples (first dimension 0)")
     if metadata is not None and len(metadata) != count:
         raise SampleError(f"metadata holds {len(metadata)} entries for {count} samples")
+    for i, entry in enumerate(metadata or ()):
+        if entry is not None and not isinstance(entry, Mapping):
+            raise SampleError(f"metadata[{i}] must be a dict or None, got {type(entry).__name__}")
     registry = writer_options.get("registry") or default_registry()
     options = writer_options.get("modality_options") or {}
+    unknown = sorted(set(options) - set(arrays))
+    if unknown:
+        raise SampleError(f"modality_options name fields data_dict does not have: {unknown}")
     for name, array in arrays.items():
-        spec = registry.resolve(name, array[0])
+        # `array[i, ...]` keeps rows of 1-d arrays as 0-d arrays (`array[i]` is a numpy scalar).
+        spec = registry.resolve(name, array[0, ...])
         for i in range(count):
             try:
-                spec.prepare(array[i], options.get(name, {}))
+                spec.prepare(array[i, ...], options.get(name, {}))
             except (TypeError, ValueError) as exc:
                 raise SampleError(f"data_dict[{name!r}] row {i} ({spec.name}): {exc}") from None
     with WebDatasetWriter(output_dir, shard_size, compression, **writer_options) as writer:
         for i in tqdm(range(count), desc="writing shards", unit="sample", disable=None if progress is None else not progress):
-            writer.write_sample({name: a[i] for name, a in arrays.items()},
+            writer.write_sample({name: a[i, ...] for name, a in arrays.items()},
                                 metadata=None if metadata is None else metadata[i])
     return writer.finalize()
