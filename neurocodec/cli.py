@@ -31,7 +31,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
     registry = load_registry()
     for p in registry.plugins():
-        print(f"{p.name:<12} {p.distribution} {p.version}  ({p.module})")
+        print(f"{p.name:<12} {p.origin}  ({p.module})")
         mods = registry.modality_names(p.name)
         codecs = registry.codec_ids(p.name)
         if mods:

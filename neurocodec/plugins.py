@@ -64,8 +64,7 @@ def create_plugin_manager(
         if name in infos:
             other = infos[name]
             raise PluginError(
-                f"two plugins are named {name!r}: from {other.distribution} {other.version} and "
-                f"from {info.distribution} {info.version}"
+                f"two plugins are named {name!r}: from {other.origin} and from {info.origin}"
             )
         pm.register(obj, name=name)
         infos[name] = info
@@ -88,7 +87,7 @@ def create_plugin_manager(
             add(ep.name, obj, PluginInfo(ep.name, dist, version, ep.value))
     for name, obj in plugins:
         module = getattr(obj, "__name__", type(obj).__name__)
-        add(name, obj, PluginInfo(name, "(registered directly)", "", module))
+        add(name, obj, PluginInfo(name, "", "", module))
     return pm, infos
 
 
@@ -113,7 +112,7 @@ def build_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], *, tr
                 raise
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {info.name!r} ({info.distribution} {info.version}) failed in "
+                    f"{info} failed in "
                     f"{hook_name}: {type(exc).__name__}: {exc}"
                 ) from exc
     registry.check()

@@ -23,6 +23,14 @@ class PluginInfo:
     version: str
     module: str
 
+    @property
+    def origin(self) -> str:
+        """Where it came from, for messages: `neurocodec 0.1.0` or `registered directly`."""
+        return f"{self.distribution} {self.version}".strip() if self.distribution else "registered directly"
+
+    def __str__(self) -> str:
+        return f"plugin {self.name!r} ({self.origin})"
+
 
 @attrs.frozen(slots=True)
 class _Entry:
@@ -56,9 +64,7 @@ class Registry:
         if codec_id in self._codecs:
             other = self._codecs[codec_id].plugin
             raise DuplicateRegistrationError(
-                f"codec id {codec_id!r} is registered by plugin {other.name!r} "
-                f"({other.distribution} {other.version}) and by plugin {plugin.name!r} "
-                f"({plugin.distribution} {plugin.version})"
+                f"codec id {codec_id!r} is registered by {other} and by {plugin}"
             )
         self._codecs[codec_id] = _Entry(codec, plugin)
         if self.trace:
@@ -71,9 +77,7 @@ class Registry:
         if spec.name in self._modalities:
             other = self._modalities[spec.name].plugin
             raise DuplicateRegistrationError(
-                f"modality {spec.name!r} is registered by plugin {other.name!r} "
-                f"({other.distribution} {other.version}) and by plugin {plugin.name!r} "
-                f"({plugin.distribution} {plugin.version})"
+                f"modality {spec.name!r} is registered by {other} and by {plugin}"
             )
         entry = _Entry(spec, plugin)
         self._modalities[spec.name] = entry

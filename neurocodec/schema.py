@@ -88,6 +88,13 @@ class Schema:
         unknown = set(self.options) - set(fields)
         if unknown:
             raise ValueError(f"modality_options name fields no sample has: {sorted(unknown)}")
+        for name, options in self.options.items():
+            spec = fields[name].spec
+            bad = sorted(set(options) - set(spec.options))
+            if bad:
+                known = ", ".join(sorted(spec.options)) or "none"
+                raise ValueError(f"modality_options[{name!r}] has unknown option(s) {bad} for modality "
+                                 f"{spec.name!r} (known: {known})")
         self.fields = fields
 
     def field_order(self) -> list[FieldState]:

@@ -7,42 +7,13 @@ edit to the guide is tested as it stands.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from guide import NEW_IMPORT, guide_block, run_block
 from neurocodec import Dataset, ShardedDatasetInfo
-
-OLD_IMPORT = "from neuros_neurofm.datasets import"
-NEW_IMPORT = "from neurocodec.datasets import"
-_REPO = Path(__file__).resolve().parents[1]
-
-
-def guide_path() -> Path:
-    """The guide to test (a missing guide fails the tests rather than skipping them)."""
-    candidates = (os.environ.get("NEUROCODEC_GUIDE"), _REPO.parent / "shared/spec/seed-guide.md",
-                  _REPO / "tests/data/seed-guide.md")
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise FileNotFoundError(f"the user guide (seed-guide.md) is in none of {candidates}")
-
-
-def guide_block(heading: str) -> str:
-    """The first ```python block under the Markdown heading `heading`, import line changed."""
-    text = guide_path().read_text()
-    match = re.search(rf"^#+ {re.escape(heading)}\s*$", text, flags=re.M)
-    assert match, f"no heading {heading!r} in {guide_path()}"
-    block = re.search(r"```python\n(.*?)\n```", text[match.end():], flags=re.S)
-    assert block, f"no python block under {heading!r}"
-    code = block.group(1)
-    assert code.count(OLD_IMPORT) == 1, code
-    return code.replace(OLD_IMPORT, NEW_IMPORT)
-
 
 @pytest.fixture
 def guide_cwd(tmp_path, monkeypatch):
@@ -50,13 +21,6 @@ def guide_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     shutil.rmtree(tmp_path / "shards", ignore_errors=True)
-
-
-def run_block(heading: str) -> dict:
-    """Exec a guide block in a fresh namespace and return that namespace."""
-    namespace: dict = {"__name__": "__guide__"}
-    exec(compile(guide_block(heading), f"<guide: {heading}>", "exec"), namespace)
-    return namespace
 
 
 def test_guide_blocks_are_found_and_only_the_import_changes():

@@ -118,8 +118,8 @@ def test_writer_refuses_samples_whose_fields_differ(tmp_path: Path) -> None:
             writer.write_sample({"spikes": first["spikes"]})
         with pytest.raises(SampleError, match=r"extra \['lfp'\]"):
             writer.write_sample({**first, "lfp": np.zeros((2, 8), np.float32)})
-        with pytest.raises(SampleError, match=r"missing \['behavior'\], extra \['Behavior'\]"):
-            writer.write_sample({"spikes": first["spikes"], "Behavior": first["behavior"]})
+        with pytest.raises(SampleError, match=r"missing \['behavior'\], extra \['speed'\]"):
+            writer.write_sample({"spikes": first["spikes"], "speed": first["behavior"]})
         writer.write_sample(first)
     with Dataset(tmp_path / "ds") as ds:
         assert len(ds) == 2 and [f.name for f in ds.fields] == ["behavior", "spikes", "metadata"]

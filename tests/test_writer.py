@@ -177,8 +177,9 @@ def writer(tmp_path):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("spikes.v2", "contains a dot"), ("metadata", "reserved"), ("", "must start with a letter"),
-    ("1st", "must start with a letter"), ("a/b", "must start with a letter"), ("x" * 49, "at most 48"),
+    ("spikes.v2", "contains a dot"), ("metadata", "reserved"), ("", "must start with a lowercase letter"),
+    ("1st", "must start with a lowercase letter"), ("a/b", "must start with a lowercase letter"),
+    ("LFP", "lowercase"), ("x" * 49, "at most 48"),
     (3, "must be str"),
 ])
 def test_bad_field_names(writer, name, message):

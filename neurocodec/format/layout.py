@@ -18,7 +18,7 @@ METADATA_FIELD = "metadata"
 KEY_DIGITS = 9
 MAX_SAMPLES = 10**KEY_DIGITS - 1
 MAX_FIELD_NAME = 48
-_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_FIELD_NAME - 1))
+_FIELD = re.compile(r"[a-z][a-z0-9_-]{0,%d}" % (MAX_FIELD_NAME - 1))
 _SHARD = re.compile(r"shard_[0-9]{6,}\.tar")
 
 
@@ -60,6 +60,7 @@ def field_name_problem(name: object) -> str | None:
     if name == METADATA_FIELD:
         return f"field name {name!r} is reserved for the metadata argument of write_sample"
     if not _FIELD.fullmatch(name):
-        return (f"field name {name!r} must start with a letter and hold only letters, digits, "
-                f"'_' or '-' (at most {MAX_FIELD_NAME} characters)")
+        return (f"field name {name!r} must start with a lowercase letter and hold only lowercase "
+                f"letters, digits, '_' or '-' (at most {MAX_FIELD_NAME} characters); webdataset "
+                "lowercases extensions, so 'LFP' and 'lfp' would collide")
     return None

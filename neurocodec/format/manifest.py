@@ -147,7 +147,7 @@ def _parse(doc: Any, source: str) -> Manifest:
             "neurocodec.legacy.convert_legacy_shards, see docs/format.md"
         )
     version = doc.get("format_version")
-    _need(type(version) is int, source, "format_version must be an integer")
+    _need(type(version) is int and version >= 1, source, "format_version must be a positive integer")
     _need(version <= layout.FORMAT_VERSION, source,
           f"format_version {version} is newer than this neurocodec reads "
           f"({layout.FORMAT_VERSION}); upgrade neurocodec")
@@ -173,6 +173,8 @@ def _parse(doc: Any, source: str) -> Manifest:
           f"shards hold {expected_first} samples but total_samples is {total}")
     _need(total <= layout.MAX_SAMPLES, source, "too many samples for 9-digit keys")
     _need(len({s.name for s in shards}) == len(shards), source, "shard names repeat")
+    _need(doc.get("total_shards", len(shards)) == len(shards), source,
+          f"total_shards is {doc.get('total_shards')!r} but {len(shards)} shards are listed")
     for key in ("writer", "extra", "created_with"):
         _need(isinstance(doc.get(key, {}), dict), source, f"{key} must be an object")
     return Manifest(
@@ -194,7 +196,8 @@ def _parse_field(doc: Any, source: str, where: str) -> FieldSpec:
     _need(isinstance(codec, dict) and isinstance(codec.get("id"), str), source,
           f"{where}codec must be an object with a string id")
     extension = _str(doc, "extension", source, where)
-    _need(extension.replace(".", "").isalnum() and len(extension) <= 16, source,
+    _need(extension.replace(".", "").isascii() and extension.replace(".", "").isalnum()
+          and len(extension) <= 16, source,
           f"{where}extension {extension!r} is not a short alphanumeric extension")
     dtype, shape = doc.get("dtype"), doc.get("shape")
     if kind == "array":
