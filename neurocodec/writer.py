@@ -30,6 +30,31 @@ def _existing_dataset_files(directory: Path) -> list[Path]:
     )
 
 
+def prepare_output_dir(directory: Path, overwrite: bool) -> None:
+    """Create `directory`, refusing one that holds a dataset unless `overwrite`, then clearing it.
+
+    Only neurocodec's own files (manifest, shards, indexes, temp files) are removed, the
+    manifest first, so from then on no reader takes the directory for a complete dataset.
+    """
+    existing = _existing_dataset_files(directory)
+    if existing and not overwrite:
+        raise DatasetExistsError(
+            f"{directory} already holds a dataset ({existing[0].name}, ...); pass overwrite=True to replace it"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in sorted(existing, key=lambda p: p.name != layout.MANIFEST):
+        path.unlink(missing_ok=True)
+
+
+def write_manifest(directory: Path, manifest: Manifest, *, fsync: bool = True) -> None:
+    """Write `dataset_metadata.json` atomically, after making the shards' renames durable."""
+    if fsync:
+        fsync_dir(directory)
+    atomic_write_bytes(directory / layout.MANIFEST, manifest.to_json().encode(), fsync=fsync)
+    if fsync:
+        fsync_dir(directory)
+
+
 class WebDatasetWriter:
     """Writes samples into tar shards of `shard_size` samples plus a manifest.
 
@@ -71,19 +96,7 @@ class WebDatasetWriter:
         self._current: ShardFileWriter | None = None
         self._count = 0
         self._closed = False
-        self._prepare_directory(overwrite)
-
-    def _prepare_directory(self, overwrite: bool) -> None:
-        existing = _existing_dataset_files(self.output_dir)
-        if existing and not overwrite:
-            raise DatasetExistsError(
-                f"{self.output_dir} already holds a dataset ({existing[0].name}, ...); "
-                "pass overwrite=True to replace it"
-            )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        # Manifest first: from here on no reader takes the directory for a complete dataset.
-        for path in sorted(existing, key=lambda p: p.name != layout.MANIFEST):
-            path.unlink(missing_ok=True)
+        prepare_output_dir(self.output_dir, overwrite)
 
     # -- writing ------------------------------------------------------------------------------
     def write_sample(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
@@ -199,11 +212,7 @@ class WebDatasetWriter:
             shards=tuple(self._shards), writer=self.settings(), extra=self.dataset_metadata,
             created_with={"neurocodec": __version__},
         )
-        if self.fsync:
-            fsync_dir(self.output_dir)
-        atomic_write_bytes(self.output_dir / layout.MANIFEST, manifest.to_json().encode(), fsync=self.fsync)
-        if self.fsync:
-            fsync_dir(self.output_dir)
+        write_manifest(self.output_dir, manifest, fsync=self.fsync)
         self._closed = True
         self._summary = {
             "samples": self._count, "shards": len(self._shards),

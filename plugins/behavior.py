@@ -5,6 +5,7 @@ as float16 on request with `modality_options={"behavior": {"dtype": "float16"}}`
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec_plugins.nwb_series import BehaviorExtractor
 
 
 @hookimpl
@@ -16,3 +17,9 @@ def neurocodec_register_modalities(register) -> None:
         description="behavioral variables (time, dims); keep their dtype, float16 on request",
         options={"dtype": "'float16' stores float values as float16 (lossy)"},
     ))
+
+
+@hookimpl
+def neurocodec_nwb_extractor(modality: str):
+    """SpatialSeries and behavioral TimeSeries anywhere in the file."""
+    return BehaviorExtractor() if modality == "behavior" else None

@@ -5,6 +5,7 @@ stores float signals as float16 instead (lossy, so only on request).
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec_plugins.nwb_series import EEGExtractor
 
 
 @hookimpl
@@ -16,3 +17,9 @@ def neurocodec_register_modalities(register) -> None:
         description="EEG; keeps its dtype, float16 on request",
         options={"dtype": "'float16' stores float signals as float16 (lossy)"},
     ))
+
+
+@hookimpl
+def neurocodec_nwb_extractor(modality: str):
+    """An ElectricalSeries chosen by name."""
+    return EEGExtractor() if modality == "eeg" else None

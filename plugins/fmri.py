@@ -5,6 +5,7 @@ float16 on request with `modality_options={"fmri": {"dtype": "float16"}}`.
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec_plugins.nwb_images import FMRIExtractor
 
 
 @hookimpl
@@ -16,3 +17,9 @@ def neurocodec_register_modalities(register) -> None:
         description="fMRI volumes; keep their dtype, float16 on request",
         options={"dtype": "'float16' stores float volumes as float16 (lossy)"},
     ))
+
+
+@hookimpl
+def neurocodec_nwb_extractor(modality: str):
+    """Volumes of an ImageSeries (in-file, or NIfTI through the optional nibabel extra)."""
+    return FMRIExtractor() if modality == "fmri" else None

@@ -5,6 +5,7 @@ stores float signals as float16 instead (half the bytes, lossy, so only on reque
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec_plugins.nwb_series import LFPExtractor
 
 
 @hookimpl
@@ -16,3 +17,9 @@ def neurocodec_register_modalities(register) -> None:
         description="local field potential; keeps its dtype, float16 on request",
         options={"dtype": "'float16' stores float signals as float16 (lossy)"},
     ))
+
+
+@hookimpl
+def neurocodec_nwb_extractor(modality: str):
+    """ElectricalSeries inside an LFP container."""
+    return LFPExtractor() if modality == "lfp" else None

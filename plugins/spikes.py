@@ -6,6 +6,7 @@ dtype. Sessions with different unit counts collate with zero padding and a mask.
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec_plugins.nwb_spikes import UnitsExtractor
 
 
 @hookimpl
@@ -15,3 +16,9 @@ def neurocodec_register_modalities(register) -> None:
         name="spikes", codec={"id": "npy", "pack_integers": True}, prepare=ArrayPolicy(kinds="biuf"),
         description="binned spike counts (time, units); integers packed to the smallest dtype",
     ))
+
+
+@hookimpl
+def neurocodec_nwb_extractor(modality: str):
+    """Binned counts from the Units table (see neurocodec_plugins.nwb_spikes)."""
+    return UnitsExtractor() if modality == "spikes" else None

@@ -6,6 +6,7 @@ no frame is ever silently rescaled.
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec_plugins.nwb_images import VideoExtractor
 
 
 @hookimpl
@@ -16,3 +17,9 @@ def neurocodec_register_modalities(register) -> None:
         prepare=ArrayPolicy(kinds="biu", store_dtype="uint8"),
         description="video frames, stored as uint8",
     ))
+
+
+@hookimpl
+def neurocodec_nwb_extractor(modality: str):
+    """ImageSeries frames."""
+    return VideoExtractor() if modality == "video" else None

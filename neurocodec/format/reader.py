@@ -11,16 +11,19 @@ member; nothing else escapes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
+import stat
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from neurocodec.codecs import Codec
 from neurocodec.errors import DatasetError, NeurocodecError, ShardError
 from neurocodec.format import index as shard_index
 from neurocodec.format import layout, tar
@@ -43,15 +46,18 @@ class ShardReader:
         self._dataset = dataset
         self._verify_crc = dataset.verify != "none"
         try:
-            size = os.path.getsize(path)
+            f, size = _open_regular(path)
         except OSError as exc:
             raise ShardError(f"cannot open: {exc.strerror or exc}", shard=self.name) from None
-        if size != entry.bytes:
-            raise ShardError(f"file has {size} bytes, the manifest says {entry.bytes} "
-                             "(truncated or replaced)", shard=self.name)
-        self.rows = self._load_index(path.with_name(entry.index), size)
-        with open(path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        with f:
+            if size != entry.bytes:
+                raise ShardError(f"file has {size} bytes, the manifest says {entry.bytes} "
+                                 "(truncated or replaced)", shard=self.name)
+            self.rows = self._load_index(path.with_name(entry.index), size)
+            try:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            except (OSError, ValueError) as exc:
+                raise ShardError(f"cannot map: {exc}", shard=self.name) from None
         self._view = memoryview(self._map)
         if dataset.verify == "full" and hashlib.sha256(self._view).hexdigest() != entry.sha256:
             raise ShardError("SHA-256 does not match the manifest (corrupted)", shard=self.name)
@@ -59,8 +65,10 @@ class ShardReader:
     def _load_index(self, path: Path, shard_size: int) -> np.ndarray:
         entry, fields = self.entry, self._dataset.fields
         try:
-            with open(path, "rb") as f:
-                data = f.read(entry.index_bytes + 1)
+            f, size = _open_regular(path)
+            with f:
+                # index_bytes comes from the (untrusted) manifest: never size a buffer by it alone.
+                data = f.read(min(size, entry.index_bytes) + 1)
         except OSError as exc:
             raise ShardError(f"cannot read index {path.name}: {exc.strerror or exc}", shard=self.name) from None
         if len(data) != entry.index_bytes or hashlib.sha256(data).hexdigest() != entry.index_sha256:
@@ -86,8 +94,9 @@ class ShardReader:
         key = layout.sample_key(self.entry.first_sample + local)
         return layout.member_name(key, field.name, self._dataset.manifest.member_extension(field))
 
-    def read_payload(self, local: int, column: int) -> bytes | memoryview:
-        """The decoded (decompressed) payload bytes of one member, fully checked."""
+    def stored_payload(self, local: int, column: int) -> tuple[memoryview, int]:
+        """The stored (still compressed) bytes of one member and its decoded size, with the
+        header, size and CRC-32 checked (used to copy members between datasets unchanged)."""
         offset, stored, raw, crc = (int(x) for x in self.rows[local, column])
         name = self.member_name(local, column)
         try:
@@ -100,10 +109,15 @@ class ShardReader:
         payload = self._view[offset:offset + stored]
         if self._verify_crc and zlib.crc32(payload) != crc:
             raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name, member=name)
+        return payload, raw
+
+    def read_payload(self, local: int, column: int) -> bytes | memoryview:
+        """The decoded (decompressed) payload bytes of one member, fully checked."""
+        payload, raw = self.stored_payload(local, column)
         try:
             return decompress(self._dataset.manifest.compression, payload, raw)
         except ValueError as exc:
-            raise ShardError(str(exc), shard=self.name, member=name) from None
+            raise ShardError(str(exc), shard=self.name, member=self.member_name(local, column)) from None
 
     def read_sample(self, local: int) -> dict[str, Any]:
         """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`."""
@@ -162,6 +176,7 @@ class Dataset:
         self.codecs = tuple(
             self.registry.codec(f.codec, field=f.name, plugin_hint=_install_hint(f)) for f in self.fields
         )
+        _check_codecs(self.fields, self.codecs, self.path / layout.MANIFEST)
         self._starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
         self._max_open = max_open_shards
@@ -228,10 +243,42 @@ class Dataset:
         self.close()
 
 
+def _check_codecs(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...], source: Path) -> None:
+    """A field's codec must decode the field's kind, and an array field's dtype must parse."""
+    for field, codec in zip(fields, codecs):
+        if codec.kind != field.kind:
+            raise DatasetError(f"{source}: field {field.name!r} is of kind {field.kind!r} but its codec "
+                               f"{field.codec_id!r} decodes {codec.kind!r} values")
+        if field.kind == "array":
+            try:
+                np.dtype(field.dtype)
+            except (TypeError, ValueError):
+                raise DatasetError(f"{source}: field {field.name!r} has dtype {field.dtype!r}, "
+                                   "which is not a numpy dtype") from None
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO, int]:
+    """Open `path` for reading if it is a regular file; return the file and its size.
+
+    O_NONBLOCK keeps a FIFO planted under a dataset file name from blocking the open forever (it
+    changes nothing for a regular file). Anything but a regular file raises OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _install_hint(field: FieldSpec) -> str:
-    dist = field.distribution or field.plugin
+    if not field.distribution:
+        return f"plugin {field.plugin!r} (it was registered directly, not from an installed distribution)"
     version = f"=={field.plugin_version}" if field.plugin_version else ""
-    return f"plugin {field.plugin!r} (pip install {dist}{version})"
+    return f"plugin {field.plugin!r} (pip install {field.distribution}{version})"
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -240,8 +287,10 @@ def read_manifest(path: Path) -> Manifest:
     if not path.is_dir():
         raise DatasetError(f"{path} is not a directory")
     try:
-        with open(manifest_path, "rb") as f:
-            text = f.read(MAX_MANIFEST_BYTES + 1)
+        f, size = _open_regular(manifest_path)
+        with f:
+            # Sized by the file, not the cap: a 1 GiB buffer per open fails under memory limits.
+            text = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
     except FileNotFoundError:
         raise DatasetError(
             f"{path} has no {layout.MANIFEST}: not a neurocodec dataset, or its writer did not finish"

@@ -1,0 +1,95 @@
+"""Concatenating datasets into one, copying every member's stored bytes unchanged.
+
+Used by the parallel converter: each worker writes one part per input file, and the parts are
+merged in input order. Because payloads are copied as stored (only member names and the index
+change), the result is byte-identical to writing the same samples with one writer, whatever
+produced the parts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from neurocodec import __version__
+from neurocodec.errors import DatasetError
+from neurocodec.format import layout
+from neurocodec.format.manifest import FieldSpec, Manifest
+from neurocodec.format.reader import Dataset
+from neurocodec.format.shardfile import ShardFileWriter
+from neurocodec.registry import Registry
+
+
+def merged_fields(datasets: Sequence[Dataset]) -> tuple[FieldSpec, ...]:
+    """The fields of the concatenation; DatasetError if the datasets' schemas differ."""
+    first = datasets[0]
+    fields = list(first.fields)
+    for ds in datasets[1:]:
+        if ds.manifest.compression != first.manifest.compression:
+            raise DatasetError(f"{ds.path} uses compression {ds.manifest.compression!r}, "
+                               f"{first.path} uses {first.manifest.compression!r}")
+        if [f.name for f in ds.fields] != [f.name for f in fields]:
+            raise DatasetError(f"{ds.path} has fields {[f.name for f in ds.fields]}, "
+                               f"{first.path} has {[f.name for f in fields]}")
+        for i, (mine, theirs) in enumerate(zip(fields, ds.fields)):
+            for key in ("modality", "kind", "codec", "dtype", "extension"):
+                if getattr(mine, key) != getattr(theirs, key):
+                    raise DatasetError(f"field {mine.name!r}: {key} {getattr(theirs, key)!r} in {ds.path} "
+                                       f"differs from {getattr(mine, key)!r} in {first.path}")
+            if (mine.shape is None) != (theirs.shape is None) or (
+                    mine.shape is not None and len(mine.shape) != len(theirs.shape)):
+                raise DatasetError(f"field {mine.name!r}: {ds.path} and {first.path} differ in dimensions")
+            shape = None if mine.shape is None else tuple(
+                a if a == b else None for a, b in zip(mine.shape, theirs.shape))
+            fields[i] = FieldSpec(**{**mine.to_dict(), "shape": shape,
+                                     "max_raw_bytes": max(mine.max_raw_bytes, theirs.max_raw_bytes),
+                                     "max_stored_bytes": max(mine.max_stored_bytes, theirs.max_stored_bytes)})
+    return tuple(fields)
+
+
+def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.PathLike, shard_size: int, *,
+                   writer: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                   fsync: bool = True, overwrite: bool = False, registry: Registry | None = None) -> Manifest:
+    """Write the samples of `sources`, in order, as one dataset of `shard_size`-sample shards."""
+    from neurocodec.writer import prepare_output_dir, write_manifest
+
+    if not sources:
+        raise DatasetError("nothing to merge")
+    out = Path(output_dir)
+    datasets = [Dataset(p, registry=registry) for p in sources]
+    try:
+        fields = merged_fields(datasets)
+        prepare_output_dir(out, overwrite)
+        shards, current, count = [], None, 0
+        extensions = [datasets[0].manifest.member_extension(f) for f in fields]
+        for ds in datasets:
+            for number, entry in enumerate(ds.shards):
+                reader = ds.shard(number)
+                for local in range(entry.samples):
+                    if current is None:
+                        current = ShardFileWriter(out, len(shards), count, len(fields), fsync=fsync)
+                    key = layout.sample_key(count)
+                    stored = [reader.stored_payload(local, c) for c in range(len(fields))]
+                    current.add_sample([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
+                                       [bytes(p) for p, _ in stored], [r for _, r in stored])
+                    count += 1
+                    if current.samples == shard_size:
+                        shards.append(current.close())
+                        current = None
+        if current is not None:
+            shards.append(current.close())
+    except BaseException:
+        if "current" in locals() and current is not None:
+            current.abort()
+        raise
+    finally:
+        for ds in datasets:
+            ds.close()
+    manifest = Manifest(
+        compression=datasets[0].manifest.compression, total_samples=count, fields=fields, shards=tuple(shards),
+        writer=dict(writer or datasets[0].manifest.writer), extra=dict(extra or {}),
+        created_with={"neurocodec": __version__},
+    )
+    write_manifest(out, manifest, fsync=fsync)
+    return manifest

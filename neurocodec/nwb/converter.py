@@ -1,0 +1,248 @@
+"""`NWBToWebDatasetConverter`: NWB sessions to shards, in parallel, resumably, deterministically.
+
+Each input file becomes a part (a small dataset under `<output>/.neurocodec-parts/`), converted
+in this process, in `workers` processes, or on any `concurrent.futures.Executor` (a Dask
+client's `get_executor()` converts across machines when the output directory is shared).
+`finalize()` concatenates the parts in input order, copying stored bytes unchanged, so the
+dataset (samples, order, checksums) is identical for any number of workers and any executor.
+A finished part is kept until `finalize()` succeeds, so re-running after a crash converts only
+the files that had not finished (a part is reused when the source file's path, size and
+modification time and the conversion settings are unchanged).
+
+Windows: `sequence_length` bins of `bin_size_ms`, `step = round(sequence_length * (1 -
+overlap))` bins apart, anchored at the start of the time every requested modality covers
+(`coverage="all"`, the default: a window needs all modalities; windows missing one are
+skipped and counted). With `coverage="fill"` windows span the union of the modalities' times
+and a modality that does not cover a window is zero-filled, listed in the window's metadata
+under `missing`. Modalities at other rates keep their native rate with a fixed number of samples
+per window (see `neurocodec.nwb.windows`).
+
+Bad input (unreadable or non-NWB file, missing modality, non-monotonic timestamps, NaN with
+`nan_policy="error"`) raises an error naming the file and the object; with `on_error="skip"`
+the file is skipped with a warning and counted in the summary. Nothing already written is
+damaged either way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from neurocodec.errors import DatasetExistsError
+from neurocodec.format import layout
+from neurocodec.format.compression import check_compression
+from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
+from neurocodec.nwb.session import session_key
+from neurocodec.nwb.windows import WindowSpec
+
+log = logging.getLogger("neurocodec.nwb")
+PARTS_DIR = ".neurocodec-parts"
+PART_SUMMARY = "part.json"
+ON_ERROR = ("raise", "skip")
+DEFAULT_MODALITIES = ("spikes", "lfp", "behavior")
+
+
+def _convert_part(path: str, part_dir: str, settings: ConvertSettings, fingerprint: dict) -> dict[str, Any]:
+    """Worker entry point: convert, then record the part as finished (atomically, last)."""
+    summary = convert_file(path, part_dir, settings)
+    record = {"summary": summary, "source": fingerprint, "settings": _settings_hash(settings)}
+    atomic_write_bytes(Path(part_dir) / PART_SUMMARY, json.dumps(record, sort_keys=True).encode(),
+                       fsync=settings.fsync)
+    return summary
+
+
+def _settings_hash(settings: ConvertSettings) -> str:
+    doc = {**settings.to_dict(), "compression": settings.compression}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class NWBToWebDatasetConverter:
+    """Converts NWB files into one sharded dataset (see the module documentation).
+
+    Parameters as in the user guide (`output_dir`, `shard_size`, `modalities`, `bin_size_ms`,
+    `sequence_length`, `overlap`), plus: `compression`; `workers` (processes) or `executor`;
+    `series` to pick a series per modality by name or path (`{"eeg": "EEG"}`; by default the
+    first candidate by HDF5 path, reported in the summary); `modality_options` passed to the
+    modality plugins; `coverage` ("all" or "fill"); `nan_policy` ("error", "skip_window",
+    "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`.
+    """
+
+    def __init__(
+        self, output_dir: str | os.PathLike, shard_size: int = 1000,
+        modalities: Sequence[str] = DEFAULT_MODALITIES, bin_size_ms: float = 10.0,
+        sequence_length: int = 100, overlap: float = 0.5, *, compression: str = "none",
+        workers: int = 1, executor: concurrent.futures.Executor | None = None,
+        series: Mapping[str, str] | None = None, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
+        coverage: str = "all", nan_policy: str = "error", on_error: str = "raise", overwrite: bool = False,
+        fsync: bool = True, keep_parts: bool = False, progress: bool | None = None,
+    ) -> None:
+        if type(shard_size) is not int or shard_size < 1:
+            raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        if type(workers) is not int or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if isinstance(modalities, str):
+            modalities = [modalities]
+        self.settings = ConvertSettings(
+            modalities=tuple(modalities), window=WindowSpec.from_user(bin_size_ms, sequence_length, overlap),
+            shard_size=shard_size, compression=check_compression(compression),
+            series=tuple(sorted((series or {}).items())), modality_options=options_tuple(modality_options),
+            coverage=coverage, nan_policy=nan_policy, fsync=fsync,
+        )
+        unknown = set(series or {}) - set(modalities)
+        if unknown:
+            raise ValueError(f"series names modalities that are not converted: {sorted(unknown)}")
+        self.output_dir = Path(output_dir)
+        if (self.output_dir / layout.MANIFEST).exists() and not overwrite:
+            raise DatasetExistsError(f"{self.output_dir} already holds a dataset; pass overwrite=True to replace it")
+        self.parts_dir = self.output_dir / PARTS_DIR
+        self.workers, self.executor, self.on_error = workers, executor, on_error
+        self.keep_parts, self.progress = keep_parts, progress
+        self._files: list[Path] = []
+        self._results: dict[Path, dict[str, Any]] = {}
+        self._failures: list[dict[str, str]] = []
+        self._summary: dict[str, Any] | None = None
+
+    # -- converting ---------------------------------------------------------------------------
+    def convert_nwb_file(self, path: str | os.PathLike) -> dict[str, Any] | None:
+        """Convert one file; return its part summary (None if it was skipped as bad input)."""
+        return self.convert_nwb_files([path])[0]
+
+    def convert_nwb_files(self, paths: Iterable[str | os.PathLike]) -> list[dict[str, Any] | None]:
+        """Convert files (in parallel when configured); return their summaries in input order."""
+        if self._summary is not None:
+            raise RuntimeError("the converter is finalized")
+        todo = []
+        for raw in paths:
+            path = Path(raw)
+            if path in self._results or path in self._files:
+                raise ValueError(f"{path} was already converted by this converter")
+            if not path.is_file():
+                self._fail(path, wrap_error(path, FileNotFoundError(f"no such file: {path}")))
+                continue
+            self._files.append(path)
+            todo.append(path)
+        pending = {}
+        for path in todo:
+            part = self._part_dir(path)
+            reused = self._reusable(part, path)
+            if reused is not None:
+                log.info("reusing finished part for %s", path)
+                self._results[path] = reused
+            else:
+                pending[path] = part
+        self._run(pending)
+        return [self._results.get(Path(p)) for p in todo]
+
+    def _part_dir(self, path: Path) -> Path:
+        return self.parts_dir / f"{session_key(path)}-{_settings_hash(self.settings)}"
+
+    def _reusable(self, part: Path, path: Path) -> dict[str, Any] | None:
+        try:
+            record = json.loads((part / PART_SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("source") != source_fingerprint(path) or record.get("settings") != _settings_hash(self.settings):
+            return None
+        if not (part / layout.MANIFEST).exists():
+            return None
+        return record["summary"]
+
+    def _run(self, pending: dict[Path, Path]) -> None:
+        if not pending:
+            return
+        from tqdm.auto import tqdm
+
+        args = {p: (str(p), str(d), self.settings, source_fingerprint(p)) for p, d in pending.items()}
+        bar = tqdm(total=len(pending), desc="converting", unit="file",
+                   disable=None if self.progress is None else not self.progress)
+        try:
+            if self.executor is None and self.workers == 1:
+                for path, a in args.items():
+                    self._collect(path, lambda a=a: _convert_part(*a))
+                    bar.update()
+                return
+            owned = self.executor is None
+            executor = self.executor or concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                futures = {path: executor.submit(_convert_part, *a) for path, a in args.items()}
+                for _ in concurrent.futures.as_completed(futures.values()):
+                    bar.update()
+                for path, future in futures.items():  # results and errors in input order
+                    self._collect(path, future.result)
+            except BaseException:
+                for future in locals().get("futures", {}).values():
+                    future.cancel()
+                raise
+            finally:
+                if owned:
+                    executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            bar.close()
+
+    def _collect(self, path: Path, result) -> None:
+        try:
+            self._results[path] = result()
+        except Exception as exc:
+            self._fail(path, wrap_error(path, exc))
+
+    def _fail(self, path: Path, error: Exception) -> None:
+        if self.on_error == "raise":
+            raise error
+        warnings.warn(f"skipping {path}: {error}", stacklevel=3)
+        log.warning("skipping %s: %s", path, error)
+        self._failures.append({"file": str(path), "error": str(error)})
+        if path in self._files:
+            self._files.remove(path)
+
+    # -- finishing ----------------------------------------------------------------------------
+    def finalize(self) -> dict[str, Any]:
+        """Merge the parts in input order into the output dataset; return a summary.
+
+        The summary holds samples, shards, bytes, modalities, compression, output_dir, files
+        (converted), skipped_files (path and error), skipped_windows, and the series chosen per
+        file and modality.
+        """
+        from neurocodec.errors import SampleError
+        from neurocodec.format.merge import merge_datasets
+
+        if self._summary is not None:
+            return self._summary
+        done = [p for p in self._files if p in self._results]
+        if not done:
+            raise SampleError(f"no file was converted into {self.output_dir}; nothing to finalize")
+        parts = [self._part_dir(p) for p in done]
+        sessions = {}
+        for part in parts:
+            with open(part / layout.MANIFEST, encoding="utf8") as f:
+                session = json.load(f)["extra"]["session"]
+            sessions[session["key"]] = session
+        extra = {"sessions": sessions, "conversion": self.settings.to_dict(),
+                 "sources": [str(p) for p in done], "skipped_files": self._failures}
+        writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
+                  "converter": "nwb"}
+        manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,
+                                  fsync=self.settings.fsync, overwrite=True)
+        if not self.keep_parts:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self._summary = {
+            "samples": manifest.total_samples, "shards": len(manifest.shards),
+            "bytes": sum(s.bytes + s.index_bytes for s in manifest.shards),
+            "modalities": [f.name for f in manifest.modalities], "compression": manifest.compression,
+            "output_dir": str(self.output_dir), "files": [str(p) for p in done],
+            "skipped_files": list(self._failures),
+            "skipped_windows": sum(self._results[p]["skipped_windows"] for p in done),
+            "series": {s["file"]: {m: d.get("object") for m, d in s["series"].items()} for s in sessions.values()},
+        }
+        return self._summary

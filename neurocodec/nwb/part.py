@@ -1,0 +1,167 @@
+"""Converting one NWB file into one part dataset: the unit of work of parallel conversion.
+
+Runs in any process (a pool worker, a Dask worker): it takes only plain, picklable arguments,
+opens the file itself, and writes the part atomically (the part's manifest last), so an
+interrupted run leaves no part that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+
+from neurocodec.errors import NeurocodecError
+from neurocodec.nwb.extract import NAN_POLICIES, ExtractOptions, ModalityReader, NWBError
+from neurocodec.nwb.session import Trials, session_info, session_key
+from neurocodec.nwb.windows import WindowSpec
+
+log = logging.getLogger("neurocodec.nwb")
+COVERAGE = ("all", "fill")
+
+
+@attrs.frozen(slots=True)
+class ConvertSettings:
+    """Everything that decides a part's content (hashable into the part's name)."""
+
+    modalities: tuple[str, ...]
+    window: WindowSpec
+    shard_size: int
+    compression: str
+    series: tuple[tuple[str, str], ...] = ()
+    modality_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    coverage: str = "all"
+    nan_policy: str = "error"
+    fsync: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not self.modalities:
+            raise ValueError("modalities must name at least one modality")
+        if self.coverage not in COVERAGE:
+            raise ValueError(f"coverage must be one of {COVERAGE}, got {self.coverage!r}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, recorded in the manifest."""
+        return {
+            "modalities": list(self.modalities), "bin_size_s": self.window.bin_size,
+            "sequence_length": self.window.sequence_length, "step_bins": self.window.step,
+            "series": dict(self.series), "coverage": self.coverage, "nan_policy": self.nan_policy,
+            "modality_options": {k: dict(v) for k, v in self.modality_options},
+        }
+
+
+def source_fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies a source file's version: absolute path, size and modification time."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings) -> dict[str, ModalityReader]:
+    """One reader per requested modality, through the plugins' extractors."""
+    from neurocodec.plugins import default_registry
+
+    hook = default_registry().plugin_manager.hook
+    series, options = dict(settings.series), {k: dict(v) for k, v in settings.modality_options}
+    readers = {}
+    for modality in settings.modalities:
+        extractor = hook.neurocodec_nwb_extractor(modality=modality)
+        if extractor is None:
+            raise NWBError(f"no installed plugin extracts modality {modality!r} from NWB files")
+        reader = extractor.open(nwbfile, ExtractOptions(path=path, series=series.get(modality),
+                                                        options=options.get(modality, {}),
+                                                        nan_policy=settings.nan_policy))
+        if reader is None:
+            raise NWBError(f"{path}: holds no {modality} data (requested modalities: "
+                           f"{', '.join(settings.modalities)})")
+        readers[modality] = reader
+    return readers
+
+
+def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings: ConvertSettings) -> dict[str, Any]:
+    """Convert one NWB file into the part dataset `part_dir`; return the part's summary.
+
+    Raises NWBError (or another NeurocodecError) naming the file for bad input; the part
+    directory then holds no manifest.
+    """
+    from pynwb import NWBHDF5IO
+
+    from neurocodec.writer import WebDatasetWriter
+
+    path, part_dir = Path(path), Path(part_dir)
+    try:
+        io = NWBHDF5IO(str(path), "r", load_namespaces=True)
+    except Exception as exc:
+        raise NWBError(f"{path}: cannot open as NWB ({type(exc).__name__}: {exc})") from None
+    with io:
+        try:
+            nwbfile = io.read()
+        except Exception as exc:
+            raise NWBError(f"{path}: cannot read as NWB ({type(exc).__name__}: {exc})") from None
+        readers = open_readers(nwbfile, path, settings)
+        spans = {m: r.span() for m, r in readers.items()}
+        if settings.coverage == "all":
+            begin, end = max(s for s, _ in spans.values()), min(e for _, e in spans.values())
+        else:
+            begin, end = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
+        key = session_key(path)
+        session = {**session_info(nwbfile, path), "key": key,
+                   "series": {m: dict(r.describe()) for m, r in readers.items()},
+                   "ids": {m: dict(r.ids()) for m, r in readers.items()},
+                   "span_s": {m: list(s) for m, s in spans.items()}}
+        trials = Trials(nwbfile)
+        spec = settings.window
+        written = skipped = 0
+        options = {k: dict(v) for k, v in settings.modality_options}
+        writer = WebDatasetWriter(part_dir, settings.shard_size, settings.compression, overwrite=True,
+                                  fsync=settings.fsync, modality_options=options,
+                                  dataset_metadata={"session": session, "source": source_fingerprint(path),
+                                                    "settings": settings.to_dict()})
+        try:
+            for index, start in enumerate(spec.starts(begin, end).tolist()):
+                sample, missing = {}, []
+                for modality, reader in readers.items():
+                    values = reader.read(start, spec)
+                    if values is None:
+                        missing.append(modality)
+                    else:
+                        sample.update(values)
+                if missing and (settings.coverage == "all" or len(missing) == len(readers)):
+                    skipped += 1
+                    continue
+                for modality in missing:  # coverage "fill": zeros, and the metadata says so
+                    sample.update(readers[modality].blank(spec))
+                stop = start + spec.duration
+                writer.write_sample(sample, metadata={
+                    "session": key, "source_file": path.name, "session_id": session["session_id"],
+                    "subject_id": session["subject_id"], "window_index": index,
+                    "start_time": start, "stop_time": stop, "trials": trials.overlapping(start, stop),
+                    "missing": missing,
+                })
+                written += 1
+            if written == 0:
+                raise NWBError(f"{path}: no window of {spec.duration:g} s is covered by every requested "
+                               f"modality (spans: {spans})")
+            summary = writer.finalize()
+        except BaseException:
+            writer.abort()
+            raise
+    summary.update(session=key, windows=written, skipped_windows=skipped, path=str(path))
+    log.info("converted %s: %d windows (%d skipped)", path, written, skipped)
+    return summary
+
+
+def wrap_error(path: Path, exc: BaseException) -> NeurocodecError:
+    """An error from converting `path` as a NeurocodecError that names the file."""
+    if isinstance(exc, NeurocodecError) and str(path) in str(exc):
+        return exc
+    return NWBError(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def options_tuple(options: Mapping[str, Mapping[str, Any]] | None) -> tuple:
+    """modality_options as a hashable tuple for ConvertSettings."""
+    return tuple(sorted((k, tuple(sorted(v.items()))) for k, v in (options or {}).items()))

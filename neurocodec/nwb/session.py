@@ -1,0 +1,48 @@
+"""Session-level facts of an NWB file: ids, trials, and a stable key for the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def session_key(path: Path) -> str:
+    """A short, stable, unique key for a source file: its stem plus a hash of its absolute path."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"{path.stem}-{digest}"
+
+
+def session_info(nwbfile: Any, path: Path) -> dict[str, Any]:
+    """Identifier, session and subject ids, start time and description, JSON-ready."""
+    subject = getattr(nwbfile, "subject", None)
+    start = getattr(nwbfile, "session_start_time", None)
+    return {
+        "file": path.name,
+        "identifier": str(nwbfile.identifier),
+        "session_id": str(nwbfile.session_id) if nwbfile.session_id is not None else path.stem,
+        "subject_id": None if subject is None or subject.subject_id is None else str(subject.subject_id),
+        "session_start_time": None if start is None else start.isoformat(),
+        "session_description": str(nwbfile.session_description or ""),
+    }
+
+
+class Trials:
+    """The trials table's start/stop times, read once (a small table), for per-window lookup."""
+
+    def __init__(self, nwbfile: Any) -> None:
+        table = getattr(nwbfile, "trials", None)
+        if table is None or len(table) == 0:
+            self.ids = self.start = self.stop = np.zeros(0)
+            return
+        self.ids = np.asarray(table.id[:], dtype=np.int64)
+        self.start = np.asarray(table["start_time"][:], dtype=np.float64)
+        self.stop = np.asarray(table["stop_time"][:], dtype=np.float64)
+
+    def overlapping(self, start: float, stop: float) -> list[int]:
+        """Ids of the trials that overlap [start, stop)."""
+        if not len(self.ids):
+            return []
+        return self.ids[(self.start < stop) & (self.stop > start)].tolist()

@@ -1,0 +1,151 @@
+"""Reading binned spike counts from an NWB Units table (used by the spikes plugin).
+
+Counts use half-open bins, `k = floor((t - t0) / bin + eps)`. Each unit's spike times are read
+through a forward cursor in blocks (windows arrive in time order), so memory holds one block
+per unit, never the whole table. Units with `obs_intervals` are observed only inside them:
+`spikes_observed[bin, unit]` is True when the bin lies wholly inside one of the unit's
+intervals (always True for units without intervals); counts outside are 0 and must be read
+with that mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from neurocodec.nwb import EPS, ExtractOptions, ModalityReader, NWBError, NWBExtractor, WindowSpec, bin_spikes
+
+BLOCK = 4096
+COUNT_DTYPE = np.int32
+MASK_FIELD = "spikes_observed"
+
+
+class _UnitCursor:
+    """Spike times of one unit in [lo, hi) of the flat dataset, read forward in blocks."""
+
+    def __init__(self, flat: Any, lo: int, hi: int) -> None:
+        self.flat, self.next, self.hi = flat, lo, hi
+        self.buffer = np.zeros(0)
+
+    def between(self, t0: float, t1: float) -> np.ndarray:
+        """Spike times in [t0, t1) (t0 never decreases between calls)."""
+        self.buffer = self.buffer[np.searchsorted(self.buffer, t0 - EPS):]
+        while self.next < self.hi and (not len(self.buffer) or self.buffer[-1] < t1):
+            block = np.asarray(self.flat[self.next:min(self.hi, self.next + BLOCK)], dtype=np.float64)
+            self.next += len(block)
+            self.buffer = np.concatenate((self.buffer, block[block >= t0 - EPS]))
+        return self.buffer[: np.searchsorted(self.buffer, t1 + EPS)]
+
+
+class UnitsReader(ModalityReader):
+    """Windows of binned counts (time bins, units) and the observation mask."""
+
+    modality = "spikes"
+
+    def __init__(self, units: Any, path: Any) -> None:
+        self.path = path
+        self.object_path = "/units"
+        self.unit_ids = np.asarray(units.id[:], dtype=np.int64).tolist()
+        ends = np.asarray(units.spike_times_index.data[:], dtype=np.int64)
+        starts = np.concatenate(([0], ends[:-1]))
+        self.flat = units.spike_times.data
+        if len(ends) and (np.any(np.diff(ends) < 0) or ends[-1] > len(self.flat)):
+            raise NWBError(f"{path}: /units spike_times_index is inconsistent with spike_times")
+        self.bounds = list(zip(starts.tolist(), ends.tolist()))
+        self.intervals = self._intervals(units)
+        self._cursors: list[_UnitCursor] | None = None
+        self._last_start = -np.inf
+        self._check_sorted()
+
+    def _intervals(self, units: Any) -> list[np.ndarray] | None:
+        if "obs_intervals" not in units.colnames:
+            return None
+        ends = np.asarray(units.obs_intervals_index.data[:], dtype=np.int64)
+        data = np.asarray(units.obs_intervals.data[:], dtype=np.float64).reshape(-1, 2)
+        starts = np.concatenate(([0], ends[:-1]))
+        return [data[a:b] for a, b in zip(starts, ends)]
+
+    def _check_sorted(self) -> None:
+        for unit, (lo, hi) in zip(self.unit_ids, self.bounds):
+            for i0 in range(lo, hi, 1 << 20):
+                block = np.asarray(self.flat[max(lo, i0 - 1):min(hi, i0 + (1 << 20))], dtype=np.float64)
+                if not np.all(np.isfinite(block)):
+                    raise NWBError(f"{self.path}: /units spike times of unit {unit} are not all finite")
+                if np.any(np.diff(block) < 0):
+                    raise NWBError(f"{self.path}: /units spike times of unit {unit} are not sorted")
+
+    def fields(self) -> tuple[str, ...]:
+        """Counts and the observation mask."""
+        return ("spikes", MASK_FIELD)
+
+    def span(self) -> tuple[float, float]:
+        """The observation intervals' extent, else first to last spike of any unit."""
+        if self.intervals is not None and any(len(i) for i in self.intervals):
+            every = np.concatenate([i for i in self.intervals if len(i)])
+            return float(every[:, 0].min()), float(every[:, 1].max())
+        firsts = [float(self.flat[lo]) for lo, hi in self.bounds if hi > lo]
+        lasts = [float(self.flat[hi - 1]) for lo, hi in self.bounds if hi > lo]
+        if not firsts:
+            raise NWBError(f"{self.path}: /units holds no spikes and no observation intervals")
+        return min(firsts), max(lasts) + 1e-6
+
+    def read(self, start: float, spec: WindowSpec) -> Mapping[str, np.ndarray]:
+        """Counts (bins, units) as int32 and the mask, for the window at `start`."""
+        if self._cursors is None or start < self._last_start:
+            self._cursors = [_UnitCursor(self.flat, lo, hi) for lo, hi in self.bounds]
+        self._last_start = start
+        n, b = spec.sequence_length, spec.bin_size
+        stop = start + spec.duration
+        counts = np.zeros((n, len(self.bounds)), dtype=COUNT_DTYPE)
+        for u, cursor in enumerate(self._cursors):
+            counts[:, u] = bin_spikes(cursor.between(start, stop), start, b, n)
+        return {"spikes": counts, MASK_FIELD: self._observed(start, spec)}
+
+    def _observed(self, start: float, spec: WindowSpec) -> np.ndarray:
+        n = spec.sequence_length
+        mask = np.ones((n, len(self.bounds)), dtype=bool)
+        if self.intervals is None:
+            return mask
+        edges = start + np.arange(n + 1) * spec.bin_size
+        for u, intervals in enumerate(self.intervals):
+            inside = np.zeros(n, dtype=bool)
+            for a, z in intervals:
+                inside |= (edges[:-1] >= a - EPS) & (edges[1:] <= z + EPS)
+            mask[:, u] = inside
+        return mask
+
+    def blank(self, spec: WindowSpec) -> Mapping[str, np.ndarray]:
+        """No counts and nothing observed."""
+        shape = (spec.sequence_length, len(self.bounds))
+        return {"spikes": np.zeros(shape, dtype=COUNT_DTYPE), MASK_FIELD: np.zeros(shape, dtype=bool)}
+
+    def ids(self) -> Mapping[str, Any]:
+        """The Units table ids, in column order of the counts."""
+        return {"unit_ids": self.unit_ids}
+
+    def describe(self) -> Mapping[str, Any]:
+        """Units and whether observation intervals are used."""
+        return {"object": self.object_path, "units": len(self.unit_ids),
+                "obs_intervals": self.intervals is not None}
+
+
+class UnitsExtractor(NWBExtractor):
+    """Finds the file's Units table."""
+
+    modality = "spikes"
+
+    def open(self, nwbfile: Any, options: ExtractOptions) -> UnitsReader | None:
+        """The Units table (`series` may name another Units table in processing modules)."""
+        from pynwb.misc import Units
+
+        tables = [o for o in nwbfile.objects.values() if isinstance(o, Units)]
+        if options.series is not None:
+            tables = [t for t in tables if t.name == options.series]
+            if not tables:
+                raise NWBError(f"{options.path}: no Units table named {options.series!r}")
+        elif nwbfile.units is not None:
+            tables = [nwbfile.units]
+        if not tables or tables[0].spike_times_index is None:
+            return None
+        return UnitsReader(tables[0], options.path)
