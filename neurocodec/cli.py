@@ -1,4 +1,4 @@
-"""The `neurocodec` command: `info`, `verify`, `plugins` (and `convert`, see neurocodec.convert)."""
+"""The `neurocodec` command: `convert`, `info`, `verify`, `plugins`."""
 
 from __future__ import annotations
 
@@ -57,12 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_verify)
     p = sub.add_parser("plugins", help="list installed plugins and what each provides")
     p.set_defaults(func=_plugins)
-    try:
-        from neurocodec.convert import add_convert_parser
-    except ImportError:
-        pass
-    else:
-        add_convert_parser(sub)
+    from neurocodec.convert import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 
@@ -71,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except NeurocodecError as exc:
+    except (NeurocodecError, ValueError, FileNotFoundError) as exc:
         print(f"neurocodec {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

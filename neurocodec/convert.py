@@ -1,0 +1,141 @@
+"""`neurocodec convert`: NWB sessions or .npz arrays to shards, from the command line.
+
+    neurocodec convert --input data/*.nwb --output ./shards --format nwb --shard-size 1000 \\
+        --workers 8 --validate [--compression zstd] [--modalities spikes lfp behavior]
+
+`--format` defaults to the inputs' extension. npz inputs are converted as
+`create_shards_from_arrays` does (row i of every array is sample i), several files one after
+the other. `--validate` re-reads every shard and checks it against the manifest afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurocodec.format.compression import COMPRESSIONS
+from neurocodec.nwb.extract import NAN_POLICIES
+from neurocodec.nwb.part import COVERAGE
+
+
+def _inputs(patterns: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = [pattern] if Path(pattern).exists() else sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"no input matches {pattern!r}")
+        paths.extend(Path(m) for m in matches)
+    return paths
+
+
+def _format(args: argparse.Namespace, paths: list[Path]) -> str:
+    if args.format:
+        return args.format
+    kinds = {p.suffix.lower().lstrip(".") for p in paths}
+    if len(kinds) == 1 and kinds <= {"nwb", "npz"}:
+        return kinds.pop()
+    raise ValueError(f"cannot tell the input format from {sorted(kinds)}; pass --format nwb or --format npz")
+
+
+def _series(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        modality, sep, name = pair.partition("=")
+        if not sep or not modality or not name:
+            raise ValueError(f"--series takes MODALITY=NAME, got {pair!r}")
+        out[modality] = name
+    return out
+
+
+def convert_npz(paths: list[Path], output: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Write the rows of the arrays of each .npz file, file after file, as samples."""
+    from neurocodec.writer import WebDatasetWriter, create_shards_from_arrays
+
+    if len(paths) == 1:
+        with np.load(paths[0], allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+        return create_shards_from_arrays(output, data, args.shard_size, args.compression,
+                                         overwrite=args.overwrite, progress=False if args.no_progress else None)
+    with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite) as writer:
+        for path in paths:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+            lengths = {k: len(v) for k, v in data.items()}
+            if len(set(lengths.values())) != 1:
+                raise ValueError(f"{path}: arrays differ in their first dimension: {lengths}")
+            for i in range(next(iter(lengths.values()))):
+                writer.write_sample({k: v[i, ...] for k, v in data.items()})
+    return writer.finalize()
+
+
+def convert_nwb(paths: list[Path], output: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Convert NWB files with NWBToWebDatasetConverter."""
+    from neurocodec.nwb.converter import NWBToWebDatasetConverter
+
+    converter = NWBToWebDatasetConverter(
+        output, shard_size=args.shard_size, modalities=args.modalities, bin_size_ms=args.bin_size_ms,
+        sequence_length=args.sequence_length, overlap=args.overlap, compression=args.compression,
+        workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
+        on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
+    )
+    converter.convert_nwb_files(paths)
+    return converter.finalize()
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """The `convert` subcommand."""
+    paths = _inputs(args.input)
+    output = Path(args.output)
+    fmt = _format(args, paths)
+    summary = convert_nwb(paths, output, args) if fmt == "nwb" else convert_npz(paths, output, args)
+    print(f"wrote {summary['samples']:,} samples in {summary['shards']} shards "
+          f"({summary['bytes'] / 2**20:.1f} MiB, compression {summary['compression']}) to {output}")
+    print(f"modalities: {', '.join(summary['modalities'])}")
+    for skipped in summary.get("skipped_files", []):
+        print(f"skipped {skipped['file']}: {skipped['error']}")
+    if summary.get("skipped_windows"):
+        print(f"windows not covered by every modality (skipped): {summary['skipped_windows']}")
+    if args.validate:
+        from neurocodec.format.reader import Dataset
+
+        with Dataset(output, verify="full") as ds:
+            count = ds.verify_all()
+        print(f"validated: {count:,} samples match the manifest")
+    return 0
+
+
+def add_convert_parser(sub: Any) -> None:
+    """Register `convert` on the `neurocodec` command's subparsers."""
+    p = sub.add_parser("convert", help="convert NWB files or .npz arrays to shards",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, help="input files or glob patterns")
+    p.add_argument("--output", required=True, help="output dataset directory")
+    p.add_argument("--format", choices=("nwb", "npz"), help="input format (default: from the extension)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--workers", type=int, default=1, help="conversion processes for NWB (default 1)")
+    p.add_argument("--compression", choices=COMPRESSIONS, default="none", help="per-member compression")
+    p.add_argument("--validate", action="store_true", help="re-read every shard against the manifest")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    nwb = p.add_argument_group("NWB options")
+    nwb.add_argument("--modalities", nargs="+", default=["spikes", "lfp", "behavior"],
+                     help="modalities to extract (default: spikes lfp behavior)")
+    nwb.add_argument("--bin-size-ms", type=float, default=10.0, help="bin size in ms (default 10)")
+    nwb.add_argument("--sequence-length", type=int, default=100, help="bins per window (default 100)")
+    nwb.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    nwb.add_argument("--series", nargs="*", default=[], metavar="MODALITY=NAME", help="pick a series by name")
+    nwb.add_argument("--coverage", choices=COVERAGE, default="all", help="window coverage policy")
+    nwb.add_argument("--nan-policy", choices=NAN_POLICIES, default="error", help="windows holding NaN")
+    nwb.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad input files")
+    p.set_defaults(func=run_convert)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from neurocodec.cli import main
+
+    sys.exit(main(["convert", *sys.argv[1:]]))
