@@ -50,6 +50,12 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield batch
 
 
+def _as_is(batch: Any) -> Any:
+    """The inner DataLoader's collate: batches are already collated in the workers (torch's
+    default would turn tuples from a custom collate_fn into lists and arrays into tensors)."""
+    return batch
+
+
 class WebDatasetDataLoader:
     """An iterable of batches with `state_dict()` / `load_state_dict()` for exact resume.
 
@@ -67,7 +73,8 @@ class WebDatasetDataLoader:
         self.batch_size = stream.batch_size
         self.num_workers = num_workers
         self._kwargs = dict(
-            batch_size=None, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout,
+            batch_size=None, collate_fn=_as_is, num_workers=num_workers, pin_memory=pin_memory,
+            timeout=timeout,
             worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context if num_workers else None,
             prefetch_factor=prefetch_factor if num_workers else None,
         )

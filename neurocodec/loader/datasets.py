@@ -62,22 +62,29 @@ class WebDatasetLoader(torch.utils.data.IterableDataset):
         stream = self.stream
         plan = stream.plan()
         worker, workers = worker_slot()
-        in_main = workers == 1
+        # A single DataLoader worker also reports (0, 1): ask torch whether this is a worker.
+        in_main = torch.utils.data.get_worker_info() is None
         for k, positions, samples in stream.batches(plan, worker, workers):
-            if in_main:
-                stream.skipped += len(positions) - len(samples)
+            counted = 0  # bad samples of this batch already in stream.skipped
             for n, (i, sample) in enumerate(samples):
                 if in_main:
                     self._before_yield()
                     # State counts this sample as handed out. With several ranks a batch is
                     # counted once whole: a partial batch is read again after a resume.
+                    # Skipped samples are counted once the position has passed them.
+                    passed = counted
                     if n == len(samples) - 1:
                         stream.position = plan.position_after(k + 1)
+                        passed = len(positions) - len(samples)
                     elif plan.world_size == 1:
                         stream.position = int(positions[i]) + 1
+                        passed = i - n
+                    stream.skipped += passed - counted
+                    counted = passed
                 yield sample_to_tensors(sample)
             if in_main and not samples:
                 stream.position = plan.position_after(k + 1)
+                stream.skipped += len(positions)
         if in_main:
             stream.end_epoch()
             self._on_epoch_end()
