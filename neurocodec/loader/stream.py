@@ -38,6 +38,8 @@ class EpochStream:
         if type(seed) is not int or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.shuffle, self.buffer_size, self.seed = bool(shuffle), buffer_size, seed
+        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
         self.chunk_size = chunk_size or default_chunk_size(buffer_size)
         self.batch_size, self.drop_last = batch_size, bool(drop_last)
         if rank is None or world_size is None:
