@@ -107,7 +107,7 @@ class NpyCodec(Codec):
 
     def decode(self, data: bytes | memoryview, field: FieldSpec) -> np.ndarray:
         """Parse the `.npy` payload and check it against the field."""
-        array = npy.decode(data)
+        array = npy.decode(data, allow_fortran=False)
         if self.pack_integers and field.dtype is not None:
             want = np.dtype(field.dtype)
             if want.kind in "iu" and array.dtype != want:

@@ -53,10 +53,11 @@ def encode(array: np.ndarray) -> bytes:
     return header(array.dtype, array.shape) + array.tobytes()
 
 
-def decode(data: bytes | memoryview) -> np.ndarray:
+def decode(data: bytes | memoryview, *, allow_fortran: bool = True) -> np.ndarray:
     """Parse NPY bytes into a read-only array viewing `data` (no copy).
 
-    Raises NpyError for anything that is not a numeric array whose header matches its payload.
+    Raises NpyError for anything that is not a numeric array whose header matches its payload,
+    and, with `allow_fortran=False`, for Fortran-ordered arrays (which neurocodec never writes).
     """
     view = memoryview(data).cast("B")
     if len(view) < 10 or view[:6] != MAGIC:
@@ -79,6 +80,8 @@ def decode(data: bytes | memoryview) -> np.ndarray:
     match = _HEADER.fullmatch(text)
     if match is None:
         raise NpyError(f"NPY header is not a plain numeric array header: {text[:80]!r}")
+    if match["fortran"] == "True" and not allow_fortran:
+        raise NpyError("NPY payload is Fortran-ordered; this format stores C-ordered arrays only")
     descr = match["descr"]
     if not _DESCR.fullmatch(descr):
         raise NpyError(f"NPY dtype {descr!r} is not a numeric dtype")

@@ -75,16 +75,15 @@ def decompress(name: str, data: bytes | memoryview, expected_size: int) -> bytes
             return _check(out, expected_size)
         if name == "gz":
             obj = zlib.decompressobj(31)
-            out = obj.decompress(data, expected_size + 1)
+            out = _not_over(obj.decompress(data, expected_size + 1), expected_size)
             if not obj.eof or obj.unused_data or obj.unconsumed_tail:
                 raise DecompressionError("gzip stream is truncated or has trailing data")
             return _check(out, expected_size)
         if name == "bz2":
             obj = bz2.BZ2Decompressor()
-            out = obj.decompress(data, expected_size + 1)
         else:
             obj = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=256 << 20)
-            out = obj.decompress(data, expected_size + 1)
+        out = _not_over(obj.decompress(data, expected_size + 1), expected_size)
         if not obj.eof or obj.unused_data:
             raise DecompressionError(f"{name} stream is truncated or has trailing data")
         return _check(out, expected_size)
@@ -92,6 +91,13 @@ def decompress(name: str, data: bytes | memoryview, expected_size: int) -> bytes
         raise
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
         raise DecompressionError(f"{name} payload does not decompress: {exc}") from None
+
+
+def _not_over(out: bytes, expected_size: int) -> bytes:
+    # Output stopped one byte past the declared size: say so, rather than "truncated".
+    if len(out) > expected_size:
+        raise DecompressionError(f"payload decompresses to more than the {expected_size} bytes the index says")
+    return out
 
 
 def _check(out: bytes, expected_size: int) -> bytes:

@@ -26,7 +26,7 @@ def encode(rows: np.ndarray) -> bytes:
 
 def decode(data: bytes, samples: int, members: int) -> np.ndarray:
     """Parse index bytes, requiring shape (samples, members, 4) and dtype uint64."""
-    rows = npy.decode(data)
+    rows = npy.decode(data, allow_fortran=False)
     if rows.dtype != np.dtype("<u8") or rows.shape != (samples, members, COLUMNS):
         raise ValueError(
             f"index has dtype {rows.dtype} and shape {rows.shape}, "
