@@ -8,6 +8,7 @@ plugin to install when it does not have the codec. Codecs never pickle.
 from __future__ import annotations
 
 import abc
+import functools
 import json
 from typing import Any, ClassVar, Mapping
 
@@ -70,7 +71,9 @@ class Codec(abc.ABC):
 
 def check_array(array: np.ndarray, field: FieldSpec) -> np.ndarray:
     """Raise CodecError unless `array` has the field's dtype and fits its shape."""
-    if field.dtype is not None and array.dtype != np.dtype(field.dtype):
+    if field.shape is not None and array.shape == field.shape and array.dtype == _dtype(field.dtype):
+        return array  # the common case, fixed shapes: one comparison
+    if field.dtype is not None and array.dtype != _dtype(field.dtype):
         raise CodecError(f"array has dtype {array.dtype}, the manifest declares {field.dtype}")
     if field.shape is not None:
         if array.ndim != len(field.shape) or any(
@@ -78,6 +81,11 @@ def check_array(array: np.ndarray, field: FieldSpec) -> np.ndarray:
         ):
             raise CodecError(f"array has shape {array.shape}, the manifest declares {field.shape}")
     return array
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype(name: str | None) -> np.dtype | None:
+    return None if name is None else np.dtype(name)
 
 
 class NpyCodec(Codec):

@@ -31,6 +31,25 @@ CollateRule = Callable[[Sequence[Any], "FieldSpec"], Collated]
 """Signature of a collate rule: (values of one field, the field) -> Collated."""
 
 
+def batch_tensor(shape: tuple[int, ...], dtype: Any, *, zero: bool = False) -> Any:
+    """An uninitialised (or zeroed) tensor to collate into.
+
+    Inside a DataLoader worker it is allocated in shared memory, as torch's own default_collate
+    does, so handing the batch to the main process does not copy it a second time.
+    """
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype) if zero else torch.empty(shape, dtype=dtype)
+    numel = 1
+    for d in shape:
+        numel *= d
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    out = torch.empty(0, dtype=dtype).new(storage).view(shape)
+    return out.zero_() if zero else out
+
+
 def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
     """Stack fixed-shape arrays; pad variable axes to the batch maximum and return a mask."""
     import torch
@@ -40,13 +59,14 @@ def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
         raise ValueError(f"cannot collate an empty batch of {field.name!r}")
     variable = [i for i, d in enumerate(field.shape or ()) if d is None]
     first = arrays[0]
+    dtype = torch.from_numpy(first[:0].copy()).dtype
     if not variable:
-        out = torch.empty((len(arrays), *first.shape), dtype=torch.from_numpy(first[:0].copy()).dtype)
+        out = batch_tensor((len(arrays), *first.shape), dtype)
         np.stack(arrays, out=out.numpy())
         return Collated(out)
     shape = tuple(max(a.shape[i] for a in arrays) for i in range(first.ndim))
-    out = torch.zeros((len(arrays), *shape), dtype=torch.from_numpy(first[:0].copy()).dtype)
-    mask = torch.zeros((len(arrays), *(shape[i] for i in variable)), dtype=torch.bool)
+    out = batch_tensor((len(arrays), *shape), dtype, zero=True)
+    mask = batch_tensor((len(arrays), *(shape[i] for i in variable)), torch.bool, zero=True)
     target = out.numpy()
     for b, a in enumerate(arrays):
         target[(b, *map(slice, a.shape))] = a

@@ -73,15 +73,42 @@ def decode(data: bytes | memoryview, *, allow_fortran: bool = True) -> np.ndarra
         raise NpyError(f"unsupported NPY version {major}")
     if hlen > MAX_HEADER or start + hlen > len(view):
         raise NpyError(f"NPY header length {hlen} is too large or past the payload end")
+    # Every sample of a fixed-shape field carries the same header bytes: parse each once.
+    key = bytes(view[:start + hlen])
+    parsed = _parsed.get(key)
+    if parsed is None:
+        parsed = _parse_header(key[start:], major)
+        if len(_parsed) >= _MAX_CACHED:
+            _parsed.clear()
+        _parsed[key] = parsed
+    dtype, shape, count, fortran = parsed
+    if fortran and not allow_fortran:
+        raise NpyError("NPY payload is Fortran-ordered; this format stores C-ordered arrays only")
+    offset = start + hlen
+    if count * dtype.itemsize != len(view) - offset:
+        raise NpyError(
+            f"NPY header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
+            f"but the payload holds {len(view) - offset} bytes"
+        )
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    if fortran:
+        return array.reshape(shape[::-1]).T
+    return array.reshape(shape)
+
+
+_parsed: dict[bytes, tuple[np.dtype, tuple[int, ...], int, bool]] = {}
+_MAX_CACHED = 1024
+
+
+def _parse_header(raw: bytes, major: int) -> tuple[np.dtype, tuple[int, ...], int, bool]:
+    """(dtype, shape, element count, fortran order) of a header dict, strictly validated."""
     try:
-        text = bytes(view[start:start + hlen]).decode("utf8" if major == 3 else "latin1")
+        text = raw.decode("utf8" if major == 3 else "latin1")
     except UnicodeDecodeError:
         raise NpyError("NPY header is not text") from None
     match = _HEADER.fullmatch(text)
     if match is None:
         raise NpyError(f"NPY header is not a plain numeric array header: {text[:80]!r}")
-    if match["fortran"] == "True" and not allow_fortran:
-        raise NpyError("NPY payload is Fortran-ordered; this format stores C-ordered arrays only")
     descr = match["descr"]
     if not _DESCR.fullmatch(descr):
         raise NpyError(f"NPY dtype {descr!r} is not a numeric dtype")
@@ -93,16 +120,7 @@ def decode(data: bytes | memoryview, *, allow_fortran: bool = True) -> np.ndarra
     count = 1
     for dim in shape:
         count *= dim
-    offset = start + hlen
-    if count * dtype.itemsize != len(view) - offset:
-        raise NpyError(
-            f"NPY header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
-            f"but the payload holds {len(view) - offset} bytes"
-        )
-    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
-    if match["fortran"] == "True":
-        return array.reshape(shape[::-1]).T
-    return array.reshape(shape)
+    return dtype, shape, count, match["fortran"] == "True"
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

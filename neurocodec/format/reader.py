@@ -16,7 +16,6 @@ import hashlib
 import mmap
 import os
 import stat
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -26,6 +25,7 @@ import numpy as np
 from neurocodec.codecs import Codec
 from neurocodec.errors import DatasetError, NeurocodecError, ShardError
 from neurocodec.format import index as shard_index
+from neurocodec.format.checksum import crc32
 from neurocodec.format import layout, tar
 from neurocodec.format.compression import decompress
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
@@ -59,6 +59,10 @@ class ShardReader:
             except (OSError, ValueError) as exc:
                 raise ShardError(f"cannot map: {exc}", shard=self.name) from None
         self._view = memoryview(self._map)
+        # Plain Python lists and strings for the per-member hot path.
+        self._row_list = self.rows.tolist()
+        self._suffixes = [f".{f.name}.{dataset.manifest.member_extension(f)}" for f in dataset.fields]
+        self._compression = dataset.manifest.compression
         if dataset.verify == "full" and hashlib.sha256(self._view).hexdigest() != entry.sha256:
             raise ShardError("SHA-256 does not match the manifest (corrupted)", shard=self.name)
 
@@ -90,32 +94,35 @@ class ShardReader:
 
     def member_name(self, local: int, column: int) -> str:
         """The name member `column` of sample `local` must have."""
-        field = self._dataset.fields[column]
-        key = layout.sample_key(self.entry.first_sample + local)
-        return layout.member_name(key, field.name, self._dataset.manifest.member_extension(field))
+        return layout.sample_key(self.entry.first_sample + local) + self._suffixes[column]
 
-    def stored_payload(self, local: int, column: int) -> tuple[memoryview, int]:
+    def stored_payload(self, local: int, column: int, key: str | None = None) -> tuple[memoryview, int]:
         """The stored (still compressed) bytes of one member and its decoded size, with the
         header, size and CRC-32 checked (used to copy members between datasets unchanged)."""
-        offset, stored, raw, crc = (int(x) for x in self.rows[local, column])
-        name = self.member_name(local, column)
-        try:
-            header = tar.parse_header(self._view[offset - tar.BLOCK:offset])
-        except tar.HeaderError as exc:
-            raise ShardError(f"bad tar header: {exc}", shard=self.name, member=name) from None
-        if header.name != name or header.size != stored:
-            raise ShardError(f"header says {header.name!r} of {header.size} bytes, the index says "
-                             f"{name!r} of {stored}", shard=self.name, member=name)
+        offset, stored, raw, crc = self._row_list[local][column]
+        name = (key or layout.sample_key(self.entry.first_sample + local)) + self._suffixes[column]
+        header = self._view[offset - tar.BLOCK:offset]
+        if header != tar.build_header(name, stored):
+            # Not byte-identical to what this writer produces: parse it strictly and compare.
+            try:
+                parsed = tar.parse_header(header)
+            except tar.HeaderError as exc:
+                raise ShardError(f"bad tar header: {exc}", shard=self.name, member=name) from None
+            if parsed.name != name or parsed.size != stored:
+                raise ShardError(f"header says {parsed.name!r} of {parsed.size} bytes, the index says "
+                                 f"{name!r} of {stored}", shard=self.name, member=name)
         payload = self._view[offset:offset + stored]
-        if self._verify_crc and zlib.crc32(payload) != crc:
+        if self._verify_crc and crc32(payload) != crc:
             raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name, member=name)
         return payload, raw
 
-    def read_payload(self, local: int, column: int) -> bytes | memoryview:
+    def read_payload(self, local: int, column: int, key: str | None = None) -> bytes | memoryview:
         """The decoded (decompressed) payload bytes of one member, fully checked."""
-        payload, raw = self.stored_payload(local, column)
+        payload, raw = self.stored_payload(local, column, key)
+        if self._compression == "none" and len(payload) == raw:
+            return payload
         try:
-            return decompress(self._dataset.manifest.compression, payload, raw)
+            return decompress(self._compression, payload, raw)
         except ValueError as exc:
             raise ShardError(str(exc), shard=self.name, member=self.member_name(local, column)) from None
 
@@ -123,9 +130,10 @@ class ShardReader:
         """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`."""
         if not 0 <= local < self.entry.samples:
             raise IndexError(f"shard {self.name} has {self.entry.samples} samples, not {local + 1}")
-        sample: dict[str, Any] = {KEY: layout.sample_key(self.entry.first_sample + local)}
+        key = layout.sample_key(self.entry.first_sample + local)
+        sample: dict[str, Any] = {KEY: key}
         for column, (field, codec) in enumerate(zip(self._dataset.fields, self._dataset.codecs)):
-            data = self.read_payload(local, column)
+            data = self.read_payload(local, column, key)
             try:
                 sample[field.name] = codec.decode(data, field)
             except NeurocodecError:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
 import numpy as np
 
 from neurocodec.format import index as shard_index
+from neurocodec.format.checksum import crc32
 from neurocodec.format import layout, tar
 from neurocodec.format.manifest import ShardEntry
 from neurocodec.fsutil import atomic_write_bytes, temp_path
@@ -51,7 +51,7 @@ class ShardFileWriter:
         row = []
         for name, payload, raw in zip(names, payloads, raw_sizes):
             self._write(tar.build_header(name, len(payload)))
-            row.append((self.offset, len(payload), raw, zlib.crc32(payload)))
+            row.append((self.offset, len(payload), raw, crc32(payload)))
             self._write(payload)
             pad = tar.padding(len(payload))
             if pad:

@@ -42,6 +42,12 @@ def member_span(size: int) -> int:
     return BLOCK + size + padding(size)
 
 
+_MODE_IDS = bytes(_TEMPLATE[100:124])
+_MTIME = bytes(_TEMPLATE[136:148])
+_TAIL = bytes(_TEMPLATE[156:BLOCK])
+_NAME_PAD = [bytes(n) for n in range(MAX_NAME + 1)]
+
+
 def build_header(name: str, size: int) -> bytes:
     """Return the 512-byte USTAR header of a regular file `name` holding `size` bytes."""
     raw = name.encode("ascii")
@@ -49,12 +55,10 @@ def build_header(name: str, size: int) -> bytes:
         raise ValueError(f"tar member name {name!r} must be 1 to {MAX_NAME - 1} ASCII bytes")
     if not 0 <= size <= MAX_MEMBER_SIZE:
         raise ValueError(f"tar member {name!r} of {size} bytes exceeds the USTAR limit")
-    header = bytearray(_TEMPLATE)
-    header[0:len(raw)] = raw
-    header[124:136] = b"%011o\0" % size
-    checksum = _TEMPLATE_SUM + sum(raw) + sum(header[124:136])
-    header[148:156] = b"%06o\0 " % checksum
-    return bytes(header)
+    size_field = b"%011o\0" % size
+    checksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw, _NAME_PAD[MAX_NAME - len(raw)], _MODE_IDS, size_field, _MTIME,
+                     b"%06o\0 " % checksum, _TAIL))
 
 
 @attrs.frozen(slots=True)

@@ -1,0 +1,23 @@
+"""The packaging metadata lists every package of the tree (a missing one breaks installed wheels)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "neurocodec").rglob("__init__.py")}
+    found.add("neurocodec_plugins")
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    assert config["package-dir"]["neurocodec_plugins"] == "plugins"
+
+
+def test_dependencies_admit_the_cpu_torch_and_never_pull_a_bare_torch():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch = [d for d in deps if d.startswith("torch")]
+    assert torch and "<" in torch[0] and ">=" in torch[0], torch
