@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +53,29 @@ def _series(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one .npz file; ValueError naming the file when it is not a readable npz
+    (numpy reads a non-zip file as a pickle or a single .npy instead, and says so confusingly)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz file (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read as .npz ({exc})") from None
+
+
 def convert_npz(paths: list[Path], output: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Write the rows of the arrays of each .npz file, file after file, as samples."""
     from neurocodec.writer import WebDatasetWriter, create_shards_from_arrays
 
     if len(paths) == 1:
-        with np.load(paths[0], allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
+        data = _load_npz(paths[0])
         return create_shards_from_arrays(output, data, args.shard_size, args.compression,
                                          overwrite=args.overwrite, progress=False if args.no_progress else None)
     with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite) as writer:
         for path in paths:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
+            data = _load_npz(path)
             lengths = {k: len(v) for k, v in data.items()}
             if len(set(lengths.values())) != 1:
                 raise ValueError(f"{path}: arrays differ in their first dimension: {lengths}")

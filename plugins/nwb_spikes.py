@@ -56,6 +56,7 @@ class UnitsReader(ModalityReader):
         self.intervals = self._intervals(units)
         self._cursors: list[_UnitCursor] | None = None
         self._last_start = -np.inf
+        self._span: tuple[float, float] | None = None
         self._check_sorted()
 
     def _intervals(self, units: Any) -> list[np.ndarray] | None:
@@ -90,8 +91,14 @@ class UnitsReader(ModalityReader):
             raise NWBError(f"{self.path}: /units holds no spikes and no observation intervals")
         return min(firsts), max(lasts) + 1e-6
 
-    def read(self, start: float, spec: WindowSpec) -> Mapping[str, np.ndarray]:
-        """Counts (bins, units) as int32 and the mask, for the window at `start`."""
+    def read(self, start: float, spec: WindowSpec) -> Mapping[str, np.ndarray] | None:
+        """Counts (bins, units) as int32 and the mask, for the window at `start`; None when the
+        window is not wholly inside `span()` (coverage="fill" then lists spikes as missing)."""
+        if self._span is None:
+            self._span = self.span()
+        tolerance = 1e-6 * spec.bin_size  # float error of the window grid, far below a bin
+        if start < self._span[0] - tolerance or start + spec.duration > self._span[1] + tolerance:
+            return None
         if self._cursors is None or start < self._last_start:
             self._cursors = [_UnitCursor(self.flat, lo, hi) for lo, hi in self.bounds]
         self._last_start = start

@@ -8,6 +8,7 @@ produced the parts.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,18 @@ from neurocodec.format.manifest import FieldSpec, Manifest
 from neurocodec.format.reader import Dataset
 from neurocodec.format.shardfile import ShardFileWriter
 from neurocodec.registry import Registry
+
+
+RELEASE_BYTES = 16 << 20
+
+
+def _release_pages(reader: object) -> None:
+    """Drop the copied pages of a shard's read-only mapping from this process's resident set
+    (they stay in the page cache and fault back in if read again): without this, merging parts
+    of any size would keep every byte copied resident until the shard is closed."""
+    mapping = getattr(reader, "_map", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def merged_fields(datasets: Sequence[Dataset]) -> tuple[FieldSpec, ...]:
@@ -65,18 +78,25 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         extensions = [datasets[0].manifest.member_extension(f) for f in fields]
         for ds in datasets:
             for number, entry in enumerate(ds.shards):
-                reader = ds.shard(number)
+                reader, copied = ds.shard(number), 0
                 for local in range(entry.samples):
                     if current is None:
                         current = ShardFileWriter(out, len(shards), count, len(fields), fsync=fsync)
                     key = layout.sample_key(count)
                     stored = [reader.stored_payload(local, c) for c in range(len(fields))]
+                    payloads = [bytes(p) for p, _ in stored]
+                    raw_sizes = [r for _, r in stored]
                     current.add_sample([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
-                                       [bytes(p) for p, _ in stored], [r for _, r in stored])
+                                       payloads, raw_sizes)
+                    copied += sum(map(len, payloads))
+                    if copied >= RELEASE_BYTES:
+                        _release_pages(reader)
+                        copied = 0
                     count += 1
                     if current.samples == shard_size:
                         shards.append(current.close())
                         current = None
+                _release_pages(reader)
         if current is not None:
             shards.append(current.close())
     except BaseException:

@@ -115,7 +115,9 @@ class TimeSeriesReader(ModalityReader):
         dtype = np.float64 if raw.dtype == np.float64 else np.float32
         values = raw.astype(np.float64) * self.conversion
         if self.channel_conversion is not None:
-            values = values * self.channel_conversion.reshape((1, -1) + (1,) * (raw.ndim - 2))
+            # channels are axis 1; a 1-D series is one channel (its one factor broadcasts over time)
+            shape = (1, -1) + (1,) * (raw.ndim - 2) if raw.ndim > 1 else (-1,)
+            values = values * self.channel_conversion.reshape(shape)
         return (values + self.offset).astype(dtype)
 
     def ids(self) -> Mapping[str, Any]:
