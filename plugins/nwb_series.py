@@ -5,8 +5,11 @@ Default choices when a file holds several candidates (reported in the converter'
 - lfp: the first ElectricalSeries inside an `LFP` container, by HDF5 path;
 - eeg: the first ElectricalSeries whose name contains "eeg" (any case), by HDF5 path; with none
   so named, pick one with `series={"eeg": name}` (the error lists the candidates);
-- behavior: the first SpatialSeries, or TimeSeries inside a behavior container (Position,
-  BehavioralTimeSeries, CompassDirection, PupilTracking, EyeTracking), anywhere in the file.
+- behavior: SpatialSeries and TimeSeries inside behavior containers (Position,
+  BehavioralTimeSeries, CompassDirection, PupilTracking, EyeTracking), anywhere in the file;
+  by default the first, by HDF5 path, of the first kind present in this order: series in a
+  Position container, other SpatialSeries, BehavioralTimeSeries, then the rest (so position is
+  preferred over head direction or pupil size).
 """
 
 from __future__ import annotations
@@ -72,5 +75,14 @@ class BehaviorExtractor(NWBExtractor):
         containers = (Position, BehavioralTimeSeries, CompassDirection, PupilTracking, EyeTracking)
         candidates = [s for s in find_objects(nwbfile, (TimeSeries,))
                       if isinstance(s, SpatialSeries) or isinstance(s.parent, containers)]
+
+        def preference(s: Any) -> int:
+            if isinstance(s.parent, Position):
+                return 0
+            if isinstance(s, SpatialSeries):
+                return 1
+            return 2 if isinstance(s.parent, BehavioralTimeSeries) else 3
+
+        candidates.sort(key=preference)  # stable: path order within a kind
         series = pick_series(candidates, options.series, self.modality, options.path)
         return None if series is None else _reader("behavior", series, options)

@@ -225,13 +225,14 @@ def test_several_behavior_candidates(tmp_path):
     module.add(nwbfiles.behavioral_timeseries("speed", np.ones((500, 1)), rate=50.0))
     path = nwbfiles.write(nwb, tmp_path / "two.nwb")
     summary, ds = convert(tmp_path, [path], ["behavior"], name="default")
-    # default: first candidate by HDF5 path (BehavioralTimeSeries sorts before Position)
-    assert summary["series"]["two.nwb"]["behavior"] == "/processing/behavior/BehavioralTimeSeries/speed"
+    # default: Position is preferred over other behavioral series, whatever the path order
+    assert summary["series"]["two.nwb"]["behavior"] == "/processing/behavior/Position/xy"
     assert ds.manifest.extra["sessions"][ds[0]["metadata"]["session"]]["series"]["behavior"]["timing"] == "rate"
-    for pick in ("xy", "/processing/behavior/Position/xy"):
+    assert ds[0]["behavior"].shape == (25, 2) and not ds[0]["behavior"].any()
+    for pick in ("speed", "/processing/behavior/BehavioralTimeSeries/speed"):
         summary, ds = convert(tmp_path, [path], ["behavior"], name=f"pick{len(pick)}", series={"behavior": pick})
-        assert summary["series"]["two.nwb"]["behavior"] == "/processing/behavior/Position/xy"
-        assert ds[0]["behavior"].shape == (25, 2) and not ds[0]["behavior"].any()
+        assert summary["series"]["two.nwb"]["behavior"] == "/processing/behavior/BehavioralTimeSeries/speed"
+        assert ds[0]["behavior"].shape == (25, 1) and ds[0]["behavior"].all()
 
 
 # -- image modalities -----------------------------------------------------------------------------

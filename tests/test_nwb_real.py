@@ -177,7 +177,8 @@ def test_real_behavior_coverage_fill(tmp_path, real_files):
     begin = min(float(t[0]) for t in spikes)
     assert ds[0]["metadata"]["start_time"] == pytest.approx(begin, abs=1e-9)
     assert len(ds) == int((max(float(t[-1]) for t in spikes) - begin) / 10.0)
-    assert summary["series"]["A2929-200711.nwb"]["behavior"] == "/acquisition/CompassDirection/rx"  # the default
+    # the default prefers Position (here stored as three 1-D series) over CompassDirection
+    assert summary["series"]["A2929-200711.nwb"]["behavior"] == "/acquisition/Position/x"
     missing = [ds[i]["metadata"]["missing"] for i in range(len(ds))]
     starts = np.array([ds[i]["metadata"]["start_time"] for i in range(len(ds))])
     tracked = starts >= 670.6407 - 1e-6

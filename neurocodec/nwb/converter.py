@@ -177,10 +177,15 @@ class NWBToWebDatasetConverter:
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
             try:
                 futures = {path: executor.submit(_convert_part, *a) for path, a in args.items()}
-                for _ in concurrent.futures.as_completed(futures.values()):
+                for future in concurrent.futures.as_completed(futures.values()):
                     bar.update()
+                    if self.on_error == "raise" and future.exception() is not None:
+                        break  # fail fast: the first failure stops the run
                 for path, future in futures.items():  # results and errors in input order
-                    self._collect(path, future.result)
+                    if future.done():
+                        self._collect(path, future.result)
+                    else:
+                        future.cancel()
             except BaseException:
                 for future in locals().get("futures", {}).values():
                     future.cancel()

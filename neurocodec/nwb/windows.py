@@ -2,7 +2,8 @@
 
 A window is `sequence_length` bins of `bin_size` seconds; consecutive windows start
 `step = round(sequence_length * (1 - overlap))` bins apart, so overlapping windows share exact
-bins. Bin `k` of a window starting at `t0` covers the half-open `[t0 + k*b, t0 + (k+1)*b)`.
+bins. Bin `k` of a window starting at `t0` covers the half-open `[t0 + k*b, t0 + (k+1)*b)`, up to
+a tolerance of `BIN_EPS` bins for float rounding.
 
 Modalities at other rates keep their native rate with a fixed sample count per window:
 `count = round(duration * rate)` samples starting at the first sample at or after the window's
@@ -19,6 +20,12 @@ import attrs
 import numpy as np
 
 EPS = 1e-9
+BIN_EPS = 1e-6
+"""Tolerance in bins: a spike within a millionth of a bin below an edge counts in the next bin.
+
+Relative rather than absolute, because spike and window times of late sessions (t ~ 1e5 s)
+carry rounding errors of ~1e-11 s, larger than 1e-9 of a 1 ms bin.
+"""
 
 
 @attrs.frozen(slots=True)
@@ -48,7 +55,7 @@ class WindowSpec:
 
     def starts(self, begin: float, end: float) -> np.ndarray:
         """Start times of every window that fits in [begin, end), on the grid anchored at `begin`."""
-        total_bins = math.floor((end - begin) / self.bin_size + EPS)
+        total_bins = math.floor((end - begin) / self.bin_size + BIN_EPS)
         if total_bins < self.sequence_length:
             return np.zeros(0)
         count = (total_bins - self.sequence_length) // self.step + 1
@@ -57,7 +64,7 @@ class WindowSpec:
 
 def bin_spikes(times: np.ndarray, start: float, bin_size: float, n_bins: int) -> np.ndarray:
     """Counts of `times` in `n_bins` half-open bins from `start` (spikes outside are dropped)."""
-    k = np.floor((np.asarray(times, dtype=np.float64) - start) / bin_size + EPS).astype(np.int64)
+    k = np.floor((np.asarray(times, dtype=np.float64) - start) / bin_size + BIN_EPS).astype(np.int64)
     k = k[(k >= 0) & (k < n_bins)]
     return np.bincount(k, minlength=n_bins)
 
