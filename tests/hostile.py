@@ -282,6 +282,17 @@ def compress(name: str, data: bytes) -> bytes:
     raise ValueError(name)
 
 
+def decompress(name: str, payload: bytes) -> bytes:
+    """The inverse of `compress`, with the standard libraries (for payloads known to be valid)."""
+    if name == "none":
+        return payload
+    if name == "zstd":
+        return zstandard.ZstdDecompressor().decompress(payload)
+    if name == "gz":
+        return zlib.decompress(payload, 31)
+    return {"bz2": bz2.decompress, "xz": lzma.decompress}[name](payload)
+
+
 def zstd_rle_frame(total: int, *, declared: int | None, byte: int = 0) -> bytes:
     """A zstd frame of `total` copies of `byte` made of 128 KiB RLE blocks (4 bytes per block).
 

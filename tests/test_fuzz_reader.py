@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,13 +49,14 @@ def make_samples() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     ]
 
 
-@dataclass
 class Base:
     """A valid dataset, its files' bytes, and the positions worth aiming at in each file."""
 
-    root: Path
-    files: dict[str, bytes]
-    hot: dict[str, list[int]]
+    def __init__(self, root: Path, files: dict[str, bytes], hot: dict[str, list[int]]) -> None:
+        self.root, self.files, self.hot = root, files, hot
+
+    def __repr__(self) -> str:  # short: hypothesis prints the fixture in falsifying examples
+        return f"Base({self.root.name})"
 
 
 @pytest.fixture(scope="module")

@@ -149,17 +149,7 @@ def read_rejected(root: Path, expect: Expect) -> NeurocodecError:
 def raw_payload(root: Path, compression: str, sample: int, field: str) -> bytes:
     """The decoded bytes of one member of shard 0 (of the valid dataset)."""
     m = h.read_members(root, 0)[h.member_position(root, 0, sample, field)]
-    return h_decompress(compression, m.payload)
-
-
-def h_decompress(compression: str, payload: bytes) -> bytes:
-    """The inverse of `hostile.compress` (for payloads of the valid dataset)."""
-    if compression == "none":
-        return payload
-    return {
-        "zstd": lambda d: zstandard.ZstdDecompressor().decompress(d),
-        "gz": lambda d: zlib.decompress(d, 31), "bz2": bz2.decompress, "xz": lzma.decompress,
-    }[compression](payload)
+    return h.decompress(compression, m.payload)
 
 
 def put_payload(root: Path, compression: str, raw: bytes, *, sample: int = 0, field: str = "lfp",
@@ -1093,6 +1083,8 @@ MANIFEST_CASES = {
     "index_bytes_string": (_set("shards.0.index_bytes", "416"), r"index_bytes must be a non-negative"),
     "sha256_not_string": (_set("shards.0.sha256", 5), r"sha256 must be a string"),
     "max_raw_bytes_negative": (_set("fields.0.max_raw_bytes", -1), r"max_raw_bytes must be a non-negative"),
+    "max_stored_bytes_beyond_uint64": (_set("fields.0.max_stored_bytes", 2**64), r"declares sizes beyond 64 bits"),
+    "max_raw_bytes_huge": (_set("fields.2.max_raw_bytes", 10**30), r"declares sizes beyond 64 bits"),
     # Check: shard and index names.
     "shard_name_traversal": (_set("shards.0.name", "../shard_000000.tar"), r"is not a shard file name"),
     "shard_name_absolute": (_set("shards.0.name", "/etc/passwd"), r"is not a shard file name"),
@@ -1120,8 +1112,14 @@ MANIFEST_CASES = {
     # Check: each field's codec decodes its kind, and array dtypes parse (Dataset.__init__).
     "codec_kind_mismatch": (_set("fields.0.codec", {"id": "json"}),
                             r"field 'lfp' is of kind 'array' but its codec 'json' decodes 'json'"),
-    "array_dtype_structured": (_set("fields.0.dtype", "[('a','<f4')]"), r"which is not a numpy dtype"),
-    "array_dtype_garbage": (_set("fields.0.dtype", "not-a-dtype"), r"which is not a numpy dtype"),
+    "array_dtype_structured": (_set("fields.0.dtype", "[('a','<f4')]"), r"which is not a plain numpy dtype"),
+    "array_dtype_garbage": (_set("fields.0.dtype", "not-a-dtype"), r"which is not a plain numpy dtype"),
+    # numpy would hand these to ast.literal_eval (a SyntaxError escaped; deep nesting can crash).
+    "array_dtype_comma_string": (_set("fields.0.dtype", "f4,,"), r"which is not a plain numpy dtype"),
+    "array_dtype_subarray": (_set("fields.0.dtype", "(2,)f4"), r"which is not a plain numpy dtype"),
+    "array_dtype_nested_parens": (_set("fields.0.dtype", "f4," + "(" * 5000 + ")" * 5000 + "f4"),
+                                  r"which is not a plain numpy dtype"),
+    "array_dtype_not_string": (_set("fields.0.dtype", 4), r"dtype must be a string"),
 }
 
 
