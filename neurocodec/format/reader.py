@@ -34,6 +34,8 @@ from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 
 VERIFY_MODES = ("crc", "full", "none")
+HEADER_CHUNK = 64
+"""Samples whose member headers are verified together, the first time one of them is read."""
 KEY = "__key__"
 
 
@@ -64,6 +66,8 @@ class ShardReader:
         self._row_list = self.rows.tolist()
         self._suffixes = [f".{f.name}.{dataset.manifest.member_extension(f)}" for f in dataset.fields]
         self._compression = dataset.manifest.compression
+        self._checked = bytearray(-(-entry.samples // HEADER_CHUNK))  # header runs verified
+        self._bad_headers: dict[int, tuple[str, str]] = {}  # sample -> (why, member) for bad headers
         if dataset.verify == "full" and hashlib.sha256(self._view).hexdigest() != entry.sha256:
             raise ShardError("SHA-256 does not match the manifest (corrupted)", shard=self.name)
 
@@ -97,24 +101,47 @@ class ShardReader:
         """The name member `column` of sample `local` must have."""
         return layout.sample_key(self.entry.first_sample + local) + self._suffixes[column]
 
+    def _check_headers(self, chunk: int) -> None:
+        """Verify the tar headers of samples [chunk * HEADER_CHUNK, ...) together.
+
+        Every header must be byte-identical to the one this format's writer produces for the
+        member name and size the index promises; otherwise the strict parser must accept it
+        with that name and size. A sample failing this is remembered, and reading it raises.
+        """
+        lo = chunk * HEADER_CHUNK
+        hi = min(self.entry.samples, lo + HEADER_CHUNK)
+        view, suffixes, first = self._view, self._suffixes, self.entry.first_sample
+        for local in range(lo, hi):
+            key = layout.sample_key(first + local)
+            for column, (offset, stored, _, _) in enumerate(self._row_list[local]):
+                name = key + suffixes[column]
+                header = view[offset - tar.BLOCK:offset]
+                if header == tar.build_header(name, stored):
+                    continue
+                try:
+                    parsed = tar.parse_header(header)
+                except tar.HeaderError as exc:
+                    self._bad_headers[local] = (f"bad tar header: {exc}", name)
+                    break
+                if parsed.name != name or parsed.size != stored:
+                    self._bad_headers[local] = (f"header says {parsed.name!r} of {parsed.size} bytes, the "
+                                                f"index says {name!r} of {stored}", name)
+                    break
+        self._checked[chunk] = 1
+
     def stored_payload(self, local: int, column: int, key: str | None = None) -> tuple[memoryview, int]:
         """The stored (still compressed) bytes of one member and its decoded size, with the
         header, size and CRC-32 checked (used to copy members between datasets unchanged)."""
+        if not self._checked[local // HEADER_CHUNK]:
+            self._check_headers(local // HEADER_CHUNK)
+        if local in self._bad_headers:
+            why, member = self._bad_headers[local]
+            raise ShardError(why, shard=self.name, member=member)
         offset, stored, raw, crc = self._row_list[local][column]
-        name = (key or layout.sample_key(self.entry.first_sample + local)) + self._suffixes[column]
-        header = self._view[offset - tar.BLOCK:offset]
-        if header != tar.build_header(name, stored):
-            # Not byte-identical to what this writer produces: parse it strictly and compare.
-            try:
-                parsed = tar.parse_header(header)
-            except tar.HeaderError as exc:
-                raise ShardError(f"bad tar header: {exc}", shard=self.name, member=name) from None
-            if parsed.name != name or parsed.size != stored:
-                raise ShardError(f"header says {parsed.name!r} of {parsed.size} bytes, the index says "
-                                 f"{name!r} of {stored}", shard=self.name, member=name)
         payload = self._view[offset:offset + stored]
         if self._verify_crc and crc32(payload) != crc:
-            raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name, member=name)
+            raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name,
+                             member=(key or layout.sample_key(self.entry.first_sample + local)) + self._suffixes[column])
         return payload, raw
 
     def read_payload(self, local: int, column: int, key: str | None = None) -> bytes | memoryview:
