@@ -1,0 +1,193 @@
+"""One benchmark measurement per process: `python child.py SPEC.json RESULT.json`.
+
+SPEC holds a list of tasks (one in a normal run; `--quick` runs several in one process to save
+interpreter and torch start-up). Each task's result is a dict; clocks start after the imports,
+right before the library opens or creates the dataset. `rss_kb` is this process's peak resident
+set size (VmHWM, see `_own_peak_kb`) and `workers_rss_kb` the largest ru_maxrss of its finished
+child processes (DataLoader workers), both in KiB; both count touched pages of memory-mapped
+files, and a worker's count includes the pages it shares with the main process after fork.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from libs import LIBRARIES, probe
+from workloads import Checksum, load_source, workload_from_dict
+
+RAW_BLOCK = 1 << 20
+
+
+def _rss() -> dict[str, int]:
+    return {"rss_kb": _own_peak_kb(), "workers_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+
+
+def _own_peak_kb() -> int:
+    """Peak RSS of this process's own address space (VmHWM).
+
+    ru_maxrss of RUSAGE_SELF is not used for the process itself: Linux carries the launching
+    process's peak across fork and exec into it, so every child would report at least the
+    benchmark driver's peak. VmHWM is the same high-water mark, counted from the exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def task_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Import each library; report versions or import errors."""
+    return {name: probe(name) for name in spec["libs"]}
+
+
+def task_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS after importing the library and torch, reading nothing."""
+    LIBRARIES[spec["lib"]].preload(loader=True)
+
+    return _rss()
+
+
+def task_write(spec: dict[str, Any]) -> dict[str, Any]:
+    """Write the whole workload with the library's writer."""
+    wl, lib = workload_from_dict(spec["workload"]), LIBRARIES[spec["lib"]]
+    lib.preload()
+    data = load_source(wl, Path(spec["source"]))
+    start = time.perf_counter()
+    lib.write(Path(spec["out"]), wl, data, **spec.get("options", {}))
+    seconds = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in Path(spec["out"]).rglob("*") if p.is_file())
+    return {"seconds": seconds, "samples": wl.samples, "disk_bytes": size}
+
+
+def task_read(spec: dict[str, Any]) -> dict[str, Any]:
+    """Read every sample in one process, no shuffle, every array digested (touched whole)."""
+    wl, lib = workload_from_dict(spec["workload"]), LIBRARIES[spec["lib"]]
+    lib.preload()
+    check = Checksum()
+    add = check.add
+    start = time.perf_counter()
+    for arrays, trial in lib.samples(Path(spec["path"]), wl):
+        add(arrays, (trial,))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "samples": check.count, "checksum": check.value(), **_rss()}
+
+
+def task_raw(spec: dict[str, Any]) -> dict[str, Any]:
+    """Plain reads (1 MiB readinto) of the given files, from the page cache."""
+    files = [Path(p) for p in spec["files"]]
+    buffer = bytearray(RAW_BLOCK)
+    view = memoryview(buffer)
+    total = 0
+    start = time.perf_counter()
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while True:
+                n = f.readinto(view)
+                if not n:
+                    break
+                total += n
+    return {"seconds": time.perf_counter() - start, "bytes": total}
+
+
+def task_epoch(spec: dict[str, Any]) -> dict[str, Any]:
+    """One shuffled epoch through the library's DataLoader, from a fresh loader (or a restored
+    state); saves the loader's state when `capture_at` samples have been delivered."""
+    wl, lib = workload_from_dict(spec["workload"]), LIBRARIES[spec["lib"]]
+    lib.preload(loader=True)
+    capture_at, stop_after = spec.get("capture_at"), spec.get("stop_after")
+    check = Checksum()
+    start = time.perf_counter()
+    loader = lib.loader(Path(spec["path"]), wl, batch_size=spec["batch_size"], workers=spec["workers"],
+                        seed=spec["seed"])
+    if "resume_position" in spec:
+        lib.load_state_dict(loader, lib.seek_state(loader, spec["resume_position"]))
+    elif "resume_state" in spec:
+        lib.load_state_dict(loader, json.loads(Path(spec["resume_state"]).read_text()))
+    first = None
+    for batch in loader:
+        arrays, trials = lib.batch(batch, wl)
+        check.add(arrays, trials)
+        if first is None:
+            first = time.perf_counter() - start
+            first_count = check.count
+        if capture_at is not None and check.count == capture_at:
+            Path(spec["state_out"]).write_text(json.dumps(lib.state_dict(loader)))
+        if stop_after is not None and check.count >= stop_after:
+            break
+    total = time.perf_counter() - start
+    del loader
+    return {"first_batch_s": first, "first_batch_samples": first_count if first is not None else 0,
+            "seconds": total, "samples": check.count, "checksum": check.value(), **_rss()}
+
+
+def task_first_batch(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time to the first batch of a fresh or restored loader (then stop)."""
+    return task_epoch({**spec, "stop_after": 1})
+
+
+def task_nwb_make(spec: dict[str, Any]) -> dict[str, Any]:
+    """Generate the NWB session file (not timed)."""
+    from nwbdata import make_session
+
+    return make_session(Path(spec["path"]), seconds=spec["seconds"])
+
+
+def task_nwb_convert(spec: dict[str, Any]) -> dict[str, Any]:
+    """Convert the NWB file with NWBToWebDatasetConverter (default settings, one process)."""
+    import pynwb  # noqa: F401  (imported lazily by the converter; not part of its rate)
+
+    from neurocodec.nwb.converter import NWBToWebDatasetConverter
+
+    start = time.perf_counter()
+    converter = NWBToWebDatasetConverter(spec["out"], shard_size=spec["shard_size"], bin_size_ms=10.0,
+                                         sequence_length=100, overlap=0.5, progress=False)
+    converter.convert_nwb_file(spec["path"])
+    summary = converter.finalize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "samples": summary["samples"], "bytes": summary["bytes"], **_rss()}
+
+
+def task_hdf5_read(spec: dict[str, Any]) -> dict[str, Any]:
+    """Read the NWB file's data arrays whole with h5py (the raw HDF5 read rate)."""
+    from nwbdata import read_hdf5
+
+    start = time.perf_counter()
+    nbytes = read_hdf5(Path(spec["path"]))
+    return {"seconds": time.perf_counter() - start, "bytes": nbytes}
+
+
+TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    name[len("task_"):]: fn for name, fn in globals().items() if name.startswith("task_")
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run the tasks of SPEC in order; write their results (or errors) to RESULT."""
+    specs = json.loads(Path(argv[1]).read_text())
+    results = []
+    for spec in specs:
+        try:
+            results.append({"ok": True, **TASKS[spec["task"]](spec)})
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    Path(argv[2]).write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main(sys.argv))

@@ -1,0 +1,306 @@
+"""Turning measurements into the printed table, the goals of issue 5, and JSON.
+
+Ratios are always "how many times better neurocodec is": neurocodec's rate over the peer's for
+samples/s, the peer's time over neurocodec's for seconds. Above 1 means neurocodec wins.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from workloads import Workload
+
+NC = "neurocodec"
+HEADER = "| workload | measure | library | value | MB/s | % of raw | neurocodec ÷ peer | peak RSS MB | note |"
+NOFSYNC = "neurocodec-nofsync"
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    section: str
+    measure: str
+    library: str
+    value: float | None
+    unit: str                       # "samples/s" (higher is better) or "s" (lower is better)
+    mbps: float | None = None
+    pct_raw: float | None = None
+    rss: str = ""
+    note: str = ""
+    ratio: str = ""
+
+
+@dataclass
+class Report:
+    """Every row measured in one run, plus the peers found and the checksum verdicts."""
+
+    repeat: int
+    quick: bool
+    peers: dict[str, dict[str, str]] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    checks: int = 0
+    elapsed: float = 0.0
+    load: list[float] = field(default_factory=list)
+
+    def label(self, lib: str) -> str:
+        """Library name with its version (`neurocodec-nofsync` becomes a writer option)."""
+        if lib == NOFSYNC:
+            return f"{self.label(NC)} fsync=False"
+        version = self.peers.get(lib, {}).get("version")
+        return f"{lib} {version}" if version else lib
+
+    def _rss(self, result: dict[str, Any], workers: bool = False) -> str:
+        if result.get("shared_process") or "rss_kb" not in result:
+            return ""
+        text = f"{result['rss_kb'] / 1024:.0f}"
+        if workers and result.get("workers_rss_kb"):
+            text += f" (workers {result['workers_rss_kb'] / 1024:.0f})"
+        return text
+
+    def _check(self, what: str, got: str | None, expected: str) -> str:
+        self.checks += 1
+        if got == expected:
+            return "checksum ok"
+        self.mismatches.append(f"{what}: checksum {got} != expected {expected}")
+        return "CHECKSUM MISMATCH"
+
+    def _failed(self, section: str, measure: str, lib: str) -> None:
+        self.rows.append(Row(section, measure, self.label(lib), None, "", note="failed (see log)"))
+
+    # -- adding measurements -------------------------------------------------------------------
+    def add_write(self, wl: Workload, lib: str, result: dict[str, Any] | None) -> None:
+        """A write of the whole workload."""
+        section = f"{wl.name}: {wl.samples} samples"
+        if result is None:
+            return self._failed(section, "write", lib)
+        rate = result["samples"] / result["seconds"]
+        note = f"{result['disk_bytes'] / result['samples'] / 1e3:.1f} KB/sample on disk"
+        self.rows.append(Row(section, "write", self.label(lib), rate, "samples/s", rate * wl.array_bytes / 1e6,
+                             note=note))
+
+    def add_read(self, wl: Workload, lib: str, result: dict[str, Any] | None, expected: str) -> None:
+        """A one-process read of every sample."""
+        section = f"{wl.name}: {wl.samples} samples"
+        if result is None:
+            return self._failed(section, "read, 1 process", lib)
+        rate = result["samples"] / result["seconds"]
+        note = self._check(f"{wl.name} read {lib}", result.get("checksum"), expected)
+        self.rows.append(Row(section, "read, 1 process", self.label(lib), rate, "samples/s",
+                             rate * wl.array_bytes / 1e6, rss=self._rss(result), note=note))
+
+    def add_raw(self, wl: Workload, result: dict[str, Any] | None) -> None:
+        """Plain reads of neurocodec's shard files: the ceiling for one-process reads."""
+        section = f"{wl.name}: {wl.samples} samples"
+        if result is None:
+            return self._failed(section, "read, 1 process", "raw file read")
+        rate = wl.samples / result["seconds"]
+        self.rows.append(Row(section, "read, 1 process", "raw file read", rate, "samples/s",
+                             result["bytes"] / result["seconds"] / 1e6, pct_raw=100.0,
+                             note="plain reads of neurocodec's shard files (MB/s of file bytes)"))
+        for row in self.rows:
+            if row.section == section and row.measure == "read, 1 process" and row.value and row is not self.rows[-1]:
+                row.pct_raw = 100.0 * row.value / rate
+
+    def add_epoch(self, wl: Workload, lib: str, epochs: list[dict[str, Any]],
+                  resumed: list[dict[str, Any]] | None, expected: str, remaining: int) -> None:
+        """One shuffled epoch through the DataLoader, and the first batch after resuming."""
+        section = f"{wl.name} through the DataLoader (batch 32, 2 workers, shuffle)"
+        ok = [r for r in epochs if r.get("ok") and r.get("first_batch_s") is not None]
+        if not ok:
+            return self._failed(section, "epoch", lib)
+        label = self.label(lib)
+        after = max(ok, key=lambda r: (r["samples"] - r["first_batch_samples"]) / (r["seconds"] - r["first_batch_s"]))
+        rate_after = (after["samples"] - after["first_batch_samples"]) / (after["seconds"] - after["first_batch_s"])
+        incl = max(ok, key=lambda r: r["samples"] / r["seconds"])
+        fresh = min(ok, key=lambda r: r["first_batch_s"])
+        note = self._check(f"loader epoch {lib}", after.get("checksum"), expected)
+        self.rows += [
+            Row(section, "epoch, after the first batch", label, rate_after, "samples/s",
+                rate_after * wl.array_bytes / 1e6, rss=self._rss(after, workers=True), note=note),
+            Row(section, "epoch, including the first batch", label, incl["samples"] / incl["seconds"], "samples/s",
+                incl["samples"] / incl["seconds"] * wl.array_bytes / 1e6),
+            Row(section, "first batch, fresh", label, fresh["first_batch_s"], "s"),
+        ]
+        if resumed is None:
+            self.rows.append(Row(section, "first batch, resumed at 90%", label, None, "s", note="n/a: no resume"))
+            return
+        good = [r for r in resumed if r.get("ok") and r.get("first_batch_s") is not None]
+        if not good:
+            return self._failed(section, "first batch, resumed at 90%", lib)
+        first = min(good, key=lambda r: r["first_batch_s"])
+        counts = sorted({r["samples"] for r in good})
+        note = f"{counts[0]} samples after resume" + ("" if counts == [remaining] else f", expected {remaining}: WRONG")
+        if counts != [remaining]:
+            self.mismatches.append(f"loader resume {lib}: {counts} samples after resume, expected {remaining}")
+        self.rows.append(Row(section, "first batch, resumed at 90%", label, first["first_batch_s"], "s", note=note))
+
+    def add_resume(self, wl: Workload, lib: str, fresh: list[dict[str, Any]], resumed: list[dict[str, Any]],
+                   position: int) -> None:
+        """First batch fresh vs restored at `position` of a large dataset of small samples."""
+        section = f"resume: {wl.samples} samples of {wl.array_bytes} B (batch 32, 2 workers, shuffle)"
+        label = self.label(lib)
+        f = [r["first_batch_s"] for r in fresh if r.get("ok") and r.get("first_batch_s") is not None]
+        r = [x["first_batch_s"] for x in resumed if x.get("ok") and x.get("first_batch_s") is not None]
+        if not f or not r:
+            return self._failed(section, "first batch", lib)
+        self.rows += [
+            Row(section, "first batch, fresh", label, min(f), "s"),
+            Row(section, f"first batch, resumed at {position}", label, min(r), "s",
+                note=f"resumed ÷ fresh = {min(r) / min(f):.2f}"),
+        ]
+
+    def add_nwb(self, convert: dict[str, Any] | None, read: dict[str, Any] | None, made: dict[str, Any],
+                seconds: float) -> None:
+        """NWB conversion next to reading the same arrays with h5py."""
+        section = f"NWB: {seconds:.0f} s session, 96 units + LFP 64 ch @ 1 kHz + position"
+        if not made.get("ok") or convert is None:
+            return self._failed(section, "convert (NWBToWebDatasetConverter)", NC)
+        data = made["data_bytes"]
+        rate = convert["samples"] / convert["seconds"]
+        self.rows.append(Row(section, "convert (NWBToWebDatasetConverter)", self.label(NC), rate, "samples/s",
+                             data / convert["seconds"] / 1e6, rss=self._rss(convert),
+                             note=f"{convert['samples']} samples; MB/s of NWB data; "
+                                  f"writes {convert['bytes'] / convert['seconds'] / 1e6:.0f} MB/s of shards"))
+        if read is None:
+            return self._failed(section, "raw HDF5 read (h5py)", "h5py")
+        self.rows.append(Row(section, "raw HDF5 read (h5py, same arrays)", "h5py", convert["samples"] / read["seconds"],
+                             "samples/s", read["bytes"] / read["seconds"] / 1e6,
+                             note="samples/s: the converter's samples over the read time"))
+
+    def add_baseline(self, lib: str, result: dict[str, Any]) -> None:
+        """Peak RSS of a process that imported the library and torch, nothing else."""
+        section = "memory: peak RSS of a process that only imports the library and torch"
+        if not result.get("ok"):
+            return self._failed(section, "imports only", lib)
+        self.rows.append(Row(section, "imports only", self.label(lib), None, "", rss=self._rss(result)))
+
+    # -- output ------------------------------------------------------------------------------
+    def _ratios(self) -> None:
+        """Fill each peer's ratio against neurocodec's row of the same section and measure."""
+        for row in self.rows:
+            row.ratio = ""
+            if row.value is None or row.library.startswith(NC) or row.library in ("raw file read", "h5py"):
+                continue
+            ref = [r for r in self.rows if r.section == row.section and r.measure == row.measure
+                   and r.library.startswith(NC) and r.value]
+            if not ref:
+                continue
+            parts = [_ratio(r.value, row.value, row.unit) for r in ref]
+            row.ratio = parts[0] + (f" ({parts[1]} fsync=False)" if len(parts) > 1 else "")
+
+    def render(self, command: str) -> str:
+        """The markdown table with a header naming the machine, the command and the peers."""
+        self._ratios()
+        lines = [
+            f"neurocodec benchmark — `{command}`",
+            f"machine: {_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"best of {self.repeat} run(s) each" + ("; QUICK sizes, several tasks per process" if self.quick else ""),
+        ]
+        for name, info in self.peers.items():
+            state = info["version"] if "version" in info else f"SKIPPED ({info['error']})"
+            lines.append(f"- {name}: {state}")
+        lines += ["", HEADER, "|---|---|---|---|---|---|---|---|---|"]
+        for row in self.rows:
+            lines.append("| " + " | ".join([
+                row.section, row.measure, row.library, _value(row), _num(row.mbps), _pct(row.pct_raw),
+                row.ratio, row.rss, row.note]) + " |")
+        if self.load:
+            lines.insert(2, "load average (1 min) at start / end: " + " / ".join(f"{x:.1f}" for x in self.load)
+                         + " (other processes on the machine slow every library alike)")
+        verdict = (f"checksums: all {self.checks} readers returned the source data" if not self.mismatches
+                   else "MISMATCHES:\n  " + "\n  ".join(self.mismatches))
+        lines += ["", verdict, f"(ran {self.elapsed:.0f} s)"]
+        return "\n".join(lines)
+
+    def to_json(self, command: str) -> dict[str, Any]:
+        """Everything, for --json."""
+        self._ratios()
+        return {"command": command, "machine": {"cpu": _cpu(), "cores": os.cpu_count(),
+                                                "python": platform.python_version()},
+                "repeat": self.repeat, "quick": self.quick, "peers": self.peers, "load": self.load,
+                "rows": [asdict(r) for r in self.rows], "mismatches": self.mismatches,
+                "goals": goal_values(self)}
+
+    def find(self, section_start: str, measure_start: str, lib: str) -> float | None:
+        """The value of the first matching row (library by name prefix)."""
+        for row in self.rows:
+            if (row.section.startswith(section_start) and row.measure.startswith(measure_start)
+                    and row.library.split(" ")[0] == lib and "fsync=False" not in row.library):
+                return row.value
+        return None
+
+
+def goal_values(report: Report) -> dict[str, float | None]:
+    """The ratios issue 5 sets goals for (None where a side is missing)."""
+    f = report.find
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    nofsync = next((r.value for r in report.rows if r.section.startswith("seed") and r.measure == "write"
+                    and "fsync=False" in r.library), None)
+    raw = next((r.value for r in report.rows if r.section.startswith("lfp") and r.library == "raw file read"), None)
+    resume_rows = [r for r in report.rows if r.section.startswith("resume") and r.library.startswith(NC)]
+    return {
+        "seed read: neurocodec / litdata (goal >= 2)": div(f("seed", "read", NC), f("seed", "read", "litdata")),
+        "lfp read: % of raw (goal >= 70)": _percent(div(f("lfp", "read", NC), raw)),
+        "lfp read: neurocodec / litdata (goal ~1.5)": div(f("lfp", "read", NC), f("lfp", "read", "litdata")),
+        "DataLoader epoch: neurocodec / litdata (goal >= 3)":
+            div(f("seed through", "epoch, after", NC), f("seed through", "epoch, after", "litdata")),
+        "first batch fresh: neurocodec / litdata time (goal <= 0.33)":
+            div(f("seed through", "first batch, fresh", NC), f("seed through", "first batch, fresh", "litdata")),
+        "first batch resumed: neurocodec / litdata time (goal <= 0.33)":
+            div(f("seed through", "first batch, resumed", NC), f("seed through", "first batch, resumed", "litdata")),
+        "write: neurocodec / webdataset (goal >= 3)": div(f("seed", "write", NC), f("seed", "write", "webdataset")),
+        "write fsync=False: neurocodec / webdataset (goal >= 3)": div(nofsync, f("seed", "write", "webdataset")),
+        "resume 100k: resumed / fresh first batch (goal <= 1.2)":
+            div(resume_rows[1].value, resume_rows[0].value) if len(resume_rows) == 2 else None,
+    }
+
+
+def goals(report: Report) -> str:
+    """The goal lines printed under the table."""
+    lines = ["", "Goals of issue 5 (measured in this run):"]
+    for name, value in goal_values(report).items():
+        lines.append(f"- {name}: {'–' if value is None else f'{value:.2f}'}")
+    return "\n".join(lines)
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
+def _ratio(nc: float, peer: float, unit: str) -> str:
+    return f"{(nc / peer if unit == 'samples/s' else peer / nc):.2f}×"
+
+
+def _value(row: Row) -> str:
+    if row.value is None:
+        return "–"
+    if row.unit == "s":
+        return f"{row.value:.2f} s"
+    return f"{row.value:,.0f} {row.unit}"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}%"
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

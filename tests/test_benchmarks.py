@@ -1,0 +1,67 @@
+"""Smoke test of benchmarks/bench.py: the whole script at tiny sizes, in a real subprocess.
+
+Only the table's shape and the correctness checks are asserted, never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run bench.py with `args`; output captured as text."""
+    return subprocess.run([sys.executable, str(BENCH), *args], cwd=cwd, capture_output=True, text=True, check=False,
+                          timeout=280)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_quick_run_prints_the_full_table(tmp_path):
+    out = tmp_path / "results.json"
+    proc = run_bench("--quick", "--quiet", "--json", str(out), "--workdir", str(tmp_path / "work"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert ("| workload | measure | library | value | MB/s | % of raw | neurocodec ÷ peer | peak RSS MB | note |"
+            in text)
+    assert "checksums: all" in text and "returned the source data" in text
+    assert "MISMATCH" not in text and "failed" not in text
+    # Every peer is either measured (with its version) or skipped with its import error.
+    for peer in ("webdataset", "mosaicml-streaming", "litdata"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"- {peer}: "))
+        assert "SKIPPED (" in line or line.split(": ", 1)[1][0].isdigit(), line
+
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    nc = [r for r in rows if r["library"].startswith("neurocodec")]
+    measures = {(r["section"].split(":")[0].split(" ")[0], r["measure"]) for r in nc}
+    for expected in [("seed", "write"), ("seed", "read, 1 process"), ("lfp", "read, 1 process"),
+                     ("seed", "epoch, after the first batch"), ("seed", "first batch, resumed at 90%"),
+                     ("resume", "first batch, fresh"), ("NWB", "convert (NWBToWebDatasetConverter)")]:
+        assert expected in measures, (expected, sorted(measures))
+    for row in nc:
+        if row["unit"] in ("samples/s", "s"):
+            assert row["value"] > 0, row
+    # Both writer settings are reported, and the raw read sets the % of raw for the readers.
+    assert any("fsync=False" in r["library"] for r in rows if r["measure"] == "write")
+    raw = [r for r in rows if r["library"] == "raw file read"]
+    assert len(raw) == 2 and all(r["pct_raw"] == 100.0 for r in raw)
+    reads = [r for r in rows if r["measure"] == "read, 1 process" and r["library"] != "raw file read"]
+    assert reads and all(r["pct_raw"] is not None and r["note"] == "checksum ok" for r in reads)
+    # Resuming at 90% delivers exactly the rest of the epoch.
+    resumed = [r for r in nc if r["measure"] == "first batch, resumed at 90%"]
+    assert resumed and "WRONG" not in resumed[0]["note"]
+    assert doc["mismatches"] == []
+    assert set(doc["goals"]) and doc["quick"] is True
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    proc = run_bench("--only", "seed,bogus", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown stage or library: bogus" in proc.stderr
