@@ -122,37 +122,43 @@ def _nifti_volumes(paths: list[Path], series: Any, options: ExtractOptions) -> n
     return np.concatenate(volumes) if len(volumes) > 1 else volumes[0]
 
 
-class VideoExtractor(NWBExtractor):
-    """Video frames from an ImageSeries."""
+class _ImageExtractor(NWBExtractor):
+    """An ImageSeries chosen by `accepts` (or by name), read in-file or through `load_external`."""
+
+    @staticmethod
+    def accepts(series: Any) -> bool:
+        """Whether `series` is a default candidate for this modality."""
+        raise NotImplementedError
+
+    @staticmethod
+    def load_external(paths: list[Path], series: Any, options: ExtractOptions) -> np.ndarray:
+        """All frames or volumes of the external files, time first."""
+        raise NotImplementedError
+
+    def open(self, nwbfile: Any, options: ExtractOptions) -> ModalityReader | None:
+        """The chosen series, or None when the file holds none."""
+        every = _image_series(nwbfile)
+        candidates = every if options.series is not None else [s for s in every if self.accepts(s)]
+        series = pick_series(candidates, options.series, self.modality, options.path)
+        if series is None:
+            return None
+        if _external(series):
+            frames = self.load_external(_resolve(series, options), series, options)
+            return ExternalFramesReader(self.modality, series, frames, options)
+        return TimeSeriesReader(self.modality, series, options.path, options.nan_policy)
+
+
+class VideoExtractor(_ImageExtractor):
+    """Video frames from an ImageSeries: in-file, or external files next to the NWB file."""
 
     modality = "video"
-
-    def open(self, nwbfile: Any, options: ExtractOptions) -> ModalityReader | None:
-        """In-file frames, or external files resolved next to the NWB file."""
-        every = _image_series(nwbfile)
-        candidates = every if options.series is not None else [s for s in every if _is_video(s)]
-        series = pick_series(candidates, options.series, self.modality, options.path)
-        if series is None:
-            return None
-        if _external(series):
-            return ExternalFramesReader("video", series, _video_frames(_resolve(series, options), series, options),
-                                        options)
-        return TimeSeriesReader("video", series, options.path, options.nan_policy)
+    accepts = staticmethod(_is_video)
+    load_external = staticmethod(_video_frames)
 
 
-class FMRIExtractor(NWBExtractor):
-    """fMRI volumes from an ImageSeries (in-file, or NIfTI files)."""
+class FMRIExtractor(_ImageExtractor):
+    """fMRI volumes from an ImageSeries: in-file, or NIfTI files (nibabel)."""
 
     modality = "fmri"
-
-    def open(self, nwbfile: Any, options: ExtractOptions) -> ModalityReader | None:
-        """In-file volumes, or NIfTI external files (nibabel)."""
-        every = _image_series(nwbfile)
-        candidates = every if options.series is not None else [s for s in every if _is_volume(s)]
-        series = pick_series(candidates, options.series, self.modality, options.path)
-        if series is None:
-            return None
-        if _external(series):
-            return ExternalFramesReader("fmri", series, _nifti_volumes(_resolve(series, options), series, options),
-                                        options)
-        return TimeSeriesReader("fmri", series, options.path, options.nan_policy)
+    accepts = staticmethod(_is_volume)
+    load_external = staticmethod(_nifti_volumes)
