@@ -12,15 +12,17 @@ from neurocodec.errors import NeurocodecError
 
 def _info(args: argparse.Namespace) -> int:
     from neurocodec.info import ShardedDatasetInfo
+    from neurocodec.storage.cli import storage_options_from_args
 
-    ShardedDatasetInfo(args.path).print_summary()
+    ShardedDatasetInfo(args.path, storage_options=storage_options_from_args(args)).print_summary()
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     from neurocodec.format.reader import Dataset
+    from neurocodec.storage.cli import cache_from_args, storage_options_from_args
 
-    with Dataset(args.path) as ds:
+    with Dataset(args.path, storage_options=storage_options_from_args(args), cache=cache_from_args(args)) as ds:
         count = ds.verify_all()
         print(f"ok: {count} samples in {len(ds.shards)} shards match {args.path}/dataset_metadata.json")
     return 0
@@ -49,11 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurocodec", description=__doc__)
     parser.add_argument("--version", action="version", version=f"neurocodec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from neurocodec.storage.cli import add_storage_arguments
+
     p = sub.add_parser("info", help="summarise a dataset from its manifest")
-    p.add_argument("path")
+    p.add_argument("path", help="dataset directory or URL (s3://, gs://, https://, ...)")
+    add_storage_arguments(p, cache=False)
     p.set_defaults(func=_info)
     p = sub.add_parser("verify", help="re-read every shard and check it against the manifest")
-    p.add_argument("path")
+    p.add_argument("path", help="dataset directory or URL (s3://, gs://, https://, ...)")
+    add_storage_arguments(p)
     p.set_defaults(func=_verify)
     p = sub.add_parser("plugins", help="list installed plugins and what each provides")
     p.set_defaults(func=_plugins)

@@ -22,6 +22,8 @@ import numpy as np
 from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
+from neurocodec.storage.cli import add_storage_arguments, cache_from_args, storage_options_from_args
+from neurocodec.storage.location import dataset_path
 
 
 def _inputs(patterns: list[str]) -> list[Path]:
@@ -65,15 +67,17 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: cannot read as .npz ({exc})") from None
 
 
-def convert_npz(paths: list[Path], output: Path, args: argparse.Namespace) -> dict[str, Any]:
+def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Write the rows of the arrays of each .npz file, file after file, as samples."""
     from neurocodec.writer import WebDatasetWriter, create_shards_from_arrays
 
     if len(paths) == 1:
         data = _load_npz(paths[0])
         return create_shards_from_arrays(output, data, args.shard_size, args.compression,
-                                         overwrite=args.overwrite, progress=False if args.no_progress else None)
-    with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite) as writer:
+                                         overwrite=args.overwrite, progress=False if args.no_progress else None,
+                                         storage_options=storage_options_from_args(args))
+    with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite,
+                          storage_options=storage_options_from_args(args)) as writer:
         for path in paths:
             data = _load_npz(path)
             lengths = {k: len(v) for k, v in data.items()}
@@ -84,7 +88,7 @@ def convert_npz(paths: list[Path], output: Path, args: argparse.Namespace) -> di
     return writer.finalize()
 
 
-def convert_nwb(paths: list[Path], output: Path, args: argparse.Namespace) -> dict[str, Any]:
+def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Convert NWB files with NWBToWebDatasetConverter."""
     from neurocodec.nwb.converter import NWBToWebDatasetConverter
 
@@ -93,6 +97,7 @@ def convert_nwb(paths: list[Path], output: Path, args: argparse.Namespace) -> di
         sequence_length=args.sequence_length, overlap=args.overlap, compression=args.compression,
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
+        storage_options=storage_options_from_args(args),
     )
     converter.convert_nwb_files(paths)
     return converter.finalize()
@@ -101,7 +106,7 @@ def convert_nwb(paths: list[Path], output: Path, args: argparse.Namespace) -> di
 def run_convert(args: argparse.Namespace) -> int:
     """The `convert` subcommand."""
     paths = _inputs(args.input)
-    output = Path(args.output)
+    output = dataset_path(args.output)
     fmt = _format(args, paths)
     summary = convert_nwb(paths, output, args) if fmt == "nwb" else convert_npz(paths, output, args)
     print(f"wrote {summary['samples']:,} samples in {summary['shards']} shards "
@@ -114,7 +119,8 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.validate:
         from neurocodec.format.reader import Dataset
 
-        with Dataset(output, verify="full") as ds:
+        with Dataset(output, verify="full", storage_options=storage_options_from_args(args),
+                     cache=cache_from_args(args)) as ds:
             count = ds.verify_all()
         print(f"validated: {count:,} samples match the manifest")
     return 0
@@ -125,7 +131,7 @@ def add_convert_parser(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert NWB files or .npz arrays to shards",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="input files or glob patterns")
-    p.add_argument("--output", required=True, help="output dataset directory")
+    p.add_argument("--output", required=True, help="output dataset directory or URL (s3://, gs://, ...)")
     p.add_argument("--format", choices=("nwb", "npz"), help="input format (default: from the extension)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--workers", type=int, default=1, help="conversion processes for NWB (default 1)")
@@ -143,6 +149,7 @@ def add_convert_parser(sub: Any) -> None:
     nwb.add_argument("--coverage", choices=COVERAGE, default="all", help="window coverage policy")
     nwb.add_argument("--nan-policy", choices=NAN_POLICIES, default="error", help="windows holding NaN")
     nwb.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad input files")
+    add_storage_arguments(p)
     p.set_defaults(func=run_convert)
 
 

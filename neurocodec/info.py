@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 from neurocodec.format.reader import read_manifest
+from neurocodec.storage.location import dataset_path
 
 
 class ShardedDatasetInfo:
-    """Summary of the dataset at `path`: samples, shards, modalities, shapes, dtypes, bytes."""
+    """Summary of the dataset at `path` (a directory, or an fsspec URL opened with
+    `storage_options`): samples, shards, modalities, shapes, dtypes, bytes."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+    def __init__(self, path: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.path = dataset_path(path)
+        self.manifest = read_manifest(self.path, storage_options=storage_options)
 
     def get_summary(self) -> dict[str, Any]:
         """A dict with total_samples, total_shards, modalities, shapes, dtypes, codecs, bytes,

@@ -18,6 +18,7 @@ from neurocodec.fsutil import atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 from neurocodec.schema import Schema
+from neurocodec.storage.output import DatasetOutput
 
 
 def _existing_dataset_files(directory: Path) -> list[Path]:
@@ -72,6 +73,10 @@ class WebDatasetWriter:
     `{"lfp": {"dtype": "float16"}}`), `compression_level` tunes the compressor, `fsync=False`
     skips flushing to disk (faster, not crash-safe), `dataset_metadata` is stored in the
     manifest's `extra` section, `registry` replaces the installed plugins.
+
+    `output_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`:
+    shards are then staged in a local temp directory, each uploaded when finished, and the
+    manifest uploaded last (see `neurocodec.storage.output`).
     """
 
     def __init__(
@@ -79,11 +84,12 @@ class WebDatasetWriter:
         overwrite: bool = False, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
         compression_level: int | None = None, fsync: bool = True,
         dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
         self.compression = check_compression(compression)
-        self.output_dir = Path(output_dir)
+        self._output: DatasetOutput | None = None
         self.shard_size = shard_size
         self.fsync = fsync
         self.registry = registry or default_registry()
@@ -96,7 +102,8 @@ class WebDatasetWriter:
         self._current: ShardFileWriter | None = None
         self._count = 0
         self._closed = False
-        prepare_output_dir(self.output_dir, overwrite)
+        self._output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
+        self.output_dir = self._output.target  # a Path, or the URL string
 
     # -- writing ------------------------------------------------------------------------------
     def write_sample(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
@@ -119,8 +126,8 @@ class WebDatasetWriter:
                 self._schema.fields = None  # a rejected first sample must not fix the schema
             raise
         if self._current is None:
-            self._current = ShardFileWriter(self.output_dir, len(self._shards), index,
-                                            len(payloads), fsync=self.fsync)
+            self._current = ShardFileWriter(self._output.directory, len(self._shards), index,
+                                            len(payloads), fsync=self.fsync and not self._output.remote)
         try:
             self._current.add_sample(names, payloads, raws)
         except BaseException:
@@ -186,6 +193,7 @@ class WebDatasetWriter:
     def _close_shard(self) -> None:
         try:
             self._shards.append(self._current.close())
+            self._output.shard_done(self._shards[-1])
         except BaseException:
             self.abort()
             raise
@@ -212,7 +220,7 @@ class WebDatasetWriter:
             shards=tuple(self._shards), writer=self.settings(), extra=self.dataset_metadata,
             created_with={"neurocodec": __version__},
         )
-        write_manifest(self.output_dir, manifest, fsync=self.fsync)
+        self._output.write_manifest(manifest)
         self._closed = True
         self._summary = {
             "samples": self._count, "shards": len(self._shards),
@@ -234,6 +242,8 @@ class WebDatasetWriter:
         if self._current is not None:
             self._current.abort()
             self._current = None
+        if self._output is not None:
+            self._output.abort()
         self._closed = True
         self._summary = None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from neurocodec import __version__
@@ -63,17 +62,21 @@ def merged_fields(datasets: Sequence[Dataset]) -> tuple[FieldSpec, ...]:
 
 def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.PathLike, shard_size: int, *,
                    writer: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                   fsync: bool = True, overwrite: bool = False, registry: Registry | None = None) -> Manifest:
-    """Write the samples of `sources`, in order, as one dataset of `shard_size`-sample shards."""
-    from neurocodec.writer import prepare_output_dir, write_manifest
+                   fsync: bool = True, overwrite: bool = False, registry: Registry | None = None,
+                   storage_options: Mapping[str, Any] | None = None) -> Manifest:
+    """Write the samples of `sources`, in order, as one dataset of `shard_size`-sample shards
+    (`output_dir` may be an fsspec URL opened with `storage_options`: see `DatasetOutput`)."""
+    from neurocodec.storage.output import DatasetOutput
 
     if not sources:
         raise DatasetError("nothing to merge")
-    out = Path(output_dir)
+    output: DatasetOutput | None = None
     datasets = [Dataset(p, registry=registry) for p in sources]
     try:
         fields = merged_fields(datasets)
-        prepare_output_dir(out, overwrite)
+        output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
+        out = output.directory
+        fsync = fsync and not output.remote
         shards, current, count = [], None, 0
         extensions = [datasets[0].manifest.member_extension(f) for f in fields]
         for ds in datasets:
@@ -96,12 +99,17 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
                     if current.samples == shard_size:
                         shards.append(current.close())
                         current = None
+                        output.shard_done(shards[-1])
                 _release_pages(reader)
         if current is not None:
             shards.append(current.close())
+            current = None
+            output.shard_done(shards[-1])
     except BaseException:
         if "current" in locals() and current is not None:
             current.abort()
+        if output is not None:
+            output.abort()
         raise
     finally:
         for ds in datasets:
@@ -111,5 +119,9 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         writer=dict(writer or datasets[0].manifest.writer), extra=dict(extra or {}),
         created_with={"neurocodec": __version__},
     )
-    write_manifest(out, manifest, fsync=fsync)
+    try:
+        output.write_manifest(manifest)
+    except BaseException:
+        output.abort()
+        raise
     return manifest

@@ -19,7 +19,7 @@ import re
 import stat
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from neurocodec.format.compression import decompress
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
+from neurocodec.storage.location import dataset_path, is_remote
 
 VERIFY_MODES = ("crc", "full", "none")
 HEADER_CHUNK = 64
@@ -198,24 +199,31 @@ class Dataset:
     `"none"` skips payload checksums (headers, sizes and decoded shapes are still checked).
     `registry` replaces the installed plugins. Shard readers are opened lazily and at most
     `max_open_shards` stay open.
+
+    `path` may be an fsspec URL (`s3://bucket/ds`, `gs://...`, `https://...`) opened with
+    `storage_options`; its shards are read whole into `cache` (a `ShardCache`, by default the
+    shared one under ~/.cache/neurocodec) and checked against the manifest's SHA-256 on download.
     """
 
     def __init__(self, path: str | os.PathLike, *, registry: Registry | None = None,
-                 verify: str = "crc", max_open_shards: int = 64) -> None:
+                 verify: str = "crc", max_open_shards: int = 64,
+                 storage_options: Mapping[str, Any] | None = None, cache: Any = None) -> None:
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-        self.path = Path(path)
+        self.path = dataset_path(path)
         self.verify = verify
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_manifest(self.path, storage_options=storage_options)
         self.fields: tuple[FieldSpec, ...] = self.manifest.fields
         self.registry = registry or default_registry()
         self.codecs = tuple(
             self.registry.codec(f.codec, field=f.name, plugin_hint=_install_hint(f)) for f in self.fields
         )
-        _check_codecs(self.fields, self.codecs, self.path / layout.MANIFEST)
+        _check_codecs(self.fields, self.codecs, f"{self.path}/{layout.MANIFEST}")
         self._starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
         self._max_open = max_open_shards
+        # URL datasets only: shards come through the local cache (None keeps the local path bare).
+        self.remote = None if not is_remote(self.path) else open_remote(self.path, storage_options, cache, self.manifest)
 
     def __len__(self) -> int:
         return self.manifest.total_samples
@@ -230,7 +238,10 @@ class Dataset:
         reader = self._open.get(number)
         if reader is None:
             entry = self.manifest.shards[number]
-            reader = ShardReader(self.path / entry.name, entry, self)
+            if self.remote is None:
+                reader = ShardReader(self.path / entry.name, entry, self)
+            else:
+                reader = self.remote.open(number, lambda local: ShardReader(local, entry, self))
             self._open[number] = reader
             if len(self._open) > self._max_open:
                 self._open.popitem(last=False)[1].close()
@@ -255,8 +266,15 @@ class Dataset:
             index += len(self)
         return self.read(index)
 
+    def prefetch(self, numbers: Iterable[int]) -> None:
+        """Start downloading these shards (soonest first) into the cache in the background;
+        nothing for a local dataset."""
+        if self.remote is not None:
+            self.remote.prefetch(numbers)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for number, entry in enumerate(self.manifest.shards):
+            self.prefetch(range(number + 1, len(self.manifest.shards)))
             reader = self.shard(number)
             for local in range(entry.samples):
                 yield reader.read_sample(local)
@@ -264,6 +282,7 @@ class Dataset:
     def verify_all(self) -> int:
         """Check every shard fully (see `ShardReader.verify`); return the samples checked."""
         for number in range(len(self.manifest.shards)):
+            self.prefetch(range(number + 1, len(self.manifest.shards)))
             self.shard(number).verify()
         return len(self)
 
@@ -271,6 +290,8 @@ class Dataset:
         """Close every open shard."""
         while self._open:
             self._open.popitem()[1].close()
+        if self.remote is not None:
+            self.remote.close()
 
     def __enter__(self) -> "Dataset":
         return self
@@ -283,7 +304,7 @@ _UINT64_MAX = 2**64 - 1
 _PLAIN_DTYPE = re.compile(r"[<>|=]?[A-Za-z][A-Za-z0-9]{0,15}(\[[A-Za-z0-9]{1,8}\])?")
 
 
-def _check_codecs(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...], source: Path) -> None:
+def _check_codecs(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...], source: Path | str) -> None:
     """A field's codec must decode the field's kind, an array field's dtype must parse, and its
     size limits must fit the index's uint64 columns they are compared with."""
     for field, codec in zip(fields, codecs):
@@ -328,8 +349,21 @@ def _install_hint(field: FieldSpec) -> str:
     return f"plugin {field.plugin!r} (pip install {field.distribution}{version})"
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Read and validate `dataset_metadata.json` of the dataset at `path`."""
+def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None = None) -> Manifest:
+    """Read and validate `dataset_metadata.json` of the dataset at `path` (a directory, or an
+    fsspec URL opened with `storage_options`)."""
+    path = dataset_path(path)
+    if is_remote(path):
+        from neurocodec.storage.location import Location
+        from neurocodec.storage.remote import read_remote_bytes
+
+        try:
+            text = read_remote_bytes(Location(path, storage_options), layout.MANIFEST, MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            raise DatasetError(
+                f"{path} has no {layout.MANIFEST}: not a neurocodec dataset, or its writer did not finish"
+            ) from None
+        return Manifest.from_json(text, source=f"{path}/{layout.MANIFEST}")
     manifest_path = path / layout.MANIFEST
     if not path.is_dir():
         raise DatasetError(f"{path} is not a directory")
@@ -347,3 +381,14 @@ def read_manifest(path: Path) -> Manifest:
     if len(text) > MAX_MANIFEST_BYTES:
         raise DatasetError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes")
     return Manifest.from_json(text, source=str(manifest_path))
+
+
+def open_remote(url: str, storage_options: Mapping[str, Any] | None, cache: Any, manifest: Manifest) -> Any:
+    """The `RemoteShards` of a URL dataset (imported here so local reads never load fsspec)."""
+    from neurocodec.storage.cache import ShardCache
+    from neurocodec.storage.location import Location
+    from neurocodec.storage.remote import RemoteShards
+
+    if cache is not None and not isinstance(cache, ShardCache):
+        raise TypeError(f"cache must be a neurocodec.storage.ShardCache or None, got {type(cache).__name__}")
+    return RemoteShards(Location(url, storage_options), manifest.shards, cache or ShardCache())

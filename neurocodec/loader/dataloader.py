@@ -128,6 +128,7 @@ def create_webdataset_dataloader(
     on_error: str = "raise", verify: str = "crc", timeout: float = 0,
     multiprocessing_context: Any = None, worker_init_fn: Callable | None = None,
     registry: Registry | None = None, epoch: int = 0,
+    storage_options: Mapping[str, Any] | None = None, cache: Any = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -137,7 +138,8 @@ def create_webdataset_dataloader(
     `pin_memory` defaults to whether CUDA is available. The tail of an epoch follows
     `neurocodec.loader.plan` (`drop_last=False`: every rank still takes the same number of
     batches). Save `loader.state_dict()` with your checkpoint and `load_state_dict()` it to resume
-    exactly, with any number of workers or ranks.
+    exactly, with any number of workers or ranks. `shard_dir` may be an fsspec URL opened with
+    `storage_options`, read through `cache` (a `neurocodec.storage.ShardCache` the workers share).
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
@@ -145,6 +147,7 @@ def create_webdataset_dataloader(
         shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
         drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
+        storage_options=storage_options, cache=cache,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

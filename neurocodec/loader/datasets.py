@@ -15,6 +15,7 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.stream import EpochStream, worker_slot
 from neurocodec.registry import Registry
+from neurocodec.storage.location import dataset_path
 
 log = logging.getLogger("neurocodec.loader")
 
@@ -38,6 +39,11 @@ class WebDatasetLoader(torch.utils.data.IterableDataset):
 
     `on_error="skip"` logs and leaves out unreadable samples (counted in the state as
     `skipped`) instead of raising `ShardError`.
+
+    `shard_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`;
+    shards are then read through `cache` (a `neurocodec.storage.ShardCache`, shared by the
+    DataLoader workers of this machine) and the next ones prefetched. The order and the state
+    are the same as for the same dataset on local disk.
     """
 
     def __init__(
@@ -45,12 +51,14 @@ class WebDatasetLoader(torch.utils.data.IterableDataset):
         seed: int | None = None, batch_size: int = 1, drop_last: bool = False,
         rank: int | None = None, world_size: int | None = None, chunk_size: int | None = None,
         on_error: str = "raise", verify: str = "crc", registry: Registry | None = None, epoch: int = 0,
+        storage_options: Mapping[str, Any] | None = None, cache: Any = None,
     ) -> None:
         super().__init__()
         self.stream = EpochStream(
             shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
             drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
+            storage_options=storage_options, cache=cache,
         )
         self.shard_dir = self.stream.path
 
@@ -127,6 +135,7 @@ class ResumableWebDatasetLoader(WebDatasetLoader):
     samples handed out since the last checkpoint (fewer than `checkpoint_interval`) are handed out
     again, in the same order. Use it in the main process (`num_workers=0`); with DataLoader
     workers use `create_webdataset_dataloader` and save its `state_dict()` with your model.
+    `shard_dir` may be a URL (see `WebDatasetLoader`); `checkpoint_path` is a local file.
     """
 
     def __init__(self, shard_dir: str | os.PathLike, checkpoint_path: str | os.PathLike,
@@ -161,19 +170,23 @@ class ResumableWebDatasetLoader(WebDatasetLoader):
 
 class RandomAccessWebDataset(torch.utils.data.Dataset):
     """Map-style access to the same shards: `len(ds)` and `ds[i]` (sample i of the dataset in
-    storage order), for evaluation and debugging. Reads only the shard holding sample i."""
+    storage order), for evaluation and debugging. Reads only the shard holding sample i (for a
+    URL dataset, downloading it whole into `cache` first)."""
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
-                 registry: Registry | None = None, tensors: bool = True) -> None:
-        self.shard_dir = Path(shard_dir)
+                 registry: Registry | None = None, tensors: bool = True,
+                 storage_options: Mapping[str, Any] | None = None, cache: Any = None) -> None:
+        self.shard_dir = dataset_path(shard_dir)
         self._verify, self._registry, self.tensors = verify, registry, tensors
+        self._storage_options, self._cache = storage_options, cache
         self._dataset: Dataset | None = None
         self._pid = -1
         self._len = len(self._open())
 
     def _open(self) -> Dataset:
         if self._dataset is None or self._pid != os.getpid():
-            self._dataset = Dataset(self.shard_dir, verify=self._verify, registry=self._registry)
+            self._dataset = Dataset(self.shard_dir, verify=self._verify, registry=self._registry,
+                                    storage_options=self._storage_options, cache=self._cache)
             self._pid = os.getpid()
         return self._dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -20,12 +20,14 @@ ON_ERROR = ("raise", "skip")
 class SampleSource:
     """Opens the dataset lazily once per process (shard maps are not shared across a fork) and
     reads samples by id. With `on_error="skip"` a bad sample is logged and left out instead of
-    raising; `skipped` counts them in this process."""
+    raising; `skipped` counts them in this process. A URL dataset reads through `cache`."""
 
-    def __init__(self, path: Path, *, verify: str, on_error: str, registry: Registry | None) -> None:
+    def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
+                 storage_options: Mapping[str, Any] | None = None, cache: Any = None) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
+        self.storage_options, self.cache = storage_options, cache
         self._dataset: Dataset | None = None
         self._pid = -1
         self._bad_shards: dict[int, ShardError] = {}
@@ -40,7 +42,8 @@ class SampleSource:
     def dataset(self) -> Dataset:
         """This process's open dataset."""
         if self._dataset is None or self._pid != os.getpid():
-            self._dataset = Dataset(self.path, registry=self.registry, verify=self.verify)
+            self._dataset = Dataset(self.path, registry=self.registry, verify=self.verify,
+                                    storage_options=self.storage_options, cache=self.cache)
             self._pid = os.getpid()
             self._bad_shards = {}
         return self._dataset

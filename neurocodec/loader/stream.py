@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -14,6 +13,7 @@ from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
 from neurocodec.registry import Registry
+from neurocodec.storage.location import dataset_path, is_remote
 
 
 class EpochStream:
@@ -21,15 +21,18 @@ class EpochStream:
 
     The order of an epoch depends only on (dataset, seed, epoch, shuffle, buffer_size,
     chunk_size); `batch_size`, `world_size` and `rank` only decide who reads which part of it.
+    For a URL dataset (`storage_options`, `cache`) the shards of the next batches are
+    prefetched into the cache; nothing about the cache enters the state.
     """
 
     def __init__(
         self, shard_dir: str | os.PathLike, *, shuffle: bool, buffer_size: int, seed: int | None,
         batch_size: int, drop_last: bool, rank: int | None, world_size: int | None,
         chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
+        storage_options: Mapping[str, Any] | None = None, cache: Any = None,
     ) -> None:
-        self.path = Path(shard_dir)
-        self.manifest = read_manifest(self.path)
+        self.path = dataset_path(shard_dir)
+        self.manifest = read_manifest(self.path, storage_options=storage_options)
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if type(buffer_size) is not int or buffer_size < 1:
@@ -49,7 +52,8 @@ class EpochStream:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         self.rank, self.world_size = rank, world_size
-        self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry)
+        self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry,
+                                   storage_options=storage_options, cache=cache)
         self.epoch, self.position, self.skipped = int(epoch), 0, 0
 
     @property
@@ -83,9 +87,18 @@ class EpochStream:
         """(k, positions, [(i, sample at positions[i]), ...]) for this worker's batches
         k = worker, worker + workers, ...; bad samples are left out when skipping."""
         order = self.order()
+        ahead = self._lookahead(order, plan, worker, workers) if is_remote(self.path) else None
         for k in range(worker, len(plan), workers):
             positions = plan.positions(k)
+            if ahead is not None and ahead.due():
+                self.source.dataset.prefetch(ahead.shards_from(k))
             yield k, positions, list(self.source.read(order.take(positions)))
+
+    def _lookahead(self, order: EpochOrder, plan: StepPlan, worker: int, workers: int):
+        from neurocodec.loader.lookahead import ShardLookahead
+
+        starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
+        return ShardLookahead(order, plan, worker, workers, starts)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> LoaderState:

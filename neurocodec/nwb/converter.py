@@ -43,6 +43,8 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
 from neurocodec.nwb.session import session_key
 from neurocodec.nwb.windows import WindowSpec
+from neurocodec.storage.location import dataset_path, is_remote
+from neurocodec.storage.output import local_staging_dir, manifest_exists
 
 log = logging.getLogger("neurocodec.nwb")
 PARTS_DIR = ".neurocodec-parts"
@@ -74,6 +76,11 @@ class NWBToWebDatasetConverter:
     first candidate by HDF5 path, reported in the summary); `modality_options` passed to the
     modality plugins; `coverage` ("all" or "fill"); `nan_policy` ("error", "skip_window",
     "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`.
+
+    `output_dir` may be an fsspec URL (`s3://bucket/ds`) opened with `storage_options`: the
+    parts are then kept in a local `parts_dir` (default: a directory named after the URL under
+    `$NEUROCODEC_STAGING_DIR` or ~/.cache/neurocodec/staging) and the merged shards uploaded,
+    the manifest last.
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class NWBToWebDatasetConverter:
         series: Mapping[str, str] | None = None, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
         coverage: str = "all", nan_policy: str = "error", on_error: str = "raise", overwrite: bool = False,
         fsync: bool = True, keep_parts: bool = False, progress: bool | None = None,
+        storage_options: Mapping[str, Any] | None = None, parts_dir: str | os.PathLike | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -102,10 +110,16 @@ class NWBToWebDatasetConverter:
         unknown = set(series or {}) - set(modalities)
         if unknown:
             raise ValueError(f"series names modalities that are not converted: {sorted(unknown)}")
-        self.output_dir = Path(output_dir)
-        if (self.output_dir / layout.MANIFEST).exists() and not overwrite:
+        self.output_dir = dataset_path(output_dir)
+        self.storage_options = dict(storage_options or {})
+        if not overwrite and manifest_exists(self.output_dir, self.storage_options):
             raise DatasetExistsError(f"{self.output_dir} already holds a dataset; pass overwrite=True to replace it")
-        self.parts_dir = self.output_dir / PARTS_DIR
+        if parts_dir is not None:
+            self.parts_dir = Path(parts_dir)
+        elif is_remote(self.output_dir):
+            self.parts_dir = local_staging_dir(self.output_dir, "nwb-parts")
+        else:
+            self.parts_dir = self.output_dir / PARTS_DIR
         self.workers, self.executor, self.on_error = workers, executor, on_error
         self.keep_parts, self.progress = keep_parts, progress
         self._files: list[Path] = []
@@ -238,6 +252,7 @@ class NWBToWebDatasetConverter:
         writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
                   "converter": "nwb"}
         manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,
+                                  storage_options=self.storage_options,
                                   fsync=self.settings.fsync, overwrite=True)
         if not self.keep_parts:
             shutil.rmtree(self.parts_dir, ignore_errors=True)

@@ -1,0 +1,341 @@
+"""`ShardCache`: whole shards of remote datasets in a local directory shared by processes.
+
+Layout under `cache_dir`:
+
+    entries/<key>/shard_000123.tar   a verified shard ...
+    entries/<key>/shard_000123.idx   ... and its index, under their dataset names
+    locks/<key>.lock                 per-shard lock file (flock), never deleted
+    tmp/<key>.<name>.<pid>.<tid>.part  downloads in progress
+    evict.lock                       serialises eviction scans
+
+`<key>` is derived from the shard's and index's SHA-256 and names in the manifest, so a
+cached shard is found again by any dataset (or version of one) that holds the same bytes, and a
+rewritten dataset never reads stale ones.
+
+Every download goes to a temp file and is renamed into `entries/` only after its size and
+SHA-256 match the manifest, so no reader ever sees a partial file. A process downloads a shard
+only while it holds the shard's lock exclusively; readers check and open a cached shard under
+the shared lock, and eviction deletes only entries whose lock it can take exclusively without
+waiting. A shard that is open keeps its data after eviction (its mmap holds the inode). Locks
+are `flock` locks, so the cache directory must be on a local filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: remote reading needs flock
+    fcntl = None  # type: ignore[assignment]
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from neurocodec.errors import ShardError
+from neurocodec.format.manifest import ShardEntry
+from neurocodec.storage.location import Location
+from neurocodec.storage.retry import ChecksumMismatch, RetriesExhausted, RetryPolicy
+
+log = logging.getLogger("neurocodec.storage")
+T = TypeVar("T")
+
+CACHE_DIR_ENV = "NEUROCODEC_CACHE_DIR"
+CACHE_SIZE_ENV = "NEUROCODEC_CACHE_SIZE"
+DEFAULT_CACHE_BYTES = 10 << 30
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+
+# Lock file descriptors open in this process: closed in a forked child, so that a child (a
+# DataLoader worker) never keeps a lock its parent took alive after the parent releases it.
+_OPEN_LOCKS: "weakref.WeakSet[_Lock]" = weakref.WeakSet()
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as `"500M"`, `"10GiB"`, `"1.5G"` (K/M/G/T are binary)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size must not be negative, got {value}")
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {value!r} (use bytes or e.g. 500M, 10G)") from None
+    if unit not in _UNITS or amount < 0:
+        raise ValueError(f"not a size: {value!r} (use bytes or e.g. 500M, 10G)")
+    return int(amount * _UNITS[unit])
+
+
+def default_cache_dir() -> Path:
+    """`$NEUROCODEC_CACHE_DIR`, else `$XDG_CACHE_HOME/neurocodec/shards` (~/.cache by default)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "neurocodec" / "shards"
+
+
+class _Lock:
+    """One open lock file (its own open file description, so threads exclude each other too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        _OPEN_LOCKS.add(self)
+
+    def shared(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def exclusive(self, wait: bool = True) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        _OPEN_LOCKS.discard(self)
+
+
+def _close_inherited_locks() -> None:
+    for lock in list(_OPEN_LOCKS):
+        if lock.fd >= 0:
+            try:
+                os.close(lock.fd)
+            except OSError:
+                pass
+            lock.fd = -1
+    _OPEN_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+class ShardCache:
+    """A local cache of whole remote shards, at most `max_bytes` of them (least recently used
+    evicted), shared safely by any number of processes on this machine.
+
+    `cache_dir` defaults to `default_cache_dir()`, `max_bytes` (an int or a size string such
+    as `"20G"`) to `$NEUROCODEC_CACHE_SIZE` or 10 GiB. `retry` bounds the attempts at each
+    download; `prefetch_bytes` bounds how far ahead a reader prefetches (default a quarter of
+    `max_bytes`). A shard larger than `max_bytes` is still downloaded (the cache then holds it
+    alone). The object holds only settings, so it pickles into DataLoader workers.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, max_bytes: int | str | None = None, *,
+                 retry: RetryPolicy | None = None, prefetch_bytes: int | str | None = None) -> None:
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        if max_bytes is None:
+            max_bytes = os.environ.get(CACHE_SIZE_ENV) or DEFAULT_CACHE_BYTES
+        self.max_bytes = parse_size(max_bytes)
+        self.retry = retry or RetryPolicy.default()
+        self.prefetch_bytes = parse_size(prefetch_bytes) if prefetch_bytes is not None else self.max_bytes // 4
+        self._ready = False
+        self.downloads = 0  # shards this object downloaded in this process
+        self.evictions = 0  # entries this object evicted in this process
+        self._count_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {**self.__dict__, "_ready": False}
+        del state["_count_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._count_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ShardCache({str(self.cache_dir)!r}, max_bytes={self.max_bytes})"
+
+    # -- layout -------------------------------------------------------------------------------
+    @staticmethod
+    def key(entry: ShardEntry) -> str:
+        """The cache key of a shard: its content (both checksums) and its file names."""
+        text = f"{entry.sha256}\0{entry.index_sha256}\0{entry.name}\0{entry.index}\0{entry.bytes}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _dirs(self) -> None:
+        if not self._ready:
+            for sub in ("entries", "locks", "tmp"):
+                (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
+            self._ready = True
+
+    def entry_dir(self, entry: ShardEntry) -> Path:
+        """The directory that holds `entry`'s shard and index once cached."""
+        return self.cache_dir / "entries" / self.key(entry)
+
+    def _complete(self, entry: ShardEntry) -> bool:
+        folder = self.entry_dir(entry)
+        try:
+            return (os.stat(folder / entry.name).st_size == entry.bytes
+                    and os.stat(folder / entry.index).st_size == entry.index_bytes)
+        except FileNotFoundError:
+            return False
+
+    def cached(self, entry: ShardEntry) -> bool:
+        """True if `entry` is in the cache now (it may be evicted right after)."""
+        return self._complete(entry)
+
+    # -- using shards -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def checkout(self, location: Location, entry: ShardEntry) -> Iterator[Path]:
+        """Yield the local path of `entry`'s shard (its index beside it), downloading both
+        first if needed; the files are not evicted before the block ends (open them inside)."""
+        self._dirs()
+        lock = _Lock(self.cache_dir / "locks" / f"{self.key(entry)}.lock")
+        try:
+            yield self._hold(lock, location, entry)
+        finally:
+            lock.close()
+
+    def open(self, location: Location, entry: ShardEntry, opener: Callable[[Path], T]) -> T:
+        """`opener(local path)` for `entry`'s shard, called while the shard cannot be evicted."""
+        with self.checkout(location, entry) as path:
+            return opener(path)
+
+    def fetch(self, location: Location, entry: ShardEntry) -> bool:
+        """Make sure `entry` is cached (used by prefetching); True if it was downloaded now."""
+        before = self.downloads
+        with self.checkout(location, entry):
+            pass
+        return self.downloads > before
+
+    def _hold(self, lock: _Lock, location: Location, entry: ShardEntry) -> Path:
+        path = self.entry_dir(entry) / entry.name
+        for _ in range(8):
+            lock.shared()
+            if self._complete(entry):
+                try:
+                    os.utime(path)  # recency for LRU eviction
+                except FileNotFoundError:
+                    continue
+                return path
+            lock.exclusive()  # may drop the shared lock first: check again below
+            if not self._complete(entry):
+                self._download(location, entry)
+        raise ShardError("evicted again each time it was downloaded: the cache is too small for the "
+                         f"shards in use ({self!r})", shard=entry.name)
+
+    def _download(self, location: Location, entry: ShardEntry) -> None:
+        key = self.key(entry)
+        tmp_dir = self.cache_dir / "tmp"
+        for stale in tmp_dir.glob(f"{key}.*"):  # left by a killed holder of this lock
+            stale.unlink(missing_ok=True)
+        self.make_room(entry.bytes + entry.index_bytes, keep=key)
+        folder = self.entry_dir(entry)
+        folder.mkdir(exist_ok=True)
+        tag = f"{os.getpid()}.{threading.get_ident()}"
+        # The index first: the shard file's presence is what `_complete` looks for last.
+        for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
+                                   (entry.name, entry.bytes, entry.sha256)):
+            tmp = tmp_dir / f"{key}.{name}.{tag}.part"
+            url = location.url_of(name)
+            try:
+                self.retry.call(lambda: _get_verified(location, name, tmp, size, digest), f"downloading {url}")
+                os.replace(tmp, folder / name)
+            except RetriesExhausted as exc:
+                raise ShardError(f"cannot download {url}: {exc.attempts} attempts failed, the last with "
+                                 f"{type(exc.last).__name__}: {exc.last}", shard=entry.name) from None
+            except OSError as exc:
+                raise ShardError(f"cannot download {url}: {type(exc).__name__}: {exc}",
+                                 shard=entry.name) from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        with self._count_lock:
+            self.downloads += 1
+        log.debug("cached %s (%d bytes)", location.url_of(entry.name), entry.bytes)
+
+    # -- eviction -----------------------------------------------------------------------------
+    def usage(self) -> list[tuple[float, str, int]]:
+        """(last use time, key, bytes) of every cached entry."""
+        out = []
+        root = self.cache_dir / "entries"
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return out
+        for key in names:
+            size, used = 0, 0.0
+            try:
+                with os.scandir(root / key) as files:
+                    for f in files:
+                        st = f.stat()
+                        size += st.st_size
+                        used = max(used, st.st_mtime)
+            except FileNotFoundError:
+                continue
+            out.append((used, key, size))
+        return out
+
+    def size(self) -> int:
+        """Bytes of the cached entries now."""
+        return sum(size for _, _, size in self.usage())
+
+    def make_room(self, needed: int, keep: str | None = None) -> int:
+        """Evict least recently used entries (not `keep`, none in use) until `needed` more bytes
+        fit under `max_bytes`; return the number evicted."""
+        self._dirs()
+        guard = _Lock(self.cache_dir / "evict.lock")
+        evicted = 0
+        try:
+            guard.exclusive()
+            entries = self.usage()
+            total = sum(size for _, _, size in entries)
+            for _, key, size in sorted(entries):
+                if total + needed <= self.max_bytes:
+                    break
+                if key == keep:
+                    continue
+                lock = _Lock(self.cache_dir / "locks" / f"{key}.lock")
+                try:
+                    if not lock.exclusive(wait=False):
+                        continue  # being opened or downloaded right now
+                    shutil.rmtree(self.cache_dir / "entries" / key, ignore_errors=True)
+                finally:
+                    lock.close()
+                total -= size
+                evicted += 1
+                log.debug("evicted %s (%d bytes)", key, size)
+        finally:
+            guard.close()
+        with self._count_lock:
+            self.evictions += evicted
+        return evicted
+
+    def clear(self) -> None:
+        """Evict every entry not in use."""
+        saved, self.max_bytes = self.max_bytes, 0
+        try:
+            self.make_room(0)
+        finally:
+            self.max_bytes = saved
+
+
+def _get_verified(location: Location, name: str, tmp: Path, size: int, digest: str) -> None:
+    """Download `name` to `tmp` and check its size and SHA-256 (ChecksumMismatch otherwise)."""
+    tmp.unlink(missing_ok=True)
+    location.fs.get_file(location.path(name), str(tmp))
+    try:
+        with open(tmp, "rb") as f:
+            got = os.fstat(f.fileno()).st_size
+            if got != size:
+                raise ChecksumMismatch(errno.EIO, f"downloaded {got} bytes, the manifest says {size}")
+            sha = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 22), b""):
+                sha.update(block)
+            if sha.hexdigest() != digest:
+                raise ChecksumMismatch(errno.EIO, "SHA-256 does not match the manifest (corrupted)")
+    except FileNotFoundError:
+        raise ChecksumMismatch(errno.EIO, "the download produced no file") from None

@@ -1,0 +1,61 @@
+"""Command-line options for datasets at URLs: `--storage-option KEY=VALUE`, `--storage-options
+JSON`, `--cache-dir`, `--cache-size`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from neurocodec.storage.cache import ShardCache
+
+
+def _value(text: str) -> Any:
+    """A JSON value if `text` parses as one (numbers, true/false, objects), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser, *, cache: bool = True) -> None:
+    """Add the storage options (and, with `cache`, the shard cache options) to `parser`."""
+    group = parser.add_argument_group("storage (for s3://, gs://, https://, ... URLs)")
+    group.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="fsspec storage option, repeatable; VALUE is parsed as JSON when it is "
+                            "JSON (e.g. endpoint_url=http://127.0.0.1:9000 anon=true)")
+    group.add_argument("--storage-options", metavar="JSON", default=None,
+                       help='fsspec storage options as one JSON object (e.g. \'{"profile": "lab"}\')')
+    if cache:
+        group.add_argument("--cache-dir", default=None,
+                           help="local shard cache directory (default $NEUROCODEC_CACHE_DIR or "
+                                "~/.cache/neurocodec/shards)")
+        group.add_argument("--cache-size", default=None,
+                           help="shard cache size limit, e.g. 20G (default $NEUROCODEC_CACHE_SIZE or 10G)")
+
+
+def storage_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The storage options given on the command line; ValueError for malformed ones."""
+    options: dict[str, Any] = {}
+    if getattr(args, "storage_options", None):
+        try:
+            doc = json.loads(args.storage_options)
+        except ValueError as exc:
+            raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError("--storage-options must be a JSON object")
+        options.update(doc)
+    for pair in getattr(args, "storage_option", None) or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+        options[key] = _value(value)
+    return options
+
+
+def cache_from_args(args: argparse.Namespace) -> ShardCache | None:
+    """A `ShardCache` from `--cache-dir` / `--cache-size`, or None for the default one."""
+    cache_dir, size = getattr(args, "cache_dir", None), getattr(args, "cache_size", None)
+    if cache_dir is None and size is None:
+        return None
+    return ShardCache(cache_dir, size)

@@ -1,0 +1,134 @@
+"""The remote side of a `Dataset`: its manifest over fsspec, its shards through a `ShardCache`,
+and a background thread that prefetches the shards the reader will want next."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from neurocodec.errors import DatasetError
+from neurocodec.format.manifest import ShardEntry
+from neurocodec.storage.cache import ShardCache
+from neurocodec.storage.location import Location
+from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
+
+log = logging.getLogger("neurocodec.storage")
+T = TypeVar("T")
+
+
+def read_remote_bytes(location: Location, name: str, limit: int, retry: RetryPolicy | None = None) -> bytes:
+    """The whole object `name` of `location` (at most `limit` bytes), with retries.
+
+    FileNotFoundError passes through; other failures raise DatasetError naming the URL.
+    """
+    retry = retry or RetryPolicy.default()
+    url = location.url_of(name)
+
+    def fetch() -> bytes:
+        fs, path = location.fs, location.path(name)
+        size = fs.size(path)
+        if size is not None and size > limit:
+            raise DatasetError(f"{url}: larger than {limit} bytes")
+        return fs.cat_file(path)
+
+    try:
+        return retry.call(fetch, f"reading {url}")
+    except RetriesExhausted as exc:
+        raise DatasetError(f"{url}: cannot read ({exc})") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DatasetError(f"{url}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+class Prefetcher:
+    """Downloads wanted shards into the cache in a daemon thread, in the order wanted, at most
+    `budget` bytes ahead; the latest `want` replaces the earlier wish list. Errors are left
+    for the reader to meet (and report) when it opens the shard itself."""
+
+    def __init__(self, fetch: Callable[[int], Any], sizes: Sequence[int], budget: int) -> None:
+        self._fetch, self._sizes, self._budget = fetch, sizes, budget
+        self._queue: list[int] = []
+        self._recent: OrderedDict[int, None] = OrderedDict()  # fetched lately: skip
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.fetched = 0
+
+    def want(self, numbers: Iterable[int]) -> None:
+        """Shards the reader will open next, soonest first."""
+        queue, total = [], 0
+        for n in numbers:
+            if n in self._recent or n in queue:
+                continue
+            total += self._sizes[n]
+            if queue and total > self._budget:
+                break
+            queue.append(n)
+        with self._cond:
+            if self._closed:
+                return
+            self._queue = queue
+            if queue and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="neurocodec-prefetch", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                number = self._queue.pop(0)
+            try:
+                self._fetch(number)
+                self.fetched += 1
+            except Exception as exc:  # the reader raises it properly when it gets there
+                log.debug("prefetching shard %d failed: %s", number, exc)
+            self._recent[number] = None
+            while len(self._recent) > 64:
+                self._recent.popitem(last=False)
+
+    def close(self) -> None:
+        """Stop after the download in progress (it completes or is discarded safely)."""
+        with self._cond:
+            self._closed = True
+            self._queue = []
+            self._cond.notify()
+
+
+class RemoteShards:
+    """Opens a remote dataset's shards from the local cache, downloading (and prefetching)
+    them as needed. Held by `Dataset` for URL datasets; one per process."""
+
+    def __init__(self, location: Location, shards: Sequence[ShardEntry], cache: ShardCache) -> None:
+        self.location, self.shards, self.cache = location, shards, cache
+        self._prefetcher: Prefetcher | None = None
+        self._pid = os.getpid()
+
+    def open(self, number: int, opener: Callable[[Path], T]) -> T:
+        """`opener(local path of shard number)`, downloading the shard first if needed."""
+        return self.cache.open(self.location, self.shards[number], opener)
+
+    def prefetch(self, numbers: Iterable[int]) -> None:
+        """Start downloading these shards (soonest first) in the background."""
+        if self.cache.prefetch_bytes <= 0:
+            return
+        if self._prefetcher is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._prefetcher = Prefetcher(
+                lambda n: self.cache.fetch(self.location, self.shards[n]),
+                [s.bytes + s.index_bytes for s in self.shards], self.cache.prefetch_bytes)
+        self._prefetcher.want(numbers)
+
+    def close(self) -> None:
+        """Stop prefetching."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
