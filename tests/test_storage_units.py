@@ -123,6 +123,7 @@ def test_transient_classification():
     assert not is_transient(FileNotFoundError("gone"))
     assert not is_transient(PermissionError("no"))
     assert not is_transient(_client_error(403, "AccessDenied"))
+    assert not is_transient(_client_error(501, "NotImplemented"))
     assert not is_transient(OSError(errno.ENOSPC, "disk full"))
     assert not is_transient(ValueError("bug"))
     denied = OSError(errno.EIO, "wrapped")
@@ -342,9 +343,12 @@ def test_loader_over_memory_equals_local_and_resumes(tmp_path):
         if n == 3:
             state = loader.state_dict()
             break
-    resumed = create_webdataset_dataloader(url, cache=cache, **kw)
+    resumed = create_webdataset_dataloader(url, cache=ShardCache(tmp_path / "fresh", "1G"), **kw)
     resumed.load_state_dict(state)
     got.extend(flat_ids(resumed))
+    # the loader told the prefetcher which shards come next, and it fetched some of them
+    prefetcher = resumed.stream.source.dataset.remote._prefetcher
+    assert prefetcher is not None and prefetcher.fetched >= 1
     assert got == want and sorted(got) == list(range(37))
     assert "cache" not in str(state) and state == create_webdataset_dataloader(local, **kw).state_dict() | {
         "position": state["position"]}

@@ -27,6 +27,7 @@ from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
 log = logging.getLogger("neurocodec.storage")
 
 # Protocols whose writes become visible only when complete (a PUT is atomic).
+READ_ONLY = {"http", "https"}
 ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "memory"}
 
 
@@ -57,6 +58,9 @@ class DatasetOutput:
             prepare_output_dir(path, overwrite)
             return
         self.location = Location(path, storage_options)
+        if self.location.protocol in READ_ONLY:
+            raise DatasetError(f"{path}: {self.location.protocol}:// locations are read-only; write to a "
+                               "directory or an object store (s3://, gs://, ...) and serve that")
         self._prepare_remote(overwrite)
         self.directory = Path(tempfile.mkdtemp(prefix="neurocodec-upload-"))
 

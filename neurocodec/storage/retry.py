@@ -74,7 +74,7 @@ def is_transient(exc: BaseException) -> bool:
     for link in _chain(exc):
         status = _http_status(link)
         if status is not None:
-            return status >= 500 or status in (408, 429)
+            return (status >= 500 and status not in (501, 505)) or status in (408, 429)
         if _error_code(link) in _TRANSIENT_CODES:
             return True
     if isinstance(exc, (ConnectionError, TimeoutError)):
