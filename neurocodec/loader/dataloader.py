@@ -87,6 +87,8 @@ class WebDatasetDataLoader:
         stream = self.stream
         plan = stream.plan()
         delivered = 0
+        if stream.source.registry is None and self.num_workers:
+            default_registry()  # load plugins once here, so forked workers inherit them
         for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
             number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
             if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
