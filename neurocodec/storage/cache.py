@@ -129,8 +129,8 @@ class ShardCache:
 
     `cache_dir` defaults to `default_cache_dir()`, `max_bytes` (an int or a size string such
     as `"20G"`) to `$NEUROCODEC_CACHE_SIZE` or 10 GiB. `retry` bounds the attempts at each
-    download; `prefetch_bytes` bounds how far ahead a reader prefetches (default a quarter of
-    `max_bytes`). A shard larger than `max_bytes` is still downloaded (the cache then holds it
+    download (default `RetryPolicy.default()`); `prefetch_bytes` bounds how far ahead each
+    reading process prefetches (default a quarter of `max_bytes`; 0 turns prefetching off). A shard larger than `max_bytes` is still downloaded (the cache then holds it
     alone). The object holds only settings, so it pickles into DataLoader workers.
     """
 
