@@ -24,6 +24,7 @@ _EXPORTS = {
     "collate_webdataset": "neurocodec.loader.batch",
     "LoaderState": "neurocodec.loader.state",
     "EpochOrder": "neurocodec.loader.order",
+    "NWBToWebDatasetConverter": "neurocodec.nwb.converter",
     "hookimpl": "neurocodec.hookspecs",
     "ModalitySpec": "neurocodec.modality",
     "ArrayPolicy": "neurocodec.modality",
