@@ -22,3 +22,16 @@ def test_from_nwb_files(tmp_path, monkeypatch):
         assert first["behavior"].shape == (50, 2)
         assert first["metadata"]["source_file"] == "data.nwb"
         assert ds[len(ds) - 1]["metadata"]["source_file"] == "data3.nwb"
+
+
+def test_every_name_of_the_guides_api_reference_imports_from_both_paths():
+    import neurocodec
+    import neurocodec.datasets
+
+    names = ["WebDatasetWriter", "NWBToWebDatasetConverter", "create_shards_from_arrays", "WebDatasetLoader",
+             "ResumableWebDatasetLoader", "create_webdataset_dataloader", "ShardedDatasetInfo",
+             "collate_webdataset"]
+    for name in names:
+        assert getattr(neurocodec, name) is getattr(neurocodec.datasets, name), name
+    for cls in (neurocodec.WebDatasetLoader, neurocodec.ResumableWebDatasetLoader):
+        assert callable(cls.get_state) and callable(cls.set_state)
