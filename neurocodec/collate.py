@@ -59,7 +59,7 @@ def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
         raise ValueError(f"cannot collate an empty batch of {field.name!r}")
     variable = [i for i, d in enumerate(field.shape or ()) if d is None]
     first = arrays[0]
-    dtype = torch.from_numpy(first[:0].copy()).dtype
+    dtype = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
     if not variable:
         out = batch_tensor((len(arrays), *first.shape), dtype)
         np.stack(arrays, out=out.numpy())

@@ -162,3 +162,12 @@ def test_collate_fn_returning_a_tuple(fixed):
     assert all(isinstance(b, tuple) and len(b) == 2 for b in batches)
     assert [k for _, keys in batches for k in keys] == [f"sample_{i + 1:09d}" for i in range(70)]
     assert batches[0][0].shape == (10, T, 4)
+
+
+def test_zero_dimensional_fields_collate_to_a_vector(tmp_path):
+    from neurocodec import create_shards_from_arrays, create_webdataset_dataloader
+
+    create_shards_from_arrays(tmp_path / "ds", {"label": np.arange(10), "x": np.ones((10, 3), "f4")},
+                              shard_size=4, fsync=False)
+    batch = next(iter(create_webdataset_dataloader(tmp_path / "ds", batch_size=4, num_workers=0, shuffle=False)))
+    assert batch["label"].tolist() == [0, 1, 2, 3] and batch["x"].shape == (4, 3)
