@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from report import Report, goals  # noqa: E402  (after the sys.path line above)
 from workloads import Workload, expected_checksum, generate_source, workload_to_dict, workloads  # noqa: E402
 
-STAGES = ("seed", "lfp", "loader", "resume", "nwb", "memory")
+STAGES = ("seed", "lfp", "loader", "resume", "nwb", "remote", "memory")
 PEERS = ("webdataset", "mosaicml-streaming", "litdata")
 BATCH, WORKERS, SEED = 32, 2, 0
 
@@ -262,6 +262,18 @@ class Bench:
                                           "shard_size": 1000}])
         self.report.add_nwb(best(converts), best(reads), made, seconds)
 
+    # -- issue 6: reading from an S3-protocol server on loopback next to local disk ---------------
+    def stage_remote(self) -> None:
+        """neurocodec reading local disk vs moto's S3 server (empty and filled shard cache)."""
+        from remote import bench_remote_read
+
+        try:
+            result = bench_remote_read(samples=200 if self.args.quick else 2000, repeat=self.repeat,
+                                       workdir=self.workdir / "remote")
+        except Exception as exc:  # moto or s3fs missing: report, as for a peer that is not installed
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        self.report.add_remote(result)
+
     # -- (f): memory baselines ---------------------------------------------------------------
     def stage_memory(self) -> None:
         """Peak RSS of a process that only imports each library (and torch)."""
@@ -287,6 +299,8 @@ class Bench:
                 self.stage_resume(self.wls["tiny"])
             elif stage == "nwb":
                 self.stage_nwb()
+            elif stage == "remote":
+                self.stage_remote()
             else:
                 self.stage_memory()
         self.report.elapsed = time.perf_counter() - started

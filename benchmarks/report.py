@@ -172,6 +172,22 @@ class Report:
                              "samples/s", read["bytes"] / read["seconds"] / 1e6,
                              note="samples/s: the converter's samples over the read time"))
 
+    def add_remote(self, result: dict[str, Any]) -> None:
+        """neurocodec reading the same dataset from local disk and from S3 on loopback."""
+        if "error" in result:
+            self.rows.append(Row("remote: S3 on loopback", "read, 1 process", self.label(NC), None, "",
+                                 note=f"skipped: {result['error']}"))
+            return
+        section = (f"remote: {result['samples']} samples of {result['bytes'] / result['samples'] / 1e3:.0f} KB, "
+                   f"{result['shards']} shards, {result['server']}")
+        mb = result["bytes"] / result["samples"] / 1e6
+        for measure, key, note in (
+                ("read from local disk", "local_samples_per_s", ""),
+                ("read from S3, empty cache", "remote_cold_samples_per_s", "downloads included"),
+                ("read from S3, cache filled", "remote_warm_samples_per_s", "")):
+            rate = result[key]
+            self.rows.append(Row(section, measure, self.label(NC), rate, "samples/s", rate * mb, note=note))
+
     def add_baseline(self, lib: str, result: dict[str, Any]) -> None:
         """Peak RSS of a process that imported the library and torch, nothing else."""
         section = "memory: peak RSS of a process that only imports the library and torch"
