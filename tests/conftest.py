@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,3 +12,14 @@ import pytest
 def rng() -> np.random.Generator:
     """A seeded generator, so failures reproduce."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The hostile-shard corpus's valid dataset, one per compression (read-only: cases copy it).
+
+    Here rather than in tests/hostile_corpus.py so that the test_hostile_*.py modules share one.
+    """
+    from hostile_corpus import write_base
+
+    return write_base(tmp_path_factory.mktemp("hostile-base"))
