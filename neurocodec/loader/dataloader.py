@@ -17,7 +17,7 @@ import torch
 import torch.utils.data
 
 from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
-from neurocodec.loader.stream import EpochStream, worker_slot
+from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 
@@ -62,7 +62,7 @@ def _as_is(batch: Any) -> Any:
     return batch
 
 
-class WebDatasetDataLoader:
+class WebDatasetDataLoader(StreamState):
     """An iterable of batches with `state_dict()` / `load_state_dict()` for exact resume.
 
     Iterating it runs one epoch from the current position; a complete pass moves to the next
@@ -106,26 +106,6 @@ class WebDatasetDataLoader:
                 continue
             yield batch.pop("__collated__") if "__collated__" in batch else batch
         stream.end_epoch()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The position after the last batch handed out (small, JSON-ready)."""
-        return self.stream.state().to_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue exactly after the last batch handed out when `state` was taken."""
-        self.stream.restore(state)
-
-    get_state = state_dict
-    set_state = load_state_dict
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its beginning on the next iteration."""
-        self.stream.set_epoch(epoch)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration reads."""
-        return self.stream.epoch
 
 
 def create_webdataset_dataloader(

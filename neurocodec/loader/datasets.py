@@ -13,14 +13,14 @@ import torch.utils.data
 from neurocodec.format.reader import Dataset
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.loader.batch import sample_to_tensors
-from neurocodec.loader.stream import EpochStream, worker_slot
+from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.registry import Registry
 from neurocodec.storage.location import dataset_path
 
 log = logging.getLogger("neurocodec.loader")
 
 
-class WebDatasetLoader(torch.utils.data.IterableDataset):
+class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     """Iterate a dataset's samples (dicts of tensors, plus `metadata` and `__key__`) in a
     reproducible, resumable order.
 
@@ -102,27 +102,6 @@ class WebDatasetLoader(torch.utils.data.IterableDataset):
 
     def _on_epoch_end(self) -> None:
         """Called in the main process when an epoch has been fully consumed."""
-
-    # -- state -------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        """The position of this loader (samples handed out so far), as a small JSON-ready dict."""
-        return self.stream.state().to_dict()
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """Continue exactly after the last sample handed out when `state` was taken."""
-        self.stream.restore(state)
-
-    state_dict = get_state
-    load_state_dict = set_state
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its beginning on the next iteration."""
-        self.stream.set_epoch(epoch)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration reads."""
-        return self.stream.epoch
 
 
 class ResumableWebDatasetLoader(WebDatasetLoader):

@@ -133,3 +133,28 @@ def worker_slot() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
 
+
+class StreamState:
+    """State methods of every loader that wraps an `EpochStream` as `self.stream`."""
+
+    stream: EpochStream
+
+    def get_state(self) -> dict[str, Any]:
+        """Where the loader is (everything handed out so far counted), as a small JSON-ready dict."""
+        return self.stream.state().to_dict()
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly after the last sample or batch handed out when `state` was taken."""
+        self.stream.restore(state)
+
+    state_dict = get_state
+    load_state_dict = set_state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning on the next iteration."""
+        self.stream.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads."""
+        return self.stream.epoch
