@@ -60,6 +60,16 @@ def write_ids(url: str, options: dict, n: int = N, shard_size: int = SHARD, **kw
     return url
 
 
+def _take(loader, batches: int) -> tuple[list[int], dict]:
+    """The sample ids of the first `batches` batches, and the state right after them."""
+    got = []
+    for n, batch in enumerate(loader):
+        got.extend(batch_ids(batch))
+        if n == batches - 1:
+            return got, loader.state_dict()
+    raise AssertionError(f"the loader ran out before {batches} batches")
+
+
 def new_url() -> str:
     return f"s3://{BUCKET}/{uuid.uuid4().hex[:10]}/ds"
 
@@ -196,12 +206,7 @@ def test_exact_resume_over_s3_equals_local(endpoint, dataset, local, tmp_path):
     want = flat_ids(create_webdataset_dataloader(local, num_workers=0, **kw))
     loader = create_webdataset_dataloader(dataset, num_workers=2, storage_options=options,
                                           cache=ShardCache(tmp_path / "a", "1G"), **kw)
-    got = []
-    for n, batch in enumerate(loader):
-        got.extend(batch_ids(batch))
-        if n == 6:
-            state = loader.state_dict()
-            break
+    got, state = _take(loader, 7)
     local_loader = create_webdataset_dataloader(local, num_workers=0, **kw)
     for n, _ in enumerate(local_loader):
         if n == 6:
@@ -374,12 +379,7 @@ def test_writes_reads_and_resume_survive_injected_failures(endpoint, local, tmp_
         want = flat_ids(create_webdataset_dataloader(local, num_workers=0, **kw))
         loader = create_webdataset_dataloader(url, num_workers=2, storage_options=options,
                                               cache=ShardCache(tmp_path / "d", "1G", retry=cache.retry), **kw)
-        got = []
-        for n, batch in enumerate(loader):
-            got.extend(batch_ids(batch))
-            if n == 4:
-                state = loader.state_dict()
-                break
+        got, state = _take(loader, 5)
         resumed = create_webdataset_dataloader(url, num_workers=2, storage_options=options,
                                                cache=ShardCache(tmp_path / "e", "1G", retry=cache.retry), **kw)
         resumed.load_state_dict(state)
