@@ -80,6 +80,15 @@ class Neurocodec(Library):
     modules = ("neurocodec.writer", "neurocodec.format.reader", "neurocodec.loader.dataloader")
     resumable = True
 
+    def preload(self, loader: bool = False) -> None:
+        """Also import the installed plugins' modules (imports only: the registry is still built
+        inside the clock, by the first dataset opened)."""
+        import importlib.metadata
+
+        super().preload(loader)
+        for ep in importlib.metadata.entry_points(group="neurocodec.plugins"):
+            importlib.import_module(ep.module)
+
     def write(self, out: Path, wl: Workload, data: dict[str, np.ndarray], **options: Any) -> None:
         from neurocodec import WebDatasetWriter
 

@@ -39,9 +39,21 @@ def disabled_from_env() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
 
-def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    return sorted(eps, key=lambda ep: (ep.name, ep.dist.name if ep.dist else "", ep.value))
+def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
+    """The group's entry points with their distribution's name and version, sorted."""
+    found, dists = [], {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # Each `dist.name` or `dist.version` parses the distribution's whole METADATA (its long
+        # description included): read it once per distribution, not per entry point and field.
+        if ep.dist is None:
+            dist, version = "unknown", "unknown"
+        else:
+            if id(ep.dist) not in dists:
+                meta = ep.dist.metadata
+                dists[id(ep.dist)] = (meta["Name"], meta["Version"])
+            dist, version = dists[id(ep.dist)]
+        found.append((ep, dist, version))
+    return sorted(found, key=lambda item: (item[0].name, item[1], item[0].value))
 
 
 def create_plugin_manager(
@@ -70,9 +82,7 @@ def create_plugin_manager(
         infos[name] = info
 
     if entry_points:
-        for ep in _entry_points():
-            dist = ep.dist.name if ep.dist else "unknown"
-            version = ep.dist.version if ep.dist else "unknown"
+        for ep, dist, version in _entry_points():
             if ep.name in skip or dist in skip:
                 log.info("plugin %s (%s %s) disabled by %s", ep.name, dist, version, DISABLE_ENV)
                 continue

@@ -28,6 +28,7 @@ from neurocodec.errors import DatasetError, NeurocodecError, ShardError
 from neurocodec.format import index as shard_index
 from neurocodec.format.checksum import crc32
 from neurocodec.format import layout, tar
+from neurocodec.format.headers import HeaderTemplates, differing_samples
 from neurocodec.format.compression import decompress
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.plugins import default_registry
@@ -65,10 +66,12 @@ class ShardReader:
             except (OSError, ValueError) as exc:
                 raise ShardError(f"cannot map: {exc}", shard=self.name) from None
         self._view = memoryview(self._map)
+        # The file as rows of 512-byte blocks, for checking many member headers at once.
+        self._blocks = np.frombuffer(self._map, dtype=np.uint8, count=size - size % tar.BLOCK).reshape(-1, tar.BLOCK)
         # Plain Python lists and strings for the per-member hot path. Index rows become lists
         # one run of HEADER_CHUNK samples at a time, when their headers are checked, so opening
         # a large shard costs no more than opening a small one.
-        self._suffixes = [f".{f.name}.{dataset.manifest.member_extension(f)}" for f in dataset.fields]
+        self._suffixes = dataset.member_suffixes
         self._names = [f.name for f in dataset.fields]
         self._compression = dataset.manifest.compression
         self._chunk_rows: list[list | None] = [None] * -(-entry.samples // HEADER_CHUNK)
@@ -106,36 +109,47 @@ class ShardReader:
         """The name member `column` of sample `local` must have."""
         return layout.sample_key(self.entry.first_sample + local) + self._suffixes[column]
 
-    def _check_headers(self, chunk: int) -> None:
-        """Verify the tar headers of samples [chunk * HEADER_CHUNK, ...) together.
+    def _check_headers(self, chunk: int) -> list:
+        """Verify the tar headers of samples [chunk * HEADER_CHUNK, ...) together; return the
+        run's index rows as lists.
 
         Every header must be byte-identical to the one this format's writer produces for the
-        member name and size the index promises; otherwise the strict parser must accept it
-        with that name and size. A sample failing this is remembered, and reading it raises.
+        member name and size the index promises (checked for the whole run at once); one that is
+        not must still be accepted by the strict parser with that name and size. A sample failing
+        this is remembered, and reading it raises.
         """
         lo = chunk * HEADER_CHUNK
         hi = min(self.entry.samples, lo + HEADER_CHUNK)
-        rows = self.rows[lo:hi].tolist()
-        self._prefault(rows[0][0][0] - tar.BLOCK, rows[-1][-1][0] + rows[-1][-1][1])
-        view, suffixes, first = self._view, self._suffixes, self.entry.first_sample
-        for local in range(lo, hi):
-            key = layout.sample_key(first + local)
-            for column, (offset, stored, _, _) in enumerate(rows[local - lo]):
-                name = key + suffixes[column]
-                header = view[offset - tar.BLOCK:offset]
-                if header == tar.build_header(name, stored):
-                    continue
-                try:
-                    parsed = tar.parse_header(header)
-                except tar.HeaderError as exc:
-                    self._bad_headers[local] = (f"bad tar header: {exc}", name)
-                    break
-                if parsed.name != name or parsed.size != stored:
-                    self._bad_headers[local] = (f"header says {parsed.name!r} of {parsed.size} bytes, the "
-                                                f"index says {name!r} of {stored}", name)
-                    break
+        run = self.rows[lo:hi]
+        self._prefault(int(run[0, 0, 0]) - tar.BLOCK, int(run[-1, -1, 0] + run[-1, -1, 1]))
+        expected = self._dataset.header_templates.build(self.entry.first_sample + lo + 1, run[:, :, 1])
+        if expected is None:
+            suspects = range(hi - lo)
+        else:
+            suspects = differing_samples(self._blocks, run[:, :, 0], expected).tolist()
+        rows = run.tolist()
+        for position in suspects:
+            self._check_sample_headers(lo + position, rows[position])
         self._chunk_rows[chunk] = rows
         return rows
+
+    def _check_sample_headers(self, local: int, row: list) -> None:
+        """Check the headers of one sample one by one (see `_check_headers`)."""
+        key = layout.sample_key(self.entry.first_sample + local)
+        for column, (offset, stored, _, _) in enumerate(row):
+            name = key + self._suffixes[column]
+            header = self._view[offset - tar.BLOCK:offset]
+            if header == tar.build_header(name, stored):
+                continue
+            try:
+                parsed = tar.parse_header(header)
+            except tar.HeaderError as exc:
+                self._bad_headers[local] = (f"bad tar header: {exc}", name)
+                return
+            if parsed.name != name or parsed.size != stored:
+                self._bad_headers[local] = (f"header says {parsed.name!r} of {parsed.size} bytes, the "
+                                            f"index says {name!r} of {stored}", name)
+                return
 
     def stored_payload(self, local: int, column: int, key: str | None = None) -> tuple[memoryview, int]:
         """The stored (still compressed) bytes of one member and its decoded size, with the
@@ -222,6 +236,7 @@ class ShardReader:
     def close(self) -> None:
         """Drop the mapping (values already returned keep it alive until they are freed)."""
         self._view = memoryview(b"")
+        self._blocks = np.zeros((0, tar.BLOCK), dtype=np.uint8)
         self._map = b""
 
 
@@ -254,6 +269,8 @@ class Dataset:
         )
         _check_codecs(self.fields, self.codecs, f"{self.path}/{layout.MANIFEST}")
         self.decoders = tuple(codec.decoder(field) for codec, field in zip(self.codecs, self.fields))
+        self.member_suffixes = [f".{f.name}.{self.manifest.member_extension(f)}" for f in self.fields]
+        self.header_templates = HeaderTemplates(self.member_suffixes)
         self._starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
         self._max_open = max_open_shards
