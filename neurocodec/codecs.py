@@ -139,10 +139,11 @@ class NpyCodec(Codec):
             return super().decoder(field)
 
         def decode(data: bytes | memoryview) -> np.ndarray:
-            dtype = headers.get(bytes(data[:size]))
+            dtype = headers.get(data[:size].tobytes() if isinstance(data, memoryview) else data[:size])
             if dtype is None or len(data) != size + count * dtype.itemsize:
                 return self.decode(data, field)
-            array = np.frombuffer(data, dtype, count, size).reshape(shape)
+            # np.ndarray over the buffer: one call instead of frombuffer + reshape (same view).
+            array = np.ndarray(shape, dtype, data, size)
             return array if dtype == want else array.astype(want)
 
         return decode
@@ -198,6 +199,22 @@ class JsonCodec(Codec):
     def decode(self, data: bytes | memoryview, field: FieldSpec) -> Any:
         """Parse UTF-8 JSON."""
         return json.loads(bytes(data).decode("utf8"))
+
+    def decoder(self, field: FieldSpec) -> Callable[[bytes | memoryview], Any]:
+        """Payloads this codec wrote are one JSON value without surrounding whitespace: scan that
+        directly (json.loads adds a regex pass on each side); anything else goes through `decode`,
+        which accepts the same documents and raises the same errors."""
+        scan = json.JSONDecoder().scan_once
+
+        def decode(data: bytes | memoryview) -> Any:
+            try:
+                text = str(data, "utf8")
+                value, end = scan(text, 0)
+            except (StopIteration, ValueError):
+                return self.decode(data, field)
+            return value if end == len(text) else self.decode(data, field)
+
+        return decode
 
 
 class TextCodec(Codec):

@@ -72,9 +72,10 @@ class ShardReader:
         # one run of HEADER_CHUNK samples at a time, when their headers are checked, so opening
         # a large shard costs no more than opening a small one.
         self._suffixes = dataset.member_suffixes
-        self._names = [f.name for f in dataset.fields]
+        self._columns = tuple(zip(range(len(dataset.fields)), [f.name for f in dataset.fields], dataset.decoders))
+        self._samples, self._first = entry.samples, entry.first_sample  # plain ints for the hot path
         self._compression = dataset.manifest.compression
-        self._chunk_rows: list[list | None] = [None] * -(-entry.samples // HEADER_CHUNK)
+        self._chunk_rows: list[list[int] | None] = [None] * -(-entry.samples // HEADER_CHUNK)
         self._bad_headers: dict[int, tuple[str, str]] = {}  # sample -> (why, member) for bad headers
         if dataset.verify == "full" and hashlib.sha256(self._view).hexdigest() != entry.sha256:
             raise ShardError("SHA-256 does not match the manifest (corrupted)", shard=self.name)
@@ -109,9 +110,9 @@ class ShardReader:
         """The name member `column` of sample `local` must have."""
         return layout.sample_key(self.entry.first_sample + local) + self._suffixes[column]
 
-    def _check_headers(self, chunk: int) -> list:
+    def _check_headers(self, chunk: int) -> list[int]:
         """Verify the tar headers of samples [chunk * HEADER_CHUNK, ...) together; return the
-        run's index rows as lists.
+        run's index rows as one flat list (sample, member, 4 values).
 
         Every header must be byte-identical to the one this format's writer produces for the
         member name and size the index promises (checked for the whole run at once); one that is
@@ -127,11 +128,13 @@ class ShardReader:
             suspects = range(hi - lo)
         else:
             suspects = differing_samples(self._blocks, run[:, :, 0], expected).tolist()
-        rows = run.tolist()
         for position in suspects:
-            self._check_sample_headers(lo + position, rows[position])
-        self._chunk_rows[chunk] = rows
-        return rows
+            self._check_sample_headers(lo + position, run[position].tolist())
+        # One flat list per run: nested lists would be hundreds of long-lived containers per
+        # run, which set off the cyclic garbage collector over the whole heap (torch's included).
+        flat = run.ravel().tolist()
+        self._chunk_rows[chunk] = flat
+        return flat
 
     def _check_sample_headers(self, local: int, row: list) -> None:
         """Check the headers of one sample one by one (see `_check_headers`)."""
@@ -154,7 +157,7 @@ class ShardReader:
     def stored_payload(self, local: int, column: int, key: str | None = None) -> tuple[memoryview, int]:
         """The stored (still compressed) bytes of one member and its decoded size, with the
         header, size and CRC-32 checked (used to copy members between datasets unchanged)."""
-        offset, stored, raw, crc = self._row(local)[column]
+        offset, stored, raw, crc = self._member(local, column)
         payload = self._view[offset:offset + stored]
         if self._verify_crc and crc32(payload) != crc:
             raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name,
@@ -182,32 +185,40 @@ class ShardReader:
         except (OSError, ValueError):
             _POPULATE[0] = False
 
-    def _row(self, local: int) -> list:
-        """Index row of sample `local` (its headers checked); ShardError if they are wrong."""
+    def _member(self, local: int, column: int) -> list[int]:
+        """Offset, stored size, raw size and CRC-32 of one member (the sample's headers
+        checked); ShardError if they are wrong."""
         chunk = local // HEADER_CHUNK
         rows = self._chunk_rows[chunk] or self._check_headers(chunk)
         if local in self._bad_headers:
             why, member = self._bad_headers[local]
             raise ShardError(why, shard=self.name, member=member)
-        return rows[local - chunk * HEADER_CHUNK]
+        start = ((local - chunk * HEADER_CHUNK) * len(self._suffixes) + column) * 4
+        return rows[start:start + 4]
 
     def read_sample(self, local: int) -> dict[str, Any]:
         """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`."""
-        if not 0 <= local < self.entry.samples:
-            raise IndexError(f"shard {self.name} has {self.entry.samples} samples, not {local + 1}")
-        row = self._row(local)
-        key = layout.sample_key(self.entry.first_sample + local)
+        if not 0 <= local < self._samples:
+            raise IndexError(f"shard {self.name} has {self._samples} samples, not {local + 1}")
+        chunk = local // HEADER_CHUNK
+        rows = self._chunk_rows[chunk] or self._check_headers(chunk)
+        if self._bad_headers and local in self._bad_headers:
+            why, member = self._bad_headers[local]
+            raise ShardError(why, shard=self.name, member=member)
+        key = layout.sample_key(self._first + local)
         sample: dict[str, Any] = {KEY: key}
-        view, verify, compression = self._view, self._verify_crc, self._compression
-        for column, ((offset, stored, raw, crc), name, decode) in enumerate(
-                zip(row, self._names, self._dataset.decoders)):
+        view, verify, plain = self._view, self._verify_crc, self._compression == "none"
+        start = (local - chunk * HEADER_CHUNK) * len(self._columns) * 4
+        for column, name, decode in self._columns:
+            offset, stored, raw, crc = rows[start:start + 4]
+            start += 4
             payload = view[offset:offset + stored]
             if verify and crc32(payload) != crc:
                 raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name,
                                  member=key + self._suffixes[column])
-            if compression != "none" or stored != raw:
+            if not plain or stored != raw:
                 try:
-                    payload = decompress(compression, payload, raw)
+                    payload = decompress(self._compression, payload, raw)
                 except ValueError as exc:
                     raise ShardError(str(exc), shard=self.name, member=key + self._suffixes[column]) from None
             try:
