@@ -37,8 +37,6 @@ from neurocodec.storage.location import dataset_path, is_remote
 
 VERIFY_MODES = ("crc", "full", "none")
 HEADER_CHUNK = 64
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
-_POPULATE = [hasattr(mmap.mmap, "madvise")]
 """Samples whose member headers are verified together, the first time one of them is read."""
 KEY = "__key__"
 
@@ -122,7 +120,6 @@ class ShardReader:
         lo = chunk * HEADER_CHUNK
         hi = min(self.entry.samples, lo + HEADER_CHUNK)
         run = self.rows[lo:hi]
-        self._prefault(int(run[0, 0, 0]) - tar.BLOCK, int(run[-1, -1, 0] + run[-1, -1, 1]))
         expected = self._dataset.header_templates.build(self.entry.first_sample + lo + 1, run[:, :, 1])
         if expected is None:
             suspects = range(hi - lo)
@@ -173,17 +170,6 @@ class ShardReader:
             return decompress(self._compression, payload, raw)
         except ValueError as exc:
             raise ShardError(str(exc), shard=self.name, member=self.member_name(local, column)) from None
-
-    def _prefault(self, start: int, stop: int) -> None:
-        """Map a run's pages in one call (MADV_POPULATE_READ, Linux 5.14+) instead of one page
-        fault per page; a no-op where unsupported."""
-        if not isinstance(self._map, mmap.mmap) or not _POPULATE[0]:
-            return
-        start -= start % mmap.PAGESIZE
-        try:
-            self._map.madvise(_MADV_POPULATE_READ, start, min(stop, len(self._map)) - start)
-        except (OSError, ValueError):
-            _POPULATE[0] = False
 
     def _member(self, local: int, column: int) -> list[int]:
         """Offset, stored size, raw size and CRC-32 of one member (the sample's headers

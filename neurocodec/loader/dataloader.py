@@ -13,15 +13,20 @@ import gc
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy.random  # noqa: F401  (see below)
 import torch
 import torch.utils.data
 
 from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
+from neurocodec.loader.heap import forks, frozen_heap
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 
 _BATCH, _SKIPPED, _EMPTY = "__batch__", "__skipped__", "__empty__"
+# numpy.random is imported above although nothing here uses it: every torch DataLoader worker
+# seeds it on start (`np.random.seed`), and a worker forked before anything imported it pays
+# the import itself, ~50 ms of the first batch on a 2-core machine.
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -95,16 +100,18 @@ class WebDatasetDataLoader(StreamState):
         delivered = 0
         if stream.source.registry is None and self.num_workers:
             default_registry()  # load plugins once here, so forked workers inherit them
-        for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
-            number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
-            if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
-                raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
-            delivered += 1
-            stream.skipped += int(skipped)
-            stream.position = plan.position_after(delivered)
-            if batch.pop(_EMPTY, False):
-                continue
-            yield batch.pop("__collated__") if "__collated__" in batch else batch
+        forked = self.num_workers > 0 and forks(self._kwargs["multiprocessing_context"])
+        with frozen_heap(forked):
+            for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
+                number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
+                if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
+                    raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
+                delivered += 1
+                stream.skipped += int(skipped)
+                stream.position = plan.position_after(delivered)
+                if batch.pop(_EMPTY, False):
+                    continue
+                yield batch.pop("__collated__") if "__collated__" in batch else batch
         stream.end_epoch()
 
 
