@@ -31,15 +31,24 @@ CollateRule = Callable[[Sequence[Any], "FieldSpec"], Collated]
 """Signature of a collate rule: (values of one field, the field) -> Collated."""
 
 
+_arena: list[Any] = [None]  # the slot a DataLoader worker collates into (neurocodec.loader.slots)
+
+
 def batch_tensor(shape: tuple[int, ...], dtype: Any, *, zero: bool = False) -> Any:
     """An uninitialised (or zeroed) tensor to collate into.
 
-    Inside a DataLoader worker it is allocated in shared memory, as torch's own default_collate
-    does, so handing the batch to the main process does not copy it a second time.
+    Inside a DataLoader worker it is allocated in shared memory (the batch's slot when it fits,
+    else a new segment as torch's own default_collate does), so handing the batch to the main
+    process does not copy it a second time.
     """
     import torch
     from torch.utils.data import get_worker_info
 
+    arena = _arena[0]
+    if arena is not None:
+        out = arena.allocate(tuple(shape), dtype)
+        if out is not None:
+            return out.zero_() if zero else out
     if get_worker_info() is None:
         return torch.zeros(shape, dtype=dtype) if zero else torch.empty(shape, dtype=dtype)
     numel = 1

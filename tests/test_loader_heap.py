@@ -73,10 +73,10 @@ def test_spawned_workers_and_in_process_loading_leave_the_heap_alone(dataset: Pa
 def test_a_process_that_froze_its_heap_itself_keeps_its_freeze(dataset: Path) -> None:
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
         for batch in _loader(dataset, multiprocessing_context="fork"):
             pass
-        assert gc.get_freeze_count() == frozen
+        # Still frozen (the count itself drops as frozen objects die, so it is not compared).
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
 

@@ -18,7 +18,9 @@ import torch
 import torch.utils.data
 
 from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
+from neurocodec.collate import _arena
 from neurocodec.loader.heap import forks, frozen_heap
+from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
@@ -36,6 +38,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.stream = stream
         self.collate_fn = collate_fn
+        self.pool: SlotPool | None = None  # set by WebDatasetDataLoader for one iteration
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
@@ -46,19 +49,31 @@ class BatchStream(torch.utils.data.IterableDataset):
             # first batch and unshares copy-on-write pages.
             gc.freeze()
         registry = stream.source.registry or default_registry()
+        pool = self.pool if torch.utils.data.get_worker_info() is not None else None
         for k, positions, samples in stream.batches(stream.plan(), worker, workers):
             values = [s for _, s in samples]
-            if not values:
-                batch: dict[str, Any] = {_EMPTY: True}
-            elif self.collate_fn is not None:
-                batch = self.collate_fn([sample_to_tensors(s) for s in values])
-                if not isinstance(batch, dict):
-                    batch = {"__collated__": batch}
-            else:
-                batch = collate_webdataset(values, stream.fields, registry)
+            arena = pool.acquire(worker) if pool is not None and values else None
+            _arena[0] = arena
+            try:
+                batch = self._collate(values, stream, registry)
+            finally:
+                _arena[0] = None
+            if arena is not None:
+                batch, placed = arena.export(batch)
+                if not placed:
+                    pool.give_back(arena.index)
             batch[_BATCH] = k
             batch[_SKIPPED] = len(positions) - len(values)
             yield batch
+
+
+    def _collate(self, values: list[dict[str, Any]], stream: EpochStream, registry: Registry) -> dict[str, Any]:
+        if not values:
+            return {_EMPTY: True}
+        if self.collate_fn is not None:
+            batch = self.collate_fn([sample_to_tensors(s) for s in values])
+            return batch if isinstance(batch, dict) else {"__collated__": batch}
+        return collate_webdataset(values, stream.fields, registry)
 
 
 def _as_is(batch: Any) -> Any:
@@ -100,18 +115,26 @@ class WebDatasetDataLoader(StreamState):
         delivered = 0
         if stream.source.registry is None and self.num_workers:
             default_registry()  # load plugins once here, so forked workers inherit them
-        forked = self.num_workers > 0 and forks(self._kwargs["multiprocessing_context"])
-        with frozen_heap(forked):
-            for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
-                number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
-                if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
-                    raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
-                delivered += 1
-                stream.skipped += int(skipped)
-                stream.position = plan.position_after(delivered)
-                if batch.pop(_EMPTY, False):
-                    continue
-                yield batch.pop("__collated__") if "__collated__" in batch else batch
+        context = self._kwargs["multiprocessing_context"]
+        forked = self.num_workers > 0 and forks(context)
+        pool = self.dataset.pool = pool_for(batch_bytes(stream.fields, stream.batch_size), self.num_workers,
+                                            self._kwargs["prefetch_factor"] or 0, context)
+        try:
+            with frozen_heap(forked):
+                for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
+                    number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
+                    if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
+                        raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
+                    delivered += 1
+                    stream.skipped += int(skipped)
+                    stream.position = plan.position_after(delivered)
+                    if batch.pop(_EMPTY, False):
+                        continue
+                    yield batch.pop("__collated__") if "__collated__" in batch else batch
+        finally:
+            self.dataset.pool = None
+            if pool is not None:
+                pool.close()
         stream.end_epoch()
 
 

@@ -1,0 +1,234 @@
+"""Handing batches from DataLoader workers to the training process through reused shared memory.
+
+torch moves a tensor between processes by creating a shared-memory file for it in the worker,
+passing its descriptor over a socket and mapping it in the training process: per tensor, per
+batch. On a 2-core machine that was most of what a batch cost, and every fresh mapping is
+page-faulted in twice (worker and training process).
+
+Here the training process creates, per iteration, one shared-memory block holding a few slots
+per worker. A worker collates straight into a free slot of its own (`neurocodec.collate
+.batch_tensor` allocates from it) and sends only small placeholders. Unpickling them in the
+training process gives ordinary tensors viewing the slot, with no copy; when the last of them
+is freed the slot index goes back to its worker through a pipe (a system call, so the worker
+sees every read of the slot finished before it writes again). A worker with no free slot, or a
+batch that does not fit, takes torch's usual path, so nothing ever waits for a slot, whatever
+the training loop holds on to.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import struct
+import weakref
+from typing import Any
+
+import torch
+
+ALIGN = 64
+MAX_POOL_BYTES = 1 << 30
+_INDEX = struct.Struct("<I")
+_pools: "weakref.WeakValueDictionary[str, SlotPool]" = weakref.WeakValueDictionary()
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class SlotPool:
+    """`per_worker` slots of `capacity` bytes for each of `workers` workers, in shared memory,
+    and a pipe per worker on which the training process returns freed slots."""
+
+    def __init__(self, workers: int, per_worker: int, capacity: int, context: Any) -> None:
+        self.token = secrets.token_hex(8)
+        self.workers, self.per_worker, self.capacity = workers, per_worker, _aligned(capacity)
+        storage = torch.UntypedStorage._new_shared(workers * per_worker * self.capacity)
+        self.memory = torch.empty(0, dtype=torch.uint8).set_(storage)
+        ctx = multiprocessing.get_context(context) if isinstance(context, str) or context is None else context
+        pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        self._returns = [reader for reader, _ in pipes]
+        self._senders = [sender for _, sender in pipes]
+        self._free: list[int] | None = None  # this worker's free slots, once in a worker
+        _pools[self.token] = self
+
+    @staticmethod
+    def size_for(batch_bytes: int, workers: int, per_worker: int) -> int:
+        """Bytes a pool for batches of `batch_bytes` takes."""
+        return workers * per_worker * _aligned(batch_bytes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned worker gets the memory, its own pipe end is picked by index later, and no
+        # senders (the training process alone returns slots).
+        return {"token": self.token, "workers": self.workers, "per_worker": self.per_worker,
+                "capacity": self.capacity, "memory": self.memory, "_returns": self._returns,
+                "_senders": [], "_free": None}
+
+    # -- worker side -------------------------------------------------------------------------
+    def acquire(self, worker: int) -> "Arena | None":
+        """A free slot of `worker` to collate one batch into, or None when all are in use."""
+        if self._free is None:
+            self._free = list(range(worker * self.per_worker, (worker + 1) * self.per_worker))
+        returns = self._returns[worker]
+        while returns.poll():
+            self._free.append(_INDEX.unpack(returns.recv_bytes())[0])
+        if not self._free:
+            return None
+        index = self._free.pop(0)
+        start = index * self.capacity
+        return Arena(self, index, self.memory[start:start + self.capacity])
+
+    def give_back(self, index: int) -> None:
+        """Return a slot that a worker took but did not use."""
+        assert self._free is not None
+        self._free.append(index)
+
+    # -- training-process side ---------------------------------------------------------------
+    def release(self, index: int) -> None:
+        """Tell the slot's worker it may write slot `index` again (called when the batch's
+        tensors are freed; a worker or pipe already gone is fine)."""
+        try:
+            self._senders[index // self.per_worker].send_bytes(_INDEX.pack(index))
+        except (OSError, ValueError, IndexError):
+            pass
+
+    def close(self) -> None:
+        """Close this process's pipe ends (the memory lives until its last tensor is freed)."""
+        for conn in (*self._returns, *self._senders):
+            conn.close()
+
+
+class Arena:
+    """One slot being filled by a worker: a bump allocator for the batch's tensors."""
+
+    def __init__(self, pool: SlotPool, index: int, region: torch.Tensor) -> None:
+        self.pool, self.index, self.region = pool, index, region
+        self.used = 0
+        self.lease = SlotLease(pool.token, index)
+        self._start = region.data_ptr()
+
+    def allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """An uninitialised tensor in this slot, or None if it does not fit."""
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        numel = 1
+        for d in shape:
+            numel *= d
+        size = numel * itemsize
+        if size == 0 or self.used + size > self.region.numel():
+            return None
+        out = self.region[self.used:self.used + size].view(dtype).view(shape)
+        self.used += _aligned(size)
+        return out
+
+    def export(self, value: Any) -> tuple[Any, int]:
+        """`value` with every CPU tensor in this slot (or copied into it when it fits) replaced
+        by a placeholder, and how many were; dicts, lists and tuples are walked."""
+        if isinstance(value, torch.Tensor):
+            return self._export_tensor(value)
+        if type(value) is dict:
+            out, count = {}, 0
+            for key, item in value.items():
+                out[key], n = self.export(item)
+                count += n
+            return out, count
+        if type(value) in (list, tuple):
+            items, count = [], 0
+            for item in value:
+                exported, n = self.export(item)
+                items.append(exported)
+                count += n
+            return type(value)(items), count
+        return value, 0
+
+    def _export_tensor(self, tensor: torch.Tensor) -> tuple[Any, int]:
+        if tensor.device.type != "cpu" or tensor.requires_grad or tensor.numel() == 0:
+            return tensor, 0
+        offset = tensor.data_ptr() - self._start
+        if not (0 <= offset < self.region.numel() and tensor.untyped_storage().data_ptr() == self.pool.memory.data_ptr()):
+            copy = self.allocate(tuple(tensor.shape), tensor.dtype)
+            if copy is None:
+                return tensor, 0
+            copy.copy_(tensor)
+            tensor, offset = copy, copy.data_ptr() - self._start
+        if offset % tensor.element_size():
+            return tensor, 0
+        return SlotTensor(self.lease, offset, str(tensor.dtype).removeprefix("torch."),
+                          tuple(tensor.shape), tuple(tensor.stride())), 1
+
+
+class SlotLease:
+    """Pickles as "slot `index` of pool `token`"; unpickled in the training process it becomes
+    the slot's memory, handed back to the worker when nothing views it any more. All the
+    placeholders of one batch share one lease (pickle stores a shared object once)."""
+
+    def __init__(self, token: str, index: int) -> None:
+        self.token, self.index = token, index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _open_lease, (self.token, self.index)
+
+
+def _open_lease(token: str, index: int) -> torch.UntypedStorage:
+    pool = _pools.get(token)
+    if pool is None:
+        raise RuntimeError("a batch arrived after its DataLoader iteration ended")
+    start = index * pool.capacity
+    # A new numpy array per batch: its lifetime is the batch's, since every tensor of the batch
+    # keeps it alive through the storage made from it.
+    view = pool.memory[start:start + pool.capacity].numpy()
+    weakref.finalize(view, pool.release, index)
+    return torch.from_numpy(view).untyped_storage()
+
+
+class SlotTensor:
+    """A placeholder for a tensor in a slot; unpickles to that tensor (a view, not a copy)."""
+
+    def __init__(self, lease: SlotLease, offset: int, dtype: str, shape: tuple[int, ...],
+                 stride: tuple[int, ...]) -> None:
+        self.lease, self.offset, self.dtype, self.shape, self.stride = lease, offset, dtype, shape, stride
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _view, (self.lease, self.offset, self.dtype, self.shape, self.stride)
+
+
+def _view(storage: torch.UntypedStorage, offset: int, dtype: str, shape: tuple[int, ...],
+          stride: tuple[int, ...]) -> torch.Tensor:
+    kind = getattr(torch, dtype)
+    itemsize = torch.empty(0, dtype=kind).element_size()
+    return torch.empty(0, dtype=kind).set_(storage, offset // itemsize, shape, stride)
+
+
+def batch_bytes(fields: Any, batch_size: int) -> int:
+    """Room for one collated batch of the manifest's array fields: each sample's decoded size
+    (an upper bound of its array data) times the batch size, plus a mask for padded fields."""
+    total = 0
+    for field in fields:
+        if field.kind != "array" or not field.max_raw_bytes:
+            continue
+        total += _aligned(batch_size * field.max_raw_bytes)
+        if field.shape is None or None in field.shape:
+            total += _aligned(batch_size * field.max_raw_bytes)
+    return total
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes of /dev/shm (where torch's shared memory lives on Linux), None if unknown."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def pool_for(nbytes: int, workers: int, prefetch_factor: int, context: Any) -> SlotPool | None:
+    """A pool for batches of about `nbytes`, or None where it would not pay or not fit (no
+    workers or estimate, more than MAX_POOL_BYTES, or more than half of the free /dev/shm)."""
+    if nbytes <= 0 or workers <= 0 or prefetch_factor <= 0:
+        return None
+    per_worker = prefetch_factor + 1
+    size = SlotPool.size_for(nbytes, workers, per_worker)
+    free = shm_free_bytes()
+    if size > MAX_POOL_BYTES or (free is not None and size > free // 2):
+        return None
+    return SlotPool(workers, per_worker, nbytes, context)
+
