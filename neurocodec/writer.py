@@ -12,8 +12,8 @@ from neurocodec import __version__
 from neurocodec.errors import DatasetExistsError, NeurocodecError, SampleError, WriterClosedError
 from neurocodec.format import layout
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
-from neurocodec.format.manifest import Manifest
-from neurocodec.format.shardfile import ShardFileWriter
+from neurocodec.format.manifest import Manifest, ShardEntry
+from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.fsutil import atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
@@ -100,6 +100,7 @@ class WebDatasetWriter:
         self._schema = Schema(self.registry, self.modality_options)
         self._shards: list = []
         self._current: ShardFileWriter | None = None
+        self._commits = BackgroundCommits()
         self._count = 0
         self._closed = False
         self._output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
@@ -126,7 +127,9 @@ class WebDatasetWriter:
                 self._schema.fields = None  # a rejected first sample must not fix the schema
             raise
         if self._current is None:
-            self._current = ShardFileWriter(self._output.directory, len(self._shards), index,
+            # Numbered by shards started: the last finished one may still be committing.
+            started_shards = len(self._shards) + self._commits.in_flight
+            self._current = ShardFileWriter(self._output.directory, started_shards, index,
                                             len(payloads), fsync=self.fsync and not self._output.remote)
         try:
             self._current.add_sample(names, payloads, raws)
@@ -191,13 +194,26 @@ class WebDatasetWriter:
         return names, payloads, raws, values
 
     def _close_shard(self) -> None:
+        """Finish the current shard and commit it in the background (see `BackgroundCommits`)
+        once the previous one is recorded. A URL output commits and uploads each shard here,
+        so every finished shard is uploaded before the next one is written."""
         try:
-            self._shards.append(self._current.close())
-            self._output.shard_done(self._shards[-1])
+            self._current.finish()
+            self._record(self._commits.wait())
+            if self._output.remote:
+                self._record(self._current.commit())
+                self._current = None
+                return
         except BaseException:
             self.abort()
             raise
+        self._commits.submit(self._current)
         self._current = None
+
+    def _record(self, entry: ShardEntry | None) -> None:
+        if entry is not None:
+            self._shards.append(entry)
+            self._output.shard_done(entry)
 
     # -- ending -------------------------------------------------------------------------------
     def finalize(self) -> dict[str, Any]:
@@ -215,6 +231,12 @@ class WebDatasetWriter:
             raise SampleError(f"no samples were written to {self.output_dir}; nothing to finalize")
         if self._current is not None:
             self._close_shard()
+        try:
+            self._record(self._commits.wait())
+        except BaseException:
+            self.abort()
+            raise
+        self._commits.close()
         manifest = Manifest(
             compression=self.compression, total_samples=self._count, fields=self._schema.field_specs(),
             shards=tuple(self._shards), writer=self.settings(), extra=self.dataset_metadata,
@@ -239,6 +261,7 @@ class WebDatasetWriter:
 
     def abort(self) -> None:
         """Discard the unfinished shard and write no manifest; finished shards stay on disk."""
+        self._commits.close()
         if self._current is not None:
             self._current.abort()
             self._current = None

@@ -307,3 +307,23 @@ def test_invalid_sample_inside_with_leaves_no_manifest_and_no_temp_files(tmp_pat
     assert not (root / h.MANIFEST).exists() and no_temp_files(root)
     with pytest.raises(DatasetError):
         Dataset(root)
+
+
+@pytest.mark.parametrize("blocked", [0, 2])
+def test_a_shard_that_cannot_be_committed_fails_the_writer_cleanly(tmp_path, blocked):
+    """Shards are committed (fsync, hash, rename) on a background thread while the next one is
+    written; a commit that fails (here: a directory where the shard must be renamed to) raises
+    from the writer at the next shard or at finalize, and the run ends as any failed run does:
+    no manifest, no temp files, the shards committed before it whole."""
+    root = tmp_path / "ds"
+    writer = WebDatasetWriter(root, shard_size=3, compression="zstd")
+    (root / f"shard_{blocked:06d}.tar").mkdir()
+    with pytest.raises(IsADirectoryError):
+        for i in range(10):
+            writer.write_sample(*make_sample(5, i))
+        writer.finalize()
+    with pytest.raises(Exception):
+        writer.write_sample(*make_sample(5, 0))            # the writer is closed after failing
+    assert not (root / h.MANIFEST).exists() and no_temp_files(root)
+    for number in range(blocked):
+        assert check_complete_shard(root, f"shard_{number:06d}.tar", 5, 3, "zstd") == 3

@@ -1,13 +1,18 @@
 """Writing one shard: tar members streamed to a temp file, index and checksums kept on the way.
 
 The shard appears under its final name only when complete: members go to a hidden temp file,
-the index is written atomically, and the tar file is renamed into place last.
+the index is written atomically, and the tar file is renamed into place last. Committing a
+finished shard (fsync, SHA-256 of the file, index, rename) is the slow part of closing it and
+touches nothing the writer still uses, so `BackgroundCommits` runs it on a thread while the
+next shard is encoded: fsync waits on the disk and hashlib works without the GIL.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
@@ -33,7 +38,6 @@ class ShardFileWriter:
         self.fsync = fsync
         self.rows: list[list[tuple[int, int, int, int]]] = []
         self.offset = 0
-        self.digest = hashlib.sha256()
         self._file: BinaryIO = open(self.tmp, "wb", buffering=1 << 20)
 
     @property
@@ -43,7 +47,6 @@ class ShardFileWriter:
 
     def _write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
-        self.digest.update(data)
         self.offset += len(data)
 
     def add_sample(self, names: Sequence[str], payloads: Sequence[bytes], raw_sizes: Sequence[int]) -> None:
@@ -58,22 +61,36 @@ class ShardFileWriter:
                 self._write(b"\0" * pad)
         self.rows.append(row)
 
-    def close(self) -> ShardEntry:
-        """Finish the archive, write the index, rename both into place; return the entry."""
+    def finish(self) -> None:
+        """End the archive and hand its bytes to the OS (still under the temp name)."""
         self._write(tar.END_OF_ARCHIVE)
         self._file.flush()
+
+    def commit(self) -> ShardEntry:
+        """fsync the finished file, hash it as stored, write the index, rename both into place;
+        return the entry. Safe to run on another thread once `finish` has returned."""
         if self.fsync:
             os.fsync(self._file.fileno())
         self._file.close()
+        with open(self.tmp, "rb") as stored:
+            # One call over the whole mapped file: hashlib drops the GIL for all of it, where a
+            # chunked read would wait for the encoding thread's GIL at every chunk.
+            with mmap.mmap(stored.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                sha256 = hashlib.sha256(mapped).hexdigest()
         index_bytes = shard_index.encode(np.array(self.rows, dtype=np.uint64).reshape(-1, self.members, 4))
         index_path = self.final.with_name(layout.index_name(self.name))
         atomic_write_bytes(index_path, index_bytes, fsync=self.fsync)
         os.replace(self.tmp, self.final)
         return ShardEntry(
             name=self.name, index=index_path.name, samples=self.samples, first_sample=self.first_sample,
-            bytes=self.offset, sha256=self.digest.hexdigest(), index_bytes=len(index_bytes),
+            bytes=self.offset, sha256=sha256, index_bytes=len(index_bytes),
             index_sha256=hashlib.sha256(index_bytes).hexdigest(),
         )
+
+    def close(self) -> ShardEntry:
+        """Finish and commit in this thread; return the entry."""
+        self.finish()
+        return self.commit()
 
     def abort(self) -> None:
         """Drop the unfinished shard."""
@@ -81,3 +98,50 @@ class ShardFileWriter:
             self._file.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+class BackgroundCommits:
+    """Commits finished shards one at a time, in order, on one background thread.
+
+    At most one shard is in flight: `submit` requires the previous one collected with `wait`,
+    which returns its entry or raises what its commit raised (after removing its temp file).
+    """
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: tuple[ShardFileWriter, Future] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Shards submitted and not yet collected (0 or 1)."""
+        return 0 if self._pending is None else 1
+
+    def submit(self, shard: ShardFileWriter) -> None:
+        """Start committing `shard` (finished) in the background."""
+        assert self._pending is None, "wait() for the previous shard first"
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="neurocodec-commit")
+        self._pending = (shard, self._executor.submit(shard.commit))
+
+    def wait(self) -> ShardEntry | None:
+        """The entry of the shard in flight once committed, or None if there is none."""
+        if self._pending is None:
+            return None
+        shard, future = self._pending
+        self._pending = None
+        try:
+            return future.result()
+        except BaseException:
+            shard.abort()
+            raise
+
+    def close(self) -> None:
+        """Wait for the shard in flight, ignoring its failure (used when giving up), and stop
+        the thread. A shard already renamed into place stays, like every finished shard."""
+        try:
+            self.wait()
+        except BaseException:
+            pass
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
