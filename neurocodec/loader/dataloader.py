@@ -86,7 +86,11 @@ class WebDatasetDataLoader(StreamState):
     """An iterable of batches with `state_dict()` / `load_state_dict()` for exact resume.
 
     Iterating it runs one epoch from the current position; a complete pass moves to the next
-    epoch. The state counts batches handed to the training loop only. Restoring works across a
+    epoch. With workers, the first batch of each iteration is built in this process before
+    they start (so `collate_fn` runs here for it, and `worker_init_fn` has not run yet): the
+    training loop gets it in the time one batch takes to read, while the workers start up.
+    Batches then arrive through shared-memory slots (`neurocodec.loader.slots`). The state
+    counts batches handed to the training loop only. Restoring works across a
     different `num_workers` and a different world size (the remaining samples of the epoch are
     then split over the new ranks).
     """
@@ -111,10 +115,45 @@ class WebDatasetDataLoader(StreamState):
 
     def __iter__(self) -> Iterator[Any]:
         stream = self.stream
+        if self.num_workers:
+            if stream.source.registry is None:
+                default_registry()  # load plugins once here, so forked workers inherit them
+            # The first batch is built here, before any worker exists: it is ready in the time
+            # one batch takes to read, and the workers start while the training loop uses it.
+            first = self._first_batch()
+            if first is not None:
+                yield first
+        plan = stream.plan()  # what is left, exactly as a loader resumed here would read it
+        if self.num_workers and not len(plan):
+            stream.end_epoch()
+            return
+        yield from self._from_workers(plan)
+        stream.end_epoch()
+
+    def _first_batch(self) -> Any:
+        """Build the next batch in this process and count it as delivered; None when the epoch
+        has no batch left or the batch is empty (every sample skipped)."""
+        stream = self.stream
         plan = stream.plan()
+        if not len(plan):
+            return None
+        registry = stream.source.registry or default_registry()
+        batches = stream.batches(plan, 0, 1)
+        _, positions, samples = next(batches)
+        batches.close()
+        values = [s for _, s in samples]
+        batch = self.dataset._collate(values, stream, registry)
+        stream.skipped += len(positions) - len(values)
+        stream.position = plan.position_after(1)
+        if batch.pop(_EMPTY, False):
+            return None
+        if self._kwargs["pin_memory"] and torch.cuda.is_available():
+            batch = _pinned(batch)
+        return batch.pop("__collated__") if "__collated__" in batch else batch
+
+    def _from_workers(self, plan: Any) -> Iterator[Any]:
+        stream = self.stream
         delivered = 0
-        if stream.source.registry is None and self.num_workers:
-            default_registry()  # load plugins once here, so forked workers inherit them
         context = self._kwargs["multiprocessing_context"]
         forked = self.num_workers > 0 and forks(context)
         pool = self.dataset.pool = pool_for(batch_bytes(stream.fields, stream.batch_size), self.num_workers,
@@ -135,7 +174,17 @@ class WebDatasetDataLoader(StreamState):
             self.dataset.pool = None
             if pool is not None:
                 pool.close()
-        stream.end_epoch()
+
+
+def _pinned(value: Any) -> Any:
+    """`value` with its CPU tensors copied to pinned memory, as the DataLoader's pin thread does."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if type(value) is dict:
+        return {k: _pinned(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_pinned(v) for v in value)
+    return value
 
 
 def create_webdataset_dataloader(
