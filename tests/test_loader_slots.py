@@ -126,3 +126,26 @@ def test_no_pool_without_workers_prefetch_or_room() -> None:
     pool = pool_for(1000, 2, 2, "fork")
     assert pool is not None and pool.memory.numel() == 2 * 3 * 1024
     pool.close()
+
+
+def test_a_process_forked_while_batches_are_held_never_frees_their_slots(dataset: Path, reference: list) -> None:
+    """A validation loader's workers fork from a training process that holds training batches:
+    whatever dies in them must not hand those batches' slots back to the training workers."""
+    import gc
+    import os
+
+    training = loader(dataset, 2)
+    it = iter(training)
+    next(it)
+    held = next(it)                          # a batch in a slot of the pool
+    assert in_pool(held["lfp"], training.dataset.pool)
+    next(it)                                 # the loader itself no longer refers to `held`
+    pid = os.fork()
+    if pid == 0:                             # the child frees the batches it inherited
+        held = None
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    rest = list(it)                          # the workers go on filling the slots they may use
+    assert len(rest) == len(reference) - 3
+    assert same(held, reference[1])          # never written over

@@ -50,6 +50,7 @@ class SlotPool:
         self._returns = [reader for reader, _ in pipes]
         self._senders = [sender for _, sender in pipes]
         self._free: list[int] | None = None  # this worker's free slots, once in a worker
+        self._owner = os.getpid()
         _pools[self.token] = self
 
     @staticmethod
@@ -62,7 +63,7 @@ class SlotPool:
         # senders (the training process alone returns slots).
         return {"token": self.token, "workers": self.workers, "per_worker": self.per_worker,
                 "capacity": self.capacity, "memory": self.memory, "_returns": self._returns,
-                "_senders": [], "_free": None}
+                "_senders": [], "_free": None, "_owner": self._owner}
 
     # -- worker side -------------------------------------------------------------------------
     def acquire(self, worker: int) -> "Arena | None":
@@ -86,7 +87,11 @@ class SlotPool:
     # -- training-process side ---------------------------------------------------------------
     def release(self, index: int) -> None:
         """Tell the slot's worker it may write slot `index` again (called when the batch's
-        tensors are freed; a worker or pipe already gone is fine)."""
+        tensors are freed; a worker or pipe already gone is fine). Only the process that made
+        the pool releases: a process forked from it (another loader's worker) inherits the
+        batches it holds and must never free their slots."""
+        if os.getpid() != self._owner:
+            return
         try:
             self._senders[index // self.per_worker].send_bytes(_INDEX.pack(index))
         except (OSError, ValueError, IndexError):
