@@ -104,6 +104,16 @@ def test_a_custom_collate_result_comes_through_exactly(dataset: Path) -> None:
     assert len(got) == len(expected) and all(same(a, b) for a, b in zip(got, expected))
 
 
+def test_one_tensor_twice_in_a_batch_arrives_as_one(dataset: Path) -> None:
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        lfp = torch.stack([s["lfp"] for s in samples])
+        return {"a": lfp, "b": lfp, "ids": [s["metadata"]["id"] for s in samples]}
+
+    for k, batch in enumerate(loader(dataset, 2, collate_fn=collate)):
+        assert batch["a"].data_ptr() == batch["b"].data_ptr() and torch.equal(batch["a"], batch["b"])
+    assert k > 3
+
+
 def test_batches_larger_than_a_slot_still_arrive_exactly(tmp_path: Path) -> None:
     # Padding both axes of (9, 1) and (1, 9) values makes a batch bigger than the manifest's
     # per-sample sizes predict, so part of it takes torch's path.

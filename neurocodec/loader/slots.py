@@ -111,6 +111,7 @@ class Arena:
         self.used = 0
         self.lease = SlotLease(pool.token, index)
         self._start = region.data_ptr()
+        self._exported: dict[int, tuple[torch.Tensor, SlotTensor]] = {}  # id -> (tensor, placeholder)
 
     def allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """An uninitialised tensor in this slot, or None if it does not fit."""
@@ -146,8 +147,11 @@ class Arena:
         return value, 0
 
     def _export_tensor(self, tensor: torch.Tensor) -> tuple[Any, int]:
+        if id(tensor) in self._exported:   # one tensor twice in a batch stays one tensor
+            return self._exported[id(tensor)][1], 1
         if tensor.device.type != "cpu" or tensor.requires_grad or tensor.numel() == 0:
             return tensor, 0
+        original = tensor
         offset = tensor.data_ptr() - self._start
         if not (0 <= offset < self.region.numel() and tensor.untyped_storage().data_ptr() == self.pool.memory.data_ptr()):
             copy = self.allocate(tuple(tensor.shape), tensor.dtype)
@@ -157,8 +161,10 @@ class Arena:
             tensor, offset = copy, copy.data_ptr() - self._start
         if offset % tensor.element_size():
             return tensor, 0
-        return SlotTensor(self.lease, offset, str(tensor.dtype).removeprefix("torch."),
-                          tuple(tensor.shape), tuple(tensor.stride())), 1
+        placeholder = SlotTensor(self.lease, offset, str(tensor.dtype).removeprefix("torch."),
+                                 tuple(tensor.shape), tuple(tensor.stride()))
+        self._exported[id(original)] = (original, placeholder)  # the tensor kept: its id stays its own
+        return placeholder, 1
 
 
 class SlotLease:
