@@ -10,7 +10,8 @@ variable is fixed by the manifest, every batch of a dataset carries the same key
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -32,6 +33,17 @@ CollateRule = Callable[[Sequence[Any], "FieldSpec"], Collated]
 
 
 _arena: list[Any] = [None]  # the slot a DataLoader worker collates into (neurocodec.loader.slots)
+
+
+@contextlib.contextmanager
+def allocating_from(arena: Any) -> Iterator[None]:
+    """Inside the block, `batch_tensor` takes its tensors from `arena` (an object whose
+    `allocate(shape, dtype)` returns a tensor, or None when it has no room) first; None: as usual."""
+    _arena[0] = arena
+    try:
+        yield
+    finally:
+        _arena[0] = None
 
 
 def batch_tensor(shape: tuple[int, ...], dtype: Any, *, zero: bool = False) -> Any:

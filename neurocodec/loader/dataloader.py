@@ -17,8 +17,8 @@ import numpy.random  # noqa: F401  (see below)
 import torch
 import torch.utils.data
 
+from neurocodec.collate import allocating_from
 from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
-from neurocodec.collate import _arena
 from neurocodec.loader.heap import forks, frozen_heap
 from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
@@ -53,11 +53,8 @@ class BatchStream(torch.utils.data.IterableDataset):
         for k, positions, samples in stream.batches(stream.plan(), worker, workers):
             values = [s for _, s in samples]
             arena = pool.acquire(worker) if pool is not None and values else None
-            _arena[0] = arena
-            try:
+            with allocating_from(arena):
                 batch = self._collate(values, stream, registry)
-            finally:
-                _arena[0] = None
             if arena is not None:
                 batch, placed = arena.export(batch)
                 if not placed:
@@ -65,7 +62,6 @@ class BatchStream(torch.utils.data.IterableDataset):
             batch[_BATCH] = k
             batch[_SKIPPED] = len(positions) - len(values)
             yield batch
-
 
     def _collate(self, values: list[dict[str, Any]], stream: EpochStream, registry: Registry) -> dict[str, Any]:
         if not values:
@@ -149,7 +145,7 @@ class WebDatasetDataLoader(StreamState):
             return None
         if self._kwargs["pin_memory"] and torch.cuda.is_available():
             batch = _pinned(batch)
-        return batch.pop("__collated__") if "__collated__" in batch else batch
+        return _unwrapped(batch)
 
     def _from_workers(self, plan: Any) -> Iterator[Any]:
         stream = self.stream
@@ -169,11 +165,16 @@ class WebDatasetDataLoader(StreamState):
                     stream.position = plan.position_after(delivered)
                     if batch.pop(_EMPTY, False):
                         continue
-                    yield batch.pop("__collated__") if "__collated__" in batch else batch
+                    yield _unwrapped(batch)
         finally:
             self.dataset.pool = None
             if pool is not None:
                 pool.close()
+
+
+def _unwrapped(batch: dict[str, Any]) -> Any:
+    """What the training loop gets: a custom collate_fn's own result, else the batch dict."""
+    return batch.pop("__collated__") if "__collated__" in batch else batch
 
 
 def _pinned(value: Any) -> Any:
