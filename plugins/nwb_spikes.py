@@ -14,7 +14,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from neurocodec.nwb import EPS, ExtractOptions, ModalityReader, NWBError, NWBExtractor, WindowSpec, bin_spikes
+from neurocodec.nwb import (
+    EPS, ExtractOptions, ModalityReader, NWBError, NWBExtractor, WindowSpec, bin_spikes_by_unit,
+)
 
 BLOCK = 4096
 COUNT_DTYPE = np.int32
@@ -104,9 +106,8 @@ class UnitsReader(ModalityReader):
         self._last_start = start
         n, b = spec.sequence_length, spec.bin_size
         stop = start + spec.duration
-        counts = np.zeros((n, len(self.bounds)), dtype=COUNT_DTYPE)
-        for u, cursor in enumerate(self._cursors):
-            counts[:, u] = bin_spikes(cursor.between(start, stop), start, b, n)
+        times = [cursor.between(start, stop) for cursor in self._cursors]
+        counts = bin_spikes_by_unit(times, start, b, n).astype(COUNT_DTYPE)
         return {"spikes": counts, MASK_FIELD: self._observed(start, spec)}
 
     def _observed(self, start: float, spec: WindowSpec) -> np.ndarray:

@@ -11,7 +11,9 @@ import pytest
 
 import nwbfiles
 from neurocodec.format.reader import Dataset
-from neurocodec.nwb import LazySorted, WindowSpec, bin_spikes, first_index_at, samples_per_window
+from neurocodec.nwb import (
+    LazySorted, WindowSpec, bin_spikes, bin_spikes_by_unit, first_index_at, samples_per_window,
+)
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 
 
@@ -92,6 +94,19 @@ def test_bins_match_loop_count_with_nonzero_t0(rng):
         edges = t0 + np.arange(n + 1) * b
         reference = [int(np.sum((times >= edges[k]) & (times < edges[k + 1]))) for k in range(n)]
         np.testing.assert_array_equal(counts, reference)
+
+
+def test_binning_all_units_at_once_is_binning_each_unit(rng):
+    b, n = 0.01, 100
+    for t0 in (0.0, 3.25, 1200.125):
+        edges = t0 + np.arange(n + 1) * b
+        units = [np.sort(rng.uniform(t0 - 0.2, t0 + 1.2, int(rng.integers(0, 300)))) for _ in range(7)]
+        units += [np.zeros(0), edges, np.nextafter(edges, -np.inf), np.full(5, t0 + 0.5)]
+        counts = bin_spikes_by_unit(units, t0, b, n)
+        assert counts.shape == (n, len(units))
+        for u, times in enumerate(units):
+            np.testing.assert_array_equal(counts[:, u], bin_spikes(times, t0, b, n))
+    assert bin_spikes_by_unit([], 0.0, b, n).shape == (n, 0)
 
 
 # -- native-rate sample indices -------------------------------------------------------------------

@@ -62,11 +62,26 @@ class WindowSpec:
         return begin + np.arange(count) * self.step * self.bin_size
 
 
+def _bin_of(times: np.ndarray, start: float, bin_size: float) -> np.ndarray:
+    return np.floor((np.asarray(times, dtype=np.float64) - start) / bin_size + BIN_EPS).astype(np.int64)
+
+
 def bin_spikes(times: np.ndarray, start: float, bin_size: float, n_bins: int) -> np.ndarray:
     """Counts of `times` in `n_bins` half-open bins from `start` (spikes outside are dropped)."""
-    k = np.floor((np.asarray(times, dtype=np.float64) - start) / bin_size + BIN_EPS).astype(np.int64)
+    k = _bin_of(times, start, bin_size)
     k = k[(k >= 0) & (k < n_bins)]
     return np.bincount(k, minlength=n_bins)
+
+
+def bin_spikes_by_unit(times: list[np.ndarray], start: float, bin_size: float, n_bins: int) -> np.ndarray:
+    """Counts (n_bins, units) of each unit's `times`, binned as `bin_spikes` does, in one pass
+    over all units (per-unit calls cost more than the binning itself)."""
+    units = len(times)
+    every = np.concatenate(times) if units else np.zeros(0)
+    unit = np.repeat(np.arange(units, dtype=np.int64), [len(t) for t in times])
+    k = _bin_of(every, start, bin_size)
+    inside = (k >= 0) & (k < n_bins)
+    return np.bincount(k[inside] * units + unit[inside], minlength=n_bins * units).reshape(n_bins, units)
 
 
 def samples_per_window(rate: float, duration: float) -> int:
