@@ -32,12 +32,14 @@ class _UnitCursor:
 
     def between(self, t0: float, t1: float) -> np.ndarray:
         """Spike times in [t0, t1) (t0 never decreases between calls)."""
-        self.buffer = self.buffer[np.searchsorted(self.buffer, t0 - EPS):]
+        # ndarray.searchsorted, not np.searchsorted: this runs once per unit per window, and
+        # numpy's dispatch wrapper cost more than the search.
+        self.buffer = self.buffer[self.buffer.searchsorted(t0 - EPS):]
         while self.next < self.hi and (not len(self.buffer) or self.buffer[-1] < t1):
             block = np.asarray(self.flat[self.next:min(self.hi, self.next + BLOCK)], dtype=np.float64)
             self.next += len(block)
             self.buffer = np.concatenate((self.buffer, block[block >= t0 - EPS]))
-        return self.buffer[: np.searchsorted(self.buffer, t1 + EPS)]
+        return self.buffer[: self.buffer.searchsorted(t1 + EPS)]
 
 
 class UnitsReader(ModalityReader):
