@@ -198,16 +198,13 @@ class WebDatasetWriter:
         once the previous one is recorded. A URL output commits and uploads each shard here,
         so every finished shard is uploaded before the next one is written."""
         try:
-            self._current.finish()
-            self._record(self._commits.wait())
             if self._output.remote:
-                self._record(self._current.commit())
-                self._current = None
-                return
+                self._record(self._current.close())
+            else:
+                self._record(self._commits.hand_over(self._current))
         except BaseException:
             self.abort()
             raise
-        self._commits.submit(self._current)
         self._current = None
 
     def _record(self, entry: ShardEntry | None) -> None:

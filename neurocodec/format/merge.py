@@ -17,7 +17,7 @@ from neurocodec.errors import DatasetError
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec, Manifest
 from neurocodec.format.reader import Dataset
-from neurocodec.format.shardfile import ShardFileWriter
+from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.registry import Registry
 
 
@@ -78,13 +78,23 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         out = output.directory
         fsync = fsync and not output.remote
         shards, current, count = [], None, 0
+        commits = None if output.remote else BackgroundCommits()
+
+        def close_current() -> None:
+            # A local output commits each shard in the background while the next is copied.
+            entry = current.close() if commits is None else commits.hand_over(current)
+            if entry is not None:
+                shards.append(entry)
+                output.shard_done(entry)
+
         extensions = [datasets[0].manifest.member_extension(f) for f in fields]
         for ds in datasets:
             for number, entry in enumerate(ds.shards):
                 reader, copied = ds.shard(number), 0
                 for local in range(entry.samples):
                     if current is None:
-                        current = ShardFileWriter(out, len(shards), count, len(fields), fsync=fsync)
+                        started = len(shards) + (commits.in_flight if commits else 0)
+                        current = ShardFileWriter(out, started, count, len(fields), fsync=fsync)
                     key = layout.sample_key(count)
                     stored = [reader.stored_payload(local, c) for c in range(len(fields))]
                     payloads = [bytes(p) for p, _ in stored]
@@ -97,15 +107,21 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
                         copied = 0
                     count += 1
                     if current.samples == shard_size:
-                        shards.append(current.close())
+                        close_current()
                         current = None
-                        output.shard_done(shards[-1])
                 _release_pages(reader)
         if current is not None:
-            shards.append(current.close())
+            close_current()
             current = None
-            output.shard_done(shards[-1])
+        if commits is not None:
+            last = commits.wait()
+            if last is not None:
+                shards.append(last)
+                output.shard_done(last)
+            commits.close()
     except BaseException:
+        if "commits" in locals() and commits is not None:
+            commits.close()
         if "current" in locals() and current is not None:
             current.abort()
         if output is not None:

@@ -123,6 +123,14 @@ class BackgroundCommits:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="neurocodec-commit")
         self._pending = (shard, self._executor.submit(shard.commit))
 
+    def hand_over(self, shard: ShardFileWriter) -> ShardEntry | None:
+        """Finish `shard` and start committing it; return the previous shard's entry once it is
+        committed (None for the first). If this raises, `shard` was not taken: abort it."""
+        shard.finish()
+        previous = self.wait()
+        self.submit(shard)
+        return previous
+
     def wait(self) -> ShardEntry | None:
         """The entry of the shard in flight once committed, or None if there is none."""
         if self._pending is None:
