@@ -134,8 +134,7 @@ def test_no_pool_without_workers_prefetch_or_room() -> None:
     assert pool_for(1000, 2, 0, "fork") is None
     assert pool_for(MAX_POOL_BYTES, 2, 2, "fork") is None
     pool = pool_for(1000, 2, 2, "fork")
-    assert pool is not None and pool.memory.numel() == 2 * 3 * 1024
-    pool.close()
+    assert pool is not None and pool.memory.numel() == 2 * 3 * 1024 and pool.busy.tolist() == [0] * 6
 
 
 def test_a_process_forked_while_batches_are_held_never_frees_their_slots(dataset: Path, reference: list) -> None:

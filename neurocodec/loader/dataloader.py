@@ -168,8 +168,6 @@ class WebDatasetDataLoader(StreamState):
                     yield _unwrapped(batch)
         finally:
             self.dataset.pool = None
-            if pool is not None:
-                pool.close()
 
 
 def _unwrapped(batch: dict[str, Any]) -> Any:

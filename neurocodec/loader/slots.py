@@ -6,13 +6,15 @@ batch. On a 2-core machine that was most of what a batch cost, and every fresh m
 page-faulted in twice (worker and training process).
 
 Here the training process creates, per iteration, one shared-memory block holding a few slots
-per worker. A worker collates straight into a free slot of its own (`neurocodec.collate
-.batch_tensor` allocates from it) and sends only small placeholders. Unpickling them in the
-training process gives ordinary tensors viewing the slot, with no copy; when the last of them
-is freed the slot index goes back to its worker through a pipe (a system call, so the worker
-sees every read of the slot finished before it writes again). A worker with no free slot, or a
-batch that does not fit, takes torch's usual path, so nothing ever waits for a slot, whatever
-the training loop holds on to.
+per worker, and one busy flag per slot beside it. A worker takes a free slot of its own, marks
+it busy, collates straight into it (`neurocodec.collate.batch_tensor` allocates from it) and
+sends only small placeholders. Unpickling them in the training process gives ordinary tensors
+viewing the slot, with no copy; when the last of them is freed the flag is cleared. Flags are
+read and written only under a cross-process lock, whose acquire and release order every read
+of the slot before the next write on any CPU. No file descriptor is involved, so nothing a
+forked process closes can break the hand-back. A worker with no free slot, or a batch that does
+not fit, takes torch's usual path, so nothing ever waits for a slot, whatever the training loop
+holds on to; a lock not had within its timeout counts as no free slot.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import secrets
-import struct
 import weakref
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 
 ALIGN = 64
 MAX_POOL_BYTES = 1 << 30
-_INDEX = struct.Struct("<I")
+LOCK_TIMEOUT = 1.0  # seconds; only a process killed while holding the lock makes anyone wait
 _pools: "weakref.WeakValueDictionary[str, SlotPool]" = weakref.WeakValueDictionary()
 
 
@@ -38,18 +39,17 @@ def _aligned(n: int) -> int:
 
 class SlotPool:
     """`per_worker` slots of `capacity` bytes for each of `workers` workers, in shared memory,
-    and a pipe per worker on which the training process returns freed slots."""
+    with a busy flag per slot (set by the worker that fills it, cleared when it is freed)."""
 
     def __init__(self, workers: int, per_worker: int, capacity: int, context: Any) -> None:
         self.token = secrets.token_hex(8)
         self.workers, self.per_worker, self.capacity = workers, per_worker, _aligned(capacity)
         storage = torch.UntypedStorage._new_shared(workers * per_worker * self.capacity)
         self.memory = torch.empty(0, dtype=torch.uint8).set_(storage)
+        self.busy = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(workers * per_worker))
+        self.busy.zero_()
         ctx = multiprocessing.get_context(context) if isinstance(context, str) or context is None else context
-        pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
-        self._returns = [reader for reader, _ in pipes]
-        self._senders = [sender for _, sender in pipes]
-        self._free: list[int] | None = None  # this worker's free slots, once in a worker
+        self.lock = ctx.Lock()
         self._owner = os.getpid()
         _pools[self.token] = self
 
@@ -58,49 +58,44 @@ class SlotPool:
         """Bytes a pool for batches of `batch_bytes` takes."""
         return workers * per_worker * _aligned(batch_bytes)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # A spawned worker gets the memory, its own pipe end is picked by index later, and no
-        # senders (the training process alone returns slots).
-        return {"token": self.token, "workers": self.workers, "per_worker": self.per_worker,
-                "capacity": self.capacity, "memory": self.memory, "_returns": self._returns,
-                "_senders": [], "_free": None, "_owner": self._owner}
+    def _set(self, index: int, value: int) -> bool:
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT):
+            return False
+        try:
+            self.busy[index] = value
+        finally:
+            self.lock.release()
+        return True
 
     # -- worker side -------------------------------------------------------------------------
     def acquire(self, worker: int) -> "Arena | None":
-        """A free slot of `worker` to collate one batch into, or None when all are in use."""
-        if self._free is None:
-            self._free = list(range(worker * self.per_worker, (worker + 1) * self.per_worker))
-        returns = self._returns[worker]
-        while returns.poll():
-            self._free.append(_INDEX.unpack(returns.recv_bytes())[0])
-        if not self._free:
+        """A free slot of `worker`, now marked busy, to collate one batch into; None when all
+        are in use."""
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT):
             return None
-        index = self._free.pop(0)
+        try:
+            first = worker * self.per_worker
+            free = (self.busy[first:first + self.per_worker] == 0).nonzero()
+            if not len(free):
+                return None
+            index = first + int(free[0, 0])
+            self.busy[index] = 1
+        finally:
+            self.lock.release()
         start = index * self.capacity
         return Arena(self, index, self.memory[start:start + self.capacity])
 
     def give_back(self, index: int) -> None:
-        """Return a slot that a worker took but did not use."""
-        assert self._free is not None
-        self._free.append(index)
+        """Free a slot that a worker took but did not use."""
+        self._set(index, 0)
 
     # -- training-process side ---------------------------------------------------------------
     def release(self, index: int) -> None:
-        """Tell the slot's worker it may write slot `index` again (called when the batch's
-        tensors are freed; a worker or pipe already gone is fine). Only the process that made
-        the pool releases: a process forked from it (another loader's worker) inherits the
-        batches it holds and must never free their slots."""
-        if os.getpid() != self._owner:
-            return
-        try:
-            self._senders[index // self.per_worker].send_bytes(_INDEX.pack(index))
-        except (OSError, ValueError, IndexError):
-            pass
-
-    def close(self) -> None:
-        """Close this process's pipe ends (the memory lives until its last tensor is freed)."""
-        for conn in (*self._returns, *self._senders):
-            conn.close()
+        """Free slot `index` for its worker (called when the batch's tensors are freed). Only
+        the process that made the pool releases: a process forked from it (another loader's
+        worker) inherits the batches it holds and must never free their slots."""
+        if os.getpid() == self._owner:
+            self._set(index, 0)
 
 
 class Arena:
