@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from neurocodec import __version__
-from neurocodec.errors import DatasetExistsError, NeurocodecError, SampleError, WriterClosedError
+from neurocodec.errors import DatasetError, DatasetExistsError, NeurocodecError, SampleError, WriterClosedError
 from neurocodec.format import layout
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
 from neurocodec.format.manifest import Manifest, ShardEntry
@@ -43,6 +43,10 @@ def prepare_output_dir(directory: Path, overwrite: bool) -> None:
             f"{directory} already holds a dataset ({existing[0].name}, ...); pass overwrite=True to replace it"
         )
     directory.mkdir(parents=True, exist_ok=True)
+    for path in existing:
+        if path.is_dir() and not path.is_symlink():
+            raise DatasetError(f"{path} is a directory where the dataset keeps a file of that name; "
+                               "move or remove it (overwrite only replaces neurocodec's own files)")
     for path in sorted(existing, key=lambda p: p.name != layout.MANIFEST):
         path.unlink(missing_ok=True)
 

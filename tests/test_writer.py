@@ -401,3 +401,16 @@ def test_create_shards_from_arrays_metadata_and_options(tmp_path, options, messa
     with pytest.raises(SampleError, match=message):
         create_shards_from_arrays(out, {"x": np.zeros((3, 2))}, **options)
     assert not out.exists()
+
+
+def test_overwrite_refuses_a_directory_named_like_a_dataset_file_and_removes_nothing(tmp_path, rng):
+    out = tmp_path / "ds"
+    with WebDatasetWriter(out, shard_size=2, fsync=False) as w:
+        for s in _samples(rng, 3):
+            w.write_sample(s)
+    (out / "shard_000009.tar").mkdir()
+    before = _files(out)
+    with pytest.raises(DatasetError, match=r"shard_000009\.tar is a directory"):
+        WebDatasetWriter(out, overwrite=True)
+    assert _files(out) == before                     # the dataset is still whole
+    Dataset(out).close()
