@@ -120,7 +120,7 @@ class ShardReader:
         lo = chunk * HEADER_CHUNK
         hi = min(self.entry.samples, lo + HEADER_CHUNK)
         run = self.rows[lo:hi]
-        expected = self._dataset.header_templates.build(self.entry.first_sample + lo + 1, run[:, :, 1])
+        expected = self._dataset.header_templates.build(self._first + lo + 1, run[:, :, 1])
         if expected is None:
             suspects = range(hi - lo)
         else:
@@ -135,7 +135,7 @@ class ShardReader:
 
     def _check_sample_headers(self, local: int, row: list) -> None:
         """Check the headers of one sample one by one (see `_check_headers`)."""
-        key = layout.sample_key(self.entry.first_sample + local)
+        key = layout.sample_key(self._first + local)
         for column, (offset, stored, _, _) in enumerate(row):
             name = key + self._suffixes[column]
             header = self._view[offset - tar.BLOCK:offset]

@@ -110,11 +110,10 @@ class Arena:
 
     def allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """An uninitialised tensor in this slot, or None if it does not fit."""
-        itemsize = torch.empty(0, dtype=dtype).element_size()
         numel = 1
         for d in shape:
             numel *= d
-        size = numel * itemsize
+        size = numel * dtype.itemsize
         if size == 0 or self.used + size > self.region.numel():
             return None
         out = self.region[self.used:self.used + size].view(dtype).view(shape)
@@ -200,8 +199,7 @@ class SlotTensor:
 def _view(storage: torch.UntypedStorage, offset: int, dtype: str, shape: tuple[int, ...],
           stride: tuple[int, ...]) -> torch.Tensor:
     kind = getattr(torch, dtype)
-    itemsize = torch.empty(0, dtype=kind).element_size()
-    return torch.empty(0, dtype=kind).set_(storage, offset // itemsize, shape, stride)
+    return torch.empty(0, dtype=kind).set_(storage, offset // kind.itemsize, shape, stride)
 
 
 def batch_bytes(fields: Any, batch_size: int) -> int:
