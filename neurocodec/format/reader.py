@@ -27,7 +27,7 @@ from neurocodec.codecs import Codec
 from neurocodec.errors import DatasetError, NeurocodecError, ShardError
 from neurocodec.format import index as shard_index
 from neurocodec.format.checksum import crc32
-from neurocodec.format import layout, tar
+from neurocodec.format import layout, readahead, tar
 from neurocodec.format.headers import HeaderTemplates, differing_samples
 from neurocodec.format.compression import decompress
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
@@ -218,6 +218,23 @@ class ShardReader:
                                  member=key + self._suffixes[column]) from None
         return sample
 
+    def read_in_order(self, piece_bytes: int = readahead.PIECE_BYTES) -> Iterator[dict[str, Any]]:
+        """Every sample in order (as `read_sample`), the next `piece_bytes` of the file being
+        mapped into memory on a background thread while the current ones are decoded (see
+        `readahead`)."""
+        if not self._samples:
+            return
+        offsets, stored = self.rows[:, :, shard_index.OFFSET], self.rows[:, -1, shard_index.STORED]
+        starts, ends = offsets[:, 0] - tar.BLOCK, offsets[:, -1] + stored
+        cuts = readahead.piece_starts(starts, ends, piece_bytes)
+        mapper = readahead.page_mapper()
+        mapper.map_ahead(self._view[int(starts[0]):int(ends[cuts[1] - 1])])
+        for piece in range(len(cuts) - 1):
+            if piece + 2 < len(cuts):
+                mapper.map_ahead(self._view[int(starts[cuts[piece + 1]]):int(ends[cuts[piece + 2] - 1])])
+            for local in range(cuts[piece], cuts[piece + 1]):
+                yield self.read_sample(local)
+
     def verify(self) -> None:
         """Check the whole file: SHA-256, every header in sequence, and every sample's decoding."""
         digest = hashlib.sha256(self._view).hexdigest()
@@ -324,9 +341,7 @@ class Dataset:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for number, entry in enumerate(self.manifest.shards):
             self.prefetch(range(number + 1, len(self.manifest.shards)))
-            reader = self.shard(number)
-            for local in range(entry.samples):
-                yield reader.read_sample(local)
+            yield from self.shard(number).read_in_order()
 
     def verify_all(self) -> int:
         """Check every shard fully (see `ShardReader.verify`); return the samples checked."""
