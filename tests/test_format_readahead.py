@@ -97,7 +97,7 @@ def test_an_unknown_advice_turns_the_mapper_off(file_map) -> None:
 def test_a_range_that_cannot_be_mapped_is_skipped(file_map, tmp_path: Path) -> None:
     if not populate_supported():
         pytest.skip("this kernel has no MADV_POPULATE_READ")
-    path, mapping = file_map
+    _, mapping = file_map
     gone_path = tmp_path / "gone.bin"
     gone_path.write_bytes(b"x" * (1 << 20))
     with open(gone_path, "rb") as f:

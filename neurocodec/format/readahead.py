@@ -99,8 +99,9 @@ def piece_starts(starts: np.ndarray, ends: np.ndarray, piece_bytes: int = PIECE_
     if count == 0:
         return [0]
     marks = np.arange(int(starts[0]), int(ends[-1]), piece_bytes, dtype=np.int64)
-    firsts = np.unique(np.searchsorted(starts, marks, side="left"))
-    return [int(i) for i in firsts if i < count] + [count]
+    firsts = np.searchsorted(starts, marks, side="left").tolist()  # non-decreasing
+    cuts = [i for i, before in zip(firsts, [-1, *firsts]) if i != before and i < count]
+    return [*cuts, count]
 
 
 _mapper: PageMapper | None = None
