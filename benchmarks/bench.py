@@ -167,17 +167,19 @@ class Bench:
                 self.datasets[(wl.name, lib)] = self.dataset_dir(wl, lib)
         readers = [lib for lib in self.libs if (wl.name, lib) in self.datasets]
         shard_files = sorted(str(p) for p in self.dataset_dir(wl, "neurocodec").glob("shard_*.tar"))
-        reads: dict[str, list] = {lib: [] for lib in readers + ["raw"]}
+        reads: dict[str, list] = {lib: [] for lib in readers + ["floor", "raw"]}
         for _ in range(self.repeat):
             prewarm([self.datasets[(wl.name, lib)] for lib in readers])
             specs = [{"task": "read", "lib": lib, "workload": workload_to_dict(wl),
                       "path": str(self.datasets[(wl.name, lib)])} for lib in readers]
+            specs.append({"task": "floor", "files": shard_files, "workload": workload_to_dict(wl)})
             specs.append({"task": "raw", "files": shard_files})
-            for lib, result in zip(readers + ["raw"], self.runner.run(specs, sync=False)):
+            for lib, result in zip(readers + ["floor", "raw"], self.runner.run(specs, sync=False)):
                 reads[lib].append(result)
         expected = expected_checksum(wl, self.source(wl))
         for lib in readers:
             self.report.add_read(wl, lib, best(reads[lib]), expected)
+        self.report.add_floor(wl, best(reads["floor"]), expected)
         self.report.add_raw(wl, best(reads["raw"]))
 
     # -- (c): through the DataLoader ----------------------------------------------------------
