@@ -263,6 +263,10 @@ class Dataset:
     `registry` replaces the installed plugins. Shard readers are opened lazily and at most
     `max_open_shards` stay open.
 
+    Iterating (`for sample in dataset`) goes through the shards in order; a daemon thread maps
+    the next 32 MB of the current shard meanwhile (`neurocodec.format.readahead`), so the pages
+    the process has mapped run at most that far ahead of the sample being decoded.
+
     `path` may be an fsspec URL (`s3://bucket/ds`, `gs://...`, `https://...`) opened with
     `storage_options`; its shards are read whole into `cache` (a `ShardCache`, by default the
     shared one under ~/.cache/neurocodec) and checked against the manifest's SHA-256 on download.
