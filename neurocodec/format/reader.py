@@ -228,10 +228,14 @@ class ShardReader:
         starts, ends = offsets[:, 0] - tar.BLOCK, offsets[:, -1] + stored
         cuts = readahead.piece_starts(starts, ends, piece_bytes)
         mapper = readahead.page_mapper()
-        mapper.map_ahead(self._view[int(starts[0]):int(ends[cuts[1] - 1])])
+
+        def piece_bytes_of(piece: int) -> memoryview:
+            return self._view[int(starts[cuts[piece]]):int(ends[cuts[piece + 1] - 1])]
+
+        mapper.map_ahead(piece_bytes_of(0))
         for piece in range(len(cuts) - 1):
             if piece + 2 < len(cuts):
-                mapper.map_ahead(self._view[int(starts[cuts[piece + 1]]):int(ends[cuts[piece + 2] - 1])])
+                mapper.map_ahead(piece_bytes_of(piece + 1))
             for local in range(cuts[piece], cuts[piece + 1]):
                 yield self.read_sample(local)
 
