@@ -50,18 +50,39 @@ def test_out_of_range_keys_and_sizes_fall_back(first_number: int, size: int) -> 
     assert HeaderTemplates(SUFFIXES).build(first_number, sizes) is None
 
 
+def _tiny_shard(headers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny "shard" holding `headers` (samples, fields, 512) at block-aligned offsets, a payload
+    block after each: its 512-byte blocks, and the payload offsets."""
+    samples, fields = headers.shape[:2]
+    blocks = np.zeros((samples * fields * 2, tar.BLOCK), dtype=np.uint8)
+    offsets = np.arange(1, blocks.shape[0], 2, dtype=np.int64).reshape(samples, fields) * tar.BLOCK
+    blocks[offsets.ravel() // tar.BLOCK - 1] = headers.reshape(-1, tar.BLOCK)
+    return blocks, offsets
+
+
 def test_every_single_byte_change_is_found() -> None:
+    """A flipped bit at any of the 512 positions of any header marks exactly its sample."""
     sizes = np.array([[100, 7, 3000], [512, 0, 1]], dtype=np.int64)
     expected = HeaderTemplates(SUFFIXES).build(41, sizes)
-    # A tiny "shard": the six headers at block-aligned offsets, payload blocks between them.
-    blocks = np.zeros((2 * len(SUFFIXES) * 2, tar.BLOCK), dtype=np.uint8)
-    offsets = np.arange(1, blocks.shape[0], 2, dtype=np.int64).reshape(2, len(SUFFIXES)) * tar.BLOCK
-    blocks[offsets.ravel() // tar.BLOCK - 1] = expected.reshape(-1, tar.BLOCK)
+    blocks, offsets = _tiny_shard(reference(41, sizes))
     assert differing_samples(blocks, offsets, expected).tolist() == []
-    for sample, column, position in [(0, 0, 0), (1, 2, 511), (1, 0, 124), (0, 1, 148), (1, 1, 300)]:
-        tampered = blocks.copy()
-        tampered[offsets[sample, column] // tar.BLOCK - 1, position] ^= 0x01
-        assert differing_samples(tampered, offsets, expected).tolist() == [sample]
+    for sample in range(2):
+        for column in range(len(SUFFIXES)):
+            for position in range(tar.BLOCK):
+                tampered = blocks.copy()
+                tampered[offsets[sample, column] // tar.BLOCK - 1, position] ^= 0x01
+                assert differing_samples(tampered, offsets, expected).tolist() == [sample]
+
+
+def test_headers_of_other_keys_or_sizes_differ() -> None:
+    """Well-formed headers in the wrong place: another sample's key, or another size."""
+    sizes = np.array([[100, 7, 3000], [512, 0, 1], [9, 9, 9]], dtype=np.int64)
+    blocks, offsets = _tiny_shard(reference(41, sizes))
+    templates = HeaderTemplates(SUFFIXES)
+    assert differing_samples(blocks, offsets, templates.build(42, sizes)).tolist() == [0, 1, 2]
+    other = sizes.copy()
+    other[1, 2] += 1
+    assert differing_samples(blocks, offsets, templates.build(41, other)).tolist() == [1]
 
 
 def _dataset(root: Path, samples: int) -> Path:
