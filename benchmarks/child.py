@@ -86,7 +86,7 @@ def task_read(spec: dict[str, Any]) -> dict[str, Any]:
     check = Checksum()
     add = check.add
     start = _start_clock()
-    for arrays, trial in lib.samples(Path(spec["path"]), wl):
+    for arrays, trial in lib.samples(Path(spec["path"]), wl, **spec.get("options", {})):
         add(arrays, (trial,))
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "samples": check.count, "checksum": check.value(), **_rss()}

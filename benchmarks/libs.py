@@ -47,8 +47,8 @@ class Library:
         """Write every sample of `data` into a new dataset at `out`."""
         raise NotImplementedError
 
-    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
-        """Every sample in stored order, read in this process."""
+    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
+        """Every sample in stored order, read in this process (`options` go to the reader)."""
         raise NotImplementedError
 
     def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
@@ -97,11 +97,11 @@ class Neurocodec(Library):
             for i in range(wl.samples):
                 writer.write_sample({name: data[name][i] for name in names}, metadata=metadata(i))
 
-    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
         from neurocodec import Dataset
 
         names = wl.field_names
-        with Dataset(path) as ds:
+        with Dataset(path, **options) as ds:
             for s in ds:
                 yield [s[name] for name in names], s["metadata"]["trial"]
 
@@ -146,7 +146,7 @@ class WebDataset(Library):
     def _urls(path: Path) -> list[str]:
         return sorted(glob.glob(str(path / "shard-*.tar")))
 
-    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
         import webdataset as wds
 
         keys = [f"{name}.npy" for name in wl.field_names]
@@ -193,7 +193,7 @@ class LitData(Library):
         litdata.optimize(fn=_litdata_sample, inputs=list(range(wl.samples)), output_dir=str(out),
                          chunk_size=wl.shard_size, num_workers=1, start_method="fork", verbose=False)
 
-    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
         import litdata
 
         names = wl.field_names
@@ -239,7 +239,7 @@ class MosaicStreaming(Library):
                 sample["metadata"] = metadata(i)
                 sink.write(sample)
 
-    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
         from streaming import StreamingDataset
 
         names = wl.field_names

@@ -17,6 +17,9 @@ NC = "neurocodec"
 FLOOR = "zero-cost reader (floor)"
 HEADER = "| workload | measure | library | value | MB/s | % of raw | neurocodec ÷ peer | peak RSS MB | note |"
 NOFSYNC = "neurocodec-nofsync"
+NOVERIFY = "neurocodec-noverify"
+VARIANTS = {NOFSYNC: "fsync=False", NOVERIFY: "verify=none"}
+"""neurocodec measured again with one setting changed: the name used in the driver, the label suffix."""
 
 
 @dataclass
@@ -49,9 +52,10 @@ class Report:
     load: list[float] = field(default_factory=list)
 
     def label(self, lib: str) -> str:
-        """Library name with its version (`neurocodec-nofsync` becomes a writer option)."""
-        if lib == NOFSYNC:
-            return f"{self.label(NC)} fsync=False"
+        """Library name with its version (`neurocodec-nofsync` and `neurocodec-noverify` become
+        the setting they change)."""
+        if lib in VARIANTS:
+            return f"{self.label(NC)} {VARIANTS[lib]}"
         version = self.peers.get(lib, {}).get("version")
         return f"{lib} {version}" if version else lib
 
@@ -218,8 +222,10 @@ class Report:
                    and r.library.startswith(NC) and r.value]
             if not ref:
                 continue
-            parts = [_ratio(r.value, row.value, row.unit) for r in ref]
-            row.ratio = parts[0] + (f" ({parts[1]} fsync=False)" if len(parts) > 1 else "")
+            # The default settings' ratio first, then each variant's in brackets, named.
+            ref.sort(key=lambda r: _variant(r.library) is not None)
+            row.ratio = _ratio(ref[0].value, row.value, row.unit) + "".join(
+                f" ({_ratio(r.value, row.value, row.unit)} {_variant(r.library)})" for r in ref[1:])
 
     def render(self, command: str) -> str:
         """The markdown table with a header naming the machine, the command and the peers."""
@@ -258,7 +264,7 @@ class Report:
         """The value of the first matching row (library by name prefix)."""
         for row in self.rows:
             if (row.section.startswith(section_start) and row.measure.startswith(measure_start)
-                    and row.library.split(" ")[0] == lib and "fsync=False" not in row.library):
+                    and row.library.split(" ")[0] == lib and _variant(row.library) is None):
                 return row.value
         return None
 
@@ -297,6 +303,11 @@ def goals(report: Report) -> str:
     for name, value in goal_values(report).items():
         lines.append(f"- {name}: {'–' if value is None else f'{value:.2f}'}")
     return "\n".join(lines)
+
+
+def _variant(label: str) -> str | None:
+    """The setting a variant row's label names (`fsync=False`, `verify=none`), or None."""
+    return next((suffix for suffix in VARIANTS.values() if label.endswith(" " + suffix)), None)
 
 
 def _percent(fraction: float | None) -> float | None:

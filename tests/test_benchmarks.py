@@ -54,6 +54,12 @@ def test_quick_run_prints_the_full_table(tmp_path):
     assert len(raw) == 2 and all(r["pct_raw"] == 100.0 for r in raw)
     reads = [r for r in rows if r["measure"] == "read, 1 process" and r["library"] != "raw file read"]
     assert reads and all(r["pct_raw"] is not None and r["note"].startswith("checksum ok") for r in reads)
+    # neurocodec is read again without payload CRCs (verify="none"), and the peers' ratios name it.
+    noverify = [r for r in reads if r["library"].endswith(" verify=none")]
+    assert {r["section"] for r in noverify} == {r["section"] for r in raw}
+    assert all(r["library"].startswith("neurocodec ") for r in noverify)
+    peer_reads = [r for r in reads if r["library"].split(" ")[0] in ("webdataset", "litdata", "mosaicml-streaming")]
+    assert all(r["ratio"].endswith("× verify=none)") for r in peer_reads), peer_reads
     # The zero-cost reader (the checksum alone over views of the shards) has a row per workload, no ratio.
     floors = {r["section"]: r for r in reads if r["library"] == "zero-cost reader (floor)"}
     assert len(floors) == 2 and all(r["ratio"] == "" for r in floors.values())
