@@ -167,25 +167,23 @@ class Bench:
                 self.datasets[(wl.name, lib)] = self.dataset_dir(wl, lib)
         readers = [lib for lib in self.libs if (wl.name, lib) in self.datasets]
         # neurocodec once more without payload CRCs (verify="none", for trusted data): what the
-        # per-member CRC-32 of the default costs in this measurement.
-        variants = [(lib, {}) for lib in readers]
-        if "neurocodec" in readers:
-            variants.insert(1, (NOVERIFY, {"verify": "none"}))
+        # per-member CRC-32 of the default costs in this measurement. (row name, library, options)
+        variants = [(lib, lib, {}) for lib in readers]
+        if NC in readers:
+            variants.insert(1, (NOVERIFY, NC, {"verify": "none"}))
+        names = [name for name, _, _ in variants]
         shard_files = sorted(str(p) for p in self.dataset_dir(wl, "neurocodec").glob("shard_*.tar"))
-        reads: dict[str, list] = {name: [] for name, _ in variants + [("floor", {}), ("raw", {})]}
+        reads: dict[str, list] = {name: [] for name in names + ["floor", "raw"]}
         for _ in range(self.repeat):
             prewarm([self.datasets[(wl.name, lib)] for lib in readers])
-            specs = [{"task": "read", "lib": NC if name == NOVERIFY else name, "options": options,
-                      "workload": workload_to_dict(wl),
-                      "path": str(self.datasets[(wl.name, NC if name == NOVERIFY else name)])}
-                     for name, options in variants]
+            specs = [{"task": "read", "lib": lib, "options": options, "workload": workload_to_dict(wl),
+                      "path": str(self.datasets[(wl.name, lib)])} for _, lib, options in variants]
             specs.append({"task": "floor", "files": shard_files, "workload": workload_to_dict(wl)})
             specs.append({"task": "raw", "files": shard_files})
-            for name, result in zip([name for name, _ in variants] + ["floor", "raw"],
-                                    self.runner.run(specs, sync=False)):
+            for name, result in zip(names + ["floor", "raw"], self.runner.run(specs, sync=False)):
                 reads[name].append(result)
         expected = expected_checksum(wl, self.source(wl))
-        for name, _ in variants:
+        for name in names:
             self.report.add_read(wl, name, best(reads[name]), expected)
         self.report.add_floor(wl, best(reads["floor"]), expected)
         self.report.add_raw(wl, best(reads["raw"]))

@@ -222,10 +222,12 @@ class Report:
                    and r.library.startswith(NC) and r.value]
             if not ref:
                 continue
-            # The default settings' ratio first, then each variant's in brackets, named.
+            # The default settings' ratio first, then each variant's in brackets; a variant's is
+            # always named, even where the default row is missing.
             ref.sort(key=lambda r: _variant(r.library) is not None)
-            row.ratio = _ratio(ref[0].value, row.value, row.unit) + "".join(
-                f" ({_ratio(r.value, row.value, row.unit)} {_variant(r.library)})" for r in ref[1:])
+            texts = [_ratio(r.value, row.value, row.unit) + (f" {_variant(r.library)}" if _variant(r.library) else "")
+                     for r in ref]
+            row.ratio = texts[0] + "".join(f" ({text})" for text in texts[1:])
 
     def render(self, command: str) -> str:
         """The markdown table with a header naming the machine, the command and the peers."""
