@@ -48,7 +48,8 @@ class Library:
         raise NotImplementedError
 
     def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
-        """Every sample in stored order, read in this process (`options` go to the reader)."""
+        """Every sample in stored order, read in this process. `options` are reader settings, taken
+        only by adapters whose reader has them (neurocodec's `verify`); the others refuse any."""
         raise NotImplementedError
 
     def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
@@ -146,7 +147,7 @@ class WebDataset(Library):
     def _urls(path: Path) -> list[str]:
         return sorted(glob.glob(str(path / "shard-*.tar")))
 
-    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
         import webdataset as wds
 
         keys = [f"{name}.npy" for name in wl.field_names]
@@ -193,7 +194,7 @@ class LitData(Library):
         litdata.optimize(fn=_litdata_sample, inputs=list(range(wl.samples)), output_dir=str(out),
                          chunk_size=wl.shard_size, num_workers=1, start_method="fork", verbose=False)
 
-    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
         import litdata
 
         names = wl.field_names
@@ -239,7 +240,7 @@ class MosaicStreaming(Library):
                 sample["metadata"] = metadata(i)
                 sink.write(sample)
 
-    def samples(self, path: Path, wl: Workload, **options: Any) -> Iterator[Sample]:
+    def samples(self, path: Path, wl: Workload) -> Iterator[Sample]:
         from streaming import StreamingDataset
 
         names = wl.field_names

@@ -225,7 +225,7 @@ class Report:
             # The default settings' ratio first, then each variant's in brackets; a variant's is
             # always named, even where the default row is missing.
             ref.sort(key=lambda r: _variant(r.library) is not None)
-            texts = [_ratio(r.value, row.value, row.unit) + (f" {_variant(r.library)}" if _variant(r.library) else "")
+            texts = [" ".join(filter(None, (_ratio(r.value, row.value, row.unit), _variant(r.library))))
                      for r in ref]
             row.ratio = texts[0] + "".join(f" ({text})" for text in texts[1:])
 

@@ -229,13 +229,13 @@ class ShardReader:
         cuts = readahead.piece_starts(starts, ends, piece_bytes)
         mapper = readahead.page_mapper()
 
-        def piece_bytes_of(piece: int) -> memoryview:
+        def piece_view(piece: int) -> memoryview:
             return self._view[int(starts[cuts[piece]]):int(ends[cuts[piece + 1] - 1])]
 
-        mapper.map_ahead(piece_bytes_of(0))
+        mapper.map_ahead(piece_view(0))
         for piece in range(len(cuts) - 1):
             if piece + 2 < len(cuts):
-                mapper.map_ahead(piece_bytes_of(piece + 1))
+                mapper.map_ahead(piece_view(piece + 1))
             for local in range(cuts[piece], cuts[piece + 1]):
                 yield self.read_sample(local)
 
