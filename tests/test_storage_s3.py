@@ -189,6 +189,45 @@ def test_corrupted_object_raises_after_retries(endpoint, tmp_path):
     assert not cache.cached(read_manifest(url, storage_options=s3_options(endpoint)).shards[1])
 
 
+def _flip_last_bytes(path: Path) -> None:
+    """Damage a cached file in place, keeping its size."""
+    with open(path, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def test_damaged_cache_entry_is_downloaded_again_once(endpoint, tmp_path):
+    import fsspec
+
+    url = write_ids(new_url(), s3_options(endpoint), n=12, shard_size=4)
+    cache = ShardCache(tmp_path / "c", "1G", retry=RetryPolicy(attempts=2, base_delay=0.001), prefetch_bytes=0)
+    with FaultProxy(endpoint) as proxy:
+        options = s3_options(proxy.endpoint)
+        with Dataset(url, storage_options=options, cache=cache) as ds:
+            assert sample_id(ds[5]) == 5
+            entry = ds.shards[1]
+        index = cache.entry_dir(entry) / entry.index
+        _flip_last_bytes(index)  # damaged on local disk after its download was verified
+        with Dataset(url, storage_options=options, cache=cache) as ds:
+            assert [sample_id(ds[i]) for i in range(4, 8)] == [4, 5, 6, 7]
+        assert len(proxy.requests("GET", "shard_000001.idx")) == 2 and shard_gets(proxy)["shard_000001.tar"] == 2
+    assert (cache.downloads, cache.discarded) == (2, 1)
+    # Damaged in the bucket as well: the one download fails its SHA-256, and that is the error.
+    fs = fsspec.filesystem("s3", **s3_options(endpoint))
+    remote = url[len("s3://"):] + "/shard_000001.idx"
+    data = bytearray(fs.cat_file(remote))
+    data[-3] ^= 1
+    fs.pipe_file(remote, bytes(data))
+    _flip_last_bytes(index)
+    with Dataset(url, storage_options=s3_options(endpoint), cache=cache) as ds:
+        with pytest.raises(ShardError) as info:
+            ds[5]
+    assert info.value.shard == "shard_000001.tar" and "SHA-256 does not match" in str(info.value)
+    assert (cache.downloads, cache.discarded) == (2, 2) and not cache.cached(entry)
+
+
 def test_dataloader_with_two_workers_equals_local(endpoint, dataset, local, tmp_path):
     kw = dict(batch_size=5, shuffle=True, buffer_size=20, seed=4)
     want = flat_ids(create_webdataset_dataloader(local, num_workers=0, **kw))

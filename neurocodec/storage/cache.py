@@ -16,8 +16,12 @@ Every download goes to a temp file and is renamed into `entries/` only after its
 SHA-256 match the manifest, so no reader ever sees a partial file. A process downloads a shard
 only while it holds the shard's lock exclusively; readers check and open a cached shard under
 the shared lock, and eviction deletes only entries whose lock it can take exclusively without
-waiting. A shard that is open keeps its data after eviction (its mmap holds the inode). Locks
-are `flock` locks, so the cache directory must be on a local filesystem.
+waiting. A shard that is open keeps its data after eviction (its open file holds the inode).
+Locks are `flock` locks, so the cache directory must be on a local filesystem.
+
+An entry damaged on local disk after its download was verified is caught by the reader's checks
+and dropped by `discard_damaged` (if it no longer matches the manifest's SHA-256), so that it is
+downloaded again (see docs/storage.md, "Damaged cache entries heal").
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ CACHE_SIZE_ENV = "NEUROCODEC_CACHE_SIZE"
 DEFAULT_CACHE_BYTES = 10 << 30
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+
+Identity = tuple[int, int, int, int]
+"""Device and inode numbers of a cached shard file and its index (see `ShardCache.identity`)."""
 
 # Lock file descriptors open in this process: closed in a forked child, so that a child (a
 # DataLoader worker) never keeps a lock its parent took alive after the parent releases it.
@@ -145,6 +152,7 @@ class ShardCache:
         self._ready = False
         self.downloads = 0  # shards this object downloaded in this process
         self.evictions = 0  # entries this object evicted in this process
+        self.discarded = 0  # damaged entries this object dropped in this process
         self._count_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -257,6 +265,46 @@ class ShardCache:
             self.downloads += 1
         log.debug("cached %s (%d bytes)", location.url_of(entry.name), entry.bytes)
 
+    # -- healing ------------------------------------------------------------------------------
+    def identity(self, entry: ShardEntry) -> Identity | None:
+        """Device and inode of `entry`'s cached shard and index, or None if it is not cached:
+        tells whether the files a reader opened are still the ones in the cache."""
+        folder = self.entry_dir(entry)
+        try:
+            shard, index = os.stat(folder / entry.name), os.stat(folder / entry.index)
+        except FileNotFoundError:
+            return None
+        return shard.st_dev, shard.st_ino, index.st_dev, index.st_ino
+
+    def discard_damaged(self, entry: ShardEntry, seen: Identity | None = None) -> bool:
+        """Called when a check failed on a cached copy of `entry` (SHA-256, a CRC-32, a header):
+        drop the copy if its bytes no longer match the manifest's SHA-256 (damaged on local disk
+        after it was verified), so that the next open downloads it again.
+
+        `seen` is the `identity()` of the copy the failing reader opened. True if opening the
+        shard again may succeed: the copy was dropped, or is gone or replaced since `seen`.
+        False if the copy is intact: the shard itself is bad, and a download would not help.
+        """
+        self._dirs()
+        lock = _Lock(self.cache_dir / "locks" / f"{self.key(entry)}.lock")
+        try:
+            lock.exclusive()  # no reader opens it and no download replaces it meanwhile
+            now = self.identity(entry)
+            if now is None or (seen is not None and now != seen) or not self._complete(entry):
+                return True
+            folder = self.entry_dir(entry)
+            if (_sha256_of(folder / entry.index) == entry.index_sha256
+                    and _sha256_of(folder / entry.name) == entry.sha256):
+                return False
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            lock.close()
+        with self._count_lock:
+            self.discarded += 1
+        log.warning("dropped the cached copy of %s from %s: it no longer matches the manifest's "
+                    "SHA-256 (damaged on local disk); it will be downloaded again", entry.name, self.cache_dir)
+        return True
+
     # -- eviction -----------------------------------------------------------------------------
     def usage(self) -> list[tuple[float, str, int]]:
         """(last use time, key, bytes) of every cached entry."""
@@ -323,6 +371,23 @@ class ShardCache:
             self.max_bytes = saved
 
 
+def _digest(f: Any) -> str:
+    """The SHA-256 (hex) of the rest of an open binary file, read in 4 MiB blocks."""
+    sha = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 22), b""):
+        sha.update(block)
+    return sha.hexdigest()
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The SHA-256 (hex) of a file, or None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return _digest(f)
+    except OSError:
+        return None
+
+
 def _get_verified(location: Location, name: str, tmp: Path, size: int, digest: str) -> None:
     """Download `name` to `tmp` and check its size and SHA-256 (ChecksumMismatch otherwise)."""
     tmp.unlink(missing_ok=True)
@@ -332,10 +397,7 @@ def _get_verified(location: Location, name: str, tmp: Path, size: int, digest: s
             got = os.fstat(f.fileno()).st_size
             if got != size:
                 raise ChecksumMismatch(errno.EIO, f"downloaded {got} bytes, the manifest says {size}")
-            sha = hashlib.sha256()
-            for block in iter(lambda: f.read(1 << 22), b""):
-                sha.update(block)
-            if sha.hexdigest() != digest:
+            if _digest(f) != digest:
                 raise ChecksumMismatch(errno.EIO, "SHA-256 does not match the manifest (corrupted)")
     except FileNotFoundError:
         raise ChecksumMismatch(errno.EIO, "the download produced no file") from None

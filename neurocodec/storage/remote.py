@@ -10,9 +10,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from neurocodec.errors import DatasetError
+from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format.manifest import ShardEntry
-from neurocodec.storage.cache import ShardCache
+from neurocodec.storage.cache import Identity, ShardCache
 from neurocodec.storage.location import Location
 from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
 
@@ -105,16 +105,63 @@ class Prefetcher:
 
 class RemoteShards:
     """Opens a remote dataset's shards from the local cache, downloading (and prefetching)
-    them as needed. Held by `Dataset` for URL datasets; one per process."""
+    them as needed, and heals cached copies damaged on local disk. Held by `Dataset` for URL
+    datasets; one per process."""
 
     def __init__(self, location: Location, shards: Sequence[ShardEntry], cache: ShardCache) -> None:
         self.location, self.shards, self.cache = location, shards, cache
         self._prefetcher: Prefetcher | None = None
         self._pid = os.getpid()
+        self._opened: dict[int, Identity | None] = {}  # shard -> the cached files last opened
+        self._intact: dict[int, Identity] = {}  # shard -> cached files found intact by heal()
 
     def open(self, number: int, opener: Callable[[Path], T]) -> T:
-        """`opener(local path of shard number)`, downloading the shard first if needed."""
-        return self.cache.open(self.location, self.shards[number], opener)
+        """`opener(local path of shard number)`, downloading the shard first if needed.
+
+        If `opener` raises ShardError (the reader's checks at open: the index's SHA-256, with
+        verify="full" the shard's) and `heal` finds the cached copy damaged, the shard is
+        downloaded again and `opener` called once more; its error then stands.
+        """
+        called = False
+
+        def tracked(path: Path) -> T:
+            nonlocal called
+            called = True
+            return self._open_cached(number, path, opener)
+
+        try:
+            return self.cache.open(self.location, self.shards[number], tracked)
+        except ShardError:
+            # A failed download is not a damaged copy: it was retried already.
+            if not called or not self.heal(number):
+                raise
+        return self.cache.open(self.location, self.shards[number],
+                               lambda path: self._open_cached(number, path, opener))
+
+    def _open_cached(self, number: int, path: Path, opener: Callable[[Path], T]) -> T:
+        # Called under the shard's cache lock: the files cannot be replaced meanwhile.
+        self._opened[number] = self.cache.identity(self.shards[number])
+        return opener(path)
+
+    def heal(self, number: int) -> bool:
+        """Called when reading shard `number` from the cache failed a check (its SHA-256, a
+        member's CRC-32 or header): drop the cached copy if it no longer matches the manifest,
+        so that the next `open` downloads it again (see `ShardCache.discard_damaged`).
+
+        True if the caller should close its reader, open the shard again and retry once: the
+        copy it read was damaged and is gone, or was replaced meanwhile. False if the copy is
+        intact, i.e. the shard itself is bad: the caller raises its error.
+        """
+        entry = self.shards[number]
+        seen = self._opened.get(number)
+        if seen is not None and self._intact.get(number) == seen:
+            return False  # checked already: do not hash a bad shard once per bad sample
+        if self.cache.discard_damaged(entry, seen):
+            self._intact.pop(number, None)
+            return True
+        if seen is not None:
+            self._intact[number] = seen
+        return False
 
     def prefetch(self, numbers: Iterable[int]) -> None:
         """Start downloading these shards (soonest first) in the background."""
