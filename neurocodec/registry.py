@@ -97,18 +97,23 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------
     def codec(self, config: Mapping[str, Any], *, field: str | None = None,
-              plugin_hint: str | None = None) -> Codec:
-        """Instantiate the codec a config names; an unknown id says which plugin to install."""
+              plugin_hint: str | None = None, source: str | None = None) -> Codec:
+        """Instantiate the codec a config names; an unknown id says which plugin to install, and
+        a config the codec rejects is an UnknownCodecError too. `field` and `source` (the path of
+        the manifest the config is from) name where it came from in these errors."""
         codec_id = config.get("id")
+        at = f"{source}: " if source else ""
+        where = f" (field {field!r})" if field else ""
         entry = self._codecs.get(codec_id)
         if entry is None:
-            where = f" (field {field!r})" if field else ""
             hint = f"; install the plugin that provides it: {plugin_hint}" if plugin_hint else ""
-            raise UnknownCodecError(f"codec {codec_id!r}{where} is not provided by any installed plugin{hint}")
+            raise UnknownCodecError(f"{at}codec {codec_id!r}{where} is not provided by any installed plugin{hint}")
         try:
             return entry.value.from_config(config)
-        except CodecError as exc:
-            raise UnknownCodecError(f"codec {codec_id!r} (plugin {entry.plugin.name!r}): {exc}") from None
+        except Exception as exc:  # a plugin's constructor may raise anything on a bad config
+            detail = str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
+            raise UnknownCodecError(f"{at}codec {codec_id!r}{where} of plugin {entry.plugin.name!r} "
+                                    f"rejects its config: {detail}") from None
 
     def codec_plugin(self, codec_id: str) -> PluginInfo:
         """The plugin that registered `codec_id`."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
-from neurocodec.storage.cache import ShardCache
+from neurocodec.storage.cache import ShardCache, parse_size
 
 
 def _value(text: str) -> Any:
@@ -54,8 +55,15 @@ def storage_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cache_from_args(args: argparse.Namespace) -> ShardCache | None:
-    """A `ShardCache` from `--cache-dir` / `--cache-size`, or None for the default one."""
+    """A `ShardCache` from `--cache-dir` / `--cache-size`, or None for the default one;
+    ValueError naming the flag for unusable values."""
     cache_dir, size = getattr(args, "cache_dir", None), getattr(args, "cache_size", None)
     if cache_dir is None and size is None:
         return None
+    if cache_dir is not None and os.path.lexists(cache_dir) and not os.path.isdir(cache_dir):
+        raise ValueError(f"--cache-dir {cache_dir} is an existing file, not a directory")
+    try:
+        size = parse_size(size) if size is not None else None
+    except ValueError as exc:
+        raise ValueError(f"--cache-size: {exc}") from None
     return ShardCache(cache_dir, size)
