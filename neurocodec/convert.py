@@ -92,15 +92,15 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
     """Convert NWB files with NWBToWebDatasetConverter."""
     from neurocodec.nwb.converter import NWBToWebDatasetConverter
 
-    converter = NWBToWebDatasetConverter(
+    with NWBToWebDatasetConverter(
         output, shard_size=args.shard_size, modalities=args.modalities, bin_size_ms=args.bin_size_ms,
         sequence_length=args.sequence_length, overlap=args.overlap, compression=args.compression,
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args),
-    )
-    converter.convert_nwb_files(paths)
-    return converter.finalize()
+    ) as converter:
+        converter.convert_nwb_files(paths)
+        return converter.finalize()
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -66,3 +66,8 @@ class ShardError(NeurocodecError):
         self.shard = shard
         self.member = member
         self.sample = sample
+
+
+class DatasetLockedError(DatasetError):
+    """Another writer holds the output directory's writer lock (two writers on one dataset);
+    the message names the directory and, when known, the holder's process id."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
@@ -45,3 +46,23 @@ def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = True) -> None:
 def is_temp_name(name: str) -> bool:
     """True for temp files this module creates (left behind only by a killed process)."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def atomic_link_or_copy(source: Path, final: Path, *, fsync: bool = True) -> None:
+    """Make `final` a file with the bytes of `source`, atomically (replacing what `final` was):
+    a hard link where the filesystem has them, else a copy (fsynced), renamed into place."""
+    tmp = temp_path(final)
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                if fsync:
+                    dst.flush()
+                    os.fsync(dst.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -3,61 +3,20 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from neurocodec import __version__
-from neurocodec.errors import DatasetError, DatasetExistsError, NeurocodecError, SampleError, WriterClosedError
+from neurocodec.errors import NeurocodecError, SampleError, WriterClosedError
 from neurocodec.format import layout
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
 from neurocodec.format.manifest import Manifest, ShardEntry
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
-from neurocodec.fsutil import atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 from neurocodec.schema import Schema
 from neurocodec.storage.output import DatasetOutput
-
-
-def _existing_dataset_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return sorted(
-        p for p in directory.iterdir()
-        if p.name == layout.MANIFEST or layout.is_shard_name(p.name)
-        or (p.name.startswith("shard_") and p.name.endswith(".idx")) or is_temp_name(p.name)
-    )
-
-
-def prepare_output_dir(directory: Path, overwrite: bool) -> None:
-    """Create `directory`, refusing one that holds a dataset unless `overwrite`, then clearing it.
-
-    Only neurocodec's own files (manifest, shards, indexes, temp files) are removed, the
-    manifest first, so from then on no reader takes the directory for a complete dataset.
-    """
-    existing = _existing_dataset_files(directory)
-    if existing and not overwrite:
-        raise DatasetExistsError(
-            f"{directory} already holds a dataset ({existing[0].name}, ...); pass overwrite=True to replace it"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    for path in existing:
-        if path.is_dir() and not path.is_symlink():
-            raise DatasetError(f"{path} is a directory where the dataset keeps a file of that name; "
-                               "move or remove it (overwrite only replaces neurocodec's own files)")
-    for path in sorted(existing, key=lambda p: p.name != layout.MANIFEST):
-        path.unlink(missing_ok=True)
-
-
-def write_manifest(directory: Path, manifest: Manifest, *, fsync: bool = True) -> None:
-    """Write `dataset_metadata.json` atomically, after making the shards' renames durable."""
-    if fsync:
-        fsync_dir(directory)
-    atomic_write_bytes(directory / layout.MANIFEST, manifest.to_json().encode(), fsync=fsync)
-    if fsync:
-        fsync_dir(directory)
 
 
 class WebDatasetWriter:
@@ -70,7 +29,12 @@ class WebDatasetWriter:
 
     Writes are atomic: shards appear under their final names only when complete, and
     `dataset_metadata.json` is written by `finalize()`, last. An output directory that already
-    holds a dataset is refused unless `overwrite=True`. Use as a context manager to finalize on
+    holds a dataset (a manifest) is refused unless `overwrite=True`; files an unfinished writer
+    left (no manifest) are not a dataset and are cleared. Overwriting is atomic too: the new
+    dataset is written beside the old one, which stays readable until `finalize()` replaces it
+    (an interruption leaves the old dataset). The output directory is locked from creation to
+    `finalize()` or `abort()`: a second writer on it gets DatasetLockedError at once. An output
+    path that is not a directory raises DatasetError. Use as a context manager to finalize on
     success and discard partial output on error.
 
     Options: `modality_options` maps a field to its plugin's options (for example
@@ -80,7 +44,7 @@ class WebDatasetWriter:
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`:
     shards are then staged in a local temp directory, each uploaded when finished, and the
-    manifest uploaded last (see `neurocodec.storage.output`).
+    manifest uploaded last (see `neurocodec.storage.output`; a URL cannot be locked).
     """
 
     def __init__(
@@ -243,7 +207,11 @@ class WebDatasetWriter:
             shards=tuple(self._shards), writer=self.settings(), extra=self.dataset_metadata,
             created_with={"neurocodec": __version__},
         )
-        self._output.write_manifest(manifest)
+        try:
+            self._output.write_manifest(manifest)
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
         self._summary = {
             "samples": self._count, "shards": len(self._shards),

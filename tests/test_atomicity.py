@@ -8,8 +8,10 @@ only to choose the moment, the writer itself runs unchanged) and at random momen
   as the writer was given it, and `verify_all()` passes;
 * every file under a final shard name is a complete tar whose bytes match its `.idx` (sizes,
   offsets, CRC-32, member names, closing zero blocks, and the samples' values), manifest or not;
-* a new writer without `overwrite` refuses the debris (DatasetExistsError); with it, it writes
-  a dataset that reads back exactly and leaves no temp file.
+* a directory with a manifest is a dataset: a new writer without `overwrite` refuses it
+  (DatasetExistsError) and with it replaces it; anything else a killed writer left is not a
+  dataset: a new writer without `overwrite` clears it and writes afresh. Either way the rerun
+  is byte-identical to a writer that ran alone and leaves no temp, lock or staging file.
 
 A writer that raises inside its `with` block leaves no manifest and no temp files.
 """
@@ -35,6 +37,7 @@ import pytest
 import hostile as h
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import DatasetError, DatasetExistsError, SampleError
+from neurocodec.storage.lock import LOCK_NAME
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -158,7 +161,7 @@ def check_debris(root: Path, seed: int, count: int, shard_size: int, compression
     names = sorted(p.name for p in root.iterdir())
     for name in names:
         assert (name == h.MANIFEST or SHARD.fullmatch(name) or INDEX.fullmatch(name)
-                or TEMP.fullmatch(name)), f"unexpected file {name}"
+                or TEMP.fullmatch(name) or name == LOCK_NAME), f"unexpected file {name}"
         if SHARD.fullmatch(name):
             check_complete_shard(root, name, seed, shard_size, compression)
         if INDEX.fullmatch(name):  # renamed into place whole: always a valid NPY
@@ -166,7 +169,7 @@ def check_debris(root: Path, seed: int, count: int, shard_size: int, compression
     if h.MANIFEST not in names:
         with pytest.raises(DatasetError, match="has no dataset_metadata.json"):
             Dataset(root)
-        return "partial" if names else "empty"
+        return "partial" if set(names) - {LOCK_NAME} else "empty"
     with Dataset(root) as ds:
         assert len(ds) == count
         for i, got in enumerate(ds):
@@ -175,18 +178,32 @@ def check_debris(root: Path, seed: int, count: int, shard_size: int, compression
     return "complete"
 
 
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file of a directory (hidden ones too) by name, with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def write_alone(root: Path, seed: int, count: int, shard_size: int, compression: str, **options) -> None:
+    with WebDatasetWriter(root, shard_size=shard_size, compression=compression, **options) as w:
+        for i in range(count):
+            w.write_sample(*make_sample(seed, i))
+
+
 def check_rerun(root: Path, seed: int, count: int, shard_size: int, compression: str) -> None:
-    """Without overwrite the debris is refused; with it a fresh dataset is written and reads back."""
-    debris = root.exists() and any(root.iterdir())
-    if debris:
+    """A manifest is refused without overwrite and replaced with it; other debris is cleared by a
+    writer without overwrite. The result is byte-identical to a writer run alone in an empty
+    directory, and reads back."""
+    complete = (root / h.MANIFEST).exists()
+    if complete:
         with pytest.raises(DatasetExistsError):
             WebDatasetWriter(root, shard_size=shard_size, compression=compression)
-    with WebDatasetWriter(root, shard_size=shard_size, compression=compression, overwrite=True) as w:
-        for i in range(count):
-            w.write_sample(*make_sample(seed + 1, i))
+    write_alone(root, seed + 1, count, shard_size, compression, overwrite=complete)
     names = sorted(p.name for p in root.iterdir())
     shards = -(-count // shard_size)
     assert names == sorted([h.MANIFEST] + [f"shard_{n:06d}.{e}" for n in range(shards) for e in ("tar", "idx")])
+    alone = root.with_name(root.name + "-alone")
+    write_alone(alone, seed + 1, count, shard_size, compression)
+    assert snapshot(root) == snapshot(alone)
     with Dataset(root) as ds:
         assert len(ds) == count and all(same(got, *make_sample(seed + 1, i)) for i, got in enumerate(ds))
 

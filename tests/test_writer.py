@@ -305,19 +305,25 @@ def test_existing_dataset_refused_then_overwritten(tmp_path, rng):
         np.testing.assert_array_equal(ds[0]["x"], new[0]["x"])
 
 
-def test_leftover_shards_without_manifest_also_refused(tmp_path, rng):
+def test_leftover_shards_without_manifest_are_not_a_dataset(tmp_path, rng):
+    """An unfinished writer's shards (no manifest) are no dataset for readers, so not for the
+    overwrite check either: a new writer clears them and writes afresh, without overwrite."""
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError):
         with WebDatasetWriter(out, shard_size=2, fsync=False) as w:
             for s in _samples(rng, 5):
                 w.write_sample(s)
             raise RuntimeError("interrupted")
-    assert "dataset_metadata.json" not in _files(out)
-    assert not [n for n in _files(out) if n.startswith(".")]  # the unfinished shard is gone
+    assert _files(out) == ["shard_000000.idx", "shard_000000.tar", "shard_000001.idx", "shard_000001.tar"]
     with pytest.raises(DatasetError, match="no dataset_metadata.json"):
         Dataset(out)
-    with pytest.raises(DatasetExistsError):
-        WebDatasetWriter(out)
+    (out / "notes.txt").write_text("mine")
+    new = [{"x": np.full(2, 7.0)}]
+    assert _write(out, new)["samples"] == 1
+    assert _files(out) == ["dataset_metadata.json", "notes.txt", "shard_000000.idx", "shard_000000.tar"]
+    with Dataset(out) as ds:
+        assert len(ds) == 1 and ds.verify_all() == 1
+        np.testing.assert_array_equal(ds[0]["x"], new[0]["x"])
 
 
 def test_rejected_sample_leaves_writer_usable(tmp_path, rng):

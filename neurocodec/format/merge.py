@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from neurocodec import __version__
 from neurocodec.errors import DatasetError
@@ -19,6 +19,9 @@ from neurocodec.format.manifest import FieldSpec, Manifest
 from neurocodec.format.reader import Dataset
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.registry import Registry
+
+if TYPE_CHECKING:
+    from neurocodec.storage.lock import OutputLock
 
 
 RELEASE_BYTES = 16 << 20
@@ -63,9 +66,13 @@ def merged_fields(datasets: Sequence[Dataset]) -> tuple[FieldSpec, ...]:
 def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.PathLike, shard_size: int, *,
                    writer: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
                    fsync: bool = True, overwrite: bool = False, registry: Registry | None = None,
-                   storage_options: Mapping[str, Any] | None = None) -> Manifest:
+                   storage_options: Mapping[str, Any] | None = None, lock: OutputLock | None = None) -> Manifest:
     """Write the samples of `sources`, in order, as one dataset of `shard_size`-sample shards
-    (`output_dir` may be an fsspec URL opened with `storage_options`: see `DatasetOutput`)."""
+    (`output_dir` may be an fsspec URL opened with `storage_options`: see `DatasetOutput`).
+
+    The output is prepared, locked and (with `overwrite`) replaced atomically as a writer's
+    is; `lock` is an `OutputLock` the caller already holds on a local `output_dir`. A source
+    may be the output itself: it is read whole before it is replaced."""
     from neurocodec.storage.output import DatasetOutput
 
     if not sources:
@@ -74,7 +81,8 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
     datasets = [Dataset(p, registry=registry) for p in sources]
     try:
         fields = merged_fields(datasets)
-        output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
+        output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync,
+                               lock=lock)
         out = output.directory
         fsync = fsync and not output.remote
         shards, current, count = [], None, 0

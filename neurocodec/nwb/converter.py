@@ -9,6 +9,12 @@ A finished part is kept until `finalize()` succeeds, so re-running after a crash
 the files that had not finished (a part is reused when the source file's path, size and
 modification time and the conversion settings are unchanged).
 
+A local output directory is locked while the converter works on it (from creation to
+`finalize()` or `close()`; a failed call releases it and the next call takes it again): a
+second converter or writer on it gets DatasetLockedError at once. `finalize()` replaces a
+dataset already there (with `overwrite=True`) atomically: until the new manifest is in place
+the old dataset stays whole and readable.
+
 Windows: `sequence_length` bins of `bin_size_ms`, `step = round(sequence_length * (1 -
 overlap))` bins apart, anchored at the start of the time every requested modality covers
 (`coverage="all"`, the default: a window needs all modalities; windows missing one are
@@ -44,6 +50,8 @@ from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, so
 from neurocodec.nwb.session import session_key
 from neurocodec.nwb.windows import WindowSpec
 from neurocodec.storage.location import dataset_path, is_remote
+from neurocodec.storage.local_output import make_output_dir
+from neurocodec.storage.lock import OutputLock
 from neurocodec.storage.output import local_staging_dir, manifest_exists
 
 log = logging.getLogger("neurocodec.nwb")
@@ -81,6 +89,9 @@ class NWBToWebDatasetConverter:
     parts are then kept in a local `parts_dir` (default: a directory named after the URL under
     `$NEUROCODEC_STAGING_DIR` or ~/.cache/neurocodec/staging) and the merged shards uploaded,
     the manifest last.
+
+    Use it as a context manager (or call `close()`) to release the output directory's lock
+    when not finalizing.
     """
 
     def __init__(
@@ -112,8 +123,16 @@ class NWBToWebDatasetConverter:
             raise ValueError(f"series names modalities that are not converted: {sorted(unknown)}")
         self.output_dir = dataset_path(output_dir)
         self.storage_options = dict(storage_options or {})
-        if not overwrite and manifest_exists(self.output_dir, self.storage_options):
-            raise DatasetExistsError(f"{self.output_dir} already holds a dataset; pass overwrite=True to replace it")
+        self.overwrite = overwrite
+        self._lock: OutputLock | None = None
+        self._hold_lock()
+        try:
+            if not overwrite and manifest_exists(self.output_dir, self.storage_options):
+                raise DatasetExistsError(
+                    f"{self.output_dir} already holds a dataset; pass overwrite=True to replace it")
+        except BaseException:
+            self.close()
+            raise
         if parts_dir is not None:
             self.parts_dir = Path(parts_dir)
         elif is_remote(self.output_dir):
@@ -127,6 +146,25 @@ class NWBToWebDatasetConverter:
         self._failures: list[dict[str, str]] = []
         self._summary: dict[str, Any] | None = None
 
+    # -- the output directory's lock ------------------------------------------------------------
+    def _hold_lock(self) -> None:
+        """Take the local output directory's lock unless held (URLs cannot be locked)."""
+        if is_remote(self.output_dir) or (self._lock is not None and self._lock.held):
+            return
+        make_output_dir(self.output_dir)
+        self._lock = OutputLock(self.output_dir)
+
+    def close(self) -> None:
+        """Release the output directory's lock (finished parts stay for a later run)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> "NWBToWebDatasetConverter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
     # -- converting ---------------------------------------------------------------------------
     def convert_nwb_file(self, path: str | os.PathLike) -> dict[str, Any] | None:
         """Convert one file; return its part summary (None if it was skipped as bad input)."""
@@ -136,6 +174,14 @@ class NWBToWebDatasetConverter:
         """Convert files (in parallel when configured); return their summaries in input order."""
         if self._summary is not None:
             raise RuntimeError("the converter is finalized")
+        self._hold_lock()
+        try:
+            return self._convert(paths)
+        except BaseException:
+            self.close()
+            raise
+
+    def _convert(self, paths: Iterable[str | os.PathLike]) -> list[dict[str, Any] | None]:
         todo = []
         for raw in paths:
             path = Path(raw)
@@ -233,11 +279,18 @@ class NWBToWebDatasetConverter:
         (converted), skipped_files (path and error), skipped_windows, and the series chosen per
         file and modality.
         """
+        if self._summary is not None:
+            return self._summary
+        self._hold_lock()
+        try:
+            return self._finalize()
+        finally:
+            self.close()
+
+    def _finalize(self) -> dict[str, Any]:
         from neurocodec.errors import SampleError
         from neurocodec.format.merge import merge_datasets
 
-        if self._summary is not None:
-            return self._summary
         done = [p for p in self._files if p in self._results]
         if not done:
             raise SampleError(f"no file was converted into {self.output_dir}; nothing to finalize")
@@ -252,8 +305,8 @@ class NWBToWebDatasetConverter:
         writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
                   "converter": "nwb"}
         manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,
-                                  storage_options=self.storage_options,
-                                  fsync=self.settings.fsync, overwrite=True)
+                                  storage_options=self.storage_options, lock=self._lock,
+                                  fsync=self.settings.fsync, overwrite=self.overwrite)
         if not self.keep_parts:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._summary = {

@@ -1,11 +1,22 @@
 """Where a writer puts a dataset: a local directory, or a URL through a local staging directory.
 
+A local directory is locked for the writer's lifetime, cleared of an unfinished writer's files,
+and replaced atomically when it holds a dataset (see `neurocodec.storage.local_output`).
+
 For a URL, shards are written locally (in a temp staging directory) exactly as for a local
 dataset; each finished shard is uploaded (index first, then the tar file) and its local copy
 removed, so the staging area holds about one shard at a time. The manifest is uploaded last,
 after every shard, so a reader never finds a manifest whose shards are not all there. Object
 stores (S3, GCS, Azure, memory) make an object visible only once its upload completed; on
 other filesystems an upload goes to a hidden temp name and is moved into place.
+
+A URL cannot be locked (object stores have no advisory locks): two writers on one URL are not
+detected. Replacing a dataset at a URL (`overwrite=True`) uploads the new shards under stand-in
+names beside the old ones, switches with one manifest upload, then copies them to their final
+names (server-side) and uploads the final manifest before deleting the old and stand-in
+objects (`neurocodec.storage.replace`): a reader sees the old dataset or the new one. An
+interrupted replacement leaves the old dataset (or, past the switch, the new one) and stand-in
+objects that the next replacement deletes.
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ from typing import Any, Mapping
 from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.manifest import Manifest, ShardEntry
-from neurocodec.fsutil import is_temp_name
+from neurocodec.storage.local_output import LocalOutput
 from neurocodec.storage.location import Location, dataset_path, is_remote
+from neurocodec.storage.lock import OutputLock
+from neurocodec.storage.replace import is_dataset_file, listed_names, stand_in_base, stand_in_manifest
 from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
 
 log = logging.getLogger("neurocodec.storage")
@@ -31,31 +44,32 @@ READ_ONLY = {"http", "https"}
 ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "memory"}
 
 
-def _is_dataset_file(name: str) -> bool:
-    return (name == layout.MANIFEST or layout.is_shard_name(name)
-            or (name.startswith("shard_") and name.endswith(".idx")) or is_temp_name(name))
-
-
 class DatasetOutput:
     """The output of one writer. `directory` is where `ShardFileWriter` writes (the dataset
-    itself when local, a staging directory for a URL); call `shard_done` after each shard is
-    closed, `write_manifest` last, `abort` on failure.
+    itself, a staging directory inside it when replacing a local dataset, a local staging
+    directory for a URL); call `shard_done` after each shard is closed, `write_manifest` last,
+    `abort` on failure. Either of the last two ends the output (and releases its lock).
 
-    Creating it prepares the output: a location holding a dataset is refused unless
-    `overwrite`, and otherwise cleared, manifest first.
+    Creating it prepares the output: a location holding a dataset (a manifest) is refused
+    unless `overwrite`; an unfinished writer's files (no manifest) are removed. A local
+    directory is locked (DatasetLockedError if another writer holds it) unless `lock`, a lock
+    the caller already holds on it, is given; the caller then keeps and releases it.
     """
 
     def __init__(self, target: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
-                 overwrite: bool = False, fsync: bool = True, retry: RetryPolicy | None = None) -> None:
+                 overwrite: bool = False, fsync: bool = True, retry: RetryPolicy | None = None,
+                 lock: OutputLock | None = None) -> None:
         path = dataset_path(target)
         self.fsync, self.retry = fsync, retry or RetryPolicy.default()
         self.target = path
         self.location: Location | None = None
+        self._local: LocalOutput | None = None
+        self._stand_in: int | None = None  # first stand-in shard number when replacing at a URL
+        self._old: list[str] = []
+        self._uploaded = 0
         if not is_remote(path):
-            from neurocodec.writer import prepare_output_dir
-
-            self.directory: Path = path
-            prepare_output_dir(path, overwrite)
+            self._local = LocalOutput(path, overwrite=overwrite, fsync=fsync, lock=lock)
+            self.directory: Path = self._local.directory
             return
         self.location = Location(path, storage_options)
         if self.location.protocol in READ_ONLY:
@@ -88,14 +102,17 @@ class DatasetOutput:
             except FileNotFoundError:
                 return []
 
-        existing = [n for n in self._call(listing, f"listing {loc.url}") if _is_dataset_file(n)]
-        if existing and not overwrite:
-            raise DatasetExistsError(
-                f"{loc.url} already holds a dataset ({existing[0]}, ...); pass overwrite=True to replace it")
-        # The manifest goes first: from then on no reader takes the location for a dataset.
-        for name in sorted(existing, key=lambda n: n != layout.MANIFEST):
+        names = self._call(listing, f"listing {loc.url}")
+        existing = [n for n in names if is_dataset_file(n)]
+        if layout.MANIFEST in existing:
+            if not overwrite:
+                raise DatasetExistsError(
+                    f"{loc.url} already holds a dataset ({layout.MANIFEST}); pass overwrite=True to replace it")
+            self._stand_in, self._old = stand_in_base(existing), existing
+            return
+        for name in existing:  # an unfinished writer's objects (no manifest): not a dataset
             self._call(lambda n=name: _remove(fs, loc.path(n)), f"removing {loc.url_of(name)}")
-        if not existing:
+        if not names:
             try:
                 fs.makedirs(root, exist_ok=True)
             except (FileExistsError, NotImplementedError):
@@ -106,46 +123,79 @@ class DatasetOutput:
     def upload(self, local: Path, name: str) -> None:
         """Upload local file `local` as `name` (retried; atomic as described above)."""
         loc = self.location
-        fs, final = loc.fs, loc.path(name)
         size = local.stat().st_size
+        self._call(lambda: self._place(name, size, lambda target: loc.fs.put_file(str(local), target)),
+                   f"uploading {loc.url_of(name)}")
+
+    def _copy(self, source: str, name: str, size: int) -> None:
+        """Copy object `source` to `name` in the store (server-side where it can)."""
+        loc = self.location
+        self._call(lambda: self._place(name, size, lambda target: loc.fs.copy(loc.path(source), target)),
+                   f"copying {loc.url_of(source)} to {loc.url_of(name)}")
+
+    def _place(self, name: str, size: int, write) -> None:
+        loc = self.location
+        fs, final = loc.fs, loc.path(name)
         atomic = loc.protocol in ATOMIC_PUT
-
-        def put() -> None:
-            target = final if atomic else loc.path(f".{name}.upload.tmp")
-            fs.put_file(str(local), target)
-            if not atomic:
-                fs.mv(target, final)
-            fs.invalidate_cache(loc.root)
-            got = fs.size(final)
-            if got != size:
-                raise OSError(f"uploaded {size} bytes but {loc.url_of(name)} holds {got}")
-
-        self._call(put, f"uploading {loc.url_of(name)}")
+        target = final if atomic else loc.path(f".{name}.upload.tmp")
+        write(target)
+        if not atomic:
+            fs.mv(target, final)
+        fs.invalidate_cache(loc.root)
+        got = fs.size(final)
+        if got != size:
+            raise OSError(f"wrote {size} bytes but {loc.url_of(name)} holds {got}")
 
     def shard_done(self, entry: ShardEntry) -> None:
-        """A shard (and its index) is complete in `directory`: upload it when remote."""
+        """A shard (and its index) is complete in `directory`: upload it when remote (under
+        its stand-in name when replacing a dataset)."""
         if self.location is None:
             return
-        for name in (entry.index, entry.name):
-            self.upload(self.directory / name, name)
-            (self.directory / name).unlink()
+        names = {entry.index: entry.index, entry.name: entry.name}
+        if self._stand_in is not None:
+            stand_in = layout.shard_name(self._stand_in + self._uploaded)
+            names = {entry.index: layout.index_name(stand_in), entry.name: stand_in}
+        for local, remote in names.items():
+            self.upload(self.directory / local, remote)
+            (self.directory / local).unlink()
+        self._uploaded += 1
 
     def write_manifest(self, manifest: Manifest) -> None:
-        """Write the manifest, last; for a URL also remove the staging directory."""
-        if self.location is None:
-            from neurocodec.writer import write_manifest
-
-            write_manifest(self.directory, manifest, fsync=self.fsync)
+        """Write the manifest, last (replacing the old dataset if any); end the output."""
+        if self._local is not None:
+            self._local.write_manifest(manifest)
             return
+        if self._stand_in is None:
+            self._put_manifest(manifest)
+        else:
+            self._replace(manifest)
+        self.cleanup()
+
+    def _put_manifest(self, manifest: Manifest) -> None:
         staged = self.directory / layout.MANIFEST
         staged.write_bytes(manifest.to_json().encode())
         self.upload(staged, layout.MANIFEST)
-        self.cleanup()
+
+    def _replace(self, manifest: Manifest) -> None:
+        """Publish a dataset uploaded under stand-in names over the old one (module docs)."""
+        stand_in = stand_in_manifest(manifest, self._stand_in)
+        self._put_manifest(stand_in)  # the switch: from here on the new dataset
+        for final, moved in zip(manifest.shards, stand_in.shards):
+            self._copy(moved.index, final.index, final.index_bytes)
+            self._copy(moved.name, final.name, final.bytes)
+        self._put_manifest(manifest)  # the same dataset under its final names
+        keep = listed_names(manifest)
+        loc = self.location
+        for name in sorted({*self._old, *listed_names(stand_in)} - keep):
+            self._call(lambda n=name: _remove(loc.fs, loc.path(n)), f"removing {loc.url_of(name)}")
 
     def abort(self) -> None:
-        """Give up: for a URL, drop the staging directory (uploaded shards stay, as finished
-        shards stay in a local directory; no manifest is written)."""
-        if self.location is not None:
+        """Give up: no manifest is written and the lock is released. Shards finished by a
+        first write stay (a later writer clears them); a replacement leaves the old dataset
+        as it was (stand-in objects already uploaded are deleted by the next replacement)."""
+        if self._local is not None:
+            self._local.abort()
+        else:
             self.cleanup()
 
     def cleanup(self) -> None:

@@ -1,0 +1,137 @@
+"""A local output directory for one writer: checked, locked, cleared of unfinished debris, and
+replaced atomically when it already holds a dataset.
+
+* The path must be a directory (created if missing); anything else is a DatasetError naming it.
+* The directory is locked for the writer's lifetime (`neurocodec.storage.lock`).
+* A directory with a manifest holds a dataset: refused unless `overwrite`. Files a writer left
+  without a manifest (shards, indexes, temp files of a killed or failed run) are not a dataset:
+  they are removed and the new dataset is written from scratch, as `neurocodec info` and every
+  reader already treat them (no manifest, no dataset).
+* Overwriting writes the new dataset into the hidden `.neurocodec-staging/` subdirectory; the old
+  dataset is untouched and readable until the new one is complete, and is then replaced as
+  described in `neurocodec.storage.replace`. A staging directory left by an interrupted
+  overwrite is removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from neurocodec.errors import DatasetError, DatasetExistsError
+from neurocodec.format import layout
+from neurocodec.format.manifest import Manifest
+from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir
+from neurocodec.storage.lock import OutputLock
+from neurocodec.storage.replace import STAGING, is_dataset_file, listed_names, stand_in_base, stand_in_manifest
+
+
+def write_manifest(directory: Path, manifest: Manifest, *, fsync: bool = True) -> None:
+    """Write `dataset_metadata.json` atomically, after making the shards' renames durable."""
+    if fsync:
+        fsync_dir(directory)
+    atomic_write_bytes(directory / layout.MANIFEST, manifest.to_json().encode(), fsync=fsync)
+    if fsync:
+        fsync_dir(directory)
+
+
+def make_output_dir(path: Path) -> None:
+    """Create directory `path` (and its parents); DatasetError naming it if it cannot be one."""
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{path} exists and is not a directory; the output of a writer must be a "
+                           "directory (a new one, or one holding a dataset to replace)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot create the output directory ({type(exc).__name__}: "
+                           f"{exc.strerror or exc})") from None
+
+
+class LocalOutput:
+    """The local side of `DatasetOutput` (see the module documentation). `directory` is where
+    shards are written: the output itself, or its staging directory when replacing."""
+
+    def __init__(self, path: Path, *, overwrite: bool, fsync: bool, lock: OutputLock | None = None) -> None:
+        self.target, self.fsync = path, fsync
+        make_output_dir(path)
+        self.lock, self._own_lock = lock or OutputLock(path), lock is None
+        try:
+            self.replacing = self._prepare(overwrite)
+            self.directory = path / STAGING if self.replacing else path
+            if self.replacing:
+                self.directory.mkdir()
+        except BaseException:
+            self._release()
+            raise
+
+    def _prepare(self, overwrite: bool) -> bool:
+        """Check and clear the directory; True if it holds a dataset to replace."""
+        names = sorted(os.listdir(self.target))
+        if STAGING in names:  # left by an interrupted overwrite; the lock says nobody uses it
+            _remove(self.target / STAGING)
+        own = [n for n in names if is_dataset_file(n)]
+        for name in own:
+            path = self.target / name
+            if path.is_dir() and not path.is_symlink():
+                raise DatasetError(f"{path} is a directory where the dataset keeps a file of that name; "
+                                   "move or remove it (a writer only replaces neurocodec's own files)")
+        if layout.MANIFEST in names:
+            if not overwrite:
+                raise DatasetExistsError(f"{self.target} already holds a dataset ({layout.MANIFEST}); "
+                                         "pass overwrite=True to replace it")
+            return True
+        for name in own:  # an unfinished writer's files: not a dataset, start afresh
+            (self.target / name).unlink(missing_ok=True)
+        return False
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Publish the dataset (replacing the old one if any) and release the lock."""
+        try:
+            if self.replacing:
+                self._replace(manifest)
+            else:
+                write_manifest(self.target, manifest, fsync=self.fsync)
+        finally:
+            self._release()
+
+    def _replace(self, manifest: Manifest) -> None:
+        root, staging, fsync = self.target, self.directory, self.fsync
+        stand_in = stand_in_manifest(manifest, stand_in_base(os.listdir(root)))
+        if fsync:
+            fsync_dir(staging)
+        for final, moved in zip(manifest.shards, stand_in.shards):
+            os.replace(staging / final.index, root / moved.index)
+            os.replace(staging / final.name, root / moved.name)
+        write_manifest(root, stand_in, fsync=fsync)  # the switch: from here on the new dataset
+        for final, moved in zip(manifest.shards, stand_in.shards):
+            atomic_link_or_copy(root / moved.index, root / final.index, fsync=fsync)
+            atomic_link_or_copy(root / moved.name, root / final.name, fsync=fsync)
+        write_manifest(root, manifest, fsync=fsync)  # the same dataset under its final names
+        keep = listed_names(manifest)
+        for name in os.listdir(root):
+            if is_dataset_file(name) and name not in keep:
+                (root / name).unlink(missing_ok=True)
+        _remove(staging)
+        if fsync:
+            fsync_dir(root)
+
+    def abort(self) -> None:
+        """Give up: drop the staging directory of a replacement (the old dataset stays as it
+        was) and release the lock; shards finished by a first write stay on disk."""
+        try:
+            if self.replacing:
+                _remove(self.directory)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._own_lock:
+            self.lock.release()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
