@@ -75,22 +75,38 @@ class Codec(abc.ABC):
 
 
 def check_array(array: np.ndarray, field: FieldSpec) -> np.ndarray:
-    """Raise CodecError unless `array` has the field's dtype and fits its shape."""
-    if field.shape is not None and array.shape == field.shape and array.dtype == _dtype(field.dtype):
-        return array  # the common case, fixed shapes: one comparison
-    if field.dtype is not None and array.dtype != _dtype(field.dtype):
+    """Raise CodecError unless `array` has the field's dtype (one of `npy.DTYPES`) and fits
+    its shape."""
+    want = _dtype(field.dtype)
+    if field.shape is not None and array.shape == field.shape and array.dtype == want:
+        return _valid_bools(array)  # the common case, fixed shapes: one comparison
+    if want is not None and array.dtype != want:
         raise CodecError(f"array has dtype {array.dtype}, the manifest declares {field.dtype}")
     if field.shape is not None:
         if array.ndim != len(field.shape) or any(
             want is not None and got != want for got, want in zip(array.shape, field.shape)
         ):
             raise CodecError(f"array has shape {array.shape}, the manifest declares {field.shape}")
-    return array
+    return _valid_bools(array)
 
 
-@functools.lru_cache(maxsize=256)
 def _dtype(name: str | None) -> np.dtype | None:
-    return None if name is None else np.dtype(name)
+    """The dtype a field declares; CodecError unless it is one of `npy.DTYPES` (a FieldSpec may
+    be built directly, not only parsed from a manifest)."""
+    if name is None:
+        return None
+    try:
+        return npy.dtype_named(name)
+    except npy.NpyError as exc:
+        raise CodecError(str(exc)) from None
+
+
+def _valid_bools(array: np.ndarray) -> np.ndarray:
+    """`array`, unless it is boolean with bytes other than 0 and 1 (which numpy and torch do not
+    define; the writer never produces them)."""
+    if array.dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
+        raise CodecError("boolean array holds bytes other than 0 and 1")
+    return array
 
 
 class NpyCodec(Codec):
@@ -123,9 +139,9 @@ class NpyCodec(Codec):
         per dtype it can be stored in): match it byte for byte and view the data, else take the
         general path, which checks the same things."""
         shape = field.shape
-        if field.dtype is None or shape is None or None in shape:
+        want = _dtype(field.dtype)  # CodecError for any dtype outside npy.DTYPES, before any view
+        if want is None or shape is None or None in shape:
             return super().decoder(field)
-        want = np.dtype(field.dtype)
         stored = [want]
         if self.pack_integers and want.kind in "iu":
             stored += [np.dtype(c) for c in ("<u1", "<u2", "<u4", "<u8", "<i1", "<i2", "<i4", "<i8")
@@ -133,10 +149,12 @@ class NpyCodec(Codec):
         count = 1
         for d in shape:
             count *= d
-        headers = {npy.header(dt, shape): dt for dt in stored}
+        # Only dtypes of npy.DTYPES (numbers, never pointers) may ever be viewed over payload bytes.
+        headers = {npy.header(dt, shape): dt for dt in stored if dt.str in npy.DTYPES}
         size = len(npy.header(want, shape))
         if any(len(h) != size for h in headers):
             return super().decoder(field)
+        bools = want.kind == "b"
 
         def decode(data: bytes | memoryview) -> np.ndarray:
             dtype = headers.get(data[:size].tobytes() if isinstance(data, memoryview) else data[:size])
@@ -144,7 +162,9 @@ class NpyCodec(Codec):
                 return self.decode(data, field)
             # np.ndarray over the buffer: one call instead of frombuffer + reshape (same view).
             array = np.ndarray(shape, dtype, data, size)
-            return array if dtype == want else array.astype(want)
+            if dtype != want:
+                return array.astype(want)
+            return _valid_bools(array) if bools else array
 
         return decode
 
@@ -152,7 +172,7 @@ class NpyCodec(Codec):
         """Parse the `.npy` payload and check it against the field."""
         array = npy.decode(data, allow_fortran=False)
         if self.pack_integers and field.dtype is not None:
-            want = np.dtype(field.dtype)
+            want = _dtype(field.dtype)
             if want.kind in "iu" and array.dtype != want:
                 if array.dtype.kind not in "iu" or not np.can_cast(array.dtype, want):
                     raise CodecError(f"packed dtype {array.dtype} cannot widen to {want}")

@@ -71,6 +71,20 @@ def batch_tensor(shape: tuple[int, ...], dtype: Any, *, zero: bool = False) -> A
     return out.zero_() if zero else out
 
 
+def torch_dtype(dtype: np.dtype, field: str) -> Any:
+    """The torch dtype of numpy `dtype`; DatasetError naming `field` when torch has none (every
+    dtype of `neurocodec.npy.DTYPES` has one from torch 2.3 on; uint16/32/64 not before)."""
+    import torch
+
+    try:
+        return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype.str))).dtype
+    except (TypeError, ValueError, RuntimeError) as exc:
+        from neurocodec.errors import DatasetError
+
+        raise DatasetError(f"field {field!r}: torch {torch.__version__} cannot batch dtype {dtype} "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
 def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
     """Stack fixed-shape arrays; pad variable axes to the batch maximum and return a mask."""
     import torch
@@ -80,7 +94,7 @@ def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
         raise ValueError(f"cannot collate an empty batch of {field.name!r}")
     variable = [i for i, d in enumerate(field.shape or ()) if d is None]
     first = arrays[0]
-    dtype = torch.from_numpy(np.empty(0, dtype=first.dtype)).dtype
+    dtype = torch_dtype(first.dtype, field.name)
     if not variable:
         out = batch_tensor((len(arrays), *first.shape), dtype)
         np.stack(arrays, out=out.numpy())

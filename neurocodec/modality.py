@@ -65,7 +65,9 @@ def as_array(value: Any) -> np.ndarray:
 class ArrayPolicy:
     """A dtype and shape policy for array modalities, usable as a spec's `prepare`.
 
-    - `kinds`: numpy dtype kinds accepted ("b" bool, "i"/"u" integers, "f" float, "c" complex).
+    - `kinds`: numpy dtype kinds accepted ("b" bool, "i"/"u" integers, "f" float, "c" complex),
+      among the dtypes the format stores (`neurocodec.npy.DTYPES`: float128 and the like are
+      refused whatever the kinds, since the loaders cannot batch them).
     - `ndim`: required number of dimensions, or None for any.
     - `store_dtype`: a dtype every value is converted to, only when that loses nothing (video
       frames as uint8); a lossy value is an error.
@@ -81,7 +83,10 @@ class ArrayPolicy:
     def __call__(self, value: Any, options: Mapping[str, Any]) -> np.ndarray:
         """Validate and convert one value."""
         array = as_array(value)
-        if not npy.is_numeric_dtype(array.dtype) or array.dtype.kind not in self.kinds:
+        if not npy.is_storable_dtype(array.dtype):
+            raise TypeError(f"dtype {array.dtype} is not accepted: the format stores only "
+                            f"{', '.join(npy.DTYPES)} (the dtypes the loaders batch); convert it first")
+        if array.dtype.kind not in self.kinds:
             raise TypeError(f"dtype {array.dtype} is not accepted (kinds {self.kinds!r})")
         if self.ndim is not None and array.ndim != self.ndim:
             raise ValueError(f"expected {self.ndim} dimensions, got shape {array.shape}")
@@ -94,8 +99,9 @@ class ArrayPolicy:
             if array.dtype.kind != "f":
                 raise TypeError(f"the dtype option applies to float arrays, got {array.dtype}")
             array = array.astype(wanted)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
+        stored = npy.stored_name(array.dtype)
+        if array.dtype.str != stored:  # big-endian: stored (and recorded) little-endian
+            array = array.astype(stored)
         return array
 
 

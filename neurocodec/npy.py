@@ -2,9 +2,10 @@
 
 The writer emits standard NPY 1.0 files (readable by `numpy.load`, webdataset and everyone
 else). The reader accepts only what a numeric array needs: a bounded header in numpy's own
-literal layout, parsed with a regular expression rather than evaluated; a boolean, integer,
-float or complex dtype; and a declared shape whose size matches the payload exactly. It never
-unpickles, and it decodes without copying (`np.frombuffer` over the payload).
+literal layout, parsed with a regular expression rather than evaluated; one of the dtypes of
+`DTYPES`, spelled exactly as the writer spells it; and a declared shape whose size matches the
+payload exactly. It never unpickles, and it decodes without copying (`np.frombuffer` over the
+payload).
 """
 
 from __future__ import annotations
@@ -15,9 +16,26 @@ import struct
 import numpy as np
 
 MAGIC = b"\x93NUMPY"
-NUMERIC_KINDS = "biufc"
 MAX_HEADER = 4096
-_DESCR = re.compile(r"[<>|=]?[biufc][0-9]{1,2}")
+
+DTYPES: tuple[str, ...] = (
+    "|b1",
+    "|i1", "<i2", "<i4", "<i8",
+    "|u1", "<u2", "<u4", "<u8",
+    "<f2", "<f4", "<f8",
+    "<c8", "<c16",
+)
+"""Every dtype this format stores, as numpy's dtype string (`dtype.str`) exactly as the writer
+records it in the manifest and in NPY headers: bool, 8 to 64-bit integers, 16 to 64-bit floats,
+64 and 128-bit complex, little-endian (`|` for one-byte types). This is the one list the
+writer, the manifest parser, the index and every decode path check against (docs/format.md,
+section 10.1, lists it too). Left out on purpose: object, string, unicode, void, structured,
+datetime and timedelta dtypes (not numbers; an object array over stored bytes would dereference
+them as pointers), extended precision (`<f16`, `<c32`: torch cannot batch them, and their size
+and layout depend on the platform), and big-endian spellings (the writer stores little-endian
+only, so a `>` dtype in a dataset never came from it)."""
+
+_BY_NAME: dict[str, np.dtype] = {name: np.dtype(name) for name in DTYPES}
 _HEADER = re.compile(
     r"\{\s*'descr':\s*'(?P<descr>[^']{1,16})',\s*'fortran_order':\s*(?P<fortran>True|False),"
     r"\s*'shape':\s*\((?P<shape>[0-9,\s]{0,400})\),?\s*\}\s*"
@@ -28,9 +46,32 @@ class NpyError(ValueError):
     """Bytes are not a well-formed NPY file of a numeric array."""
 
 
-def is_numeric_dtype(dtype: np.dtype) -> bool:
-    """True for the dtypes neurocodec stores: bool, signed/unsigned integers, floats, complex."""
-    return dtype.kind in NUMERIC_KINDS and not dtype.fields and dtype.subdtype is None
+def dtype_named(name: str) -> np.dtype:
+    """The numpy dtype of `name`, one of `DTYPES`; NpyError for any other string.
+
+    Never hands `name` to `np.dtype` (which evaluates comma and shape strings)."""
+    dtype = _BY_NAME.get(name) if isinstance(name, str) else None
+    if dtype is None:
+        shown = repr(name)[:40]
+        raise NpyError(f"dtype {shown} is not one this format stores (one of {', '.join(DTYPES)})")
+    return dtype
+
+
+def stored_name(dtype: np.dtype) -> str | None:
+    """The name in `DTYPES` an array of `dtype` is stored as (its little-endian form), or None
+    when the format does not store it."""
+    if dtype.fields is not None or dtype.subdtype is not None:
+        return None
+    try:
+        name = dtype.newbyteorder("<").str
+    except (TypeError, ValueError):  # dtypes numpy cannot byte-swap (e.g. variable-width strings)
+        return None
+    return name if name in _BY_NAME else None
+
+
+def is_storable_dtype(dtype: np.dtype) -> bool:
+    """True for the dtypes neurocodec stores (see `DTYPES`), in any byte order."""
+    return stored_name(dtype) is not None
 
 
 def header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -43,11 +84,13 @@ def header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 
 
 def encode(array: np.ndarray) -> bytes:
-    """Serialise a numeric array as NPY 1.0 bytes, little-endian and C-ordered."""
-    if not is_numeric_dtype(array.dtype):
-        raise NpyError(f"dtype {array.dtype} is not numeric; only {NUMERIC_KINDS!r} kinds are stored")
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
+    """Serialise an array of a storable dtype (`DTYPES`, any byte order) as NPY 1.0 bytes,
+    little-endian and C-ordered."""
+    name = stored_name(array.dtype)
+    if name is None:
+        raise NpyError(f"dtype {array.dtype} is not stored by this format (one of {', '.join(DTYPES)})")
+    if array.dtype.str != name:
+        array = array.astype(_BY_NAME[name])
     if not array.flags.c_contiguous:
         array = array.copy(order="C")  # np.ascontiguousarray would turn 0-d into 1-d
     return header(array.dtype, array.shape) + array.tobytes()
@@ -56,8 +99,9 @@ def encode(array: np.ndarray) -> bytes:
 def decode(data: bytes | memoryview, *, allow_fortran: bool = True) -> np.ndarray:
     """Parse NPY bytes into a read-only array viewing `data` (no copy).
 
-    Raises NpyError for anything that is not a numeric array whose header matches its payload,
-    and, with `allow_fortran=False`, for Fortran-ordered arrays (which neurocodec never writes).
+    Raises NpyError for anything that is not an array of one of `DTYPES` whose header matches
+    its payload, and, with `allow_fortran=False`, for Fortran-ordered arrays (which neurocodec
+    never writes).
     """
     view = memoryview(data).cast("B")
     if len(view) < 10 or view[:6] != MAGIC:
@@ -110,12 +154,10 @@ def _parse_header(raw: bytes, major: int) -> tuple[np.dtype, tuple[int, ...], in
     if match is None:
         raise NpyError(f"NPY header is not a plain numeric array header: {text[:80]!r}")
     descr = match["descr"]
-    if not _DESCR.fullmatch(descr):
-        raise NpyError(f"NPY dtype {descr!r} is not a numeric dtype")
-    try:
-        dtype = np.dtype(descr)
-    except TypeError:
-        raise NpyError(f"NPY dtype {descr!r} is not valid") from None
+    dtype = _BY_NAME.get(descr)
+    if dtype is None:
+        raise NpyError(f"NPY dtype {descr!r} is not a numeric dtype this format stores "
+                       f"(one of {', '.join(DTYPES)})")
     shape = _parse_shape(match["shape"])
     count = 1
     for dim in shape:

@@ -2,8 +2,9 @@
 
 Every sample must carry the same fields (webdataset, Ray Data and Hugging Face datasets infer a
 schema from the first samples and drop fields that appear later), each field keeps one modality,
-one dtype and one number of dimensions; axes whose length changes between samples are recorded
-as variable (None) in the manifest.
+one dtype (one of `neurocodec.npy.DTYPES`, whatever codec stores it) and one number of
+dimensions; axes whose length changes between samples are recorded as variable (None) in the
+manifest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from neurocodec import npy
 from neurocodec.codecs import Codec
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec
@@ -38,6 +40,9 @@ class FieldState:
             return None
         if not isinstance(value, np.ndarray):
             return f"expected an array like earlier samples, got {type(value).__name__}"
+        if value.dtype.str not in npy.DTYPES:  # what readers accept, as the manifest records it
+            return (f"dtype {value.dtype} ({value.dtype.str}) is not one this format stores "
+                    f"({', '.join(npy.DTYPES)}; little-endian)")
         if self.dtype is not None and value.dtype != self.dtype:
             return f"dtype {value.dtype} differs from {self.dtype} in earlier samples"
         if self.shape is not None and value.ndim != len(self.shape):

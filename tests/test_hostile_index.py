@@ -15,12 +15,25 @@ import pytest
 
 import hostile as h
 from hostile_corpus import COMPRESSIONS, Case, Expect, member, registrar, reject, trap_payload
-from neurocodec.errors import ShardError
+from neurocodec.errors import DatasetError, ShardError
 
 pytestmark = pytest.mark.timeout(120)
 
 CASES: list[Case] = []
 case = registrar(CASES)
+
+
+def npy_padded_to(data: bytes, size: int) -> bytes:
+    """NPY 1.0 bytes `data` with its header's space padding grown or shrunk so that the whole is
+    `size` bytes (the payload untouched). The manifest requires an index of exactly the size its
+    sample count implies: a damaged index must keep that size to reach the checks behind it."""
+    assert data[6] == 1
+    hlen = int.from_bytes(data[8:10], "little")
+    body, rest = data[10:10 + hlen].rstrip(b" \n"), data[10 + hlen:]
+    pad = size - 10 - len(body) - 1 - len(rest)
+    assert pad >= 0, f"cannot fit {len(data)} bytes into {size}"
+    body += b" " * pad + b"\n"
+    return data[:8] + len(body).to_bytes(2, "little") + body + rest
 
 
 # -- truncation and bit flips ----------------------------------------------------------------------
@@ -35,17 +48,28 @@ def truncated_index_stale_manifest(root: Path, compression: str) -> Expect:
 
 @case("none", "gz")
 def truncated_index_manifest_fixed(root: Path, compression: str) -> Expect:
-    """Index cut short with its size and SHA-256 fixed in the manifest. Check: NPY payload size."""
+    """Index cut short with its size and SHA-256 fixed in the manifest. Check: the manifest's
+    index_bytes must be the exact size of an index of the shard's sample count."""
     path = h.index_file(root, 0)
     h.write_index_bytes(root, 0, path.read_bytes()[:-9])
+    return Expect(DatasetError, r"shards\[0\]\.index_bytes is 311, but the index of 2 samples of 3 members is "
+                                r"320 bytes", shard=None)
+
+
+@case("none", "gz")
+def index_rows_cut_header_padded(root: Path, compression: str) -> Expect:
+    """The last index row cut off and the header padded by as much: the right size, SHA-256
+    fixed. Check: NPY payload size against the header's shape."""
+    data = h.index_file(root, 0).read_bytes()
+    h.write_index_bytes(root, 0, npy_padded_to(data[:-32], len(data)))
     return Expect(ShardError, r"index shard_000000\.idx is malformed: NPY header declares shape")
 
 
 @case()
 def empty_index_manifest_fixed(root: Path, compression: str) -> Expect:
-    """Zero-byte index, manifest fixed. Check: NPY magic."""
+    """Zero-byte index, manifest fixed. Check: the manifest's exact index size."""
     h.write_index_bytes(root, 0, b"")
-    return Expect(ShardError, r"is malformed: not an NPY payload")
+    return Expect(DatasetError, r"shards\[0\]\.index_bytes is 0, but the index of 2 samples", shard=None)
 
 
 @case("none", "bz2")
@@ -63,7 +87,7 @@ def bit_flip_in_index_header_manifest_fixed(root: Path, compression: str) -> Exp
     at = data.index(b"<u8") + 2
     data[at] ^= 0x01  # '8' -> '9'
     h.write_index_bytes(root, 0, bytes(data))
-    return Expect(ShardError, r"is malformed: NPY dtype '<u9' is not valid")
+    return Expect(ShardError, r"is malformed: NPY dtype '<u9' is not a numeric dtype this format stores")
 
 
 # -- the index, tampered together with its SHA-256 in the manifest ---------------------------------
@@ -161,15 +185,23 @@ def index_as_int64(root: Path, compression: str) -> Expect:
 def index_big_endian(root: Path, compression: str) -> Expect:
     """Index rows stored big-endian. Check: index dtype."""
     h.write_index_bytes(root, 0, h.npy_bytes(h.read_index(root, 0).astype(">u8")))
-    return Expect(ShardError, r"is malformed: index has dtype")
+    return Expect(ShardError, r"is malformed: NPY dtype '>u8' is not a numeric dtype this format stores")
 
 
 @case()
 def index_extra_sample(root: Path, compression: str) -> Expect:
-    """An index with one row more than the shard's samples. Check: index shape."""
+    """An index with one row more than the shard's samples. Check: the manifest's exact index
+    size for the shard's sample count."""
     rows = h.read_index(root, 0)
     h.write_index(root, 0, np.concatenate([rows, rows[-1:]]))
-    return Expect(ShardError, r"is malformed: index has dtype uint64 and shape \(3, 3, 4\)")
+    return Expect(DatasetError, r"shards\[0\]\.index_bytes is 416, but the index of 2 samples", shard=None)
+
+
+@case()
+def index_rows_reshaped(root: Path, compression: str) -> Expect:
+    """The same 24 values as shape (3, 2, 4): the right size, SHA-256 fixed. Check: index shape."""
+    h.write_index(root, 0, h.read_index(root, 0).reshape(3, 2, 4))
+    return Expect(ShardError, r"is malformed: index has dtype uint64 and shape \(3, 2, 4\)")
 
 
 @case()
@@ -193,25 +225,30 @@ def index_fortran_order(root: Path, compression: str) -> Expect:
 
 @case()
 def index_pickled(root: Path, compression: str) -> Expect:
-    """The index replaced by a pickled object array (SHA-256 fixed). Check: NPY numeric dtype."""
+    """The index replaced by a pickled object array (`np.save(allow_pickle=True)`), cut or
+    padded to the index's exact size (the manifest requires it; the pickle of the trap is longer
+    than this small index when the path is long), SHA-256 fixed. Check: NPY numeric dtype, from
+    the header, before any payload byte is looked at."""
     payload, marker = trap_payload(root)
-    h.write_index_bytes(root, 0, payload)
+    size = h.index_file(root, 0).stat().st_size
+    h.write_index_bytes(root, 0, payload[:size] if len(payload) > size else npy_padded_to(payload, size))
     return Expect(ShardError, r"is malformed: NPY dtype '\|O' is not a numeric dtype")
 
 
 @case()
 def index_bytes_huge_in_manifest(root: Path, compression: str) -> Expect:
-    """The manifest says the index has 2**50 bytes. Check: index size (no 1 PiB read buffer)."""
+    """The manifest says the index has 2**50 bytes. Check: the manifest's exact index size (so
+    no 1 PiB read buffer either)."""
     doc = h.load_manifest(root)
     doc["shards"][0]["index_bytes"] = 1 << 50
     h.save_manifest(root, doc)
-    return Expect(ShardError, r"does not match the manifest's size and SHA-256")
+    return Expect(DatasetError, r"index_bytes is 1125899906842624, but the index of 2 samples", shard=None)
 
 
 @case()
 def index_not_npy(root: Path, compression: str) -> Expect:
-    """Random bytes as the index, SHA-256 fixed. Check: NPY magic."""
-    h.write_index_bytes(root, 0, np.random.default_rng(1).bytes(416))
+    """Random bytes of the index's size as the index, SHA-256 fixed. Check: NPY magic."""
+    h.write_index_bytes(root, 0, np.random.default_rng(1).bytes(h.index_file(root, 0).stat().st_size))
     return Expect(ShardError, r"is malformed: not an NPY payload")
 
 

@@ -60,7 +60,7 @@ NPY_CASES = {
     "datetime_dtype": (h.npy_bytes(np.zeros(32, dtype="M8[s]")), r"is not a numeric dtype"),
     "void_dtype": (h.npy_bytes(np.zeros(32, dtype="V4")), r"is not a numeric dtype"),
     "invalid_itemsize": (_npy_header("{'descr': '<f3', 'fortran_order': False, 'shape': (2, 16), }")
-                         + bytes(96), r"NPY dtype '<f3' is not valid"),
+                         + bytes(96), r"NPY dtype '<f3' is not a numeric dtype this format stores"),
     # Check: C order only.
     "fortran_order": (h.npy_bytes(np.asfortranarray(np.zeros((2, 16), "<f4"))), r"Fortran-ordered"),
     # Check: the header is parsed, never evaluated.
@@ -76,7 +76,8 @@ NPY_CASES = {
     "empty": (b"", r"bad magic"),
     # Check: decoded array against the manifest's dtype and shape.
     "dtype_float64_for_float32_field": (h.npy_bytes(np.zeros((2, 16), "<f8")), r"the manifest declares <f4"),
-    "big_endian_for_little_field": (h.npy_bytes(np.zeros((2, 16), ">f4")), r"the manifest declares <f4"),
+    "big_endian_for_little_field": (h.npy_bytes(np.zeros((2, 16), ">f4")),
+                                    r"NPY dtype '>f4' is not a numeric dtype this format stores"),
     "shape_transposed": (h.npy_bytes(np.zeros((16, 2), "<f4")), r"the manifest declares \(2, 16\)"),
     "extra_dimension": (h.npy_bytes(np.zeros((1, 2, 16), "<f4")), r"the manifest declares \(2, 16\)"),
     "scalar": (h.npy_bytes(np.float32(1)), r"the manifest declares \(2, 16\)"),

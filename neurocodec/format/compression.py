@@ -2,8 +2,9 @@
 
 Each member's payload is compressed on its own, so the per-shard index still points at any
 sample directly (a whole-file compressed tar could only be read from its start). Decompression
-is always bounded by the decoded size the index declares, so a decompression bomb costs at most
-what the manifest admits.
+is always bounded by the decoded size the index declares, itself at most the per-member ceiling
+(`neurocodec.format.limits.max_member_bytes`), so a decompression bomb costs at most what the
+manifest admits and never more than the ceiling.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import zlib
 from typing import Callable
 
 import zstandard
+
+from neurocodec.format import limits
 
 COMPRESSIONS = ("none", "zstd", "gz", "bz2", "xz")
 """Compression names accepted by the writer, in the order of the user guide plus zstd."""
@@ -57,11 +60,21 @@ def compressor(name: str, level: int | None = None) -> Callable[[bytes], bytes]:
     return lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, preset=lvl)
 
 
-def decompress(name: str, data: bytes | memoryview, expected_size: int) -> bytes | memoryview:
+def decompress(name: str, data: bytes | memoryview, expected_size: int,
+               max_member_bytes: int | None = None) -> bytes | memoryview:
     """Decompress `data` to exactly `expected_size` bytes, never producing more.
 
-    Raises DecompressionError on corrupt input, trailing garbage, or a size mismatch.
+    Raises DecompressionError on corrupt input, trailing garbage, or a size mismatch, and for an
+    `expected_size` that is negative or above the per-member ceiling (`max_member_bytes`,
+    default `limits.max_member_bytes()`), before decompressing anything: every decompressor
+    gets a positive bound.
     """
+    if type(expected_size) is not int:
+        expected_size = int(expected_size)  # numpy integers: compare as Python ints, no wrap-around
+    ceiling = limits.max_member_bytes(max_member_bytes)
+    if not 0 <= expected_size <= ceiling:
+        raise DecompressionError(f"decoded size {expected_size} is outside 0 to {ceiling} bytes "
+                                 "(the per-member ceiling, max_member_bytes)")
     if name == "none":
         if len(data) != expected_size:
             raise DecompressionError(f"payload is {len(data)} bytes, index says {expected_size}")

@@ -13,11 +13,17 @@ from typing import Any, Mapping
 
 import attrs
 
+from neurocodec import npy
 from neurocodec.errors import DatasetError
-from neurocodec.format import layout
+from neurocodec.format import layout, limits, tar
 from neurocodec.format.compression import COMPRESSIONS, SUFFIX
 
-MAX_MANIFEST_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 8 << 20
+"""The largest manifest a reader parses (8 MiB), refused by its size before it is read.
+
+A shard entry takes about 350 bytes, so this holds about 24,000 shards (2.4 TB of 100 MB
+shards). JSON parsing costs up to ~24 bytes of Python objects per byte of text (`[[],[],...]`),
+so a hostile manifest at the cap costs at most ~200 MiB and well under a second to refuse."""
 KINDS = ("array", "json", "text", "bytes")
 
 
@@ -112,13 +118,21 @@ class Manifest:
         return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes, source: str = layout.MANIFEST) -> "Manifest":
-        """Parse and strictly validate a manifest; errors name `source` and the bad entry."""
+    def from_json(cls, text: str | bytes, source: str = layout.MANIFEST, *,
+                  max_member_bytes: int | None = None) -> "Manifest":
+        """Parse and strictly validate a manifest; errors name `source` and the bad entry.
+
+        A field whose `max_raw_bytes` exceeds the per-member ceiling (`max_member_bytes`, see
+        `neurocodec.format.limits.max_member_bytes` for the default) is refused.
+        """
+        ceiling = limits.max_member_bytes(max_member_bytes)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise DatasetError(f"{source}: larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             doc = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise DatasetError(f"{source}: not valid JSON ({exc})") from None
-        return _parse(doc, source)
+        return _parse(doc, source, ceiling)
 
 
 def _need(cond: bool, source: str, what: str) -> None:
@@ -138,7 +152,7 @@ def _str(doc: Mapping, key: str, source: str, where: str) -> str:
     return value
 
 
-def _parse(doc: Any, source: str) -> Manifest:
+def _parse(doc: Any, source: str, ceiling: int) -> Manifest:
     _need(isinstance(doc, dict), source, "the manifest must be a JSON object")
     if doc.get("format") != layout.FORMAT_NAME:
         raise DatasetError(
@@ -155,7 +169,7 @@ def _parse(doc: Any, source: str) -> Manifest:
     _need(compression in COMPRESSIONS, source, f"unknown compression {compression!r}")
     fields_doc = doc.get("fields")
     _need(isinstance(fields_doc, list) and fields_doc, source, "fields must be a non-empty list")
-    fields = tuple(_parse_field(f, source, f"fields[{i}].") for i, f in enumerate(fields_doc))
+    fields = tuple(_parse_field(f, source, f"fields[{i}].", ceiling) for i, f in enumerate(fields_doc))
     names = [f.name for f in fields]
     _need(len(set(names)) == len(names), source, "field names repeat")
     _need(names[-1] == layout.METADATA_FIELD and fields[-1].kind == "json", source,
@@ -175,6 +189,8 @@ def _parse(doc: Any, source: str) -> Manifest:
     _need(len({s.name for s in shards}) == len(shards), source, "shard names repeat")
     _need(doc.get("total_shards", len(shards)) == len(shards), source,
           f"total_shards is {doc.get('total_shards')!r} but {len(shards)} shards are listed")
+    for i, shard in enumerate(shards):
+        _check_shard_sizes(shard, len(fields), source, f"shards[{i}].", ceiling)
     for key in ("writer", "extra", "created_with"):
         _need(isinstance(doc.get(key, {}), dict), source, f"{key} must be an object")
     return Manifest(
@@ -184,7 +200,7 @@ def _parse(doc: Any, source: str) -> Manifest:
     )
 
 
-def _parse_field(doc: Any, source: str, where: str) -> FieldSpec:
+def _parse_field(doc: Any, source: str, where: str, ceiling: int) -> FieldSpec:
     _need(isinstance(doc, dict), source, f"{where[:-1]} must be an object")
     name = _str(doc, "name", source, where)
     if name != layout.METADATA_FIELD:
@@ -202,17 +218,28 @@ def _parse_field(doc: Any, source: str, where: str) -> FieldSpec:
     dtype, shape = doc.get("dtype"), doc.get("shape")
     if kind == "array":
         _need(isinstance(dtype, str), source, f"{where}dtype must be a string for arrays")
+        # Exactly the writer's spellings: no np.dtype() on manifest text, no byte-order aliases.
+        _need(dtype in npy.DTYPES, source,
+              f"{where}dtype {dtype[:40]!r} of field {name!r} is not a dtype this format stores "
+              f"(one of {', '.join(npy.DTYPES)}; see docs/format.md)")
         _need(isinstance(shape, list) and all(d is None or (type(d) is int and d >= 0) for d in shape),
               source, f"{where}shape must be a list of lengths or nulls")
         shape = tuple(shape)
+    max_raw = _int(doc, "max_raw_bytes", source, where)
+    max_stored = _int(doc, "max_stored_bytes", source, where)
+    _need(max_stored <= tar.MAX_MEMBER_SIZE, source,
+          f"{where}max_stored_bytes of field {name!r} is {max_stored}, beyond the tar member limit")
+    _need(max_raw <= ceiling, source,
+          f"{where}max_raw_bytes: field {name!r} declares members of up to {max_raw} bytes decoded, above "
+          f"the per-member ceiling of {ceiling} bytes (raise it with max_member_bytes= or "
+          f"{limits.ENV_MAX_MEMBER_BYTES} if you trust this dataset)")
     return FieldSpec(
         name=name, modality=_str(doc, "modality", source, where), kind=kind, codec=codec,
         extension=extension, plugin=_str(doc, "plugin", source, where),
         plugin_version=_str(doc, "plugin_version", source, where),
         distribution=doc.get("distribution", "") if isinstance(doc.get("distribution", ""), str) else "",
         dtype=dtype if kind == "array" else None, shape=shape if kind == "array" else None,
-        max_raw_bytes=_int(doc, "max_raw_bytes", source, where),
-        max_stored_bytes=_int(doc, "max_stored_bytes", source, where),
+        max_raw_bytes=max_raw, max_stored_bytes=max_stored,
     )
 
 
@@ -230,3 +257,23 @@ def _parse_shard(doc: Any, source: str, where: str) -> ShardEntry:
     )
     _need(entry.samples > 0, source, f"{where}samples must be positive")
     return entry
+
+
+def _check_shard_sizes(entry: ShardEntry, members: int, source: str, where: str, ceiling: int) -> None:
+    """A shard's sample count must fit its declared sizes: every member takes at least a
+    512-byte header, and the index is exactly a (samples, members, 4) uint64 NPY file, read
+    whole, so at most the per-member ceiling. So a count can never size anything (an epoch's
+    order, an index read) beyond what the shard's declared sizes, checked against the files
+    before use, admit."""
+    least = limits.min_shard_bytes(entry.samples, members)
+    _need(entry.bytes >= least, source,
+          f"{where}bytes is {entry.bytes}, too few for {entry.samples} samples of {members} members "
+          f"(at least {least})")
+    index_bytes = limits.index_file_bytes(entry.samples, members)
+    _need(entry.index_bytes == index_bytes, source,
+          f"{where}index_bytes is {entry.index_bytes}, but the index of {entry.samples} samples of "
+          f"{members} members is {index_bytes} bytes")
+    _need(index_bytes <= ceiling, source,
+          f"{where}index of {entry.samples} samples of {members} members is {index_bytes} bytes, above the "
+          f"per-member ceiling of {ceiling} bytes that bounds every read (raise it with max_member_bytes= or "
+          f"{limits.ENV_MAX_MEMBER_BYTES} if you trust this dataset)")

@@ -10,12 +10,13 @@ from typing import Any, Iterator, Mapping
 
 import torch.utils.data
 
+from neurocodec.format.limits import check_local_shards
 from neurocodec.format.reader import Dataset
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.registry import Registry
-from neurocodec.storage.location import dataset_path
+from neurocodec.storage.location import dataset_path, is_remote
 
 log = logging.getLogger("neurocodec.loader")
 
@@ -161,6 +162,9 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
         self._dataset: Dataset | None = None
         self._pid = -1
         self._len = len(self._open())
+        if not is_remote(self.shard_dir):
+            # A sampler sizes its permutation by len(self): check the counts against the files.
+            check_local_shards(self.shard_dir, self._dataset.manifest)
 
     def _open(self) -> Dataset:
         if self._dataset is None or self._pid != os.getpid():

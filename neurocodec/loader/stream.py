@@ -7,6 +7,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from neurocodec.format.limits import check_local_shards
 from neurocodec.format.reader import read_manifest
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
@@ -33,6 +34,9 @@ class EpochStream:
     ) -> None:
         self.path = dataset_path(shard_dir)
         self.manifest = read_manifest(self.path, storage_options=storage_options)
+        if not is_remote(self.path):
+            # Sample counts size the epoch's order: check them against the files first.
+            check_local_shards(self.path, self.manifest)
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if type(buffer_size) is not int or buffer_size < 1:
