@@ -36,6 +36,7 @@ _EXPORTS = {
     "SampleError": "neurocodec.errors",
     "DatasetError": "neurocodec.errors",
     "DatasetExistsError": "neurocodec.errors",
+    "DatasetLockedError": "neurocodec.errors",
     "PluginError": "neurocodec.errors",
     "PluginLoadError": "neurocodec.errors",
     "DuplicateRegistrationError": "neurocodec.errors",

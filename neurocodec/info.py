@@ -12,11 +12,13 @@ from neurocodec.storage.location import dataset_path
 
 class ShardedDatasetInfo:
     """Summary of the dataset at `path` (a directory, or an fsspec URL opened with
-    `storage_options`): samples, shards, modalities, shapes, dtypes, bytes."""
+    `storage_options`): samples, shards, modalities, shapes, dtypes, bytes. A manifest declaring
+    members above `max_member_bytes` (see `Dataset`) is refused."""
 
-    def __init__(self, path: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
+                 max_member_bytes: int | None = None) -> None:
         self.path = dataset_path(path)
-        self.manifest = read_manifest(self.path, storage_options=storage_options)
+        self.manifest = read_manifest(self.path, storage_options=storage_options, max_member_bytes=max_member_bytes)
 
     def get_summary(self) -> dict[str, Any]:
         """A dict with total_samples, total_shards, modalities, shapes, dtypes, codecs, bytes,

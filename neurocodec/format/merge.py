@@ -8,7 +8,6 @@ produced the parts.
 
 from __future__ import annotations
 
-import mmap
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -22,18 +21,6 @@ from neurocodec.registry import Registry
 
 if TYPE_CHECKING:
     from neurocodec.storage.lock import OutputLock
-
-
-RELEASE_BYTES = 16 << 20
-
-
-def _release_pages(reader: object) -> None:
-    """Drop the copied pages of a shard's read-only mapping from this process's resident set
-    (they stay in the page cache and fault back in if read again): without this, merging parts
-    of any size would keep every byte copied resident until the shard is closed."""
-    mapping = getattr(reader, "_map", None)
-    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def merged_fields(datasets: Sequence[Dataset]) -> tuple[FieldSpec, ...]:
@@ -98,26 +85,21 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         extensions = [datasets[0].manifest.member_extension(f) for f in fields]
         for ds in datasets:
             for number, entry in enumerate(ds.shards):
-                reader, copied = ds.shard(number), 0
+                reader = ds.shard(number)
                 for local in range(entry.samples):
                     if current is None:
                         started = len(shards) + (commits.in_flight if commits else 0)
                         current = ShardFileWriter(out, started, count, len(fields), fsync=fsync)
                     key = layout.sample_key(count)
                     stored = [reader.stored_payload(local, c) for c in range(len(fields))]
-                    payloads = [bytes(p) for p, _ in stored]
+                    payloads = [p for p, _ in stored]  # views of buffers the reader read: no copy
                     raw_sizes = [r for _, r in stored]
                     current.add_sample([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
                                        payloads, raw_sizes)
-                    copied += sum(map(len, payloads))
-                    if copied >= RELEASE_BYTES:
-                        _release_pages(reader)
-                        copied = 0
                     count += 1
                     if current.samples == shard_size:
                         close_current()
                         current = None
-                _release_pages(reader)
         if current is not None:
             close_current()
             current = None

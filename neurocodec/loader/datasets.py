@@ -53,13 +53,14 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         rank: int | None = None, world_size: int | None = None, chunk_size: int | None = None,
         on_error: str = "raise", verify: str = "crc", registry: Registry | None = None, epoch: int = 0,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
+        max_member_bytes: int | None = None,
     ) -> None:
         super().__init__()
         self.stream = EpochStream(
             shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
             drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
-            storage_options=storage_options, cache=cache,
+            storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes,
         )
         self.shard_dir = self.stream.path
 
@@ -155,10 +156,11 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
                  registry: Registry | None = None, tensors: bool = True,
-                 storage_options: Mapping[str, Any] | None = None, cache: Any = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None, cache: Any = None,
+                 max_member_bytes: int | None = None) -> None:
         self.shard_dir = dataset_path(shard_dir)
         self._verify, self._registry, self.tensors = verify, registry, tensors
-        self._storage_options, self._cache = storage_options, cache
+        self._storage_options, self._cache, self._max_member_bytes = storage_options, cache, max_member_bytes
         self._dataset: Dataset | None = None
         self._pid = -1
         self._len = len(self._open())
@@ -169,7 +171,8 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
     def _open(self) -> Dataset:
         if self._dataset is None or self._pid != os.getpid():
             self._dataset = Dataset(self.shard_dir, verify=self._verify, registry=self._registry,
-                                    storage_options=self._storage_options, cache=self._cache)
+                                    storage_options=self._storage_options, cache=self._cache,
+                                    max_member_bytes=self._max_member_bytes)
             self._pid = os.getpid()
         return self._dataset
 

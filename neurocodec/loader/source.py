@@ -23,11 +23,12 @@ class SampleSource:
     raising; `skipped` counts them in this process. A URL dataset reads through `cache`."""
 
     def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
-                 storage_options: Mapping[str, Any] | None = None, cache: Any = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None, cache: Any = None,
+                 max_member_bytes: int | None = None) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
-        self.storage_options, self.cache = storage_options, cache
+        self.storage_options, self.cache, self.max_member_bytes = storage_options, cache, max_member_bytes
         self._dataset: Dataset | None = None
         self._pid = -1
         self._bad_shards: dict[int, ShardError] = {}
@@ -43,7 +44,8 @@ class SampleSource:
         """This process's open dataset."""
         if self._dataset is None or self._pid != os.getpid():
             self._dataset = Dataset(self.path, registry=self.registry, verify=self.verify,
-                                    storage_options=self.storage_options, cache=self.cache)
+                                    storage_options=self.storage_options, cache=self.cache,
+                                    max_member_bytes=self.max_member_bytes)
             self._pid = os.getpid()
             self._bad_shards = {}
         return self._dataset
@@ -57,11 +59,11 @@ class SampleSource:
                 if number in self._bad_shards:
                     raise self._bad_shards[number]
                 try:
-                    reader = ds.shard(number)
+                    ds.shard(number)
                 except ShardError as exc:
                     self._bad_shards[number] = exc
                     raise
-                sample = reader.read_sample(local)
+                sample = ds.read_local(number, local)
             except ShardError as exc:
                 if self.on_error == "raise":
                     err = ShardError(f"{exc} (reading sample {sample_id} of {self.path})")

@@ -7,6 +7,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from neurocodec.format import limits
 from neurocodec.format.limits import check_local_shards
 from neurocodec.format.reader import read_manifest
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
@@ -31,9 +32,11 @@ class EpochStream:
         batch_size: int, drop_last: bool, rank: int | None, world_size: int | None,
         chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
+        max_member_bytes: int | None = None,
     ) -> None:
         self.path = dataset_path(shard_dir)
-        self.manifest = read_manifest(self.path, storage_options=storage_options)
+        max_member_bytes = limits.max_member_bytes(max_member_bytes)
+        self.manifest = read_manifest(self.path, storage_options=storage_options, max_member_bytes=max_member_bytes)
         if not is_remote(self.path):
             # Sample counts size the epoch's order: check them against the files first.
             check_local_shards(self.path, self.manifest)
@@ -57,7 +60,8 @@ class EpochStream:
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         self.rank, self.world_size = rank, world_size
         self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry,
-                                   storage_options=storage_options, cache=cache)
+                                   storage_options=storage_options, cache=cache,
+                                   max_member_bytes=max_member_bytes)
         self.epoch, self.position, self.skipped = int(epoch), 0, 0
 
     @property
