@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from neurocodec import __version__
-from neurocodec.errors import NeurocodecError, SampleError, WriterClosedError
-from neurocodec.format import layout
+from neurocodec.errors import DatasetError, NeurocodecError, SampleError, WriterClosedError
+from neurocodec.format import layout, limits
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
-from neurocodec.format.manifest import Manifest, ShardEntry
+from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
@@ -40,7 +41,9 @@ class WebDatasetWriter:
     Options: `modality_options` maps a field to its plugin's options (for example
     `{"lfp": {"dtype": "float16"}}`), `compression_level` tunes the compressor, `fsync=False`
     skips flushing to disk (faster, not crash-safe), `dataset_metadata` is stored in the
-    manifest's `extra` section, `registry` replaces the installed plugins.
+    manifest's `extra` section, `registry` replaces the installed plugins, `max_member_bytes`
+    is the ceiling on one member's encoded size (the readers' default, `neurocodec.format.limits`:
+    a larger member is refused here rather than written and refused by every reader).
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`:
     shards are then staged in a local temp directory, each uploaded when finished, and the
@@ -52,11 +55,12 @@ class WebDatasetWriter:
         overwrite: bool = False, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
         compression_level: int | None = None, fsync: bool = True,
         dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None, max_member_bytes: int | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
         self.compression = check_compression(compression)
+        self.max_member_bytes = limits.max_member_bytes(max_member_bytes)
         self._output: DatasetOutput | None = None
         self.shard_size = shard_size
         self.fsync = fsync
@@ -67,6 +71,7 @@ class WebDatasetWriter:
         self._compress = compressor(compression, compression_level)
         self._schema = Schema(self.registry, self.modality_options)
         self._shards: list = []
+        self._shard_entry_bytes = 0  # what the shard entries will take in the manifest
         self._current: ShardFileWriter | None = None
         self._commits = BackgroundCommits()
         self._count = 0
@@ -155,6 +160,11 @@ class WebDatasetWriter:
                 raw = state.codec.encode(prepared)
             except (TypeError, ValueError) as exc:
                 raise SampleError(f"{field}: codec {state.codec.codec_id!r} cannot encode it: {exc}") from None
+            if len(raw) > self.max_member_bytes:
+                raise SampleError(
+                    f"{field}: encodes to {len(raw)} bytes, more than the {self.max_member_bytes} one member "
+                    f"may hold (max_member_bytes, or {limits.ENV_MAX_MEMBER_BYTES}); split it over samples, "
+                    "or raise the ceiling here and wherever the dataset is read")
             names.append(layout.member_name(key, state.name, state.codec.extension + SUFFIX[self.compression]))
             payloads.append(self._compress(raw))
             raws.append(len(raw))
@@ -179,6 +189,12 @@ class WebDatasetWriter:
         if entry is not None:
             self._shards.append(entry)
             self._output.shard_done(entry)
+            # Fail as soon as the manifest is bound to exceed what readers accept, not at the end.
+            self._shard_entry_bytes += len(json.dumps(entry.to_dict(), indent=1)) + _ENTRY_INDENT
+            if self._shard_entry_bytes > MAX_MANIFEST_BYTES:
+                raise DatasetError(
+                    f"{self.output_dir}: {len(self._shards)} shards would make a manifest larger than the "
+                    f"{MAX_MANIFEST_BYTES} bytes readers accept; write fewer, larger shards (shard_size)")
 
     # -- ending -------------------------------------------------------------------------------
     def finalize(self) -> dict[str, Any]:
@@ -252,6 +268,10 @@ class WebDatasetWriter:
     def samples_written(self) -> int:
         """Samples written so far."""
         return self._count
+
+
+_ENTRY_INDENT = 24
+"""Bytes a shard entry takes in the manifest beyond its own JSON: its deeper indentation."""
 
 
 def create_shards_from_arrays(

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
-from neurocodec.format.manifest import Manifest, ShardEntry
+from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.storage.local_output import LocalOutput
 from neurocodec.storage.location import Location, dataset_path, is_remote
 from neurocodec.storage.lock import OutputLock
@@ -161,7 +161,10 @@ class DatasetOutput:
         self._uploaded += 1
 
     def write_manifest(self, manifest: Manifest) -> None:
-        """Write the manifest, last (replacing the old dataset if any); end the output."""
+        """Write the manifest, last (replacing the old dataset if any); end the output.
+        DatasetError, before anything is written, for a manifest readers would refuse as too
+        large (too many shards)."""
+        check_manifest_size(manifest, self.target)
         if self._local is not None:
             self._local.write_manifest(manifest)
             return
@@ -234,3 +237,12 @@ def local_staging_dir(url: str, kind: str) -> Path:
     base = Path(os.environ["NEUROCODEC_STAGING_DIR"]) if os.environ.get("NEUROCODEC_STAGING_DIR") \
         else default_cache_dir().parent / "staging"
     return base / f"{kind}-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def check_manifest_size(manifest: Manifest, target: Any) -> None:
+    """DatasetError unless `manifest` fits the size readers accept (`MAX_MANIFEST_BYTES`)."""
+    size = len(manifest.to_json().encode())
+    if size > MAX_MANIFEST_BYTES:
+        raise DatasetError(
+            f"{target}: the manifest of {len(manifest.shards)} shards would be {size} bytes, more than "
+            f"the {MAX_MANIFEST_BYTES} readers accept; write fewer, larger shards (a larger shard_size)")
