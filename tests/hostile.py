@@ -415,3 +415,73 @@ def bomb(name: str, total: int, **options: Any) -> bytes:
     if name == "zstd":
         return zstd_rle_frame(total, declared=total)
     return {"gz": gzip_bomb, "bz2": bz2_bomb, "xz": xz_bomb}[name](total, **options)
+
+
+# -- structural forgeries: payloads of any declared dtype and shape, and value fingerprints ----------
+
+def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The NPY 1.0 header numpy itself writes for an array of `dtype` and `shape`.
+
+    Any dtype is allowed (object, strings, datetimes, StringDType...), so that a forged payload
+    agrees byte for byte with what a reader expects for a forged manifest dtype. StringDType
+    has no portable descr; its `dtype.str` is what a reader comparing headers would build.
+    """
+    dtype = np.dtype(dtype)
+    descr = dtype.str if dtype.kind == "T" else np.lib.format.dtype_to_descr(dtype)
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    return out.getvalue()
+
+
+def forged_npy(dtype: np.dtype, shape: tuple[int, ...], body: bytes) -> bytes:
+    """A payload claiming `dtype` and `shape` (numpy's header) followed by `body` verbatim."""
+    return npy_header(dtype, shape) + body
+
+
+def set_field_payloads(root: Path, field: str, raws: dict[int, bytes], compression: str) -> None:
+    """Replace the `field` member of the samples in `raws` (global index -> decoded bytes),
+    compressed as the dataset compresses, with everything around them made consistent
+    (headers, index rows, limits, sizes and SHA-256s; see `write_members`)."""
+    doc = load_manifest(root)
+    for shard, entry in enumerate(doc["shards"]):
+        first, count = entry["first_sample"], entry["samples"]
+        mine = {i - first: raw for i, raw in raws.items() if first <= i < first + count}
+        if not mine:
+            continue
+        members = read_members(root, shard)
+        for local, raw in mine.items():
+            position = member_position(root, shard, local, field)
+            payload = compress(compression, raw)
+            members[position] = Member(ustar_header(members[position].name, len(payload)), payload, len(raw))
+        write_members(root, shard, members)
+
+
+def stored_array(root: Path, shard: int, local: int, field: str, compression: str) -> np.ndarray:
+    """The array a (valid) `.npy` member holds as stored (packed dtype included), read by numpy."""
+    m = read_members(root, shard)[member_position(root, shard, local, field)]
+    return np.load(io.BytesIO(decompress(compression, m.payload)), allow_pickle=False)
+
+
+def digest(value: Any) -> list:
+    """A JSON-comparable fingerprint of one decoded value.
+
+    Arrays (and torch tensors, through `.numpy()`) by dtype, shape and SHA-256 of their bytes;
+    other values by their sorted JSON text, or their repr. Every element of an array is
+    touched first (`tolist`, flat; `repr` of a large one), as a user's code would: an object array
+    over forged pointers crashes here, in the process that read it.
+    """
+    if type(value).__module__.startswith("torch"):
+        value = value.numpy()
+    if isinstance(value, np.ndarray):
+        value.reshape(-1).tolist() if value.size <= 1 << 16 else repr(value)
+        data = np.ascontiguousarray(value).tobytes()
+        return ["array", value.dtype.str, list(value.shape), hashlib.sha256(data).hexdigest()]
+    try:
+        return ["value", type(value).__name__, json.dumps(value, sort_keys=True)]
+    except (TypeError, ValueError):
+        return ["value", type(value).__name__, repr(value)]
+
+
+def digest_sample(sample: dict[str, Any]) -> dict[str, list]:
+    """`digest` of every field of a sample (`__key__` included)."""
+    return {name: digest(value) for name, value in sample.items()}
