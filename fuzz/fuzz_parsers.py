@@ -1,0 +1,213 @@
+"""Coverage-guided fuzzing of neurocodec's parsers of untrusted bytes, with atheris (libFuzzer).
+
+Four targets, each fed raw bytes (a dataset file, or a part of one):
+
+    manifest  neurocodec.format.manifest.Manifest.from_json   may raise DatasetError
+    index     neurocodec.format.index.decode, then validate   decode may raise ValueError;
+                                                              validate returns, never raises
+    tar       neurocodec.format.tar.parse_header              may raise HeaderError
+    npy       neurocodec.npy.decode                           may raise NpyError
+
+A finding is any other exception, a crash, or a broken invariant of what a parser accepts (a
+manifest or NPY header accepted with a dtype the format does not store, an array whose bytes
+are not its payload, a header with a name or size it cannot hold). See fuzz/README.md.
+
+    python fuzz/fuzz_parsers.py TARGET [libFuzzer options] [CORPUS_DIR ...]   # needs atheris
+    python fuzz/fuzz_parsers.py TARGET --replay DIR_OR_FILE ...               # no atheris
+
+An index input starts with a 27-byte little-endian prefix giving the parameters the reader
+would take from the manifest and the file system (`INDEX_PREFIX`: samples u16, members u8,
+shard file size u64, largest decoded and stored member sizes u64), then the index file's bytes.
+A tar input is one header block: the first 512 bytes, zero-padded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+import sys
+from pathlib import Path
+from typing import Callable
+
+INDEX_PREFIX = struct.Struct("<HBQQQ")
+BLOCK = 512
+STORED_KINDS = {"b": 1, "i": 8, "u": 8, "f": 8, "c": 16}  # largest itemsize the format stores per kind
+
+
+def _storable(dtype) -> bool:
+    """The format's dtypes, judged independently of neurocodec: bool, integers, floats up to
+    64 bits, complex up to 128, plain (no fields, no sub-array), not big-endian."""
+    return (dtype.kind in STORED_KINDS and dtype.fields is None and dtype.subdtype is None
+            and dtype.itemsize <= STORED_KINDS[dtype.kind] and dtype.byteorder != ">")
+
+
+def target_manifest(data: bytes) -> bool:
+    """Parse a manifest; what it accepts must re-serialise and parse back equal, with dtypes
+    the format stores. Returns whether it was accepted."""
+    import numpy as np
+
+    from neurocodec.errors import DatasetError
+    from neurocodec.format.manifest import Manifest
+
+    try:
+        manifest = Manifest.from_json(data)
+    except DatasetError:
+        return False
+    for field in manifest.fields:
+        if field.kind == "array":
+            assert _storable(np.dtype(field.dtype)), f"manifest accepted dtype {field.dtype!r}"
+    assert Manifest.from_json(manifest.to_json()) == manifest, "manifest does not round-trip"
+    return True
+
+
+def target_index(data: bytes) -> bool:
+    """Decode an index with the prefix's parameters, then validate it: validate must return
+    None or a reason, never raise. Returns whether it decoded and validated."""
+    import numpy as np
+
+    from neurocodec.format import index
+
+    if len(data) < INDEX_PREFIX.size:
+        return False
+    samples, members, file_size, max_raw, max_stored = INDEX_PREFIX.unpack_from(data)
+    try:
+        rows = index.decode(data[INDEX_PREFIX.size:], samples, members)
+    except ValueError:
+        return False
+    assert rows.shape == (samples, members, index.COLUMNS) and rows.dtype == np.dtype("<u8")
+    problem = index.validate(rows, file_size, np.full(members, max_raw, dtype=np.uint64),
+                             np.full(members, max_stored, dtype=np.uint64))
+    assert problem is None or isinstance(str(problem), str)
+    return problem is None
+
+
+def target_tar(data: bytes) -> bool:
+    """Parse one header block; what it accepts has a short ASCII name and a size in range.
+    Returns whether it was accepted."""
+    from neurocodec.format import tar
+
+    block = (bytes(data[:BLOCK]) + bytes(BLOCK))[:BLOCK]
+    try:
+        header = tar.parse_header(block)
+    except tar.HeaderError:
+        return False
+    assert 0 < len(header.name) < tar.MAX_NAME and header.name.isascii() and "\0" not in header.name
+    assert 0 <= header.size < 8**12
+    return True
+
+
+def target_npy(data: bytes) -> bool:
+    """Parse an NPY payload; what it accepts is an array of a stored dtype over exactly the
+    payload's last bytes. Returns whether it was accepted."""
+    from neurocodec import npy
+
+    try:
+        array = npy.decode(data)
+    except npy.NpyError:
+        return False
+    assert _storable(array.dtype), f"npy accepted dtype {array.dtype.str!r}"
+    raw = array.tobytes(order="A")
+    assert array.nbytes == len(raw) and (not raw or bytes(data).endswith(raw))
+    return True
+
+
+TARGETS: dict[str, Callable[[bytes], bool]] = {
+    "manifest": target_manifest, "index": target_index, "tar": target_tar, "npy": target_npy,
+}
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def replay(target: str, paths: list[Path]) -> int:
+    """Feed every file under `paths` to `target` (no atheris); print and count the findings."""
+    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    findings = 0
+    for f in files:
+        try:
+            TARGETS[target](f.read_bytes())
+        except Exception as exc:  # every exception that escapes a target is a finding
+            findings += 1
+            print(f"FINDING {target} {f}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(f"{target}: {len(files)} inputs replayed, {findings} findings")
+    return findings
+
+
+JSON_VALUES = (0, 1, -1, 2, 2**31, 2**32 + 7, 2**63 - 1, 2**63, 2**63 + 5, 2**64 - 1, 2**64, 10**30, 0.5,
+               None, True, False, "", "x" * 40, [], {}, [None], [2, None], [-1, 8], [2**63, 2**63],
+               "|O", "O", "S8", "U4", "V8", "M8[ns]", "m8", ">f4", "<f16", "c32", "T", "<f4,<i4", "(2,)f4",
+               "<f4", "<i8", "|u1", "npy", "json", "zstd", "array", "../x", "shard_000001.tar")
+
+
+def _slots(node, out: list) -> list:
+    """(container, key) of every value in a JSON document."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        out.append((node, key))
+        _slots(value, out)
+    return out
+
+
+def mutate_manifest(data: bytes, max_size: int, seed: int) -> bytes:
+    """atheris custom mutator for `manifest`: mostly structure-aware (a value replaced by a
+    boundary integer, a dtype string or another JSON value; an integer nudged; a key deleted),
+    so that inputs stay JSON and reach the checks; sometimes libFuzzer's byte mutations."""
+    import json
+    import random
+
+    import atheris
+
+    rng = random.Random(seed)
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        doc = None
+    slots = _slots(doc, []) if isinstance(doc, (dict, list)) else []
+    if not slots or rng.random() < 0.2:
+        return atheris.Mutate(data, max_size)
+    for _ in range(rng.randint(1, 3)):
+        node, key = rng.choice(slots)
+        if isinstance(node, dict) and rng.random() < 0.1:
+            node.pop(key, None)
+            break
+        value = node[key]
+        if type(value) is int and rng.random() < 0.3:
+            node[key] = value + rng.choice((-1, 1, -512, 512, 2**32))
+        else:
+            node[key] = rng.choice(JSON_VALUES)
+    out = json.dumps(doc).encode()
+    return out if len(out) <= max_size else atheris.Mutate(data, max_size)
+
+
+def fuzz(target: str, libfuzzer_args: list[str]) -> None:
+    """Run atheris on `target` (argument handling and corpus directories are libFuzzer's)."""
+    import atheris
+
+    with atheris.instrument_imports(include=["neurocodec"]):  # imported here to be instrumented
+        for module in ("neurocodec.errors", "neurocodec.format.index", "neurocodec.format.manifest",
+                       "neurocodec.format.tar", "neurocodec.npy"):
+            importlib.import_module(module)
+    mutator = mutate_manifest if target == "manifest" else None
+    atheris.Setup([sys.argv[0], *libfuzzer_args], TARGETS[target], custom_mutator=mutator)
+    atheris.Fuzz()
+
+
+def main(argv: list[str]) -> int:
+    """`TARGET [--replay PATH ...] | TARGET [libFuzzer args]`; `all --replay` replays every
+    target over its own corpus directory."""
+    if len(argv) < 1 or argv[0] not in (*TARGETS, "all"):
+        print(__doc__, file=sys.stderr)
+        print(f"usage: fuzz_parsers.py {{{','.join(TARGETS)}}} [--replay PATH ...]", file=sys.stderr)
+        return 2
+    target, rest = argv[0], argv[1:]
+    if rest[:1] == ["--replay"]:
+        if target == "all":
+            return int(sum(replay(t, [CORPUS / t]) for t in TARGETS) > 0)
+        return int(replay(target, [Path(p) for p in rest[1:]] or [CORPUS / target]) > 0)
+    if target == "all":
+        print("fuzz one target at a time; `all` is for --replay", file=sys.stderr)
+        return 2
+    fuzz(target, rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
