@@ -148,6 +148,8 @@ def npy_seeds(root: Path, dataset_npy: list[bytes]) -> dict[str, bytes]:
         "hostile-float128": npy_header("<f16", (2,)) + bytes(32),
         "hostile-shape-mismatch": npy_header("<f4", (2, 9)) + bytes(64),
         "hostile-huge-shape": npy_header("<f4", (2**62, 2**62)) + bytes(64),
+        "hostile-zero-size-huge-dims": npy_header("<f4", (2**63, 0)),  # found by atheris: numpy's ValueError escaped
+        "hostile-zero-size-dims-overflow": npy_header("<f4", (2**40, 2**40, 0)),
         "hostile-header-length": b"\x93NUMPY\x02\x00" + (2**31).to_bytes(4, "little") + bytes(64),
         "hostile-version-9": b"\x93NUMPY\x09\x00" + bytes(64),
     })

@@ -159,9 +159,14 @@ def _parse_header(raw: bytes, major: int) -> tuple[np.dtype, tuple[int, ...], in
         raise NpyError(f"NPY dtype {descr!r} is not a numeric dtype this format stores "
                        f"(one of {', '.join(DTYPES)})")
     shape = _parse_shape(match["shape"])
-    count = 1
+    count, extent = 1, dtype.itemsize
     for dim in shape:
         count *= dim
+        extent *= max(dim, 1)
+    # numpy refuses shapes whose non-zero lengths span 2**63 bytes or more, even when another
+    # length is 0 (an empty array): refuse them here, in this module's own error.
+    if extent >= 1 << 63:
+        raise NpyError(f"NPY shape {shape} of {dtype} is larger than any array numpy can describe")
     return dtype, shape, count, match["fortran"] == "True"
 
 

@@ -60,7 +60,10 @@ class ShardFile:
     def span(self, start: int, end: int) -> np.ndarray:
         """The bytes [start, end) of the file in a read-only buffer of its own (ShardError if the
         file now ends before `end`)."""
-        buffer = np.empty(end - start, dtype=np.uint8)
+        try:
+            buffer = np.empty(end - start, dtype=np.uint8)
+        except MemoryError:
+            raise ShardError(f"no memory to read bytes {start} to {end}", shard=self.name) from None
         done = 0
         while done < len(buffer):
             got = self._preadv(buffer[done:] if done else buffer, start + done)

@@ -160,6 +160,9 @@ class ShardReader:
                     payload = decompress(self._compression, payload, raw, self._max_member_bytes)
                 except ValueError as exc:
                     raise ShardError(str(exc), shard=self.name, member=member) from None
+                except MemoryError:
+                    raise ShardError(f"no memory for the {raw} bytes it decodes to", shard=self.name,
+                                     member=member) from None
             try:
                 sample[name] = decode(payload)
             except NeurocodecError:
