@@ -233,7 +233,11 @@ def test_sigkill_at_random_moments(tmp_path, seed):
             lines.append(line)
         time.sleep(rng.uniform(0, 0.02))
         proc.send_signal(signal.SIGKILL)
-        rest, _err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        # Read on through the same buffered stream: communicate() would read the pipe beneath
+        # it and lose what readline() has already buffered (lines the child did print).
+        rest = proc.stdout.read()
+        proc.stderr.read()
         written = sum(line.strip().isdigit() for line in lines + rest.splitlines())
         state = which(root, {"old": case.OLD[:2], "new": case.NEW[:2]})
         if written < count:  # it died before finalize() began
