@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 TEMP_SUFFIX = ".tmp"
 
@@ -30,17 +31,12 @@ def fsync_dir(directory: Path) -> None:
 
 def atomic_write_bytes(final: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write `data` to `final` so that readers see either nothing or all of it."""
-    tmp = temp_path(final)
-    try:
+    def fill(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            _flush(f, fsync)
+
+    _replace_atomically(final, fill)
 
 
 def is_temp_name(name: str) -> bool:
@@ -51,18 +47,31 @@ def is_temp_name(name: str) -> bool:
 def atomic_link_or_copy(source: Path, final: Path, *, fsync: bool = True) -> None:
     """Make `final` a file with the bytes of `source`, atomically (replacing what `final` was):
     a hard link where the filesystem has them, else a copy (fsynced), renamed into place."""
-    tmp = temp_path(final)
-    tmp.unlink(missing_ok=True)
-    try:
+    def fill(tmp: Path) -> None:
         try:
             os.link(source, tmp)
         except OSError:
             with open(source, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-                if fsync:
-                    dst.flush()
-                    os.fsync(dst.fileno())
+                _flush(dst, fsync)
+
+    _replace_atomically(final, fill)
+
+
+def _replace_atomically(final: Path, fill: Callable[[Path], None]) -> None:
+    """Let `fill` make a temp file beside `final`, then rename it into place; on any failure
+    the temp file is removed and `final` is untouched."""
+    tmp = temp_path(final)
+    tmp.unlink(missing_ok=True)
+    try:
+        fill(tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _flush(f: Any, fsync: bool) -> None:
+    if fsync:
+        f.flush()
+        os.fsync(f.fileno())

@@ -36,20 +36,10 @@ from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import DatasetExistsError
 from neurocodec.format.merge import merge_datasets
 from neurocodec.storage.cache import ShardCache
+from test_atomicity import SAMPLE_SOURCE  # the same samples as the plain writer kill tests
 
 pytestmark = pytest.mark.timeout(600)
 MANIFEST = "dataset_metadata.json"
-
-SAMPLE_SOURCE = '''
-import numpy as np
-
-def make_sample(seed, i):
-    """Sample `i` of the run with `seed`: arrays, a string, and metadata."""
-    rng = np.random.default_rng([seed, i])
-    fields = {"spikes": rng.poisson(2, (8, 16)), "lfp": rng.standard_normal((4, 64)).astype("f4"),
-              "note": "sample %d of seed %d" % (i, seed)}
-    return fields, {"i": i, "seed": seed}
-'''
 
 WRITER_SOURCE = r'''
 import json, os, signal, sys
