@@ -64,7 +64,8 @@ def create_plugin_manager(
 
     `entry_points` loads the installed plugins; `disabled` (default: from the environment) skips
     some by entry-point or distribution name; `plugins` adds (name, module-or-object) pairs
-    directly, as a test or an application embedding a private plugin would.
+    directly, as a test or an application embedding a private plugin would (one that is also
+    installed, and so already loaded, is not added twice).
     A plugin that fails to import raises PluginLoadError naming its distribution.
     """
     skip = disabled_from_env() if disabled is None else set(disabled)
@@ -96,9 +97,24 @@ def create_plugin_manager(
                 ) from exc
             add(ep.name, obj, PluginInfo(ep.name, dist, version, ep.value))
     for name, obj in plugins:
+        if pm.is_registered(obj):
+            continue  # installed and loaded from its entry point already (a plugin's own tests)
         module = getattr(obj, "__name__", type(obj).__name__)
         add(name, obj, PluginInfo(name, "", "", module))
+    _check_hook_names(pm, infos)
     return pm, infos
+
+
+def _check_hook_names(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
+    """PluginError naming the plugin for a hook implementation no spec declares (a misspelled
+    `neurocodec_*` function would otherwise be silently never called)."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin)
+        origin = infos[name].origin if name in infos else repr(exc.plugin)
+        raise PluginError(f"plugin {name!r} ({origin}): {exc}; the hooks are "
+                          f"{', '.join(sorted(h for h in dir(hookspecs) if h.startswith('neurocodec_')))}") from None
 
 
 def build_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], *, trace: bool = False) -> Registry:

@@ -9,6 +9,7 @@ import attrs
 
 from neurocodec.codecs import Codec, CodecError
 from neurocodec.errors import DuplicateRegistrationError, PluginError, UnknownCodecError, UnknownModalityError
+from neurocodec.format import layout
 from neurocodec.modality import ModalitySpec
 
 log = logging.getLogger("neurocodec.plugins")
@@ -74,6 +75,9 @@ class Registry:
         """Register a modality spec; a duplicate name is an error naming both plugins."""
         if not isinstance(spec, ModalitySpec):
             raise PluginError(f"plugin {plugin.name!r} registered {spec!r}, which is not a ModalitySpec")
+        problem = layout.field_name_problem(spec.name)
+        if problem is not None:  # a modality name is the default field name: the same rules
+            raise PluginError(f"plugin {plugin.name!r} registered modality {spec.name!r}: {problem}")
         if spec.name in self._modalities:
             other = self._modalities[spec.name].plugin
             raise DuplicateRegistrationError(
