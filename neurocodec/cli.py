@@ -53,6 +53,10 @@ def _plugins(args: argparse.Namespace) -> int:
         codecs = registry.codec_ids(p.name)
         if mods:
             print(f"    modalities: {', '.join(mods)}")
+            for name in mods:
+                description = registry.modality(name).description
+                if description:
+                    print(f"      {name:<12} {description}")
         if codecs:
             print(f"    codecs:     {', '.join(codecs)}")
     disabled = disabled_from_env()

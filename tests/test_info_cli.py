@@ -98,6 +98,12 @@ def test_cli_plugins(how):
     text = result.stdout
     assert "modalities: array, bytes, json, text" in text and "codecs:     bytes, json, npy, text" in text
     assert "modalities: spikes" in text
+    # each modality's description, from its plugin's registration
+    from neurocodec.plugins import load_registry
+
+    registry = load_registry()
+    for name in ("spikes", "lfp", "array"):
+        assert f"      {name:<12} {registry.modality(name).description}" in lines
 
 
 @pytest.mark.parametrize("command", ["info", "verify"])

@@ -21,3 +21,13 @@ def test_dependencies_admit_the_cpu_torch_and_never_pull_a_bare_torch():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch = [d for d in deps if d.startswith("torch")]
     assert torch and "<" in torch[0] and ">=" in torch[0], torch
+
+
+def test_every_install_hint_names_a_declared_extra():
+    """A hint like `pip install 'neurocodec[nifti]'` in the code must name an extra that exists."""
+    import re
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    hinted = {m for path in [*(ROOT / "neurocodec").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]
+              for m in re.findall(r"neurocodec\[([a-z0-9_-]+)\]", path.read_text())}
+    assert hinted and hinted <= extras, f"hints name undeclared extras: {sorted(hinted - extras)}"
