@@ -139,8 +139,11 @@ class Registry:
         self.modality(name)
         return self._modalities[name].plugin
 
-    def resolve(self, field: str, value: Any) -> ModalitySpec:
-        """The spec for a field: the modality of that name, else the first fallback accepting value."""
+    def resolve(self, field: str, value: Any, modality: str | None = None) -> ModalitySpec:
+        """The spec for a field: the modality it is mapped to (`modality`, which must be registered),
+        else the modality of the field's name, else the first fallback accepting value."""
+        if modality is not None:
+            return self.modality(modality)
         entry = self._modalities.get(field)
         if entry is not None and not entry.value.fallback:
             return entry.value
@@ -151,6 +154,14 @@ class Registry:
             f"field {field!r}: no registered modality of that name and no fallback accepts a "
             f"{type(value).__name__}"
         )
+
+    def nwb_extractor(self, modality: str) -> Any:
+        """The NWB extractor a plugin of this registry offers for `modality` (the first non-None
+        answer to the hook `neurocodec_nwb_extractor`), or None when no plugin reads it from NWB
+        files (or the registry was not built from plugins)."""
+        if self.plugin_manager is None:
+            return None
+        return self.plugin_manager.hook.neurocodec_nwb_extractor(modality=modality)
 
     # -- listing ------------------------------------------------------------------------------
     def plugins(self) -> list[PluginInfo]:

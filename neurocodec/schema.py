@@ -15,6 +15,7 @@ import numpy as np
 
 from neurocodec import npy
 from neurocodec.codecs import Codec
+from neurocodec.errors import UnknownModalityError
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.modality import ModalitySpec
@@ -72,12 +73,43 @@ class FieldState:
         )
 
 
-class Schema:
-    """The ordered fields of a dataset, fixed by its first sample."""
+def check_field_modalities(modalities: Mapping[str, str] | None, registry: Registry) -> dict[str, str]:
+    """Validate a field-to-modality mapping (`{"pupil_left": "behavior"}`) and return it as a dict.
 
-    def __init__(self, registry: Registry, options: Mapping[str, Mapping[str, Any]]) -> None:
+    Keys must be valid field names and values registered modality names: an unknown one is an
+    UnknownModalityError naming it and listing the installed modalities.
+    """
+    if modalities is None:
+        return {}
+    if not isinstance(modalities, Mapping):
+        raise TypeError(f"modalities must map field names to modality names, got {type(modalities).__name__}")
+    checked = {}
+    for field, modality in modalities.items():
+        problem = layout.field_name_problem(field)
+        if problem:
+            raise ValueError(f"modalities: {problem}")
+        if not isinstance(modality, str):
+            raise TypeError(f"modalities[{field!r}] must be a modality name, got {type(modality).__name__}")
+        try:
+            registry.modality(modality)
+        except UnknownModalityError as exc:
+            raise UnknownModalityError(f"modalities[{field!r}]: {exc}") from None
+        checked[field] = modality
+    return checked
+
+
+class Schema:
+    """The ordered fields of a dataset, fixed by its first sample.
+
+    A field takes the modality `modalities` maps it to (already checked by
+    `check_field_modalities`), else the modality registered under its name, else a fallback.
+    """
+
+    def __init__(self, registry: Registry, options: Mapping[str, Mapping[str, Any]],
+                 modalities: Mapping[str, str] | None = None) -> None:
         self.registry = registry
         self.options = options
+        self.modalities = dict(modalities or {})
         self.fields: dict[str, FieldState] | None = None
         self.metadata = FieldState(
             layout.METADATA_FIELD, registry.resolve(layout.METADATA_FIELD, {}),
@@ -88,11 +120,12 @@ class Schema:
         """Fix the field set from the first sample (sorted by name for a stable layout)."""
         fields = {}
         for name in sorted(sample):
-            spec = self.registry.resolve(name, sample[name])
+            spec = self.registry.resolve(name, sample[name], modality=self.modalities.get(name))
             fields[name] = FieldState(name, spec, self.registry.codec(spec.codec, field=name), self.registry)
-        unknown = set(self.options) - set(fields)
-        if unknown:
-            raise ValueError(f"modality_options name fields no sample has: {sorted(unknown)}")
+        for what, given in (("modalities", self.modalities), ("modality_options", self.options)):
+            unknown = set(given) - set(fields)
+            if unknown:
+                raise ValueError(f"{what} name fields no sample has: {sorted(unknown)}")
         for name, options in self.options.items():
             spec = fields[name].spec
             bad = sorted(set(options) - set(spec.options))

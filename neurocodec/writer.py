@@ -16,7 +16,7 @@ from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
-from neurocodec.schema import Schema
+from neurocodec.schema import Schema, check_field_modalities
 from neurocodec.storage.output import DatasetOutput
 
 
@@ -24,8 +24,12 @@ class WebDatasetWriter:
     """Writes samples into tar shards of `shard_size` samples plus a manifest.
 
     Every sample is a dict of field name to value (arrays, tensors, JSON values, str or bytes);
-    the modality plugin registered under a field's name decides how it is stored (see
-    `neurocodec plugins`), and unregistered names fall back to generic storage. All samples must
+    a modality plugin decides how each field is stored (see `neurocodec plugins`): the one
+    `modalities` maps the field to (`{"pupil_left": "behavior", "pupil_right": "behavior"}`, so
+    several fields can share one plugin), else the one registered under the field's name, else
+    generic storage. The manifest records each field's modality, and readers batch it by that.
+    A modality in `modalities` that no installed plugin registers is an UnknownModalityError here;
+    a field in it that the first sample lacks is a SampleError there. All samples must
     carry the same fields. `metadata` is stored per sample as `<key>.metadata.json`.
 
     Writes are atomic: shards appear under their final names only when complete, and
@@ -56,6 +60,7 @@ class WebDatasetWriter:
         compression_level: int | None = None, fsync: bool = True,
         dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
         storage_options: Mapping[str, Any] | None = None, max_member_bytes: int | None = None,
+        modalities: Mapping[str, str] | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -69,7 +74,8 @@ class WebDatasetWriter:
         self.dataset_metadata = dict(dataset_metadata or {})
         self.compression_level = compression_level
         self._compress = compressor(compression, compression_level)
-        self._schema = Schema(self.registry, self.modality_options)
+        self.modalities = check_field_modalities(modalities, self.registry)
+        self._schema = Schema(self.registry, self.modality_options, self.modalities)
         self._shards: list = []
         self._shard_entry_bytes = 0  # what the shard entries will take in the manifest
         self._current: ShardFileWriter | None = None
@@ -283,8 +289,10 @@ def create_shards_from_arrays(
 
     Everything is validated before anything is written: arrays (or tensors) of at least one
     dimension, numeric dtypes their modality accepts, one common first dimension, valid field
-    names, and one metadata dict per sample when `metadata` is given. `progress` shows a tqdm bar
-    (default: only on a terminal). Other keyword arguments go to `WebDatasetWriter`.
+    names, and one metadata dict per sample when `metadata` is given, and that `modalities` (a
+    field-to-modality mapping, as for `WebDatasetWriter`) names fields of `data_dict` and
+    installed modalities. `progress` shows a tqdm bar (default: only on a terminal). Other
+    keyword arguments go to `WebDatasetWriter`.
     """
     from tqdm.auto import tqdm
 
@@ -318,12 +326,14 @@ def create_shards_from_arrays(
             raise SampleError(f"metadata[{i}] must be a dict or None, got {type(entry).__name__}")
     registry = writer_options.get("registry") or default_registry()
     options = writer_options.get("modality_options") or {}
-    unknown = sorted(set(options) - set(arrays))
-    if unknown:
-        raise SampleError(f"modality_options name fields data_dict does not have: {unknown}")
+    modalities = check_field_modalities(writer_options.get("modalities"), registry)
+    for what, given in (("modalities", modalities), ("modality_options", options)):
+        unknown = sorted(set(given) - set(arrays))
+        if unknown:
+            raise SampleError(f"{what} name fields data_dict does not have: {unknown}")
     for name, array in arrays.items():
         # `array[i, ...]` keeps rows of 1-d arrays as 0-d arrays (`array[i]` is a numpy scalar).
-        spec = registry.resolve(name, array[0, ...])
+        spec = registry.resolve(name, array[0, ...], modality=modalities.get(name))
         for i in range(count):
             try:
                 spec.prepare(array[i, ...], options.get(name, {}))
