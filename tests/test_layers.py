@@ -1,0 +1,92 @@
+"""The layer contract, as far as the tree keeps it today (issue 12): imports go one way.
+
+Every `import` and `from ... import` in neurocodec/ is read from the source (module level,
+inside functions, and under TYPE_CHECKING alike: a function-level import is still a
+dependency). The leaves import no other neurocodec module but `errors`; `format/` is bytes on
+disk only: it imports the leaves and itself, never plugins, the registry, codecs, storage, the
+loaders, NWB or the command line. Modules that still break the rule are listed in PENDING with
+exactly what they import; the list may only shrink: a listed module that no longer needs an
+entry fails the test, so the entry is removed when the module moves to its layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "neurocodec"
+
+LEAVES = {"neurocodec.errors", "neurocodec.npy", "neurocodec.fsutil"}
+FORMAT_MAY_IMPORT = LEAVES | {"neurocodec.format"}
+PENDING = {
+    # Dataset (plugins, codecs, storage) and merge (a writer over Datasets) belong above format/.
+    "neurocodec.format.reader": {"neurocodec.codecs", "neurocodec.plugins", "neurocodec.registry",
+                                 "neurocodec.storage"},
+    "neurocodec.format.merge": {"neurocodec", "neurocodec.registry", "neurocodec.storage"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path) -> set[str]:
+    """The neurocodec modules `path` imports anywhere in its source."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from neurocodec import npy` depends on neurocodec.npy; `from neurocodec import
+            # __version__` on the package itself.
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                names.add(submodule if _exists(submodule) else node.module)
+    return {n for n in names if n == "neurocodec" or n.startswith("neurocodec.")}
+
+
+def layer_of(name: str) -> str:
+    """The module or package `name` counts as: `neurocodec.storage.cache` -> `neurocodec.storage`."""
+    parts = name.split(".")
+    return ".".join(parts[:2])
+
+
+def violations(module: str, imports: set[str]) -> set[str]:
+    """The layers `module` imports that its own layer may not."""
+    own = layer_of(module)
+    existing = {layer_of(n) for n in imports if _exists(n)}
+    if module in LEAVES:
+        return existing - {"neurocodec.errors", own}
+    if own == "neurocodec.format":
+        return existing - FORMAT_MAY_IMPORT
+    return set()
+
+
+def _exists(name: str) -> bool:
+    """True for a neurocodec module or package (not a name imported from one)."""
+    relative = Path(*name.split(".")[1:]) if name != "neurocodec" else Path()
+    return name == "neurocodec" or (ROOT / relative).with_suffix(".py").exists() or (ROOT / relative / "__init__.py").exists()
+
+
+def test_leaves_and_format_import_only_downwards() -> None:
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        module = module_name(path)
+        bad = violations(module, imported(path))
+        if bad:
+            found[module] = bad
+    unexpected = {m: bad for m, bad in found.items() if bad - PENDING.get(m, set())}
+    assert not unexpected, f"imports against the layers: {unexpected}"
+    stale = {m: PENDING[m] - found.get(m, set()) for m in PENDING if PENDING[m] - found.get(m, set())}
+    assert not stale, f"PENDING lists imports these modules no longer make; remove them: {stale}"
+
+
+def test_the_check_sees_function_level_and_type_checking_imports(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from neurocodec.registry import Registry\n"
+                      "def f():\n    import neurocodec.storage.cache\n    from neurocodec import plugins\n")
+    names = imported(source)
+    assert {"neurocodec.registry", "neurocodec.storage.cache", "neurocodec.plugins"} <= names
+    assert violations("neurocodec.format.probe", names) == {"neurocodec.registry", "neurocodec.storage",
+                                                             "neurocodec.plugins"}
