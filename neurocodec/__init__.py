@@ -1,5 +1,9 @@
 """neurocodec: multi-modal neural recordings as WebDataset-style tar shards for PyTorch.
 
+Everything a user of the library imports is here (the user guide's `neurocodec.datasets` gives
+the same names); plugin authors import `neurocodec.plugin`, and their tests `neurocodec.testing`.
+Every other module is internal and may move between releases.
+
 Public names are imported lazily, so `import neurocodec` loads neither torch nor any plugin.
 """
 
@@ -10,12 +14,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# name -> the module that defines it. Grouped by what a user does; the errors last.
 _EXPORTS = {
+    # writing and converting
     "WebDatasetWriter": "neurocodec.writer",
     "create_shards_from_arrays": "neurocodec.writer",
-    "ShardedDatasetInfo": "neurocodec.info",
+    "merge_datasets": "neurocodec.format.merge",
+    "NWBToWebDatasetConverter": "neurocodec.nwb.converter",
+    "convert_legacy_shards": "neurocodec.legacy",
+    "iter_legacy_samples": "neurocodec.legacy",
+    # reading and inspecting
     "Dataset": "neurocodec.format.reader",
-    "ShardReader": "neurocodec.format.reader",
+    "ShardedDatasetInfo": "neurocodec.info",
+    # object storage
+    "ShardCache": "neurocodec.storage.cache",
+    "RetryPolicy": "neurocodec.storage.retry",
+    # loading for training
     "WebDatasetLoader": "neurocodec.loader.datasets",
     "ResumableWebDatasetLoader": "neurocodec.loader.datasets",
     "RandomAccessWebDataset": "neurocodec.loader.datasets",
@@ -24,29 +38,31 @@ _EXPORTS = {
     "collate_webdataset": "neurocodec.loader.batch",
     "LoaderState": "neurocodec.loader.state",
     "EpochOrder": "neurocodec.loader.order",
-    "NWBToWebDatasetConverter": "neurocodec.nwb.converter",
-    "hookimpl": "neurocodec.hookspecs",
-    "ModalitySpec": "neurocodec.modality",
-    "ArrayPolicy": "neurocodec.modality",
-    "Codec": "neurocodec.codecs",
+    # installed plugins (the `registry=` argument of the writer, readers and loaders)
     "load_registry": "neurocodec.plugins",
     "default_registry": "neurocodec.plugins",
+    # every error a user may catch; all derive from NeurocodecError
     "NeurocodecError": "neurocodec.errors",
-    "ShardError": "neurocodec.errors",
     "SampleError": "neurocodec.errors",
+    "WriterClosedError": "neurocodec.errors",
     "DatasetError": "neurocodec.errors",
     "DatasetExistsError": "neurocodec.errors",
     "DatasetLockedError": "neurocodec.errors",
+    "ShardError": "neurocodec.errors",
     "PluginError": "neurocodec.errors",
     "PluginLoadError": "neurocodec.errors",
     "DuplicateRegistrationError": "neurocodec.errors",
     "UnknownCodecError": "neurocodec.errors",
+    "UnknownModalityError": "neurocodec.errors",
+    "NWBError": "neurocodec.nwb.extract",
+    "PickleNotAllowedError": "neurocodec.legacy",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562), so that `import neurocodec` stays cheap."""
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'neurocodec' has no attribute {name!r}")
@@ -56,4 +72,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    """The public names (what `from neurocodec import *` gives)."""
+    return list(__all__)

@@ -8,20 +8,65 @@ A minimal plugin::
     def neurocodec_register_modalities(register):
         register(ModalitySpec(name="calcium", codec={"id": "npy"}, prepare=ArrayPolicy(kinds="f")))
 
-The hooks themselves are documented in `neurocodec.hookspecs`; `neurocodec.testing` has
-round-trip checks for a plugin's own test suite.
+What a plugin can provide, and the names it uses for each:
+
+- hooks: `hookimpl` marks an implementation; the hooks themselves are documented in
+  `neurocodec.hookspecs`, their `register` arguments are `ModalityRegistrar` and `CodecRegistrar`.
+- a modality: `ModalitySpec`, with `ArrayPolicy` (or any `Prepare` callable) to check and
+  normalise values before they are written; `as_array` converts tensors and sequences.
+- a codec: subclass `Codec` (or reuse `NpyCodec`, `JsonCodec`, `TextCodec`, `BytesCodec`),
+  raise `CodecError` for input it refuses; `check_array` and `smallest_integer_dtype` help, and
+  `FieldSpec` is the manifest entry a codec is handed.
+- a collate rule (`CollateRule`): values of one field -> `Collated(data, mask)`; `collate_arrays`
+  (stack, or pad with a mask) and `collate_list` are the built-in ones. The decoded values a
+  rule receives are read-only views: copy before changing one.
+- an NWB extractor, the answer of the hook `neurocodec_nwb_extractor(modality)`: an
+  `NWBExtractor` whose `open(nwbfile, ExtractOptions)` returns a `ModalityReader` (or None when
+  the file holds none of the modality) that reads aligned windows described by a `WindowSpec`,
+  raising `NWBError` (naming the file and the object) for data it cannot read.
+  `TimeSeriesReader` reads any regularly sampled or timestamped series; `find_objects`,
+  `object_path`, `pick_series`, `electrode_ids`, `samples_per_window`, `first_index_at`,
+  `bin_spikes`, `bin_spikes_by_unit` and `EPS` are the helpers the built-in extractors use.
+
+`neurocodec.testing` has round-trip checks for a plugin's own test suite.
 """
 
+# Hooks
+from neurocodec.hookspecs import CodecRegistrar, ModalityRegistrar, hookimpl
+
+# Modalities
+from neurocodec.modality import ArrayPolicy, ModalitySpec, Prepare, as_array
+
+# Codecs
 from neurocodec.codecs import (
     BytesCodec, Codec, CodecError, JsonCodec, NpyCodec, TextCodec, check_array, smallest_integer_dtype,
 )
-from neurocodec.collate import Collated, CollateRule, collate_arrays, collate_list
 from neurocodec.format.manifest import FieldSpec
-from neurocodec.hookspecs import CodecRegistrar, ModalityRegistrar, hookimpl
-from neurocodec.modality import ArrayPolicy, ModalitySpec, Prepare, as_array
+
+# Collate rules
+from neurocodec.collate import Collated, CollateRule, collate_arrays, collate_list
+
+# NWB extractors
+from neurocodec.nwb.extract import (
+    ExtractOptions, ModalityReader, NWBError, NWBExtractor, find_objects, object_path, pick_series,
+)
+from neurocodec.nwb.series import TimeSeriesReader, electrode_ids
+from neurocodec.nwb.windows import (
+    EPS, WindowSpec, bin_spikes, bin_spikes_by_unit, first_index_at, samples_per_window,
+)
 
 __all__ = [
-    "ArrayPolicy", "BytesCodec", "Codec", "CodecError", "CodecRegistrar", "Collated", "CollateRule",
-    "FieldSpec", "JsonCodec", "ModalityRegistrar", "ModalitySpec", "NpyCodec", "Prepare", "TextCodec",
-    "as_array", "check_array", "collate_arrays", "collate_list", "hookimpl", "smallest_integer_dtype",
+    # Hooks
+    "CodecRegistrar", "ModalityRegistrar", "hookimpl",
+    # Modalities
+    "ArrayPolicy", "ModalitySpec", "Prepare", "as_array",
+    # Codecs
+    "BytesCodec", "Codec", "CodecError", "FieldSpec", "JsonCodec", "NpyCodec", "TextCodec", "check_array",
+    "smallest_integer_dtype",
+    # Collate rules
+    "CollateRule", "Collated", "collate_arrays", "collate_list",
+    # NWB extractors
+    "EPS", "ExtractOptions", "ModalityReader", "NWBError", "NWBExtractor", "TimeSeriesReader", "WindowSpec",
+    "bin_spikes", "bin_spikes_by_unit", "electrode_ids", "find_objects", "first_index_at", "object_path",
+    "pick_series", "samples_per_window",
 ]
