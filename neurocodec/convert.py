@@ -5,7 +5,9 @@
 
 `--format` defaults to the inputs' extension. npz inputs are converted as
 `create_shards_from_arrays` does (row i of every array is sample i), several files one after
-the other. `--validate` re-reads every shard and checks it against the manifest afterwards.
+the other. `--modalities` takes modality names or FIELD=MODALITY pairs, so two fields can share
+one modality (`--modalities pupil_left=behavior pupil_right=behavior`); npz inputs use only the
+pairs, which store an array with a modality other than its name's. `--validate` re-reads every shard and checks it against the manifest afterwards.
 """
 
 from __future__ import annotations
@@ -55,6 +57,22 @@ def _series(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _modalities(entries: list[str] | None, fmt: str) -> list[str] | dict[str, str] | None:
+    """--modalities as the converter's list, or a field -> modality dict when a pair is given."""
+    if entries is None:
+        return None
+    pairs = {}
+    for entry in entries:
+        field, sep, modality = entry.partition("=")
+        if sep and (not field or not modality):
+            raise ValueError(f"--modalities takes MODALITY or FIELD=MODALITY, got {entry!r}")
+        if sep or fmt == "nwb":  # npz inputs ignore plain names, as they always have
+            pairs[field] = modality if sep else field
+    if fmt == "nwb" and all(f == m for f, m in pairs.items()):
+        return list(pairs)
+    return pairs
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of one .npz file; ValueError naming the file when it is not a readable npz
     (numpy reads a non-zip file as a pickle or a single .npy instead, and says so confusingly)."""
@@ -71,13 +89,14 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
     """Write the rows of the arrays of each .npz file, file after file, as samples."""
     from neurocodec.writer import WebDatasetWriter, create_shards_from_arrays
 
+    modalities = _modalities(args.modalities, "npz") or None
     if len(paths) == 1:
         data = _load_npz(paths[0])
         return create_shards_from_arrays(output, data, args.shard_size, args.compression,
                                          overwrite=args.overwrite, progress=False if args.no_progress else None,
-                                         storage_options=storage_options_from_args(args))
+                                         storage_options=storage_options_from_args(args), modalities=modalities)
     with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite,
-                          storage_options=storage_options_from_args(args)) as writer:
+                          storage_options=storage_options_from_args(args), modalities=modalities) as writer:
         for path in paths:
             data = _load_npz(path)
             lengths = {k: len(v) for k, v in data.items()}
@@ -90,10 +109,11 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
 
 def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Convert NWB files with NWBToWebDatasetConverter."""
-    from neurocodec.nwb.converter import NWBToWebDatasetConverter
+    from neurocodec.nwb.converter import DEFAULT_MODALITIES, NWBToWebDatasetConverter
 
+    modalities = _modalities(args.modalities, "nwb") or list(DEFAULT_MODALITIES)
     with NWBToWebDatasetConverter(
-        output, shard_size=args.shard_size, modalities=args.modalities, bin_size_ms=args.bin_size_ms,
+        output, shard_size=args.shard_size, modalities=modalities, bin_size_ms=args.bin_size_ms,
         sequence_length=args.sequence_length, overlap=args.overlap, compression=args.compression,
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
@@ -140,8 +160,9 @@ def add_convert_parser(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     nwb = p.add_argument_group("NWB options")
-    nwb.add_argument("--modalities", nargs="+", default=["spikes", "lfp", "behavior"],
-                     help="modalities to extract (default: spikes lfp behavior)")
+    p.add_argument("--modalities", nargs="+", metavar="[FIELD=]MODALITY",
+                   help="NWB: modalities to extract (default: spikes lfp behavior), FIELD=MODALITY to name "
+                        "the field; npz: FIELD=MODALITY stores a field with that modality's plugin")
     nwb.add_argument("--bin-size-ms", type=float, default=10.0, help="bin size in ms (default 10)")
     nwb.add_argument("--sequence-length", type=int, default=100, help="bins per window (default 100)")
     nwb.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")

@@ -49,6 +49,9 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
 from neurocodec.nwb.session import session_key
 from neurocodec.nwb.windows import WindowSpec
+from neurocodec.plugins import default_registry
+from neurocodec.registry import Registry
+from neurocodec.schema import check_field_modalities
 from neurocodec.storage.location import dataset_path, is_remote
 from neurocodec.storage.local_output import make_output_dir
 from neurocodec.storage.lock import OutputLock
@@ -61,9 +64,10 @@ ON_ERROR = ("raise", "skip")
 DEFAULT_MODALITIES = ("spikes", "lfp", "behavior")
 
 
-def _convert_part(path: str, part_dir: str, settings: ConvertSettings, fingerprint: dict) -> dict[str, Any]:
+def _convert_part(path: str, part_dir: str, settings: ConvertSettings, fingerprint: dict,
+                  registry: Registry | None = None) -> dict[str, Any]:
     """Worker entry point: convert, then record the part as finished (atomically, last)."""
-    summary = convert_file(path, part_dir, settings)
+    summary = convert_file(path, part_dir, settings, registry)
     record = {"summary": summary, "source": fingerprint, "settings": _settings_hash(settings)}
     atomic_write_bytes(Path(part_dir) / PART_SUMMARY, json.dumps(record, sort_keys=True).encode(),
                        fsync=settings.fsync)
@@ -75,6 +79,18 @@ def _settings_hash(settings: ConvertSettings) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _field_modalities(modalities: Sequence[str] | Mapping[str, str], registry: Registry) -> dict[str, str]:
+    """`modalities` as field -> modality (a list maps each name to itself), checked: valid field
+    names, and modalities `registry` knows (UnknownModalityError listing the installed ones)."""
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    if not isinstance(modalities, Mapping):
+        modalities = {m: m for m in modalities}
+    if not modalities:
+        raise ValueError("modalities must name at least one modality")
+    return check_field_modalities(modalities, registry)
+
+
 class NWBToWebDatasetConverter:
     """Converts NWB files into one sharded dataset (see the module documentation).
 
@@ -82,7 +98,8 @@ class NWBToWebDatasetConverter:
     `sequence_length`, `overlap`), plus: `compression`; `workers` (processes) or `executor`;
     `series` to pick a series per modality by name or path (`{"eeg": "EEG"}`; by default the
     first candidate by HDF5 path, reported in the summary); `modality_options` passed to the
-    modality plugins; `coverage` ("all" or "fill"); `nan_policy` ("error", "skip_window",
+    modality plugins; `registry` (as for the loaders) the plugins whose extractors, modalities and
+    codecs are used, default the installed ones; `coverage` ("all" or "fill"); `nan_policy` ("error", "skip_window",
     "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`.
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`) opened with `storage_options`: the
@@ -90,19 +107,28 @@ class NWBToWebDatasetConverter:
     `$NEUROCODEC_STAGING_DIR` or ~/.cache/neurocodec/staging) and the merged shards uploaded,
     the manifest last.
 
+    `modalities` is a list of modality names (each extracted into the field of its name) or a
+    mapping from field name to modality (`{"pupil_left": "behavior", "pupil_right": "behavior"}`:
+    one modality's extractor and plugin, two fields); `series` and `modality_options` are then
+    keyed by field. A field's extra fields are renamed after it (`units_a_observed` for
+    `{"units_a": "spikes"}`). A modality no installed plugin registers is an
+    UnknownModalityError here. A `registry` cannot be sent to worker processes: with one, use
+    `workers=1`, or an executor that runs in this process (threads).
+
     Use it as a context manager (or call `close()`) to release the output directory's lock
     when not finalizing.
     """
 
     def __init__(
         self, output_dir: str | os.PathLike, shard_size: int = 1000,
-        modalities: Sequence[str] = DEFAULT_MODALITIES, bin_size_ms: float = 10.0,
+        modalities: Sequence[str] | Mapping[str, str] = DEFAULT_MODALITIES, bin_size_ms: float = 10.0,
         sequence_length: int = 100, overlap: float = 0.5, *, compression: str = "none",
         workers: int = 1, executor: concurrent.futures.Executor | None = None,
         series: Mapping[str, str] | None = None, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
         coverage: str = "all", nan_policy: str = "error", on_error: str = "raise", overwrite: bool = False,
         fsync: bool = True, keep_parts: bool = False, progress: bool | None = None,
         storage_options: Mapping[str, Any] | None = None, parts_dir: str | os.PathLike | None = None,
+        registry: Registry | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -110,17 +136,22 @@ class NWBToWebDatasetConverter:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if isinstance(modalities, str):
-            modalities = [modalities]
+        if registry is not None and workers > 1:
+            raise ValueError("registry= cannot be sent to worker processes: pass workers=1 (or an executor "
+                             "running in this process), or install the plugins")
+        self.registry = registry
+        fields = _field_modalities(modalities, registry or default_registry())
         self.settings = ConvertSettings(
-            modalities=tuple(modalities), window=WindowSpec.from_user(bin_size_ms, sequence_length, overlap),
+            modalities=tuple(fields), field_modalities=tuple((f, m) for f, m in fields.items() if f != m),
+            window=WindowSpec.from_user(bin_size_ms, sequence_length, overlap),
             shard_size=shard_size, compression=check_compression(compression),
             series=tuple(sorted((series or {}).items())), modality_options=options_tuple(modality_options),
             coverage=coverage, nan_policy=nan_policy, fsync=fsync,
         )
-        unknown = set(series or {}) - set(modalities)
-        if unknown:
-            raise ValueError(f"series names modalities that are not converted: {sorted(unknown)}")
+        for what, given in (("series", series), ("modality_options", modality_options)):
+            unknown = set(given or {}) - set(fields)
+            if unknown:
+                raise ValueError(f"{what} names modalities that are not converted: {sorted(unknown)}")
         self.output_dir = dataset_path(output_dir)
         self.storage_options = dict(storage_options or {})
         self.overwrite = overwrite
@@ -223,7 +254,7 @@ class NWBToWebDatasetConverter:
             return
         from tqdm.auto import tqdm
 
-        args = {p: (str(p), str(d), self.settings, source_fingerprint(p)) for p, d in pending.items()}
+        args = {p: (str(p), str(d), self.settings, source_fingerprint(p), self.registry) for p, d in pending.items()}
         bar = tqdm(total=len(pending), desc="converting", unit="file",
                    disable=None if self.progress is None else not self.progress)
         try:

@@ -18,6 +18,8 @@ from neurocodec.errors import NeurocodecError
 from neurocodec.nwb.extract import NAN_POLICIES, ExtractOptions, ModalityReader, NWBError
 from neurocodec.nwb.session import Trials, session_info, session_key
 from neurocodec.nwb.windows import WindowSpec
+from neurocodec.plugins import default_registry
+from neurocodec.registry import Registry
 
 log = logging.getLogger("neurocodec.nwb")
 COVERAGE = ("all", "fill")
@@ -25,7 +27,12 @@ COVERAGE = ("all", "fill")
 
 @attrs.frozen(slots=True)
 class ConvertSettings:
-    """Everything that decides a part's content (hashable into the part's name)."""
+    """Everything that decides a part's content (hashable into the part's name).
+
+    `modalities` names the sample fields extracted, each by the extractor of its modality: the
+    field's own name, or the modality `field_modalities` maps it to (only fields not named after
+    their modality are listed there).
+    """
 
     modalities: tuple[str, ...]
     window: WindowSpec
@@ -36,6 +43,11 @@ class ConvertSettings:
     coverage: str = "all"
     nan_policy: str = "error"
     fsync: bool = True
+    field_modalities: tuple[tuple[str, str], ...] = ()
+
+    def modality_of(self, field: str) -> str:
+        """The modality whose extractor and plugin handle `field`."""
+        return dict(self.field_modalities).get(field, field)
 
     def __attrs_post_init__(self) -> None:
         if not self.modalities:
@@ -47,8 +59,11 @@ class ConvertSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, recorded in the manifest."""
+        modalities: Any = list(self.modalities)
+        if self.field_modalities:  # recorded as given; a plain list stays a list (same hash)
+            modalities = {f: self.modality_of(f) for f in self.modalities}
         return {
-            "modalities": list(self.modalities), "bin_size_s": self.window.bin_size,
+            "modalities": modalities, "bin_size_s": self.window.bin_size,
             "sequence_length": self.window.sequence_length, "step_bins": self.window.step,
             "series": dict(self.series), "coverage": self.coverage, "nan_policy": self.nan_policy,
             "modality_options": {k: dict(v) for k, v in self.modality_options},
@@ -61,30 +76,53 @@ def source_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings) -> dict[str, ModalityReader]:
-    """One reader per requested modality, through the plugins' extractors."""
-    from neurocodec.plugins import default_registry
-
-    hook = default_registry().plugin_manager.hook
+def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
+                 registry: Registry) -> dict[str, ModalityReader]:
+    """One reader per requested field, through the extractors of `registry`'s plugins."""
     series, options = dict(settings.series), {k: dict(v) for k, v in settings.modality_options}
-    readers = {}
-    for modality in settings.modalities:
-        extractor = hook.neurocodec_nwb_extractor(modality=modality)
+    readers, produced = {}, {}
+    for field in settings.modalities:
+        modality = settings.modality_of(field)
+        extractor = registry.nwb_extractor(modality)
         if extractor is None:
             raise NWBError(f"no installed plugin extracts modality {modality!r} from NWB files")
-        reader = extractor.open(nwbfile, ExtractOptions(path=path, series=series.get(modality),
-                                                        options=options.get(modality, {}),
+        reader = extractor.open(nwbfile, ExtractOptions(path=path, series=series.get(field),
+                                                        options=options.get(field, {}),
                                                         nan_policy=settings.nan_policy))
         if reader is None:
-            raise NWBError(f"{path}: holds no {modality} data (requested modalities: "
+            named = "" if field == modality else f" for field {field!r}"
+            raise NWBError(f"{path}: holds no {modality} data{named} (requested modalities: "
                            f"{', '.join(settings.modalities)})")
-        readers[modality] = reader
+        for name in reader.fields():
+            name = field_name(name, field, modality)
+            if name in produced:
+                raise NWBError(f"{path}: fields {field!r} and {produced[name]!r} both produce field {name!r}; "
+                               "name them apart")
+            produced[name] = field
+        readers[field] = reader
     return readers
 
 
-def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings: ConvertSettings) -> dict[str, Any]:
+def field_name(name: str, field: str, modality: str) -> str:
+    """The sample field a reader's field `name` is stored as when its modality is extracted as
+    `field`: the modality's own field becomes `field`, others are prefixed by it
+    (`spikes_observed` -> `units_a_observed`). Unchanged when `field` is the modality."""
+    if field == modality:
+        return name
+    if name.startswith(modality):
+        return field + name[len(modality):]
+    return f"{field}_{name}"
+
+
+def _renamed(values: Mapping[str, Any], field: str, modality: str) -> dict[str, Any]:
+    return {field_name(k, field, modality): v for k, v in values.items()}
+
+
+def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings: ConvertSettings,
+                 registry: Registry | None = None) -> dict[str, Any]:
     """Convert one NWB file into the part dataset `part_dir`; return the part's summary.
 
+    Extractors, modalities and codecs come from `registry` (default: the installed plugins).
     Raises NWBError (or another NeurocodecError) naming the file for bad input; the part
     directory then holds no manifest.
     """
@@ -102,7 +140,8 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
             nwbfile = io.read()
         except Exception as exc:
             raise NWBError(f"{path}: cannot read as NWB ({type(exc).__name__}: {exc})") from None
-        readers = open_readers(nwbfile, path, settings)
+        registry = registry or default_registry()
+        readers = open_readers(nwbfile, path, settings, registry)
         spans = {m: r.span() for m, r in readers.items()}
         if settings.coverage == "all":
             begin, end = max(s for s, _ in spans.values()), min(e for _, e in spans.values())
@@ -118,23 +157,24 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
         written = skipped = 0
         options = {k: dict(v) for k, v in settings.modality_options}
         writer = WebDatasetWriter(part_dir, settings.shard_size, settings.compression, overwrite=True,
-                                  fsync=settings.fsync, modality_options=options,
+                                  fsync=settings.fsync, modality_options=options, registry=registry,
+                                  modalities=dict(settings.field_modalities),
                                   dataset_metadata={"session": session, "source": source_fingerprint(path),
                                                     "settings": settings.to_dict()})
         try:
             for index, start in enumerate(spec.starts(begin, end).tolist()):
                 sample, missing = {}, []
-                for modality, reader in readers.items():
+                for field, reader in readers.items():
                     values = reader.read(start, spec)
                     if values is None:
-                        missing.append(modality)
+                        missing.append(field)
                     else:
-                        sample.update(values)
+                        sample.update(_renamed(values, field, settings.modality_of(field)))
                 if missing and (settings.coverage == "all" or len(missing) == len(readers)):
                     skipped += 1
                     continue
-                for modality in missing:  # coverage "fill": zeros, and the metadata says so
-                    sample.update(readers[modality].blank(spec))
+                for field in missing:  # coverage "fill": zeros, and the metadata says so
+                    sample.update(_renamed(readers[field].blank(spec), field, settings.modality_of(field)))
                 stop = start + spec.duration
                 writer.write_sample(sample, metadata={
                     "session": key, "source_file": path.name, "session_id": session["session_id"],
