@@ -37,11 +37,6 @@ def padding(size: int) -> int:
     return -size % BLOCK
 
 
-def member_span(size: int) -> int:
-    """Bytes a member with a payload of `size` bytes takes in the archive (header included)."""
-    return BLOCK + size + padding(size)
-
-
 _MODE_IDS = bytes(_TEMPLATE[100:124])
 _MTIME = bytes(_TEMPLATE[136:148])
 _TAIL = bytes(_TEMPLATE[156:BLOCK])
