@@ -6,11 +6,16 @@ has variable axes (None), such as spikes from sessions with different unit count
 with zeros to the longest value in the batch and gets a boolean mask of shape
 (batch, *variable axis lengths) that is True where data is real. Because whether a field is
 variable is fixed by the manifest, every batch of a dataset carries the same keys.
+
+A rule allocates the tensors it fills with `allocate_batch_tensor`: inside a DataLoader worker of
+`create_webdataset_dataloader` they lie directly in the shared-memory slot the batch is handed
+to the training process in, so the batch is written once and never copied again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import attrs
@@ -29,36 +34,54 @@ class Collated:
 
 
 CollateRule = Callable[[Sequence[Any], "FieldSpec"], Collated]
-"""Signature of a collate rule: (values of one field, the field) -> Collated."""
+"""Signature of a collate rule: (values of one field, the field) -> Collated.
+
+`values` are the field's decoded values, one per sample of the batch, in batch order (never
+empty); the field is its manifest entry (`dtype`, `shape` with None for variable axes, `kind`).
+The values are read-only views: arrays view the bytes read from the shard (`flags.writeable` is
+False), so a rule must not modify them, nor anything they hold; copy first (`np.array(value)`)
+to change one. Allocate the output with `allocate_batch_tensor`
+so that it lands in the batch's shared-memory slot. `data` (and `mask`, when not None) become
+`batch[field]` (and `batch[field + "_mask"]`). A ModalitySpec of a non-array kind (json, text,
+bytes) that keeps the default rule, `collate_arrays`, is batched with `collate_list`.
+"""
 
 
-_arena: list[Any] = [None]  # the slot a DataLoader worker collates into (neurocodec.loader.slots)
+_slot: contextvars.ContextVar[Any] = contextvars.ContextVar("neurocodec_batch_slot", default=None)
 
 
 @contextlib.contextmanager
 def allocating_from(arena: Any) -> Iterator[None]:
-    """Inside the block, `batch_tensor` takes its tensors from `arena` (an object whose
-    `allocate(shape, dtype)` returns a tensor, or None when it has no room) first; None: as usual."""
-    _arena[0] = arena
+    """Inside the block, `allocate_batch_tensor` takes its tensors from `arena` first (an object
+    whose `allocate(shape, dtype)` returns a tensor, or None when it has no room; the loader's
+    `neurocodec.loader.slots.Arena`); None: allocate as usual. Used by the loader, not by rules."""
+    token = _slot.set(arena)
     try:
         yield
     finally:
-        _arena[0] = None
+        _slot.reset(token)
 
 
-def batch_tensor(shape: tuple[int, ...], dtype: Any, *, zero: bool = False) -> Any:
-    """An uninitialised (or zeroed) tensor to collate into.
+def allocate_batch_tensor(shape: Sequence[int], dtype: Any, *, zero: bool = False) -> Any:
+    """A new CPU tensor of `shape` and torch `dtype` for a collate rule to fill: uninitialised,
+    or zero-filled with `zero=True`. The zero-copy batch allocator of the plugin API.
 
-    Inside a DataLoader worker it is allocated in shared memory (the batch's slot when it fits,
-    else a new segment as torch's own default_collate does), so handing the batch to the main
-    process does not copy it a second time.
+    Inside a DataLoader worker of `create_webdataset_dataloader` the tensor is carved out of the
+    shared-memory slot this batch is handed to the training process in, so a rule that writes
+    its result straight into it (for example `np.stack(values, out=t.numpy())`) and returns it
+    (or a view of it) as `Collated.data` or `.mask` costs no further copy. When the slot is full
+    (its size comes from the manifest's `max_raw_bytes` of the array fields, times the batch
+    size), the tensor is a new shared-memory segment, as torch's own default_collate makes; in
+    the main process it is ordinary memory. Tensors a rule makes otherwise still work, but are
+    copied once more on the way to the training process.
     """
     import torch
     from torch.utils.data import get_worker_info
 
-    arena = _arena[0]
+    shape = tuple(shape)
+    arena = _slot.get()
     if arena is not None:
-        out = arena.allocate(tuple(shape), dtype)
+        out = arena.allocate(shape, dtype)
         if out is not None:
             return out.zero_() if zero else out
     if get_worker_info() is None:
@@ -96,12 +119,12 @@ def collate_arrays(values: Sequence[Any], field: "FieldSpec") -> Collated:
     first = arrays[0]
     dtype = torch_dtype(first.dtype, field.name)
     if not variable:
-        out = batch_tensor((len(arrays), *first.shape), dtype)
+        out = allocate_batch_tensor((len(arrays), *first.shape), dtype)
         np.stack(arrays, out=out.numpy())
         return Collated(out)
     shape = tuple(max(a.shape[i] for a in arrays) for i in range(first.ndim))
-    out = batch_tensor((len(arrays), *shape), dtype, zero=True)
-    mask = batch_tensor((len(arrays), *(shape[i] for i in variable)), torch.bool, zero=True)
+    out = allocate_batch_tensor((len(arrays), *shape), dtype, zero=True)
+    mask = allocate_batch_tensor((len(arrays), *(shape[i] for i in variable)), torch.bool, zero=True)
     target = out.numpy()
     for b, a in enumerate(arrays):
         target[(b, *map(slice, a.shape))] = a

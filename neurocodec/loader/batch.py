@@ -6,10 +6,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from neurocodec.collate import collate_arrays, collate_list
+from neurocodec.collate import Collated, CollateRule, collate_arrays, collate_list
+from neurocodec.errors import UnknownModalityError
 from neurocodec.format.layout import METADATA_FIELD
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.format.reader import KEY
+from neurocodec.format.reader import _install_hint as install_hint
+from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 
 MASK_SUFFIX = "_mask"
@@ -47,15 +50,35 @@ def _inferred_field(name: str, values: Sequence[Any]) -> FieldSpec:
                      plugin="", plugin_version="", dtype=arrays[0].dtype.str, shape=shape)
 
 
+def collate_rule(field: FieldSpec, registry: Registry) -> CollateRule:
+    """The collate rule of `field`: that of the ModalitySpec registered for its modality (the
+    default, `collate_arrays`, means `collate_list` for a field that is not an array).
+
+    A modality no installed plugin provides is an UnknownModalityError naming the field and
+    saying what to install, as `Dataset` does for a missing codec.
+    """
+    try:
+        rule = registry.modality(field.modality).collate
+    except UnknownModalityError:
+        raise UnknownModalityError(
+            f"modality {field.modality!r} (field {field.name!r}) is not provided by any installed "
+            f"plugin, so its batches cannot be collated; install the plugin that provides it: "
+            f"{install_hint(field)}") from None
+    return collate_list if field.kind != "array" and rule is collate_arrays else rule
+
+
 def collate_webdataset(batch: Sequence[Mapping[str, Any]], fields: Sequence[FieldSpec] | None = None,
                        registry: Registry | None = None) -> dict[str, Any]:
     """Collate samples into a dict of batched tensors, through each modality's collate rule.
 
-    Fixed-shape arrays are stacked; a field whose manifest shape has variable axes (for example
-    spikes from sessions with different unit counts) is zero-padded to the longest value and
-    gets `<field>_mask`, True where data is real. Metadata, keys, text, bytes and JSON stay
-    lists. Without `fields` (the manifest's), shapes are inferred from the batch itself: axes
-    that differ within it are padded.
+    With `fields` (the manifest's, e.g. `Dataset.fields`) each field is batched by the rule of
+    its modality's ModalitySpec in `registry` (default: the installed plugins), as
+    `create_webdataset_dataloader` does: for the built-in array modalities, fixed-shape arrays
+    are stacked and a field whose manifest shape has variable axes (for example spikes from
+    sessions with different unit counts) is zero-padded to the longest value and gets
+    `<field>_mask`, True where data is real; text, bytes and JSON stay lists. Metadata and keys
+    stay lists. Without `fields` no modality is known: arrays are stacked, zero-padding the axes
+    that differ within the batch, and everything else stays a list.
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
@@ -64,21 +87,21 @@ def collate_webdataset(batch: Sequence[Mapping[str, Any]], fields: Sequence[Fiel
         if set(sample) != set(names):
             raise ValueError(f"sample {i} of the batch has fields {sorted(sample)}, the first has {sorted(names)}")
     by_name = {f.name: f for f in fields or ()}
+    if by_name and registry is None:
+        registry = default_registry()
     out: dict[str, Any] = {}
     for name in names:
         values = [s[name] for s in batch]
-        field = by_name.get(name)
-        if name in (KEY, METADATA_FIELD) or (field is None and not _is_array(values[0])):
-            out[name] = values
-            continue
-        if field is None:
-            collated = collate_arrays(values, _inferred_field(name, values))
-        elif field.kind != "array":
-            collated = collate_list(values, field)
-        else:
-            rule = registry.modality(field.modality).collate if registry is not None else collate_arrays
-            collated = rule(values, field)
+        collated = _collate_field(name, values, by_name.get(name), registry)
         out[name] = collated.data
         if collated.mask is not None:
             out[name + MASK_SUFFIX] = collated.mask
     return out
+
+
+def _collate_field(name: str, values: list[Any], field: FieldSpec | None, registry: Registry | None) -> Collated:
+    if name in (KEY, METADATA_FIELD) or (field is None and not _is_array(values[0])):
+        return Collated(values)
+    if field is None:
+        return collate_arrays(values, _inferred_field(name, values))
+    return collate_rule(field, registry)(values, field)

@@ -7,9 +7,9 @@ page-faulted in twice (worker and training process).
 
 Here the training process creates, per iteration, one shared-memory block holding a few slots
 per worker, and one busy flag per slot beside it. A worker takes a free slot of its own, marks
-it busy, collates straight into it (`neurocodec.collate.batch_tensor` allocates from it) and
-sends only small placeholders. Unpickling them in the training process gives ordinary tensors
-viewing the slot, with no copy; when the last of them is freed the flag is cleared. Flags are
+it busy, collates straight into it (`neurocodec.collate.allocate_batch_tensor` allocates from
+it) and sends only small placeholders. Unpickling them in the training process gives ordinary
+tensors viewing the slot, with no copy; when the last of them is freed the flag is cleared. Flags are
 read and written only under a cross-process lock, whose acquire and release order every read
 of the slot before the next write on any CPU. No file descriptor is involved, so nothing a
 forked process closes can break the hand-back. A worker with no free slot, or a batch that does
