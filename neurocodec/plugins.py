@@ -169,10 +169,3 @@ def default_registry() -> Registry:
         if _default is None:
             _default = load_registry()
         return _default
-
-
-def reset_default_registry() -> None:
-    """Forget the cached default registry (after installing or disabling plugins at run time)."""
-    global _default
-    with _lock:
-        _default = None
