@@ -92,6 +92,11 @@ class WebDatasetWriter:
         An invalid sample raises SampleError naming the sample and field, and nothing of it is
         written: the writer stays usable.
         """
+        return self._write(sample, metadata, prepared=False)
+
+    def _write(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None, *, prepared: bool) -> str:
+        """`write_sample`; with `prepared`, the fields' values have been through their
+        modality's `prepare` already (`create_shards_from_arrays` validates every row first)."""
         if self._closed:
             raise WriterClosedError(f"writer for {self.output_dir} is finalized or aborted")
         index = self._count
@@ -100,7 +105,7 @@ class WebDatasetWriter:
         key = layout.sample_key(index)
         started = self._schema.fields is None
         try:
-            names, payloads, raws, values = self._encode(sample, metadata, index, key)
+            names, payloads, raws, values = self._encode(sample, metadata, index, key, prepared)
         except BaseException:
             if started:
                 self._schema.fields = None  # a rejected first sample must not fix the schema
@@ -122,7 +127,8 @@ class WebDatasetWriter:
             self._close_shard()
         return key
 
-    def _encode(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None, index: int, key: str):
+    def _encode(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None, index: int, key: str,
+                prepared: bool = False):
         where = f"sample {index} ({key})"
         if not isinstance(sample, Mapping) or not sample:
             raise SampleError(f"{where}: a sample must be a non-empty dict of field name to value")
@@ -156,14 +162,15 @@ class WebDatasetWriter:
                 raise SampleError(f"{field}: a {type(value).__name__} where earlier samples held "
                                   f"{state.spec.name} values")
             try:
-                prepared = state.spec.prepare(value, self.modality_options.get(state.name, {}))
+                ready = value if prepared and state is not schema.metadata else \
+                    state.spec.prepare(value, self.modality_options.get(state.name, {}))
             except (TypeError, ValueError) as exc:
                 raise SampleError(f"{field} ({state.spec.name}): {exc}") from None
-            problem = state.check(prepared)
+            problem = state.check(ready)
             if problem:
                 raise SampleError(f"{field}: {problem}")
             try:
-                raw = state.codec.encode(prepared)
+                raw = state.codec.encode(ready)
             except (TypeError, ValueError) as exc:
                 raise SampleError(f"{field}: codec {state.codec.codec_id!r} cannot encode it: {exc}") from None
             if len(raw) > self.max_member_bytes:
@@ -174,7 +181,7 @@ class WebDatasetWriter:
             names.append(layout.member_name(key, state.name, state.codec.extension + SUFFIX[self.compression]))
             payloads.append(self._compress(raw))
             raws.append(len(raw))
-            values.append(prepared)
+            values.append(ready)
         return names, payloads, raws, values
 
     def _close_shard(self) -> None:
@@ -331,16 +338,23 @@ def create_shards_from_arrays(
         unknown = sorted(set(given) - set(arrays))
         if unknown:
             raise SampleError(f"{what} name fields data_dict does not have: {unknown}")
-    for name, array in arrays.items():
-        # `array[i, ...]` keeps rows of 1-d arrays as 0-d arrays (`array[i]` is a numpy scalar).
-        spec = registry.resolve(name, array[0, ...], modality=modalities.get(name))
-        for i in range(count):
-            try:
-                spec.prepare(array[i, ...], options.get(name, {}))
-            except (TypeError, ValueError) as exc:
-                raise SampleError(f"data_dict[{name!r}] row {i} ({spec.name}): {exc}") from None
+    rows = {name: _prepared_rows(name, array, registry.resolve(name, array[0, ...], modality=modalities.get(name)),
+                                 options.get(name, {})) for name, array in arrays.items()}
     with WebDatasetWriter(output_dir, shard_size, compression, **writer_options) as writer:
         for i in tqdm(range(count), desc="writing shards", unit="sample", disable=None if progress is None else not progress):
-            writer.write_sample({name: a[i, ...] for name, a in arrays.items()},
-                                metadata=None if metadata is None else metadata[i])
+            writer._write({name: values[i] for name, values in rows.items()},
+                          None if metadata is None else metadata[i], prepared=True)
     return writer.finalize()
+
+
+def _prepared_rows(name: str, array: np.ndarray, spec: Any, options: Mapping[str, Any]) -> list[Any]:
+    """Every row of `array` through its modality's `prepare`, once, before anything is written;
+    SampleError naming the row that fails. (`array[i, ...]` keeps rows of 1-d arrays as 0-d
+    arrays: `array[i]` would be a numpy scalar.)"""
+    rows = []
+    for i in range(len(array)):
+        try:
+            rows.append(spec.prepare(array[i, ...], options))
+        except (TypeError, ValueError) as exc:
+            raise SampleError(f"data_dict[{name!r}] row {i} ({spec.name}): {exc}") from None
+    return rows
