@@ -19,7 +19,9 @@ What a plugin can provide, and the names it uses for each:
   `FieldSpec` is the manifest entry a codec is handed.
 - a collate rule (`CollateRule`): values of one field -> `Collated(data, mask)`; `collate_arrays`
   (stack, or pad with a mask) and `collate_list` are the built-in ones. The decoded values a
-  rule receives are read-only views: copy before changing one.
+  rule receives are read-only views: copy before changing one. A rule allocates its output
+  with `allocate_batch_tensor(shape, dtype)`: inside the DataLoader that memory is the batch's
+  shared-memory slot, so the batch reaches the training process without another copy.
 - an NWB extractor, the answer of the hook `neurocodec_nwb_extractor(modality)`: an
   `NWBExtractor` whose `open(nwbfile, ExtractOptions)` returns a `ModalityReader` (or None when
   the file holds none of the modality) that reads aligned windows described by a `WindowSpec`,
@@ -44,7 +46,7 @@ from neurocodec.codecs import (
 from neurocodec.format.manifest import FieldSpec
 
 # Collate rules
-from neurocodec.collate import Collated, CollateRule, collate_arrays, collate_list
+from neurocodec.collate import Collated, CollateRule, allocate_batch_tensor, collate_arrays, collate_list
 
 # NWB extractors
 from neurocodec.nwb.extract import (
@@ -64,7 +66,7 @@ __all__ = [
     "BytesCodec", "Codec", "CodecError", "FieldSpec", "JsonCodec", "NpyCodec", "TextCodec", "check_array",
     "smallest_integer_dtype",
     # Collate rules
-    "CollateRule", "Collated", "collate_arrays", "collate_list",
+    "CollateRule", "Collated", "allocate_batch_tensor", "collate_arrays", "collate_list",
     # NWB extractors
     "EPS", "ExtractOptions", "ModalityReader", "NWBError", "NWBExtractor", "TimeSeriesReader", "WindowSpec",
     "bin_spikes", "bin_spikes_by_unit", "electrode_ids", "find_objects", "first_index_at", "object_path",

@@ -53,6 +53,15 @@ class FieldSpec:
         """The codec id this field was encoded with."""
         return self.codec["id"]
 
+    @property
+    def install_hint(self) -> str:
+        """Which plugin wrote this field and how to install it: "plugin 'x' (pip install
+        dist==version)", for errors about a codec or modality that is not installed."""
+        if not self.distribution:
+            return f"plugin {self.plugin!r} (it was registered directly, not from an installed distribution)"
+        version = f"=={self.plugin_version}" if self.plugin_version else ""
+        return f"plugin {self.plugin!r} (pip install {self.distribution}{version})"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d = attrs.asdict(self, recurse=False)

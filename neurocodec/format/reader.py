@@ -67,7 +67,7 @@ class Dataset:
         self.fields: tuple[FieldSpec, ...] = self.manifest.fields
         self.registry = registry or default_registry()
         self.codecs = tuple(
-            self.registry.codec(f.codec, field=f.name, plugin_hint=_install_hint(f),
+            self.registry.codec(f.codec, field=f.name, plugin_hint=f.install_hint,
                                 source=f"{self.path}/{layout.MANIFEST}") for f in self.fields
         )
         _check_codecs(self.fields, self.codecs, f"{self.path}/{layout.MANIFEST}")
@@ -207,13 +207,6 @@ def _check_codecs(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...], sour
         if field.kind == "array" and field.dtype not in npy.DTYPES:
             raise DatasetError(f"{source}: field {field.name!r} has dtype {str(field.dtype)[:40]!r}, "
                                f"which is not a dtype this format stores (one of {', '.join(npy.DTYPES)})")
-
-
-def _install_hint(field: FieldSpec) -> str:
-    if not field.distribution:
-        return f"plugin {field.plugin!r} (it was registered directly, not from an installed distribution)"
-    version = f"=={field.plugin_version}" if field.plugin_version else ""
-    return f"plugin {field.plugin!r} (pip install {field.distribution}{version})"
 
 
 def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None = None,

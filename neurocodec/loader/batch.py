@@ -11,7 +11,6 @@ from neurocodec.errors import UnknownModalityError
 from neurocodec.format.layout import METADATA_FIELD
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.format.reader import KEY
-from neurocodec.format.reader import _install_hint as install_hint
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 
@@ -63,7 +62,7 @@ def collate_rule(field: FieldSpec, registry: Registry) -> CollateRule:
         raise UnknownModalityError(
             f"modality {field.modality!r} (field {field.name!r}) is not provided by any installed "
             f"plugin, so its batches cannot be collated; install the plugin that provides it: "
-            f"{install_hint(field)}") from None
+            f"{field.install_hint}") from None
     return collate_list if field.kind != "array" and rule is collate_arrays else rule
 
 
