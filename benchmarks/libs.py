@@ -78,7 +78,7 @@ class Neurocodec(Library):
 
     name = "neurocodec"
     module = "neurocodec"
-    modules = ("neurocodec.writer", "neurocodec.format.reader", "neurocodec.loader.dataloader")
+    modules = ("neurocodec.dataset.writer", "neurocodec.dataset.reader", "neurocodec.loader.dataloader")
     resumable = True
 
     def preload(self, loader: bool = False) -> None:

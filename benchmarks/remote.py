@@ -76,7 +76,7 @@ class MotoProcess:
 
 def _read_all(path: Any, **kw: Any) -> tuple[float, float]:
     """(seconds, checksum) of reading every sample of the dataset at `path` in storage order."""
-    from neurocodec.format.reader import Dataset
+    from neurocodec.dataset.reader import Dataset
 
     start = time.perf_counter()
     total = 0.0
@@ -93,7 +93,7 @@ def bench_remote_read(samples: int = 2000, sample_shape: tuple[int, ...] = (32, 
     `local_samples_per_s`, `remote_cold_samples_per_s`, `remote_warm_samples_per_s`, the
     dataset's size and shard count, and the settings."""
     from neurocodec.storage import ShardCache
-    from neurocodec.writer import create_shards_from_arrays
+    from neurocodec.dataset.writer import create_shards_from_arrays
 
     own = workdir is None
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="neurocodec-remote-bench-"))

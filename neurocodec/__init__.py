@@ -17,15 +17,15 @@ __version__ = "0.1.0"
 # name -> the module that defines it. Grouped by what a user does; the errors last.
 _EXPORTS = {
     # writing and converting
-    "WebDatasetWriter": "neurocodec.writer",
-    "create_shards_from_arrays": "neurocodec.writer",
-    "merge_datasets": "neurocodec.format.merge",
+    "WebDatasetWriter": "neurocodec.dataset.writer",
+    "create_shards_from_arrays": "neurocodec.dataset.writer",
+    "merge_datasets": "neurocodec.dataset.merge",
     "NWBToWebDatasetConverter": "neurocodec.nwb.converter",
-    "convert_legacy_shards": "neurocodec.legacy",
-    "iter_legacy_samples": "neurocodec.legacy",
+    "convert_legacy_shards": "neurocodec.dataset.legacy",
+    "iter_legacy_samples": "neurocodec.dataset.legacy",
     # reading and inspecting
-    "Dataset": "neurocodec.format.reader",
-    "ShardedDatasetInfo": "neurocodec.info",
+    "Dataset": "neurocodec.dataset.reader",
+    "ShardedDatasetInfo": "neurocodec.dataset.info",
     # object storage
     "ShardCache": "neurocodec.storage.cache",
     "RetryPolicy": "neurocodec.storage.retry",
@@ -55,7 +55,7 @@ _EXPORTS = {
     "UnknownCodecError": "neurocodec.errors",
     "UnknownModalityError": "neurocodec.errors",
     "NWBError": "neurocodec.nwb.extract",
-    "PickleNotAllowedError": "neurocodec.legacy",
+    "PickleNotAllowedError": "neurocodec.dataset.legacy",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -26,7 +26,7 @@ class CommandLineError(NeurocodecError):
 
 
 def _info(args: argparse.Namespace) -> int:
-    from neurocodec.info import ShardedDatasetInfo
+    from neurocodec.dataset.info import ShardedDatasetInfo
     from neurocodec.storage.cli import storage_options_from_args
 
     ShardedDatasetInfo(args.path, storage_options=storage_options_from_args(args)).print_summary()
@@ -34,7 +34,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from neurocodec.format.reader import Dataset
+    from neurocodec.dataset.reader import Dataset
     from neurocodec.storage.cli import cache_from_args, storage_options_from_args
 
     with Dataset(args.path, storage_options=storage_options_from_args(args), cache=cache_from_args(args)) as ds:

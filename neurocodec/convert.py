@@ -87,7 +87,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Write the rows of the arrays of each .npz file, file after file, as samples."""
-    from neurocodec.writer import WebDatasetWriter, create_shards_from_arrays
+    from neurocodec.dataset.writer import WebDatasetWriter, create_shards_from_arrays
 
     modalities = _modalities(args.modalities, "npz") or None
     if len(paths) == 1:
@@ -137,7 +137,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if summary.get("skipped_windows"):
         print(f"windows not covered by every modality (skipped): {summary['skipped_windows']}")
     if args.validate:
-        from neurocodec.format.reader import Dataset
+        from neurocodec.dataset.reader import Dataset
 
         with Dataset(output, verify="full", storage_options=storage_options_from_args(args),
                      cache=cache_from_args(args)) as ds:

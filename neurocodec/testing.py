@@ -28,7 +28,7 @@ import numpy as np
 
 from neurocodec.codecs import Codec
 from neurocodec.format.manifest import FieldSpec
-from neurocodec.format.reader import KEY, Dataset
+from neurocodec.dataset.reader import KEY, Dataset
 from neurocodec.modality import as_array
 from neurocodec.registry import Registry
 
@@ -70,7 +70,7 @@ def round_trip(
     the `__key__`). The dataset is also fully verified (`Dataset.verify_all`). Extra keyword
     arguments go to the writer (e.g. `modality_options`); `fsync` defaults to False for speed.
     """
-    from neurocodec.writer import WebDatasetWriter
+    from neurocodec.dataset.writer import WebDatasetWriter
 
     out = Path(tempfile.mkdtemp(prefix="round-trip-", dir=tmp_path))
     writer_options.setdefault("fsync", False)

@@ -171,7 +171,7 @@ def unbatch(batch: dict[str, Any]) -> dict[str, Any]:
 def _samples(entry: str, root: str, shuffle: bool, out: str) -> Iterator[dict[str, Any]]:
     """The samples (or summaries) entry point `entry` hands out over the dataset at `root`."""
     import neurocodec
-    from neurocodec import legacy
+    from neurocodec.dataset import legacy
 
     if entry == "dataset_index":
         with neurocodec.Dataset(root) as ds:

@@ -13,11 +13,11 @@ import torch
 
 from neurocodec.collate import Collated, collate_arrays
 from neurocodec.errors import SampleError, UnknownModalityError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
 from neurocodec.testing import registry_with
-from neurocodec.writer import WebDatasetWriter, create_shards_from_arrays
+from neurocodec.dataset.writer import WebDatasetWriter, create_shards_from_arrays
 
 
 def manifest_fields(path) -> dict[str, dict]:

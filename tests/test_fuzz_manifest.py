@@ -283,7 +283,7 @@ def read_job(path: str, limit: int) -> dict[str, Any]:
     """Open `path`, read samples by index and by iteration, then verify_all; typed errors are
     recorded, anything else propagates (and fails the example)."""
     from neurocodec.errors import NeurocodecError
-    from neurocodec.format.reader import Dataset
+    from neurocodec.dataset.reader import Dataset
 
     def typed(exc: NeurocodecError) -> list:
         return ["error", type(exc).__name__, str(exc)[:300]]
@@ -375,7 +375,7 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server():
     """The fork server the reads run in."""
-    srv = ForkServer("numpy", "neurocodec.format.reader", "test_fuzz_manifest", warmup="test_fuzz_manifest:warm")
+    srv = ForkServer("numpy", "neurocodec.dataset.reader", "test_fuzz_manifest", warmup="test_fuzz_manifest:warm")
     yield srv
     srv.close()
 

@@ -46,7 +46,7 @@ def test_base_dataset_is_valid(base):
 
 CHILD = textwrap.dedent(r"""
     import json, resource, sys
-    from neurocodec.format.reader import Dataset
+    from neurocodec.dataset.reader import Dataset
     from neurocodec.plugins import default_registry
 
     default_registry()  # load plugins before the cap: only reading is measured

@@ -5,7 +5,7 @@ index decoded size of 2**63+5 under xz, bz2 and zstd, 999,999,999 samples claime
 S8 / M8[ns] / >f4 fields, a 28 KB zstd member honestly declaring 900 MiB, and a shard truncated
 to 0 bytes after the reader opened it. The entry points: `Dataset` by index and by iteration,
 `WebDatasetLoader`, `RandomAccessWebDataset`, `create_webdataset_dataloader` with 0 and 2
-workers, `ShardedDatasetInfo`, the `neurocodec.legacy` readers without `allow_pickle`, and the
+workers, `ShardedDatasetInfo`, the `neurocodec.dataset.legacy` readers without `allow_pickle`, and the
 `neurocodec info` / `neurocodec verify` commands as subprocesses.
 
 Each must hand out only correct samples (bit for bit the ones written, never a damaged one) or
@@ -46,7 +46,7 @@ WATCHDOG = 20.0
 @pytest.fixture(scope="module")
 def server():
     """The fork server, with torch and the loaders imported and every entry point warmed up."""
-    srv = ForkServer("numpy", "torch", "neurocodec.loader.dataloader", "neurocodec.legacy", "hostile_entrypoints",
+    srv = ForkServer("numpy", "torch", "neurocodec.loader.dataloader", "neurocodec.dataset.legacy", "hostile_entrypoints",
                      warmup="hostile_entrypoints:warm")
     yield srv
     srv.close()

@@ -30,7 +30,7 @@ from neurocodec.format import index as shard_index
 from neurocodec.format import limits
 from neurocodec.format.compression import DecompressionError, decompress
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES
-from neurocodec.format.reader import read_manifest
+from neurocodec.dataset.reader import read_manifest
 
 pytestmark = pytest.mark.timeout(120)
 

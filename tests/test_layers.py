@@ -6,7 +6,8 @@ dependency). The leaves import no other neurocodec module but `errors`; `format/
 disk only: it imports the leaves and itself, never plugins, the registry, codecs, storage, the
 loaders, NWB or the command line; the plugin system (hook specs, plugin manager, registry,
 modalities, codecs, collate rules) imports format and the leaves; `storage/` imports format and
-the leaves (see docs/architecture.md). Modules that still break the rule are listed in PENDING with
+the leaves; `dataset/` (reading, writing, merging whole datasets) imports all of those, never the
+loaders, NWB conversion or the command line (see docs/architecture.md). Modules that still break the rule are listed in PENDING with
 exactly what they import; the list may only shrink: a listed module that no longer needs an
 entry fails the test, so the entry is removed when the module moves to its layer.
 """
@@ -30,12 +31,11 @@ MAY_IMPORT = {
     "nwb-protocol": {"leaf", "neurocodec.format", "nwb-protocol"},
     "plugin": {"leaf", "neurocodec.format", "nwb-protocol", "plugin"},
     "neurocodec.storage": {"leaf", "neurocodec.format", "neurocodec.storage"},
+    # `neurocodec` itself: `from neurocodec import __version__` (its exports are lazy).
+    "neurocodec.dataset": {"leaf", "neurocodec.format", "nwb-protocol", "plugin", "neurocodec.storage",
+                           "neurocodec.dataset", "neurocodec"},
 }
-PENDING = {
-    # Dataset (plugins, codecs, storage) and merge (a writer over Datasets) belong above format/.
-    "neurocodec.format.reader": {"plugin", "neurocodec.storage"},
-    "neurocodec.format.merge": {"neurocodec", "plugin", "neurocodec.storage"},
-}
+PENDING: dict[str, set[str]] = {}
 
 
 def module_name(path: Path) -> str:
@@ -81,7 +81,7 @@ def _exists(name: str) -> bool:
     return name == "neurocodec" or (ROOT / relative).with_suffix(".py").exists() or (ROOT / relative / "__init__.py").exists()
 
 
-def test_leaves_format_plugins_and_storage_import_only_downwards() -> None:
+def test_every_layer_below_the_loaders_imports_only_downwards() -> None:
     found = {}
     for path in sorted(ROOT.rglob("*.py")):
         module = module_name(path)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from neurocodec import Dataset, DatasetError, ShardError
-from neurocodec.legacy import PickleNotAllowedError, convert_legacy_shards, iter_legacy_samples
+from neurocodec.dataset.legacy import PickleNotAllowedError, convert_legacy_shards, iter_legacy_samples
 
 
 class _Boom:

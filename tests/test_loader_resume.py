@@ -20,7 +20,7 @@ from neurocodec import (
     WebDatasetLoader,
     create_webdataset_dataloader,
 )
-from neurocodec.format.reader import ShardReader
+from neurocodec.dataset.reader import ShardReader
 from neurocodec.loader import order as order_module
 from neurocodec.loader.plan import StepPlan
 

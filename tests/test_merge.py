@@ -12,7 +12,7 @@ import pytest
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import ShardError
 from neurocodec.format.layout import MANIFEST
-from neurocodec.format.merge import merge_datasets
+from neurocodec.dataset.merge import merge_datasets
 
 TEMP = re.compile(r"\..*\.tmp")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import nwbfiles
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 
 

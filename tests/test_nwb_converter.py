@@ -19,7 +19,7 @@ import pytest
 
 import nwbfiles
 from neurocodec.errors import DatasetExistsError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.nwb import NWBError
 from neurocodec.nwb.converter import PART_SUMMARY, PARTS_DIR, NWBToWebDatasetConverter
 

@@ -11,7 +11,7 @@ import pytest
 from pynwb import NWBHDF5IO
 
 import nwbfiles
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.nwb import NWBError, WindowSpec
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 

@@ -16,7 +16,7 @@ from pynwb.behavior import PupilTracking
 
 import nwbfiles
 from neurocodec.errors import UnknownModalityError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.nwb import ExtractOptions, NWBExtractor, TimeSeriesReader, find_objects
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from pynwb import NWBHDF5IO
 
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.nwb import NWBError
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nwbfiles
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.nwb import (
     LazySorted, WindowSpec, bin_spikes, bin_spikes_by_unit, first_index_at, samples_per_window,
 )

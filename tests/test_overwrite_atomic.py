@@ -34,7 +34,7 @@ import pytest
 
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import DatasetExistsError
-from neurocodec.format.merge import merge_datasets
+from neurocodec.dataset.merge import merge_datasets
 from neurocodec.storage.cache import ShardCache
 from test_atomicity import SAMPLE_SOURCE  # the same samples as the plain writer kill tests
 
@@ -44,7 +44,7 @@ MANIFEST = "dataset_metadata.json"
 WRITER_SOURCE = r'''
 import json, os, signal, sys
 from neurocodec import WebDatasetWriter
-from neurocodec.format.merge import merge_datasets
+from neurocodec.dataset.merge import merge_datasets
 
 kind, out, seed, count, shard_size, compression, kill_at, when, source = sys.argv[1:10]
 seed, count, shard_size, kill_at = int(seed), int(count), int(shard_size), int(kill_at)
@@ -252,18 +252,18 @@ def test_merging_a_dataset_into_itself_replaces_it_whole(tmp_path):
 # -- neurocodec convert on .npz, interrupted ------------------------------------------------------
 PAUSED_CLI = r'''
 import sys, time
-import neurocodec.writer as writer
+import neurocodec.dataset.writer as writer
 
 pause_at = int(sys.argv[1])
-real = writer.WebDatasetWriter.write_sample
+real = writer.WebDatasetWriter._write  # every sample goes through it (write_sample and the npz path)
 
-def write_sample(self, *args, **kwargs):
+def write(self, *args, **kwargs):
     if self.samples_written == pause_at:
         print("paused", flush=True)
         time.sleep(300)
     return real(self, *args, **kwargs)
 
-writer.WebDatasetWriter.write_sample = write_sample
+writer.WebDatasetWriter._write = write
 from neurocodec.cli import main
 sys.exit(main(sys.argv[2:]))
 '''

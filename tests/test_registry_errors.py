@@ -13,10 +13,10 @@ import pytest
 
 from neurocodec.codecs import Codec
 from neurocodec.errors import UnknownCodecError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.plugins import default_registry
 from neurocodec.registry import PluginInfo, Registry
-from neurocodec.writer import create_shards_from_arrays
+from neurocodec.dataset.writer import create_shards_from_arrays
 
 MANIFEST = "/data/ds/dataset_metadata.json"
 

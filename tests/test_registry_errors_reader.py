@@ -8,7 +8,7 @@ import re
 import pytest
 
 from neurocodec.errors import UnknownCodecError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from test_registry_errors import bad_config_dataset  # noqa: F401
 
 

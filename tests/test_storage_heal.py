@@ -17,7 +17,7 @@ import pytest
 
 from loader_util import sample_id, write_ids_dataset
 from neurocodec.errors import ShardError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.storage import RetryPolicy, ShardCache
 from storage_servers import static_http_server
 

@@ -9,7 +9,7 @@ import pytest
 
 from loader_util import flat_ids, sample_id
 from neurocodec.errors import ShardError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from test_storage_heal import N, SHARD, cached_file, flip_payload_byte, new_cache, served  # noqa: F401
 

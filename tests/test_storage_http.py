@@ -11,10 +11,10 @@ import pytest
 from loader_util import flat_ids, sample_id, write_ids_dataset
 from neurocodec.cli import main
 from neurocodec.errors import DatasetError, ShardError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from neurocodec.storage import RetryPolicy, ShardCache
-from neurocodec.writer import create_shards_from_arrays
+from neurocodec.dataset.writer import create_shards_from_arrays
 from storage_servers import static_http_server
 
 N, SHARD = 27, 6

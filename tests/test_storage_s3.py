@@ -26,7 +26,7 @@ from loader_util import batch_ids, child_env, flat_ids, sample_id, write_ids_dat
 from neurocodec import WebDatasetWriter
 from neurocodec.cli import main
 from neurocodec.errors import DatasetError, DatasetExistsError, ShardError
-from neurocodec.format.reader import Dataset, read_manifest
+from neurocodec.dataset.reader import Dataset, read_manifest
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from neurocodec.loader.datasets import RandomAccessWebDataset, ResumableWebDatasetLoader, WebDatasetLoader
 from neurocodec.storage import RetryPolicy, ShardCache
@@ -292,7 +292,7 @@ def test_cache_smaller_than_dataset_with_workers(endpoint, dataset, local, tmp_p
 
 CHILD = textwrap.dedent("""
     import hashlib, json, sys
-    from neurocodec.format.reader import Dataset
+    from neurocodec.dataset.reader import Dataset
     from neurocodec.storage import ShardCache
     url, options, cache_dir, shards = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
     with Dataset(url, storage_options=options, cache=ShardCache(cache_dir, "1G", prefetch_bytes=0)) as ds:
@@ -327,7 +327,7 @@ def test_processes_share_the_cache_and_download_each_shard_once(endpoint, datase
 
 KILLED = textwrap.dedent("""
     import json, sys
-    from neurocodec.format.reader import Dataset
+    from neurocodec.dataset.reader import Dataset
     from neurocodec.storage import ShardCache
     url, options, cache_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     with Dataset(url, storage_options=options, cache=ShardCache(cache_dir, "1G", prefetch_bytes=0)) as ds:

@@ -16,8 +16,8 @@ import pytest
 from loader_util import batch_ids, flat_ids, sample_id
 from neurocodec import WebDatasetWriter
 from neurocodec.errors import DatasetError, DatasetExistsError, ShardError
-from neurocodec.format.reader import Dataset, read_manifest
-from neurocodec.info import ShardedDatasetInfo
+from neurocodec.dataset.reader import Dataset, read_manifest
+from neurocodec.dataset.info import ShardedDatasetInfo
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from neurocodec.loader.datasets import RandomAccessWebDataset, WebDatasetLoader
 from neurocodec.loader.lookahead import ShardLookahead

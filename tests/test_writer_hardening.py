@@ -25,7 +25,7 @@ import pytest
 
 from neurocodec import Dataset, ShardedDatasetInfo, WebDatasetWriter, create_shards_from_arrays
 from neurocodec.errors import DatasetError, DatasetExistsError, DatasetLockedError
-from neurocodec.format.merge import merge_datasets
+from neurocodec.dataset.merge import merge_datasets
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 from neurocodec.storage.lock import LOCK_NAME
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from neurocodec import Dataset, WebDatasetWriter
-from neurocodec import writer as writer_module
+from neurocodec.dataset import writer as writer_module
 from neurocodec.errors import DatasetError, SampleError
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.storage.output import check_manifest_size

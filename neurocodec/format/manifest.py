@@ -167,7 +167,7 @@ def _parse(doc: Any, source: str, ceiling: int) -> Manifest:
         raise DatasetError(
             f"{source}: not a neurocodec manifest (format {doc.get('format')!r}); shards of the "
             "user guide's older pipeline (pickled .pyd members) convert with "
-            "neurocodec.legacy.convert_legacy_shards, see docs/format.md"
+            "neurocodec.dataset.legacy.convert_legacy_shards, see docs/format.md"
         )
     version = doc.get("format_version")
     _need(type(version) is int and version >= 1, source, "format_version must be a positive integer")

@@ -1,4 +1,4 @@
-"""Reading the samples of one shard through its index, safely (see `neurocodec.format.reader`).
+"""Reading the samples of one shard through its index, safely (see `neurocodec.dataset.reader`).
 
 `ShardReader` needs nothing from the dataset but a `ReadPlan`: the fields, the functions that
 decode them, the member-name suffixes, the compression and the checks to make. It imports no

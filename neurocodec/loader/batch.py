@@ -10,7 +10,7 @@ from neurocodec.collate import Collated, CollateRule, collate_arrays, collate_li
 from neurocodec.errors import UnknownModalityError
 from neurocodec.format.layout import METADATA_FIELD
 from neurocodec.format.manifest import FieldSpec
-from neurocodec.format.reader import KEY
+from neurocodec.dataset.reader import KEY
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from neurocodec.errors import ShardError
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.registry import Registry
 
 log = logging.getLogger("neurocodec.loader")

@@ -9,7 +9,7 @@ import numpy as np
 
 from neurocodec.format import limits
 from neurocodec.format.limits import check_local_shards
-from neurocodec.format.reader import read_manifest
+from neurocodec.dataset.reader import read_manifest
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource

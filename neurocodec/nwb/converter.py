@@ -51,7 +51,7 @@ from neurocodec.nwb.session import session_key
 from neurocodec.nwb.windows import WindowSpec
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
-from neurocodec.schema import check_field_modalities
+from neurocodec.dataset.schema import check_field_modalities
 from neurocodec.storage.location import dataset_path, is_remote
 from neurocodec.storage.local_output import make_output_dir
 from neurocodec.storage.lock import OutputLock
@@ -320,7 +320,7 @@ class NWBToWebDatasetConverter:
 
     def _finalize(self) -> dict[str, Any]:
         from neurocodec.errors import SampleError
-        from neurocodec.format.merge import merge_datasets
+        from neurocodec.dataset.merge import merge_datasets
 
         done = [p for p in self._files if p in self._results]
         if not done:

@@ -128,7 +128,7 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
     """
     from pynwb import NWBHDF5IO
 
-    from neurocodec.writer import WebDatasetWriter
+    from neurocodec.dataset.writer import WebDatasetWriter
 
     path, part_dir = Path(path), Path(part_dir)
     try:

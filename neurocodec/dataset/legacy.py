@@ -125,7 +125,7 @@ def convert_legacy_shards(shard_dir: str | os.PathLike, output_dir: str | os.Pat
                           compression: str = "none", **writer_options: Any) -> dict[str, Any]:
     """Rewrite a legacy dataset as a neurocodec dataset (no pickle from then on); return the summary."""
     from neurocodec.modality import as_array
-    from neurocodec.writer import WebDatasetWriter
+    from neurocodec.dataset.writer import WebDatasetWriter
 
     with WebDatasetWriter(output_dir, shard_size, compression, **writer_options) as writer:
         for sample in iter_legacy_samples(shard_dir, allow_pickle=allow_pickle):

@@ -16,7 +16,7 @@ from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.plugins import default_registry
 from neurocodec.registry import Registry
-from neurocodec.schema import Schema, check_field_modalities
+from neurocodec.dataset.schema import Schema, check_field_modalities
 from neurocodec.storage.output import DatasetOutput
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any, Mapping, TextIO
 
-from neurocodec.format.reader import read_manifest
+from neurocodec.dataset.reader import read_manifest
 from neurocodec.storage.location import dataset_path
 
 

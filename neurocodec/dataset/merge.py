@@ -15,7 +15,7 @@ from neurocodec import __version__
 from neurocodec.errors import DatasetError
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec, Manifest
-from neurocodec.format.reader import Dataset
+from neurocodec.dataset.reader import Dataset
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
 from neurocodec.registry import Registry
 
