@@ -101,3 +101,42 @@ def test_the_check_sees_function_level_and_type_checking_imports(tmp_path: Path)
     names = imported(source)
     assert {"neurocodec.registry", "neurocodec.storage.cache", "neurocodec.plugins"} <= names
     assert violations("neurocodec.format.probe", names) == {"plugin", "neurocodec.storage"}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module in `graph` (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in graph.get(module, ()):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_no_import_cycles() -> None:
+    """No two modules import each other, directly or round a loop, not even inside functions."""
+    graph = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        module = module_name(path)
+        graph[module] = {n for n in imported(path) if _exists(n) and n != module and n != "neurocodec"}
+    assert import_cycles(graph) == []
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

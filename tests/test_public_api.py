@@ -27,7 +27,7 @@ PUBLIC_MODULES = ("neurocodec", "neurocodec.plugin", "neurocodec.datasets", "neu
 # Exceptions the package defines that never reach a user: each is caught at the boundary that
 # raises it and re-raised as a NeurocodecError naming the dataset, shard, sample or field.
 WRAPPED_ERRORS = {
-    "neurocodec.cli.CommandLineError": "main() prints it as the command's error message",
+    "neurocodec.cli.options.CommandLineError": "main() prints it as the command's error message",
     "neurocodec.codecs.CodecError": "the writer wraps it in SampleError, the reader in ShardError",
     "neurocodec.format.compression.DecompressionError": "the shard reader wraps it in ShardError",
     "neurocodec.format.tar.HeaderError": "the shard and legacy readers wrap it in ShardError",

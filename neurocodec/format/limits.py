@@ -21,17 +21,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from neurocodec import npy
-from neurocodec.errors import ShardError
 from neurocodec.format import tar
-
-if TYPE_CHECKING:
-    from neurocodec.format.manifest import Manifest
 
 DEFAULT_MAX_MEMBER_BYTES = 256 << 20
 """The per-member decoded-size ceiling when none is set (256 MiB)."""
@@ -80,27 +74,3 @@ def index_file_bytes(samples: int, members: int) -> int:
     """The exact size of the index of a shard of `samples` samples with `members` members:
     the NPY header of a (samples, members, 4) `<u8` array plus 32 bytes per member."""
     return len(npy.header(np.dtype("<u8"), (samples, members, 4))) + samples * members * 32
-
-
-def check_local_shards(root: Path, manifest: "Manifest") -> None:
-    """Stat (never read) each index file of a local dataset; ShardError naming the shard when
-    an index is present but smaller than the sample count the manifest lists implies.
-
-    For the loaders, before they size an epoch's order (or a sampler its permutation) by the
-    manifest's sample counts: those counts are then backed by index files of their exact size,
-    each within the per-member ceiling (checked at manifest parse). Shard files are not judged
-    here: a truncated or missing shard, or a missing index, is reported by the reader when its
-    samples are read, so that `on_error="skip"` still skips them.
-    """
-    members = len(manifest.fields)
-    for entry in manifest.shards:
-        need = index_file_bytes(entry.samples, members)
-        try:
-            size = os.stat(root / entry.index).st_size
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise ShardError(f"cannot stat index {entry.index}: {exc.strerror or exc}", shard=entry.name) from None
-        if size < need:
-            raise ShardError(f"index {entry.index} has {size} bytes, too few for the {entry.samples} samples "
-                             f"the manifest lists ({need} bytes)", shard=entry.name)

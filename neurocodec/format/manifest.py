@@ -9,12 +9,14 @@ It is written last, atomically: a directory without it is not a dataset.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import attrs
 
 from neurocodec import npy
-from neurocodec.errors import DatasetError
+from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits, tar
 from neurocodec.format.compression import COMPRESSIONS, SUFFIX
 
@@ -286,3 +288,27 @@ def _check_shard_sizes(entry: ShardEntry, members: int, source: str, where: str,
           f"{where}index of {entry.samples} samples of {members} members is {index_bytes} bytes, above the "
           f"per-member ceiling of {ceiling} bytes that bounds every read (raise it with max_member_bytes= or "
           f"{limits.ENV_MAX_MEMBER_BYTES} if you trust this dataset)")
+
+
+def check_local_shards(root: Path, manifest: Manifest) -> None:
+    """Stat (never read) each index file of a local dataset; ShardError naming the shard when
+    an index is present but smaller than the sample count the manifest lists implies.
+
+    For the loaders, before they size an epoch's order (or a sampler its permutation) by the
+    manifest's sample counts: those counts are then backed by index files of their exact size,
+    each within the per-member ceiling (checked at manifest parse). Shard files are not judged
+    here: a truncated or missing shard, or a missing index, is reported by the reader when its
+    samples are read, so that `on_error="skip"` still skips them.
+    """
+    members = len(manifest.fields)
+    for entry in manifest.shards:
+        need = limits.index_file_bytes(entry.samples, members)
+        try:
+            size = os.stat(root / entry.index).st_size
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ShardError(f"cannot stat index {entry.index}: {exc.strerror or exc}", shard=entry.name) from None
+        if size < need:
+            raise ShardError(f"index {entry.index} has {size} bytes, too few for the {entry.samples} samples "
+                             f"the manifest lists ({need} bytes)", shard=entry.name)

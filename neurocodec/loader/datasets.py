@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 
 import torch.utils.data
 
-from neurocodec.format.limits import check_local_shards
+from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import Dataset
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.loader.batch import sample_to_tensors

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from neurocodec.format import limits
-from neurocodec.format.limits import check_local_shards
+from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world

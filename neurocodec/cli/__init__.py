@@ -1,4 +1,4 @@
-"""The `neurocodec` command: `convert`, `info`, `verify`, `plugins`.
+"""The `neurocodec` command: `convert`, `info`, `verify`, `plugins` (one module each here).
 
 Exit status: 0 on success; 1 when the command failed, with one line
 `neurocodec <command>: error: ...` on stderr (a bad or hostile dataset, a bad input file, an
@@ -14,100 +14,23 @@ import argparse
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from neurocodec import __version__
+from neurocodec.cli import convert, info, plugins
+from neurocodec.cli.options import CommandLineError, check_output_arg
 from neurocodec.errors import NeurocodecError
 
 
-class CommandLineError(NeurocodecError):
-    """A command-line value is unusable (the message names the flag)."""
-
-
-def _info(args: argparse.Namespace) -> int:
-    from neurocodec.dataset.info import ShardedDatasetInfo
-    from neurocodec.storage.cli import storage_options_from_args
-
-    ShardedDatasetInfo(args.path, storage_options=storage_options_from_args(args)).print_summary()
-    return 0
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from neurocodec.dataset.reader import Dataset
-    from neurocodec.storage.cli import cache_from_args, storage_options_from_args
-
-    with Dataset(args.path, storage_options=storage_options_from_args(args), cache=cache_from_args(args)) as ds:
-        count = ds.verify_all()
-        print(f"ok: {count} samples in {len(ds.shards)} shards match {args.path}/dataset_metadata.json")
-    return 0
-
-
-def _plugins(args: argparse.Namespace) -> int:
-    from neurocodec.plugins import DISABLE_ENV, disabled_from_env, load_registry
-
-    registry = load_registry()
-    for p in registry.plugins():
-        print(f"{p.name:<12} {p.origin}  ({p.module})")
-        mods = registry.modality_names(p.name)
-        codecs = registry.codec_ids(p.name)
-        if mods:
-            print(f"    modalities: {', '.join(mods)}")
-            for name in mods:
-                description = registry.modality(name).description
-                if description:
-                    print(f"      {name:<12} {description}")
-        if codecs:
-            print(f"    codecs:     {', '.join(codecs)}")
-    disabled = disabled_from_env()
-    if disabled:
-        print(f"disabled by {DISABLE_ENV}: {', '.join(sorted(disabled))}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `neurocodec` command."""
+    """The argument parser of the `neurocodec` command: one module of this package per command."""
     parser = argparse.ArgumentParser(prog="neurocodec", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip())
     parser.add_argument("--version", action="version", version=f"neurocodec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from neurocodec.storage.cli import add_storage_arguments
-
-    p = sub.add_parser("info", help="summarise a dataset from its manifest")
-    p.add_argument("path", help="dataset directory or URL (s3://, gs://, https://, ...)")
-    add_storage_arguments(p, cache=False)
-    p.set_defaults(func=_info)
-    p = sub.add_parser("verify", help="re-read every shard and check it against the manifest")
-    p.add_argument("path", help="dataset directory or URL (s3://, gs://, https://, ...)")
-    add_storage_arguments(p)
-    p.set_defaults(func=_verify)
-    p = sub.add_parser("plugins", help="list installed plugins and what each provides")
-    p.set_defaults(func=_plugins)
-    from neurocodec.convert import add_convert_parser
-
-    add_convert_parser(sub)
+    for command in (info, plugins, convert):
+        command.add_parsers(sub)
     return parser
-
-
-def check_output_arg(args: argparse.Namespace) -> None:
-    """A local `--output` must be a directory or not exist yet, under a directory (checked here so
-    the error names the flag instead of a failing mkdir)."""
-    from neurocodec.storage.location import is_url
-
-    output = getattr(args, "output", None)
-    if not isinstance(output, str) or not output or (is_url(output) and not output.lower().startswith("file:")):
-        return
-    from neurocodec.storage.location import dataset_path
-
-    path = Path(dataset_path(output))
-    for place in (path, *path.parents):
-        if os.path.lexists(place):
-            if not place.is_dir():
-                what = ("exists and is not a directory" if place == path
-                        else f"is below {place}, which is not a directory")
-                raise CommandLineError(f"--output {output} {what}: give a directory for the dataset "
-                                       "(new, empty, or holding a dataset to --overwrite)")
-            return
 
 
 def _dataset_of(args: argparse.Namespace) -> str:

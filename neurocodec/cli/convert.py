@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
-from neurocodec.storage.cli import add_storage_arguments, cache_from_args, storage_options_from_args
+from neurocodec.cli.options import add_storage_arguments, cache_from_args, storage_options_from_args
 from neurocodec.storage.location import dataset_path
 
 
@@ -146,7 +145,7 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_convert_parser(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     """Register `convert` on the `neurocodec` command's subparsers."""
     p = sub.add_parser("convert", help="convert NWB files or .npz arrays to shards",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,9 +171,3 @@ def add_convert_parser(sub: Any) -> None:
     nwb.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad input files")
     add_storage_arguments(p)
     p.set_defaults(func=run_convert)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from neurocodec.cli import main
-
-    sys.exit(main(["convert", *sys.argv[1:]]))

@@ -1,14 +1,39 @@
-"""Command-line options for datasets at URLs: `--storage-option KEY=VALUE`, `--storage-options
-JSON`, `--cache-dir`, `--cache-size`."""
+"""What several commands share: the options for datasets at URLs (`--storage-option KEY=VALUE`,
+`--storage-options JSON`, `--cache-dir`, `--cache-size`), the check of `--output`, and the error
+for an unusable command-line value."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
+from neurocodec.errors import NeurocodecError
 from neurocodec.storage.cache import ShardCache, parse_size
+from neurocodec.storage.location import dataset_path, is_url
+
+
+class CommandLineError(NeurocodecError):
+    """A command-line value is unusable (the message names the flag)."""
+
+
+def check_output_arg(args: argparse.Namespace) -> None:
+    """A local `--output` must be a directory or not exist yet, under a directory (checked here so
+    the error names the flag instead of a failing mkdir)."""
+    output = getattr(args, "output", None)
+    if not isinstance(output, str) or not output or (is_url(output) and not output.lower().startswith("file:")):
+        return
+    path = Path(dataset_path(output))
+    for place in (path, *path.parents):
+        if os.path.lexists(place):
+            if not place.is_dir():
+                what = ("exists and is not a directory" if place == path
+                        else f"is below {place}, which is not a directory")
+                raise CommandLineError(f"--output {output} {what}: give a directory for the dataset "
+                                       "(new, empty, or holding a dataset to --overwrite)")
+            return
 
 
 def _value(text: str) -> Any:
