@@ -39,8 +39,8 @@ _EXPORTS = {
     "LoaderState": "neurocodec.loader.state",
     "EpochOrder": "neurocodec.loader.order",
     # installed plugins (the `registry=` argument of the writer, readers and loaders)
-    "load_registry": "neurocodec.plugins",
-    "default_registry": "neurocodec.plugins",
+    "load_registry": "neurocodec.plugin.manager",
+    "default_registry": "neurocodec.plugin.manager",
     # every error a user may catch; all derive from NeurocodecError
     "NeurocodecError": "neurocodec.errors",
     "SampleError": "neurocodec.errors",

@@ -26,11 +26,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from neurocodec.codecs import Codec
+from neurocodec.plugin.codecs import Codec
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.dataset.reader import KEY, Dataset
-from neurocodec.modality import as_array
-from neurocodec.registry import Registry
+from neurocodec.plugin.modality import as_array
+from neurocodec.plugin.registry import Registry
 
 __all__ = ["assert_round_trip", "assert_values_equal", "check_codec", "field_for", "registry_with", "round_trip"]
 
@@ -48,7 +48,7 @@ def registry_with(*plugins: Any, entry_points: bool = True) -> Registry:
     unnamed plugins are named after their module (or `test-plugin-<n>`). Nothing is cached, so
     the default registry used by other code is not affected.
     """
-    from neurocodec.plugins import load_registry
+    from neurocodec.plugin.manager import load_registry
 
     named = []
     for n, plugin in enumerate(plugins):

@@ -21,7 +21,7 @@ from neurocodec import (
     collate_webdataset,
     create_webdataset_dataloader,
 )
-from neurocodec.collate import Collated, allocate_batch_tensor, allocating_from
+from neurocodec.plugin.collate import Collated, allocate_batch_tensor, allocating_from
 from neurocodec.errors import UnknownCodecError, UnknownModalityError
 from neurocodec.loader.slots import SlotPool
 from neurocodec.plugin import ArrayPolicy, Codec, ModalitySpec, NpyCodec, hookimpl

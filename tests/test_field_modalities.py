@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurocodec.collate import Collated, collate_arrays
+from neurocodec.plugin.collate import Collated, collate_arrays
 from neurocodec.errors import SampleError, UnknownModalityError
 from neurocodec.dataset.reader import Dataset
 from neurocodec.loader.dataloader import create_webdataset_dataloader

@@ -317,7 +317,7 @@ def read_job(path: str, limit: int) -> dict[str, Any]:
 
 def warm() -> None:
     """The fork server's warm-up: load the plugins once, before any fork."""
-    from neurocodec.plugins import default_registry
+    from neurocodec.plugin.manager import default_registry
 
     default_registry()
 

@@ -47,7 +47,7 @@ def test_base_dataset_is_valid(base):
 CHILD = textwrap.dedent(r"""
     import json, resource, sys
     from neurocodec.dataset.reader import Dataset
-    from neurocodec.plugins import default_registry
+    from neurocodec.plugin.manager import default_registry
 
     default_registry()  # load plugins before the cap: only reading is measured
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1]) * 1024

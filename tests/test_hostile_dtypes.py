@@ -30,7 +30,7 @@ import pytest
 import hostile as h
 from loader_util import child_env
 from neurocodec import WebDatasetWriter, npy
-from neurocodec.codecs import CodecError, NpyCodec
+from neurocodec.plugin.codecs import CodecError, NpyCodec
 from neurocodec.errors import SampleError
 from neurocodec.format.manifest import FieldSpec
 
@@ -212,7 +212,7 @@ def test_every_dtype_in_npy_headers(base, tmp_path):
 
 DIRECT_CHILD = textwrap.dedent(r"""
     import json, sys
-    from neurocodec.codecs import NpyCodec
+    from neurocodec.plugin.codecs import NpyCodec
     from neurocodec.format.manifest import FieldSpec
 
     for n, job in enumerate(json.load(open(sys.argv[1]))):
@@ -294,7 +294,7 @@ def test_writer_refuses_dtypes_the_loaders_cannot_batch(tmp_path, field, dtype):
 def test_plugin_prepare_returning_other_dtype_is_refused_by_the_schema(tmp_path):
     """Whatever a modality's prepare returns (here a plugin's own, passing big-endian through),
     the schema stores only npy.DTYPES: a `>f4` would be recorded as a dtype no reader accepts."""
-    from neurocodec.modality import ModalitySpec
+    from neurocodec.plugin.modality import ModalitySpec
     from neurocodec.plugin import hookimpl
     from neurocodec.testing import registry_with
 

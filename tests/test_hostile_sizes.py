@@ -165,7 +165,7 @@ def test_honest_900_mib_member_is_refused_by_the_default_ceiling(bases, tmp_path
 CAPPED_CHILD = textwrap.dedent(r"""
     import json, resource, sys
     from neurocodec import Dataset
-    from neurocodec.plugins import default_registry
+    from neurocodec.plugin.manager import default_registry
 
     default_registry()
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1]) * 1024

@@ -99,7 +99,7 @@ def test_cli_plugins(how):
     assert "modalities: array, bytes, json, text" in text and "codecs:     bytes, json, npy, text" in text
     assert "modalities: spikes" in text
     # each modality's description, from its plugin's registration
-    from neurocodec.plugins import load_registry
+    from neurocodec.plugin.manager import load_registry
 
     registry = load_registry()
     for name in ("spikes", "lfp", "array"):

@@ -306,7 +306,7 @@ LOAD_SCRIPT = """
     assert not any(m.startswith(("neurocodec_broken", "neurocodec_plugins", "neurocodec_calcium"))
                    for m in sys.modules), "import neurocodec loaded a plugin"
     from neurocodec import PluginLoadError
-    from neurocodec.plugins import load_registry
+    from neurocodec.plugin.manager import load_registry
     try:
         load_registry()
     except PluginLoadError as exc:

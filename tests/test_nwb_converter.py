@@ -225,7 +225,7 @@ MEASURE = textwrap.dedent("""
 
     import h5py, numpy, pynwb
     from neurocodec.nwb.converter import NWBToWebDatasetConverter
-    from neurocodec.plugins import default_registry
+    from neurocodec.plugin.manager import default_registry
     default_registry()
     baseline = status("VmRSS:")
     c = NWBToWebDatasetConverter(sys.argv[2], 100, ["spikes", "lfp"], bin_size_ms=10, sequence_length=100,

@@ -10,7 +10,7 @@ import pytest
 
 from neurocodec.errors import PluginError
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
-from neurocodec.plugins import load_registry
+from neurocodec.plugin.manager import load_registry
 from neurocodec.testing import registry_with
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import neurocodec.plugin as plugin_api
-from neurocodec import Dataset, WebDatasetWriter, hookspecs
+from neurocodec import Dataset, WebDatasetWriter
+from neurocodec.plugin import hookspecs
 from neurocodec.errors import DuplicateRegistrationError, PluginError, PluginLoadError, UnknownCodecError
 from neurocodec.plugin import Codec, ModalitySpec, NpyCodec, ArrayPolicy, hookimpl
-from neurocodec.plugins import ENTRY_POINT_GROUP, load_registry
+from neurocodec.plugin.manager import ENTRY_POINT_GROUP, load_registry
 from neurocodec.testing import assert_round_trip, registry_with
 
 BUILT_INS = {"generic", "spikes", "lfp", "eeg", "fmri", "video", "behavior"}
@@ -196,14 +197,14 @@ def test_disable_a_plugin(tmp_path):
 
 
 def test_disable_plugins_environment_variable():
-    code = "from neurocodec.plugins import default_registry as r; print(','.join(r().modality_names()))"
+    code = "from neurocodec.plugin.manager import default_registry as r; print(','.join(r().modality_names()))"
     names = _run(code, {"NEUROCODEC_DISABLE_PLUGINS": "video, eeg"}).stdout.strip().split(",")
     assert "video" not in names and "eeg" not in names and "spikes" in names
     assert "video" in _run(code).stdout.strip().split(",")
 
 
 def test_trace_plugins_logs_registrations():
-    code = "from neurocodec.plugins import load_registry; load_registry()"
+    code = "from neurocodec.plugin.manager import load_registry; load_registry()"
     traced = _run(code, {"NEUROCODEC_TRACE_PLUGINS": "1"})
     assert traced.returncode == 0
     assert "plugin spikes registered modality 'spikes' (codec 'npy')" in traced.stderr
@@ -226,7 +227,7 @@ def _fake_distribution(root: Path, name: str, entry_points: dict[str, str], modu
 def test_entry_point_plugin_that_fails_to_import_names_its_distribution(tmp_path):
     _fake_distribution(tmp_path, "neurocodec-broken", {"broken": "neurocodec_broken"},
                        module="raise ImportError('needs libfoo')\n")
-    code = "from neurocodec.plugins import load_registry; print(len(load_registry().plugins()))"
+    code = "from neurocodec.plugin.manager import load_registry; print(len(load_registry().plugins()))"
     env = {"PYTHONPATH": str(tmp_path)}
     result = _run(code, env)
     assert result.returncode != 0
@@ -249,7 +250,7 @@ def test_entry_point_plugin_duplicating_a_built_in_names_both_distributions(tmp_
         def neurocodec_register_modalities(register):
             register(ModalitySpec(name="spikes", codec={"id": "npy"}, prepare=ArrayPolicy()))
     """)
-    result = _run("from neurocodec.plugins import load_registry; load_registry()", {"PYTHONPATH": str(tmp_path)})
+    result = _run("from neurocodec.plugin.manager import load_registry; load_registry()", {"PYTHONPATH": str(tmp_path)})
     assert result.returncode != 0
     assert ("DuplicateRegistrationError: modality 'spikes' is registered by plugin 'spikes' (neurocodec "
             in result.stderr)

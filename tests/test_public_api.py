@@ -28,7 +28,7 @@ PUBLIC_MODULES = ("neurocodec", "neurocodec.plugin", "neurocodec.datasets", "neu
 # raises it and re-raised as a NeurocodecError naming the dataset, shard, sample or field.
 WRAPPED_ERRORS = {
     "neurocodec.cli.options.CommandLineError": "main() prints it as the command's error message",
-    "neurocodec.codecs.CodecError": "the writer wraps it in SampleError, the reader in ShardError",
+    "neurocodec.plugin.codecs.CodecError": "the writer wraps it in SampleError, the reader in ShardError",
     "neurocodec.format.compression.DecompressionError": "the shard reader wraps it in ShardError",
     "neurocodec.format.tar.HeaderError": "the shard and legacy readers wrap it in ShardError",
     "neurocodec.npy.NpyError": "codecs turn it into CodecError (then SampleError / ShardError)",
@@ -148,7 +148,7 @@ def test_plugin_api_resolves_and_holds_the_nwb_extractor_protocol():
     assert len(set(neurocodec.plugin.__all__)) == len(neurocodec.plugin.__all__)
     for name in neurocodec.plugin.__all__:
         assert getattr(neurocodec.plugin, name) is not None, name
-    from neurocodec.plugins import default_registry
+    from neurocodec.plugin.manager import default_registry
 
     for modality in ("spikes", "lfp", "eeg", "behavior", "video", "fmri"):
         extractor = default_registry().nwb_extractor(modality)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurocodec.codecs import Codec
+from neurocodec.plugin.codecs import Codec
 from neurocodec.errors import UnknownCodecError
 from neurocodec.dataset.reader import Dataset
-from neurocodec.plugins import default_registry
-from neurocodec.registry import PluginInfo, Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import PluginInfo, Registry
 from neurocodec.dataset.writer import create_shards_from_arrays
 
 MANIFEST = "/data/ds/dataset_metadata.json"

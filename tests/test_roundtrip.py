@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from neurocodec import Dataset, SampleError, WebDatasetWriter
-from neurocodec.codecs import JsonCodec, NpyCodec, TextCodec, BytesCodec
+from neurocodec.plugin.codecs import JsonCodec, NpyCodec, TextCodec, BytesCodec
 from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.testing import assert_round_trip, assert_values_equal, check_codec, round_trip
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from neurocodec import Dataset, SampleError, WebDatasetWriter, create_shards_from_arrays
-from neurocodec.codecs import smallest_integer_dtype
+from neurocodec.plugin.codecs import smallest_integer_dtype
 
 wds = pytest.importorskip("webdataset")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from neurocodec.plugins import DISABLE_ENV, disabled_from_env, load_registry
+from neurocodec.plugin.manager import DISABLE_ENV, disabled_from_env, load_registry
 
 
 def add_parsers(sub: Any) -> None:

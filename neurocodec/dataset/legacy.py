@@ -124,7 +124,7 @@ def convert_legacy_shards(shard_dir: str | os.PathLike, output_dir: str | os.Pat
                           allow_pickle: bool = False, shard_size: int = 1000,
                           compression: str = "none", **writer_options: Any) -> dict[str, Any]:
     """Rewrite a legacy dataset as a neurocodec dataset (no pickle from then on); return the summary."""
-    from neurocodec.modality import as_array
+    from neurocodec.plugin.modality import as_array
     from neurocodec.dataset.writer import WebDatasetWriter
 
     with WebDatasetWriter(output_dir, shard_size, compression, **writer_options) as writer:

@@ -17,7 +17,7 @@ from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec, Manifest
 from neurocodec.dataset.reader import Dataset
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
-from neurocodec.registry import Registry
+from neurocodec.plugin.registry import Registry
 
 if TYPE_CHECKING:
     from neurocodec.storage.lock import OutputLock

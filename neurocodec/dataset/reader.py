@@ -22,15 +22,15 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from neurocodec import npy
-from neurocodec.codecs import Codec
+from neurocodec.plugin.codecs import Codec
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.format.shard_reader import KEY, VERIFY_MODES, ReadPlan, ShardReader, open_regular_file
 
 __all__ = ["KEY", "Dataset", "ShardReader", "open_remote", "read_manifest"]
-from neurocodec.plugins import default_registry
-from neurocodec.registry import Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
 class Dataset:

@@ -14,12 +14,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from neurocodec import npy
-from neurocodec.codecs import Codec
+from neurocodec.plugin.codecs import Codec
 from neurocodec.errors import UnknownModalityError
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec
-from neurocodec.modality import ModalitySpec
-from neurocodec.registry import Registry
+from neurocodec.plugin.modality import ModalitySpec
+from neurocodec.plugin.registry import Registry
 
 
 class FieldState:

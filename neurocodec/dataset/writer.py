@@ -14,8 +14,8 @@ from neurocodec.format import layout, limits
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
-from neurocodec.plugins import default_registry
-from neurocodec.registry import Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import Registry
 from neurocodec.dataset.schema import Schema, check_field_modalities
 from neurocodec.storage.output import DatasetOutput
 
@@ -303,7 +303,7 @@ def create_shards_from_arrays(
     """
     from tqdm.auto import tqdm
 
-    from neurocodec.modality import as_array
+    from neurocodec.plugin.modality import as_array
 
     if not isinstance(data_dict, Mapping) or not data_dict:
         raise SampleError("data_dict must be a non-empty dict of field name to array")

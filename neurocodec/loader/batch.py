@@ -6,13 +6,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from neurocodec.collate import Collated, CollateRule, collate_arrays, collate_list
+from neurocodec.plugin.collate import Collated, CollateRule, collate_arrays, collate_list
 from neurocodec.errors import UnknownModalityError
 from neurocodec.format.layout import METADATA_FIELD
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.dataset.reader import KEY
-from neurocodec.plugins import default_registry
-from neurocodec.registry import Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import Registry
 
 MASK_SUFFIX = "_mask"
 

@@ -17,13 +17,13 @@ import numpy.random  # noqa: F401  (see below)
 import torch
 import torch.utils.data
 
-from neurocodec.collate import allocating_from
+from neurocodec.plugin.collate import allocating_from
 from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
 from neurocodec.loader.heap import forks, frozen_heap
 from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
-from neurocodec.plugins import default_registry
-from neurocodec.registry import Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import Registry
 
 _BATCH, _SKIPPED, _EMPTY = "__batch__", "__skipped__", "__empty__"
 # numpy.random is imported above although nothing here uses it: every torch DataLoader worker

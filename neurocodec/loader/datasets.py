@@ -15,7 +15,7 @@ from neurocodec.dataset.reader import Dataset
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
-from neurocodec.registry import Registry
+from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
 log = logging.getLogger("neurocodec.loader")

@@ -7,7 +7,7 @@ page-faulted in twice (worker and training process).
 
 Here the training process creates, per iteration, one shared-memory block holding a few slots
 per worker, and one busy flag per slot beside it. A worker takes a free slot of its own, marks
-it busy, collates straight into it (`neurocodec.collate.allocate_batch_tensor` allocates from
+it busy, collates straight into it (`neurocodec.plugin.collate.allocate_batch_tensor` allocates from
 it) and sends only small placeholders. Unpickling them in the training process gives ordinary
 tensors viewing the slot, with no copy; when the last of them is freed the flag is cleared. Flags are
 read and written only under a cross-process lock, whose acquire and release order every read

@@ -11,7 +11,7 @@ import numpy as np
 
 from neurocodec.errors import ShardError
 from neurocodec.dataset.reader import Dataset
-from neurocodec.registry import Registry
+from neurocodec.plugin.registry import Registry
 
 log = logging.getLogger("neurocodec.loader")
 ON_ERROR = ("raise", "skip")

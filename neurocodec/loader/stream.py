@@ -14,7 +14,7 @@ from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
-from neurocodec.registry import Registry
+from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
 

@@ -49,8 +49,8 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
 from neurocodec.nwb.session import session_key
 from neurocodec.nwb.windows import WindowSpec
-from neurocodec.plugins import default_registry
-from neurocodec.registry import Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import Registry
 from neurocodec.dataset.schema import check_field_modalities
 from neurocodec.storage.location import dataset_path, is_remote
 from neurocodec.storage.local_output import make_output_dir

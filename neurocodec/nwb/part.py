@@ -18,8 +18,8 @@ from neurocodec.errors import NeurocodecError
 from neurocodec.nwb.extract import NAN_POLICIES, ExtractOptions, ModalityReader, NWBError
 from neurocodec.nwb.session import Trials, session_info, session_key
 from neurocodec.nwb.windows import WindowSpec
-from neurocodec.plugins import default_registry
-from neurocodec.registry import Registry
+from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.registry import Registry
 
 log = logging.getLogger("neurocodec.nwb")
 COVERAGE = ("all", "fill")

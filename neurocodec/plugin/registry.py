@@ -7,10 +7,10 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-from neurocodec.codecs import Codec, CodecError
+from neurocodec.plugin.codecs import Codec, CodecError
 from neurocodec.errors import DuplicateRegistrationError, PluginError, UnknownCodecError, UnknownModalityError
 from neurocodec.format import layout
-from neurocodec.modality import ModalitySpec
+from neurocodec.plugin.modality import ModalitySpec
 
 log = logging.getLogger("neurocodec.plugins")
 

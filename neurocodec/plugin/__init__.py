@@ -11,7 +11,7 @@ A minimal plugin::
 What a plugin can provide, and the names it uses for each:
 
 - hooks: `hookimpl` marks an implementation; the hooks themselves are documented in
-  `neurocodec.hookspecs`, their `register` arguments are `ModalityRegistrar` and `CodecRegistrar`.
+  `neurocodec.plugin.hookspecs`, their `register` arguments are `ModalityRegistrar` and `CodecRegistrar`.
 - a modality: `ModalitySpec`, with `ArrayPolicy` (or any `Prepare` callable) to check and
   normalise values before they are written; `as_array` converts tensors and sequences.
 - a codec: subclass `Codec` (or reuse `NpyCodec`, `JsonCodec`, `TextCodec`, `BytesCodec`),
@@ -34,19 +34,19 @@ What a plugin can provide, and the names it uses for each:
 """
 
 # Hooks
-from neurocodec.hookspecs import CodecRegistrar, ModalityRegistrar, hookimpl
+from neurocodec.plugin.hookspecs import CodecRegistrar, ModalityRegistrar, hookimpl
 
 # Modalities
-from neurocodec.modality import ArrayPolicy, ModalitySpec, Prepare, as_array
+from neurocodec.plugin.modality import ArrayPolicy, ModalitySpec, Prepare, as_array
 
 # Codecs
-from neurocodec.codecs import (
+from neurocodec.plugin.codecs import (
     BytesCodec, Codec, CodecError, JsonCodec, NpyCodec, TextCodec, check_array, smallest_integer_dtype,
 )
 from neurocodec.format.manifest import FieldSpec
 
 # Collate rules
-from neurocodec.collate import Collated, CollateRule, allocate_batch_tensor, collate_arrays, collate_list
+from neurocodec.plugin.collate import Collated, CollateRule, allocate_batch_tensor, collate_arrays, collate_list
 
 # NWB extractors
 from neurocodec.nwb.extract import (

@@ -13,7 +13,7 @@ import attrs
 import numpy as np
 
 from neurocodec import npy
-from neurocodec.collate import CollateRule, collate_arrays
+from neurocodec.plugin.collate import CollateRule, collate_arrays
 
 Prepare = Callable[[Any, Mapping[str, Any]], Any]
 """Turns one user value into the value the codec stores, given the field's options.

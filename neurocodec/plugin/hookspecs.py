@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from neurocodec.codecs import Codec
-    from neurocodec.modality import ModalitySpec
+    from neurocodec.plugin.codecs import Codec
+    from neurocodec.plugin.modality import ModalitySpec
 
 PROJECT = "neurocodec"
 hookspec = pluggy.HookspecMarker(PROJECT)

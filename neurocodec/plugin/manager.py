@@ -24,9 +24,9 @@ from typing import Any, Iterable
 
 import pluggy
 
-from neurocodec import hookspecs
+from neurocodec.plugin import hookspecs
 from neurocodec.errors import NeurocodecError, PluginError, PluginLoadError
-from neurocodec.registry import PluginInfo, Registry
+from neurocodec.plugin.registry import PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "neurocodec.plugins"
 DISABLE_ENV = "NEUROCODEC_DISABLE_PLUGINS"
