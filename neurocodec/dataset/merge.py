@@ -16,7 +16,7 @@ from neurocodec.errors import DatasetError
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec, Manifest
 from neurocodec.dataset.reader import Dataset
-from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
+from neurocodec.format.shardfile import ShardSequence
 from neurocodec.plugin.registry import Registry
 
 if TYPE_CHECKING:
@@ -65,55 +65,20 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
     if not sources:
         raise DatasetError("nothing to merge")
     output: DatasetOutput | None = None
+    shards: ShardSequence | None = None
     datasets = [Dataset(p, registry=registry) for p in sources]
     try:
         fields = merged_fields(datasets)
         output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync,
                                lock=lock)
-        out = output.directory
-        fsync = fsync and not output.remote
-        shards, current, count = [], None, 0
-        commits = None if output.remote else BackgroundCommits()
-
-        def close_current() -> None:
-            # A local output commits each shard in the background while the next is copied.
-            entry = current.close() if commits is None else commits.hand_over(current)
-            if entry is not None:
-                shards.append(entry)
-                output.shard_done(entry)
-
-        extensions = [datasets[0].manifest.member_extension(f) for f in fields]
-        for ds in datasets:
-            for number, entry in enumerate(ds.shards):
-                reader = ds.shard(number)
-                for local in range(entry.samples):
-                    if current is None:
-                        started = len(shards) + (commits.in_flight if commits else 0)
-                        current = ShardFileWriter(out, started, count, len(fields), fsync=fsync)
-                    key = layout.sample_key(count)
-                    stored = [reader.stored_payload(local, c) for c in range(len(fields))]
-                    payloads = [p for p, _ in stored]  # views of buffers the reader read: no copy
-                    raw_sizes = [r for _, r in stored]
-                    current.add_sample([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
-                                       payloads, raw_sizes)
-                    count += 1
-                    if current.samples == shard_size:
-                        close_current()
-                        current = None
-        if current is not None:
-            close_current()
-            current = None
-        if commits is not None:
-            last = commits.wait()
-            if last is not None:
-                shards.append(last)
-                output.shard_done(last)
-            commits.close()
+        # A local output commits each shard in the background while the next is copied.
+        shards = ShardSequence(output.directory, shard_size, fsync=fsync and not output.remote,
+                               background=not output.remote, on_commit=output.shard_done)
+        _copy_samples(datasets, fields, shards)
+        entries = shards.finish()
     except BaseException:
-        if "commits" in locals() and commits is not None:
-            commits.close()
-        if "current" in locals() and current is not None:
-            current.abort()
+        if shards is not None:
+            shards.abort()
         if output is not None:
             output.abort()
         raise
@@ -121,7 +86,8 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         for ds in datasets:
             ds.close()
     manifest = Manifest(
-        compression=datasets[0].manifest.compression, total_samples=count, fields=fields, shards=tuple(shards),
+        compression=datasets[0].manifest.compression, total_samples=shards.samples, fields=fields,
+        shards=tuple(entries),
         writer=dict(writer or datasets[0].manifest.writer), extra=dict(extra or {}),
         created_with={"neurocodec": __version__},
     )
@@ -131,3 +97,18 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         output.abort()
         raise
     return manifest
+
+
+def _copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shards: ShardSequence) -> None:
+    """Every sample of `datasets`, in order, into `shards`: the stored payloads unchanged, the
+    member names renumbered."""
+    extensions = [datasets[0].manifest.member_extension(f) for f in fields]
+    for ds in datasets:
+        for number, entry in enumerate(ds.shards):
+            reader = ds.shard(number)
+            for local in range(entry.samples):
+                key = layout.sample_key(shards.samples)
+                stored = [reader.stored_payload(local, c) for c in range(len(fields))]
+                shards.add([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
+                           [payload for payload, _ in stored],  # views of buffers the reader read: no copy
+                           [raw for _, raw in stored])

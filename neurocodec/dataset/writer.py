@@ -13,7 +13,7 @@ from neurocodec.errors import DatasetError, NeurocodecError, SampleError, Writer
 from neurocodec.format import layout, limits
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
-from neurocodec.format.shardfile import BackgroundCommits, ShardFileWriter
+from neurocodec.format.shardfile import ShardSequence
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.dataset.schema import Schema, check_field_modalities
@@ -76,13 +76,13 @@ class WebDatasetWriter:
         self._compress = compressor(compression, compression_level)
         self.modalities = check_field_modalities(modalities, self.registry)
         self._schema = Schema(self.registry, self.modality_options, self.modalities)
-        self._shards: list = []
         self._shard_entry_bytes = 0  # what the shard entries will take in the manifest
-        self._current: ShardFileWriter | None = None
-        self._commits = BackgroundCommits()
         self._count = 0
         self._closed = False
         self._output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
+        # A URL output uploads each shard as it is closed, in order: no background commits.
+        self._shards = ShardSequence(self._output.directory, shard_size, fsync=fsync and not self._output.remote,
+                                     background=not self._output.remote, on_commit=self._record)
         self.output_dir = self._output.target  # a Path, or the URL string
 
     # -- writing ------------------------------------------------------------------------------
@@ -110,21 +110,14 @@ class WebDatasetWriter:
             if started:
                 self._schema.fields = None  # a rejected first sample must not fix the schema
             raise
-        if self._current is None:
-            # Numbered by shards started: the last finished one may still be committing.
-            started_shards = len(self._shards) + self._commits.in_flight
-            self._current = ShardFileWriter(self._output.directory, started_shards, index,
-                                            len(payloads), fsync=self.fsync and not self._output.remote)
+        for state, value, raw, payload in zip(self._schema.field_order(), values, raws, payloads):
+            state.update(value, raw, len(payload))
         try:
-            self._current.add_sample(names, payloads, raws)
+            self._shards.add(names, payloads, raws)
         except BaseException:
             self.abort()
             raise
-        for state, value, raw, payload in zip(self._schema.field_order(), values, raws, payloads):
-            state.update(value, raw, len(payload))
         self._count += 1
-        if self._current.samples == self.shard_size:
-            self._close_shard()
         return key
 
     def _encode(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None, index: int, key: str,
@@ -184,30 +177,15 @@ class WebDatasetWriter:
             values.append(ready)
         return names, payloads, raws, values
 
-    def _close_shard(self) -> None:
-        """Finish the current shard and commit it in the background (see `BackgroundCommits`)
-        once the previous one is recorded. A URL output commits and uploads each shard here,
-        so every finished shard is uploaded before the next one is written."""
-        try:
-            if self._output.remote:
-                self._record(self._current.close())
-            else:
-                self._record(self._commits.hand_over(self._current))
-        except BaseException:
-            self.abort()
-            raise
-        self._current = None
-
-    def _record(self, entry: ShardEntry | None) -> None:
-        if entry is not None:
-            self._shards.append(entry)
-            self._output.shard_done(entry)
-            # Fail as soon as the manifest is bound to exceed what readers accept, not at the end.
-            self._shard_entry_bytes += len(json.dumps(entry.to_dict(), indent=1)) + _ENTRY_INDENT
-            if self._shard_entry_bytes > MAX_MANIFEST_BYTES:
-                raise DatasetError(
-                    f"{self.output_dir}: {len(self._shards)} shards would make a manifest larger than the "
-                    f"{MAX_MANIFEST_BYTES} bytes readers accept; write fewer, larger shards (shard_size)")
+    def _record(self, entry: ShardEntry) -> None:
+        """A shard is committed: upload it (URL outputs), and fail as soon as the manifest is bound
+        to exceed what readers accept, not at the end."""
+        self._output.shard_done(entry)
+        self._shard_entry_bytes += len(json.dumps(entry.to_dict(), indent=1)) + _ENTRY_INDENT
+        if self._shard_entry_bytes > MAX_MANIFEST_BYTES:
+            raise DatasetError(
+                f"{self.output_dir}: {len(self._shards.entries)} shards would make a manifest larger than the "
+                f"{MAX_MANIFEST_BYTES} bytes readers accept; write fewer, larger shards (shard_size)")
 
     # -- ending -------------------------------------------------------------------------------
     def finalize(self) -> dict[str, Any]:
@@ -223,17 +201,14 @@ class WebDatasetWriter:
         if self._count == 0:
             self.abort()
             raise SampleError(f"no samples were written to {self.output_dir}; nothing to finalize")
-        if self._current is not None:
-            self._close_shard()
         try:
-            self._record(self._commits.wait())
+            shards = self._shards.finish()
         except BaseException:
             self.abort()
             raise
-        self._commits.close()
         manifest = Manifest(
             compression=self.compression, total_samples=self._count, fields=self._schema.field_specs(),
-            shards=tuple(self._shards), writer=self.settings(), extra=self.dataset_metadata,
+            shards=tuple(shards), writer=self.settings(), extra=self.dataset_metadata,
             created_with={"neurocodec": __version__},
         )
         try:
@@ -243,8 +218,8 @@ class WebDatasetWriter:
             raise
         self._closed = True
         self._summary = {
-            "samples": self._count, "shards": len(self._shards),
-            "bytes": sum(s.bytes + s.index_bytes for s in self._shards),
+            "samples": self._count, "shards": len(shards),
+            "bytes": sum(s.bytes + s.index_bytes for s in shards),
             "modalities": [f.name for f in manifest.modalities],
             "compression": self.compression, "output_dir": str(self.output_dir),
         }
@@ -259,10 +234,8 @@ class WebDatasetWriter:
 
     def abort(self) -> None:
         """Discard the unfinished shard and write no manifest; finished shards stay on disk."""
-        self._commits.close()
-        if self._current is not None:
-            self._current.abort()
-            self._current = None
+        if getattr(self, "_shards", None) is not None:
+            self._shards.abort()
         if self._output is not None:
             self._output.abort()
         self._closed = True

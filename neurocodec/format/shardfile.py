@@ -14,7 +14,7 @@ import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
@@ -153,3 +153,63 @@ class BackgroundCommits:
         if self._executor is not None:
             self._executor.shutdown()
             self._executor = None
+
+
+class ShardSequence:
+    """Samples written into consecutive shards of `shard_size` samples: the one component that
+    rolls shards over and commits them, for the writer and for merging alike.
+
+    A shard is started at the first sample that needs it and closed when full; with
+    `background` it is committed on a thread while the next one is written (`BackgroundCommits`),
+    else at once (an upload must follow each shard in order). Each committed shard's entry is
+    appended to `entries` and handed to `on_commit`, in shard order; what `on_commit` raises
+    stops the sequence like a failed commit. After a failure call `abort`.
+    """
+
+    def __init__(self, directory: Path, shard_size: int, *, fsync: bool, background: bool,
+                 on_commit: Callable[[ShardEntry], None] = lambda entry: None) -> None:
+        self.directory, self.shard_size, self.fsync = directory, shard_size, fsync
+        self.entries: list[ShardEntry] = []
+        self.samples = 0
+        self._on_commit = on_commit
+        self._commits = BackgroundCommits() if background else None
+        self._current: ShardFileWriter | None = None
+
+    def add(self, names: Sequence[str], payloads: Sequence[bytes | memoryview], raw_sizes: Sequence[int]) -> None:
+        """Append one sample (member names, stored payloads, decoded sizes, in field order)."""
+        if self._current is None:
+            # Numbered by shards started: the last finished one may still be committing.
+            started = len(self.entries) + (self._commits.in_flight if self._commits else 0)
+            self._current = ShardFileWriter(self.directory, started, self.samples, len(payloads), fsync=self.fsync)
+        self._current.add_sample(names, payloads, raw_sizes)
+        self.samples += 1
+        if self._current.samples == self.shard_size:
+            self._close_current()
+
+    def finish(self) -> list[ShardEntry]:
+        """Close the last shard, wait for every commit; return the entries of all shards."""
+        if self._current is not None:
+            self._close_current()
+        if self._commits is not None:
+            self._record(self._commits.wait())
+            self._commits.close()
+        return self.entries
+
+    def abort(self) -> None:
+        """Stop committing and drop the unfinished shard (shards already renamed into place stay)."""
+        if self._commits is not None:
+            self._commits.close()
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+
+    def _close_current(self) -> None:
+        shard = self._current
+        entry = shard.close() if self._commits is None else self._commits.hand_over(shard)
+        self._current = None  # taken: from here on its commit owns it
+        self._record(entry)
+
+    def _record(self, entry: ShardEntry | None) -> None:
+        if entry is not None:
+            self.entries.append(entry)
+            self._on_commit(entry)
