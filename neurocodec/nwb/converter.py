@@ -266,8 +266,9 @@ class NWBToWebDatasetConverter:
             owned = self.executor is None
             executor = self.executor or concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            futures: dict = {}
             try:
-                futures = {path: executor.submit(_convert_part, *a) for path, a in args.items()}
+                futures.update({path: executor.submit(_convert_part, *a) for path, a in args.items()})
                 for future in concurrent.futures.as_completed(futures.values()):
                     bar.update()
                     if self.on_error == "raise" and future.exception() is not None:
@@ -278,7 +279,7 @@ class NWBToWebDatasetConverter:
                     else:
                         future.cancel()
             except BaseException:
-                for future in locals().get("futures", {}).values():
+                for future in futures.values():
                     future.cancel()
                 raise
             finally:
