@@ -268,7 +268,8 @@ class NWBToWebDatasetConverter:
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
             futures: dict = {}
             try:
-                futures.update({path: executor.submit(_convert_part, *a) for path, a in args.items()})
+                for path, a in args.items():  # one by one: a failed submit still cancels the others
+                    futures[path] = executor.submit(_convert_part, *a)
                 for future in concurrent.futures.as_completed(futures.values()):
                     bar.update()
                     if self.on_error == "raise" and future.exception() is not None:
