@@ -29,7 +29,7 @@ import numpy as np
 from neurocodec.plugin.codecs import Codec
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.dataset.reader import KEY, Dataset
-from neurocodec.plugin.modality import as_array
+from neurocodec.plugin.modality import as_array, is_array
 from neurocodec.plugin.registry import Registry
 
 __all__ = ["assert_round_trip", "assert_values_equal", "check_codec", "field_for", "registry_with", "round_trip"]
@@ -90,7 +90,7 @@ def assert_values_equal(got: Any, want: Any, where: str = "value") -> None:
     Python floats compare exactly, the sign of zero included (NaN equals NaN); numpy scalars in
     `want` compare as Python values; dicts and lists are compared element by element.
     """
-    if isinstance(want, np.ndarray) or type(want).__module__.startswith("torch"):
+    if is_array(want):
         want = as_array(want)
         _check(isinstance(got, np.ndarray), f"{where}: expected an array, got {type(got).__name__}")
         _check(got.dtype == want.dtype, f"{where}: dtype {got.dtype} != {want.dtype}")

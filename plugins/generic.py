@@ -13,12 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from neurocodec.plugin import (
-    ArrayPolicy, BytesCodec, JsonCodec, ModalitySpec, NpyCodec, TextCodec, collate_list, hookimpl,
+    ArrayPolicy, BytesCodec, JsonCodec, ModalitySpec, NpyCodec, TextCodec, collate_list, hookimpl, is_array,
 )
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or type(value).__module__.startswith("torch")
 
 
 def _is_json(value: Any) -> bool:
@@ -54,7 +50,7 @@ def neurocodec_register_modalities(register) -> None:
     register(ModalitySpec(
         name="array", codec={"id": "npy", "pack_integers": False}, prepare=ArrayPolicy(),
         description="any numeric array or tensor, stored with its dtype", fallback=True,
-        accepts=_is_array,
+        accepts=is_array,
     ))
     register(ModalitySpec(
         name="text", codec={"id": "text"}, prepare=_text, collate=collate_list,

@@ -124,13 +124,13 @@ def convert_legacy_shards(shard_dir: str | os.PathLike, output_dir: str | os.Pat
                           allow_pickle: bool = False, shard_size: int = 1000,
                           compression: str = "none", **writer_options: Any) -> dict[str, Any]:
     """Rewrite a legacy dataset as a neurocodec dataset (no pickle from then on); return the summary."""
-    from neurocodec.plugin.modality import as_array
+    from neurocodec.plugin.modality import as_array, is_tensor
     from neurocodec.dataset.writer import WebDatasetWriter
 
     with WebDatasetWriter(output_dir, shard_size, compression, **writer_options) as writer:
         for sample in iter_legacy_samples(shard_dir, allow_pickle=allow_pickle):
             sample.pop("__key__")
             metadata = sample.pop("metadata", None)
-            fields = {k: (as_array(v) if type(v).__module__.startswith("torch") else v) for k, v in sample.items()}
+            fields = {k: (as_array(v) if is_tensor(v) else v) for k, v in sample.items()}
             writer.write_sample(fields, metadata=metadata if isinstance(metadata, dict) else None)
     return writer.finalize()

@@ -12,6 +12,7 @@ from neurocodec.format.layout import METADATA_FIELD
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.dataset.reader import KEY
 from neurocodec.plugin.manager import default_registry
+from neurocodec.plugin.modality import is_array
 from neurocodec.plugin.registry import Registry
 
 MASK_SUFFIX = "_mask"
@@ -31,10 +32,6 @@ def to_tensor(value: Any) -> Any:
 def sample_to_tensors(sample: Mapping[str, Any]) -> dict[str, Any]:
     """Every array of a decoded sample as a tensor; metadata, key, str, bytes and JSON kept."""
     return {k: to_tensor(v) for k, v in sample.items()}
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or type(value).__module__.startswith("torch")
 
 
 def _inferred_field(name: str, values: Sequence[Any]) -> FieldSpec:
@@ -99,7 +96,7 @@ def collate_webdataset(batch: Sequence[Mapping[str, Any]], fields: Sequence[Fiel
 
 
 def _collate_field(name: str, values: list[Any], field: FieldSpec | None, registry: Registry | None) -> Collated:
-    if name in (KEY, METADATA_FIELD) or (field is None and not _is_array(values[0])):
+    if name in (KEY, METADATA_FIELD) or (field is None and not is_array(values[0])):
         return Collated(values)
     if field is None:
         return collate_arrays(values, _inferred_field(name, values))

@@ -37,7 +37,7 @@ What a plugin can provide, and the names it uses for each:
 from neurocodec.plugin.hookspecs import CodecRegistrar, ModalityRegistrar, hookimpl
 
 # Modalities
-from neurocodec.plugin.modality import ArrayPolicy, ModalitySpec, Prepare, as_array
+from neurocodec.plugin.modality import ArrayPolicy, ModalitySpec, Prepare, as_array, is_array, is_tensor
 
 # Codecs
 from neurocodec.plugin.codecs import (
@@ -61,7 +61,7 @@ __all__ = [
     # Hooks
     "CodecRegistrar", "ModalityRegistrar", "hookimpl",
     # Modalities
-    "ArrayPolicy", "ModalitySpec", "Prepare", "as_array",
+    "ArrayPolicy", "ModalitySpec", "Prepare", "as_array", "is_array", "is_tensor",
     # Codecs
     "BytesCodec", "Codec", "CodecError", "FieldSpec", "JsonCodec", "NpyCodec", "TextCodec", "check_array",
     "smallest_integer_dtype",

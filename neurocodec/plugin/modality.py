@@ -49,12 +49,21 @@ class ModalitySpec:
         return self.codec["id"]
 
 
+def is_tensor(value: Any) -> bool:
+    """True for a torch tensor, told by its type's module so that torch is never imported here."""
+    return type(value).__module__.startswith("torch")
+
+
+def is_array(value: Any) -> bool:
+    """True for a numpy array or a torch tensor."""
+    return isinstance(value, np.ndarray) or is_tensor(value)
+
+
 def as_array(value: Any) -> np.ndarray:
     """Turn a numpy array, torch tensor, or nested list into a numpy array (no copy if possible)."""
     if isinstance(value, np.ndarray):
         return value
-    module = type(value).__module__
-    if module.startswith("torch"):
+    if is_tensor(value):
         return value.detach().cpu().numpy()
     if isinstance(value, (list, tuple, int, float, bool, np.generic)):
         return np.asarray(value)
