@@ -237,7 +237,8 @@ def test_calcium_plugin_installs_and_round_trips(calcium: Venv, calcium_dataset:
     listing = calcium.cli("plugins").stdout
     assert "calcium      neurocodec-calcium 0.1.0  (neurocodec_calcium.plugin)" in listing
     block = listing[listing.index("calcium      neurocodec-calcium"):].splitlines()
-    assert block[1].split() == ["modalities:", "calcium"] and block[2].split() == ["codecs:", "calcium-delta"]
+    assert block[1].split() == ["modalities:", "calcium"] and block[3].split() == ["codecs:", "calcium-delta"]
+    assert block[2].split()[0] == "calcium" and len(block[2].split()) > 1  # the modality's description
     assert "ok: 4 samples in 2 shards" in calcium.cli("verify", calcium_dataset).stdout
     # The example's own test suite, run against the installed plugin.
     tests = calcium.run("-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLE / "tests").stdout

@@ -80,7 +80,8 @@ def test_location_pickles_without_its_filesystem():
     loc = Location("memory://abc/ds", {"skip_instance_cache": True})
     assert loc.root == "/abc/ds" and loc.path("x") == "/abc/ds/x"
     copy = pickle.loads(pickle.dumps(loc))
-    assert copy.url == "memory://abc/ds" and copy._fs is None and copy.storage_options == {"skip_instance_cache": True}
+    assert copy.url == "memory://abc/ds" and copy._connection.current() is None
+    assert copy.storage_options == {"skip_instance_cache": True} and copy.root == "/abc/ds"
 
 
 def test_unknown_protocol_is_a_dataset_error():
@@ -303,7 +304,7 @@ def test_prefetch_budget_bounds_the_wish_list(tmp_path):
     cache = ShardCache(tmp_path / "c", "1G", prefetch_bytes=2 * shard_bytes)
     with Dataset(url, cache=cache) as ds:
         ds.remote.prefetch([])  # creates the prefetcher without starting its thread
-        pre = ds.remote._prefetcher
+        pre = ds.remote._prefetcher.current()
         pre.close()
         pre._closed = False  # keep the wish list for inspection, no thread runs
         pre._thread = object()
@@ -347,7 +348,7 @@ def test_loader_over_memory_equals_local_and_resumes(tmp_path):
     resumed.load_state_dict(state)
     got.extend(flat_ids(resumed))
     # the loader told the prefetcher which shards come next, and it fetched some of them
-    prefetcher = resumed.stream.source.dataset.remote._prefetcher
+    prefetcher = resumed.stream.source.dataset.remote._prefetcher.current()
     assert prefetcher is not None and prefetcher.fetched >= 1
     assert got == want and sorted(got) == list(range(37))
     assert "cache" not in str(state) and state == create_webdataset_dataloader(local, **kw).state_dict() | {

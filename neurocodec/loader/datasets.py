@@ -13,6 +13,7 @@ import torch.utils.data
 from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import Dataset
 from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.process import PerProcess
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.plugin.registry import Registry
@@ -161,25 +162,16 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
         self.shard_dir = dataset_path(shard_dir)
         self._verify, self._registry, self.tensors = verify, registry, tensors
         self._storage_options, self._cache, self._max_member_bytes = storage_options, cache, max_member_bytes
-        self._dataset: Dataset | None = None
-        self._pid = -1
+        self._dataset: PerProcess[Dataset] = PerProcess()
         self._len = len(self._open())
         if not is_remote(self.shard_dir):
             # A sampler sizes its permutation by len(self): check the counts against the files.
-            check_local_shards(self.shard_dir, self._dataset.manifest)
+            check_local_shards(self.shard_dir, self._open().manifest)
 
     def _open(self) -> Dataset:
-        if self._dataset is None or self._pid != os.getpid():
-            self._dataset = Dataset(self.shard_dir, verify=self._verify, registry=self._registry,
-                                    storage_options=self._storage_options, cache=self._cache,
-                                    max_member_bytes=self._max_member_bytes)
-            self._pid = os.getpid()
-        return self._dataset
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_dataset"], state["_pid"] = None, -1
-        return state
+        return self._dataset.get(lambda: Dataset(
+            self.shard_dir, verify=self._verify, registry=self._registry, storage_options=self._storage_options,
+            cache=self._cache, max_member_bytes=self._max_member_bytes))
 
     def __len__(self) -> int:
         return self._len

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from neurocodec.errors import ShardError
+from neurocodec.process import PerProcess
 from neurocodec.dataset.reader import Dataset
 from neurocodec.plugin.registry import Registry
 
@@ -29,26 +29,19 @@ class SampleSource:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
         self.storage_options, self.cache, self.max_member_bytes = storage_options, cache, max_member_bytes
-        self._dataset: Dataset | None = None
-        self._pid = -1
+        self._dataset: PerProcess[Dataset] = PerProcess()
         self._bad_shards: dict[int, ShardError] = {}
         self.skipped = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_dataset"], state["_pid"] = None, -1
-        return state
 
     @property
     def dataset(self) -> Dataset:
         """This process's open dataset."""
-        if self._dataset is None or self._pid != os.getpid():
-            self._dataset = Dataset(self.path, registry=self.registry, verify=self.verify,
-                                    storage_options=self.storage_options, cache=self.cache,
-                                    max_member_bytes=self.max_member_bytes)
-            self._pid = os.getpid()
-            self._bad_shards = {}
-        return self._dataset
+        return self._dataset.get(self._open)
+
+    def _open(self) -> Dataset:
+        self._bad_shards = {}
+        return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
+                       cache=self.cache, max_member_bytes=self.max_member_bytes)
 
     def read(self, ids: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
         """(i, decoded sample ids[i]) in order, leaving out bad ones when skipping."""

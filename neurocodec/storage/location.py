@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 from neurocodec.errors import DatasetError
+from neurocodec.process import PerProcess
 
 # A scheme of two or more letters followed by "://" (one letter would be a Windows drive), or
 # an fsspec chained URL such as "simplecache::s3://bucket/ds".
@@ -64,11 +65,9 @@ class Location:
             raise ValueError(f"not a URL: {url!r}")
         self.url = str(dataset_path(url))
         self.storage_options = dict(storage_options or {})
-        self._fs: Any = None
-        self._root = ""
-        self._pid = -1
+        self._connection: PerProcess[tuple[Any, str]] = PerProcess()
 
-    def _connect(self) -> None:
+    def _connect(self) -> tuple[Any, str]:
         import fsspec.core
 
         try:
@@ -78,21 +77,17 @@ class Location:
         except (ValueError, TypeError) as exc:
             raise DatasetError(f"{self.url}: cannot open with storage options "
                                f"{sorted(self.storage_options)}: {exc}") from None
-        self._fs, self._root, self._pid = fs, root.rstrip("/"), os.getpid()
+        return fs, root.rstrip("/")
 
     @property
     def fs(self) -> Any:
         """This process's fsspec filesystem."""
-        if self._fs is None or self._pid != os.getpid():
-            self._connect()
-        return self._fs
+        return self._connection.get(self._connect)[0]
 
     @property
     def root(self) -> str:
         """The dataset root as a path of `fs` (protocol stripped)."""
-        if self._fs is None or self._pid != os.getpid():
-            self._connect()
-        return self._root
+        return self._connection.get(self._connect)[1]
 
     @property
     def protocol(self) -> str:
@@ -107,13 +102,6 @@ class Location:
     def url_of(self, name: str) -> str:
         """The URL of file `name` in the dataset (for messages)."""
         return f"{self.url}/{name}"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.url, self.storage_options = state["url"], state["storage_options"]
-        self._fs, self._root, self._pid = None, "", -1
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"

@@ -4,7 +4,6 @@ and a background thread that prefetches the shards the reader will want next."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format.manifest import ShardEntry
+from neurocodec.process import PerProcess
 from neurocodec.storage.cache import Identity, ShardCache
 from neurocodec.storage.location import Location
 from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
@@ -110,8 +110,7 @@ class RemoteShards:
 
     def __init__(self, location: Location, shards: Sequence[ShardEntry], cache: ShardCache) -> None:
         self.location, self.shards, self.cache = location, shards, cache
-        self._prefetcher: Prefetcher | None = None
-        self._pid = os.getpid()
+        self._prefetcher: PerProcess[Prefetcher] = PerProcess()
         self._opened: dict[int, Identity | None] = {}  # shard -> the cached files last opened
         self._intact: dict[int, Identity] = {}  # shard -> cached files found intact by heal()
 
@@ -167,15 +166,13 @@ class RemoteShards:
         """Start downloading these shards (soonest first) in the background."""
         if self.cache.prefetch_bytes <= 0:
             return
-        if self._prefetcher is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._prefetcher = Prefetcher(
-                lambda n: self.cache.fetch(self.location, self.shards[n]),
-                [s.bytes + s.index_bytes for s in self.shards], self.cache.prefetch_bytes)
-        self._prefetcher.want(numbers)
+        self._prefetcher.get(lambda: Prefetcher(
+            lambda n: self.cache.fetch(self.location, self.shards[n]),
+            [s.bytes + s.index_bytes for s in self.shards], self.cache.prefetch_bytes)).want(numbers)
 
     def close(self) -> None:
-        """Stop prefetching."""
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
+        """Stop prefetching (this process's prefetcher; a forked parent's is not this one's)."""
+        prefetcher = self._prefetcher.current()
+        if prefetcher is not None:
+            prefetcher.close()
+        self._prefetcher.forget()
