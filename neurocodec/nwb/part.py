@@ -147,14 +147,7 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
             begin, end = max(s for s, _ in spans.values()), min(e for _, e in spans.values())
         else:
             begin, end = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
-        key = session_key(path)
-        session = {**session_info(nwbfile, path), "key": key,
-                   "series": {m: dict(r.describe()) for m, r in readers.items()},
-                   "ids": {m: dict(r.ids()) for m, r in readers.items()},
-                   "span_s": {m: list(s) for m, s in spans.items()}}
-        trials = Trials(nwbfile)
-        spec = settings.window
-        written = skipped = 0
+        session = _describe_session(nwbfile, path, readers, spans)
         options = {k: dict(v) for k, v in settings.modality_options}
         writer = WebDatasetWriter(part_dir, settings.shard_size, settings.compression, overwrite=True,
                                   fsync=settings.fsync, modality_options=options, registry=registry,
@@ -162,34 +155,15 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
                                   dataset_metadata={"session": session, "source": source_fingerprint(path),
                                                     "settings": settings.to_dict()})
         try:
-            for index, start in enumerate(spec.starts(begin, end).tolist()):
-                sample, missing = {}, []
-                for field, reader in readers.items():
-                    values = reader.read(start, spec)
-                    if values is None:
-                        missing.append(field)
-                    else:
-                        sample.update(_renamed(values, field, settings.modality_of(field)))
-                if missing and (settings.coverage == "all" or len(missing) == len(readers)):
-                    skipped += 1
-                    continue
-                for field in missing:  # coverage "fill": zeros, and the metadata says so
-                    sample.update(_renamed(readers[field].blank(spec), field, settings.modality_of(field)))
-                stop = start + spec.duration
-                writer.write_sample(sample, metadata={
-                    "session": key, "source_file": path.name, "session_id": session["session_id"],
-                    "subject_id": session["subject_id"], "window_index": index,
-                    "start_time": start, "stop_time": stop, "trials": trials.overlapping(start, stop),
-                    "missing": missing,
-                })
-                written += 1
+            written, skipped = _write_windows(writer, readers, settings, session, Trials(nwbfile), path, begin, end)
             if written == 0:
-                raise NWBError(f"{path}: no window of {spec.duration:g} s is covered by every requested "
-                               f"modality (spans: {spans})")
+                raise NWBError(f"{path}: no window of {settings.window.duration:g} s is covered by every "
+                               f"requested modality (spans: {spans})")
             summary = writer.finalize()
         except BaseException:
             writer.abort()
             raise
+    key = session["key"]
     summary.update(session=key, windows=written, skipped_windows=skipped, path=str(path))
     log.info("converted %s: %d windows (%d skipped)", path, written, skipped)
     return summary
@@ -205,3 +179,40 @@ def wrap_error(path: Path, exc: BaseException) -> NeurocodecError:
 def options_tuple(options: Mapping[str, Mapping[str, Any]] | None) -> tuple:
     """modality_options as a hashable tuple for ConvertSettings."""
     return tuple(sorted((k, tuple(sorted(v.items()))) for k, v in (options or {}).items()))
+
+
+def _describe_session(nwbfile: Any, path: Path, readers: Mapping[str, Any], spans: Mapping[str, Any]) -> dict[str, Any]:
+    """The session as the part's manifest records it: ids, its series, unit and channel ids, spans."""
+    return {**session_info(nwbfile, path), "key": session_key(path),
+            "series": {m: dict(r.describe()) for m, r in readers.items()},
+            "ids": {m: dict(r.ids()) for m, r in readers.items()},
+            "span_s": {m: list(s) for m, s in spans.items()}}
+
+
+def _write_windows(writer: Any, readers: Mapping[str, Any], settings: ConvertSettings, session: Mapping[str, Any],
+                   trials: Trials, path: Path, begin: float, end: float) -> tuple[int, int]:
+    """Write every window of [begin, end) that the coverage policy admits; (written, skipped)."""
+    spec = settings.window
+    written = skipped = 0
+    for index, start in enumerate(spec.starts(begin, end).tolist()):
+        sample, missing = {}, []
+        for field, reader in readers.items():
+            values = reader.read(start, spec)
+            if values is None:
+                missing.append(field)
+            else:
+                sample.update(_renamed(values, field, settings.modality_of(field)))
+        if missing and (settings.coverage == "all" or len(missing) == len(readers)):
+            skipped += 1
+            continue
+        for field in missing:  # coverage "fill": zeros, and the metadata says so
+            sample.update(_renamed(readers[field].blank(spec), field, settings.modality_of(field)))
+        stop = start + spec.duration
+        writer.write_sample(sample, metadata={
+            "session": session["key"], "source_file": path.name, "session_id": session["session_id"],
+            "subject_id": session["subject_id"], "window_index": index,
+            "start_time": start, "stop_time": stop, "trials": trials.overlapping(start, stop),
+            "missing": missing,
+        })
+        written += 1
+    return written, skipped
