@@ -353,3 +353,20 @@ def test_loader_over_memory_equals_local_and_resumes(tmp_path):
     assert got == want and sorted(got) == list(range(37))
     assert "cache" not in str(state) and state == create_webdataset_dataloader(local, **kw).state_dict() | {
         "position": state["position"]}
+
+
+def test_a_download_in_progress_holds_its_room_against_another_making_room(tmp_path):
+    """Two downloads making room one after the other, the first not yet written: the second
+    counts the first's reserved bytes, so together they never overfill the cache."""
+    from neurocodec.storage.cache import RESERVATION
+
+    cache = ShardCache(tmp_path / "c", 1000)
+    old = tmp_path / "c" / "entries" / "old"
+    old.mkdir(parents=True)
+    (old / "shard.tar").write_bytes(bytes(600))
+    os.utime(old / "shard.tar", (1, 1))  # the least recently used entry
+    first = tmp_path / "c" / "entries" / "first" / RESERVATION
+    assert cache.make_room(400, keep="first", reserve=first) == 0  # 600 + 400 fit
+    assert first.stat().st_size == 400 and cache.size() == 1000
+    assert cache.make_room(400, keep="second") == 1  # the reserved 400 count: "old" must go
+    assert not old.exists() and cache.size() == 400

@@ -6,6 +6,7 @@ Layout under `cache_dir`:
     entries/<key>/shard_000123.idx   ... and its index, under their dataset names
     locks/<key>.lock                 per-shard lock file (flock), never deleted
     tmp/<key>.<name>.<pid>.<tid>.part  downloads in progress
+    entries/<key>/.reserved          a download's room, reserved until it completes (sparse)
     evict.lock                       serialises eviction scans
 
 `<key>` is derived from the shard's and index's SHA-256 and names in the manifest, so a
@@ -52,6 +53,8 @@ T = TypeVar("T")
 CACHE_DIR_ENV = "NEUROCODEC_CACHE_DIR"
 CACHE_SIZE_ENV = "NEUROCODEC_CACHE_SIZE"
 DEFAULT_CACHE_BYTES = 10 << 30
+RESERVATION = ".reserved"
+"""The file that holds a download's room in its entry folder until the download completes."""
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
 
@@ -241,26 +244,29 @@ class ShardCache:
         tmp_dir = self.cache_dir / "tmp"
         for stale in tmp_dir.glob(f"{key}.*"):  # left by a killed holder of this lock
             stale.unlink(missing_ok=True)
-        self.make_room(entry.bytes + entry.index_bytes, keep=key)
         folder = self.entry_dir(entry)
-        folder.mkdir(exist_ok=True)
+        reservation = folder / RESERVATION
+        self.make_room(entry.bytes + entry.index_bytes, keep=key, reserve=reservation)
         tag = f"{os.getpid()}.{threading.get_ident()}"
         # The index first: the shard file's presence is what `_complete` looks for last.
-        for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
-                                   (entry.name, entry.bytes, entry.sha256)):
-            tmp = tmp_dir / f"{key}.{name}.{tag}.part"
-            url = location.url_of(name)
-            try:
-                self.retry.call(lambda: _get_verified(location, name, tmp, size, digest), f"downloading {url}")
-                os.replace(tmp, folder / name)
-            except RetriesExhausted as exc:
-                raise ShardError(f"cannot download {url}: {exc.attempts} attempts failed, the last with "
-                                 f"{type(exc.last).__name__}: {exc.last}", shard=entry.name) from None
-            except OSError as exc:
-                raise ShardError(f"cannot download {url}: {type(exc).__name__}: {exc}",
-                                 shard=entry.name) from None
-            finally:
-                tmp.unlink(missing_ok=True)
+        try:
+            for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
+                                       (entry.name, entry.bytes, entry.sha256)):
+                tmp = tmp_dir / f"{key}.{name}.{tag}.part"
+                url = location.url_of(name)
+                try:
+                    self.retry.call(lambda: _get_verified(location, name, tmp, size, digest), f"downloading {url}")
+                    os.replace(tmp, folder / name)
+                except RetriesExhausted as exc:
+                    raise ShardError(f"cannot download {url}: {exc.attempts} attempts failed, the last with "
+                                     f"{type(exc.last).__name__}: {exc.last}", shard=entry.name) from None
+                except OSError as exc:
+                    raise ShardError(f"cannot download {url}: {type(exc).__name__}: {exc}",
+                                     shard=entry.name) from None
+                finally:
+                    tmp.unlink(missing_ok=True)
+        finally:  # done, or failed: the files themselves count from here on
+            reservation.unlink(missing_ok=True)
         with self._count_lock:
             self.downloads += 1
         log.debug("cached %s (%d bytes)", location.url_of(entry.name), entry.bytes)
@@ -331,9 +337,11 @@ class ShardCache:
         """Bytes of the cached entries now."""
         return sum(size for _, _, size in self.usage())
 
-    def make_room(self, needed: int, keep: str | None = None) -> int:
+    def make_room(self, needed: int, keep: str | None = None, reserve: Path | None = None) -> int:
         """Evict least recently used entries (not `keep`, none in use) until `needed` more bytes
-        fit under `max_bytes`; return the number evicted."""
+        fit under `max_bytes`; return the number evicted. With `reserve`, a sparse file of
+        `needed` bytes is made there before the eviction lock is let go, so that another process
+        making room for its own download meanwhile counts this one's bytes too."""
         self._dirs()
         guard = _Lock(self.cache_dir / "evict.lock")
         evicted = 0
@@ -356,6 +364,10 @@ class ShardCache:
                 total -= size
                 evicted += 1
                 log.debug("evicted %s (%d bytes)", key, size)
+            if reserve is not None:
+                reserve.parent.mkdir(exist_ok=True)
+                with open(reserve, "wb") as f:
+                    f.truncate(needed)  # sparse: it takes no disk, but its size counts in usage()
         finally:
             guard.close()
         with self._count_lock:
