@@ -108,7 +108,7 @@ def _copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shar
             reader = ds.shard(number)
             for local in range(entry.samples):
                 key = layout.sample_key(shards.samples)
-                stored = [reader.stored_payload(local, c) for c in range(len(fields))]
+                stored = reader.stored_payloads(local)
                 shards.add([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
                            [payload for payload, _ in stored],  # views of buffers the reader read: no copy
                            [raw for _, raw in stored])

@@ -131,10 +131,6 @@ class ShardReader:
     def __len__(self) -> int:
         return self.entry.samples
 
-    def member_name(self, local: int, column: int) -> str:
-        """The name member `column` of sample `local` must have."""
-        return layout.sample_key(self._first + local) + self._suffixes[column]
-
     def _row(self, local: int) -> list[int]:
         """Sample `local`'s index values as one flat list: (offset, stored, raw, crc) per member."""
         run = local // RUN
@@ -149,35 +145,13 @@ class ShardReader:
 
     def read_sample(self, local: int) -> dict[str, Any]:
         """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`."""
-        if not 0 <= local < self._samples:
-            raise IndexError(f"shard {self.name} has {self._samples} samples, not {local + 1}")
-        row = self._row(local)
-        return self._decode(local, row, self._file.span(row[0] - tar.BLOCK, row[-4] + row[-3]))
-
-    def _decode(self, local: int, row: list[int], span: np.ndarray) -> dict[str, Any]:
-        """Check and decode sample `local` from `span`, its bytes (headers and payloads) read
-        from the file; `row` holds its index values."""
-        key = layout.sample_key(self._first + local)
+        row, key, view = self._read_checked(local)
         sample: dict[str, Any] = {KEY: key}
-        view, base = memoryview(span), row[0]
-        if not self._checked[local]:
-            self._check_headers(local, key, row, view)
-        verify, plain = self._verify_crc, self._plain
+        plain = self._plain
         for column, name, decode in self._columns:
-            offset, stored, raw, crc = row[4 * column:4 * column + 4]
-            member = key + self._suffixes[column]
-            at = offset - base + tar.BLOCK
-            payload = view[at:at + stored]
-            if verify and crc32(payload) != crc:
-                raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name, member=member)
-            if not plain or stored != raw:
-                try:
-                    payload = decompress(self._compression, payload, raw, self._max_member_bytes)
-                except ValueError as exc:
-                    raise ShardError(str(exc), shard=self.name, member=member) from None
-                except MemoryError:
-                    raise ShardError(f"no memory for the {raw} bytes it decodes to", shard=self.name,
-                                     member=member) from None
+            payload, raw = self._stored(view, row, column, key), row[4 * column + 2]
+            if not plain or len(payload) != raw:
+                payload = self._decompressed(payload, raw, key, column)
             try:
                 sample[name] = decode(payload)
             except NeurocodecError:
@@ -185,8 +159,52 @@ class ShardReader:
             except Exception as exc:  # a hostile payload must not escape as anything else
                 field = self._plan.fields[column]
                 raise ShardError(f"does not decode as {field.kind} with codec {field.codec_id!r}: "
-                                 f"{type(exc).__name__}: {exc}", shard=self.name, member=member) from None
+                                 f"{type(exc).__name__}: {exc}", shard=self.name,
+                                 member=key + self._suffixes[column]) from None
         return sample
+
+    def stored_payloads(self, local: int) -> list[tuple[memoryview, int]]:
+        """The stored (still compressed) bytes and the decoded size of every member of sample
+        `local`, headers and CRC-32 checked (to copy members between datasets unchanged)."""
+        row, key, view = self._read_checked(local)
+        return [(self._stored(view, row, column, key), row[4 * column + 2]) for column in range(len(self._suffixes))]
+
+    def read_payload(self, local: int, column: int) -> bytes | memoryview:
+        """The decoded (decompressed) payload bytes of one member, fully checked."""
+        payload, raw = self.stored_payloads(local)[column]
+        if self._plain and len(payload) == raw:
+            return payload
+        return self._decompressed(payload, raw, layout.sample_key(self._first + local), column)
+
+    def _read_checked(self, local: int) -> tuple[list[int], str, memoryview]:
+        """Sample `local`'s index values, key and bytes (headers and payloads, one read), its
+        headers checked the first time this reader reads it."""
+        if not 0 <= local < self._samples:
+            raise IndexError(f"shard {self.name} has {self._samples} samples, not {local + 1}")
+        row = self._row(local)
+        view = memoryview(self._file.span(row[0] - tar.BLOCK, row[-4] + row[-3]))
+        key = layout.sample_key(self._first + local)
+        if not self._checked[local]:
+            self._check_headers(local, key, row, view)
+        return row, key, view
+
+    def _stored(self, view: memoryview, row: list[int], column: int, key: str) -> memoryview:
+        """Member `column`'s stored bytes within `view` (its sample's bytes), CRC-32 checked."""
+        offset, stored, _, crc = row[4 * column:4 * column + 4]
+        at = offset - row[0] + tar.BLOCK
+        payload = view[at:at + stored]
+        if self._verify_crc and crc32(payload) != crc:
+            raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name, member=key + self._suffixes[column])
+        return payload
+
+    def _decompressed(self, payload: memoryview, raw: int, key: str, column: int) -> bytes | memoryview:
+        try:
+            return decompress(self._compression, payload, raw, self._max_member_bytes)
+        except ValueError as exc:
+            raise ShardError(str(exc), shard=self.name, member=key + self._suffixes[column]) from None
+        except MemoryError:
+            raise ShardError(f"no memory for the {raw} bytes it decodes to", shard=self.name,
+                             member=key + self._suffixes[column]) from None
 
     def _check_headers(self, local: int, key: str, row: list[int], view: memoryview) -> None:
         """Check the headers in `view` (sample `local`'s bytes) against the writer's: byte for
@@ -201,33 +219,6 @@ class ShardReader:
             if header != self._headers.build(key_bytes, key_sum, column, stored):
                 _check_header(header, key + self._suffixes[column], stored, self.name)
         self._checked[local] = 1
-
-    def stored_payload(self, local: int, column: int, key: str | None = None) -> tuple[memoryview, int]:
-        """The stored (still compressed) bytes of one member and its decoded size, with the
-        header, size and CRC-32 checked (used to copy members between datasets unchanged)."""
-        if not 0 <= local < self._samples:
-            raise IndexError(f"shard {self.name} has {self._samples} samples, not {local + 1}")
-        offset, stored, raw, crc = self._row(local)[4 * column:4 * column + 4]
-        view = memoryview(self._file.span(offset - tar.BLOCK, offset + stored))
-        name = self.member_name(local, column)
-        header = view[:tar.BLOCK].tobytes()
-        if header != tar.build_header(name, stored):  # one member: the plain builder will do
-            _check_header(header, name, stored, self.name)
-        payload = view[tar.BLOCK:]
-        if self._verify_crc and crc32(payload) != crc:
-            raise ShardError("payload CRC-32 mismatch (corrupted)", shard=self.name,
-                             member=(key or layout.sample_key(self._first + local)) + self._suffixes[column])
-        return payload, raw
-
-    def read_payload(self, local: int, column: int, key: str | None = None) -> bytes | memoryview:
-        """The decoded (decompressed) payload bytes of one member, fully checked."""
-        payload, raw = self.stored_payload(local, column, key)
-        if self._plain and len(payload) == raw:
-            return payload
-        try:
-            return decompress(self._compression, payload, raw, self._max_member_bytes)
-        except ValueError as exc:
-            raise ShardError(str(exc), shard=self.name, member=self.member_name(local, column)) from None
 
     def read_in_order(self) -> Iterator[dict[str, Any]]:
         """Every sample in order (as `read_sample`); reading the file front to back lets the
