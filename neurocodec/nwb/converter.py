@@ -91,6 +91,16 @@ def _field_modalities(modalities: Sequence[str] | Mapping[str, str], registry: R
     return check_field_modalities(modalities, registry)
 
 
+def _names(what: str, names: Sequence[str]) -> tuple[str, ...]:
+    """A list of non-empty names (a lone str is one name)."""
+    if isinstance(names, str):
+        names = [names]
+    names = tuple(names)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{what} must be a list of names, got {names!r}")
+    return names
+
+
 class NWBToWebDatasetConverter:
     """Converts NWB files into one sharded dataset (see the module documentation).
 
@@ -128,7 +138,7 @@ class NWBToWebDatasetConverter:
         coverage: str = "all", nan_policy: str = "error", on_error: str = "raise", overwrite: bool = False,
         fsync: bool = True, keep_parts: bool = False, progress: bool | None = None,
         storage_options: Mapping[str, Any] | None = None, parts_dir: str | os.PathLike | None = None,
-        registry: Registry | None = None,
+        registry: Registry | None = None, intervals: Sequence[str] | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -147,6 +157,7 @@ class NWBToWebDatasetConverter:
             shard_size=shard_size, compression=check_compression(compression),
             series=tuple(sorted((series or {}).items())), modality_options=options_tuple(modality_options),
             coverage=coverage, nan_policy=nan_policy, fsync=fsync,
+            intervals=None if intervals is None else _names("intervals", intervals),
         )
         for what, given in (("series", series), ("modality_options", modality_options)):
             unknown = set(given or {}) - set(fields)

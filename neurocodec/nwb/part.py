@@ -44,6 +44,9 @@ class ConvertSettings:
     nan_policy: str = "error"
     fsync: bool = True
     field_modalities: tuple[tuple[str, str], ...] = ()
+    intervals: tuple[str, ...] | None = None
+    """TimeIntervals tables whose overlapping rows go into each window's metadata, by name or
+    path; None: every table in the file."""
 
     def modality_of(self, field: str) -> str:
         """The modality whose extractor and plugin handle `field`."""
@@ -67,6 +70,7 @@ class ConvertSettings:
             "sequence_length": self.window.sequence_length, "step_bins": self.window.step,
             "series": dict(self.series), "coverage": self.coverage, "nan_policy": self.nan_policy,
             "modality_options": {k: dict(v) for k, v in self.modality_options},
+            "intervals": None if self.intervals is None else list(self.intervals),
         }
 
 
