@@ -24,11 +24,13 @@ class TimeSeriesReader(ModalityReader):
     """Windows of a TimeSeries at its native rate, a fixed number of samples per window."""
 
     def __init__(self, modality: str, series: Any, path: Path, nan_policy: str = "error",
-                 ids: Mapping[str, Any] | None = None) -> None:
+                 ids: Mapping[str, Any] | None = None, data: Any = None) -> None:
         self.modality, self.series, self.path, self.nan_policy = modality, series, path, nan_policy
         self.object_path = object_path(series)
         self._ids = dict(ids or {})
-        self.data = series.data
+        # `data` stands in for series.data (time first), e.g. an adapter over a transposed dataset;
+        # samples are only ever read from it as self.data[i0:i1] with plain slices.
+        self.data = series.data if data is None else data
         self.length = len(self.data)
         if self.length == 0:
             raise NWBError(f"{path}: {self.object_path} holds no samples")
@@ -125,10 +127,20 @@ class TimeSeriesReader(ModalityReader):
         return self._ids
 
     def describe(self) -> Mapping[str, Any]:
-        """Object path, rate, samples per window's timing source, shape and dtype."""
-        return {"object": self.object_path, "rate_hz": self.rate,
+        """Object path, name, rate, timing source, shape, dtype, and the series' unit,
+        conversion, offset and description (JSON-ready)."""
+        return {"object": self.object_path, "name": str(self.series.name), "rate_hz": self.rate,
                 "timing": "rate" if self.timestamps is None else "timestamps",
-                "shape": list(self.data.shape), "dtype": str(self.data.dtype)}
+                "shape": [int(n) for n in self.data.shape], "dtype": str(self.data.dtype),
+                "unit": _text(getattr(self.series, "unit", None)), "conversion": self.conversion,
+                "offset": self.offset, "description": _text(getattr(self.series, "description", None))}
+
+
+def _text(value: Any) -> str:
+    """An NWB text attribute as str ('' when absent; bytes decoded)."""
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def electrode_ids(series: Any) -> list[int]:
