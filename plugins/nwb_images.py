@@ -1,16 +1,33 @@
 """NWB extractors for image data: video frames and fMRI volumes, both from ImageSeries.
 
-- video: ImageSeries of frames (time, height, width[, channels]). Frames stored in the file are
-  read window by window. External files (`external_file` with `starting_frame`) are resolved
+- video: ImageSeries of frames (time, x, y[, channels]). Frames stored in the file are read
+  window by window. External files (`external_file` with `starting_frame`) are resolved
   relative to the NWB file; decoding them needs the optional `imageio` package (with a video
   backend), and a missing file or decoder is a clear error.
 - fmri: core NWB has no MRI type. In-file ImageSeries of volumes (time, x, y, z), or an
   ImageSeries whose external file is NIfTI (`.nii`, `.nii.gz`), read with the optional
   `nibabel` package (`pip install neurocodec[nifti]`).
 
-Default choice: video takes the first ImageSeries (by HDF5 path) with 3-D frames data or 4-D
-data ending in 1, 3 or 4 colour channels, or a non-NIfTI external file; fmri the first with
-other 4-D data or a NIfTI external file.
+Frames or volumes: a 4-D ImageSeries (time, x, y, 3) may be RGB video or three-slice fMRI, so
+each series is classified by what it declares, in this order (`image_kind`):
+
+1. a NIfTI external file: volumes;
+2. its `dimension` (pixels on x, y (and z)), when it agrees with the data shape (x and y in
+   either order): 2 entries are frames, 3 entries are volumes;
+3. its `format`, when it names a volume format (`nifti`) or an image or video format (`png`,
+   `tiff`, `mp4`, ...);
+4. its class: an OpticalSeries holds frames;
+5. otherwise its shape, only where that is unambiguous: other external files and 3-D data are
+   frames, 4-D data whose last axis is not 1, 3 or 4 are volumes.
+
+In-file 4-D data ending in 1, 3 or 4 with none of these declared is ambiguous: neither video
+nor fmri takes it by default, and when a modality finds nothing else the error names the
+series and says how to choose (`series={"fmri": name}` or `series={"video": name}`, or write its
+`dimension`). TwoPhotonSeries are never candidates (they are calcium imaging).
+
+Default choice: video takes the first series (by HDF5 path) that holds frames, fmri the first
+that holds volumes. `series={modality: name or path}` always overrides the classification: it
+takes any ImageSeries of the file.
 """
 
 from __future__ import annotations
@@ -18,6 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import attrs
 import numpy as np
 
 from neurocodec.nwb import (
@@ -26,6 +44,18 @@ from neurocodec.nwb import (
 )
 
 NIFTI = (".nii", ".nii.gz")
+VOLUME_FORMATS = ("nifti", "nii", "nii.gz")
+FRAME_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "mp4", "avi", "mov", "mkv", "rgb", "rgba", "bgr")
+CHANNELS = (1, 3, 4)
+
+
+@attrs.frozen(slots=True)
+class ImageKind:
+    """What an ImageSeries holds: "frames", "volumes", "ambiguous" (could be either) or "neither",
+    and why (a phrase for summaries and errors)."""
+
+    kind: str
+    reason: str
 
 
 def _external(series: Any) -> list[str]:
@@ -37,20 +67,69 @@ def _is_nifti(series: Any) -> bool:
     return any(f.endswith(NIFTI) for f in _external(series))
 
 
-def _in_file_ndim(series: Any) -> int:
-    shape = getattr(series.data, "shape", ())
-    return 0 if not shape or shape[0] == 0 else len(shape)
+def _shape(series: Any) -> tuple[int, ...]:
+    shape = tuple(getattr(series.data, "shape", ()))
+    return () if not shape or shape[0] == 0 else shape
 
 
-def _is_video(series: Any) -> bool:
+def _dimension(series: Any) -> list[int] | None:
+    dimension = getattr(series, "dimension", None)
+    return None if dimension is None else [int(d) for d in np.asarray(dimension[:]).ravel()]
+
+
+def _by_dimension(dimension: list[int] | None, shape: tuple[int, ...]) -> ImageKind | None:
+    """The kind `dimension` declares when it agrees with the data shape (axes in either order,
+    since writers differ on x/y versus height/width)."""
+    if dimension is None:
+        return None
+    said = f"its dimension {dimension}"
+    if len(dimension) == 2 and len(shape) in (3, 4) and sorted(dimension) == sorted(shape[1:3]):
+        return ImageKind("frames", f"{said} declares 2-D frames")
+    if len(dimension) == 3 and len(shape) == 4 and sorted(dimension) == sorted(shape[1:4]):
+        return ImageKind("volumes", f"{said} declares 3-D volumes")
+    if not shape and len(dimension) in (2, 3):  # external files: nothing to check it against
+        return ImageKind("frames" if len(dimension) == 2 else "volumes", f"{said} declares it")
+    return None
+
+
+def _by_format(series: Any) -> ImageKind | None:
+    fmt = str(getattr(series, "format", None) or "").lower().lstrip(".")
+    if fmt in VOLUME_FORMATS:
+        return ImageKind("volumes", f"its format is {fmt!r}")
+    if fmt in FRAME_FORMATS:
+        return ImageKind("frames", f"its format is {fmt!r}")
+    return None
+
+
+def image_kind(series: Any) -> ImageKind:
+    """Whether an ImageSeries holds video frames or fMRI volumes, by what it declares: its
+    `dimension` (2 entries: frames, 3: volumes; when it agrees with the data shape), a NIfTI
+    external file or a `format` naming one, being an OpticalSeries (frames), then by shape alone
+    where that is unambiguous (3-D data: frames; 4-D data whose last axis is not 1, 3 or 4:
+    volumes). 4-D data ending in 1, 3 or 4 with nothing declared is "ambiguous"."""
+    from pynwb.image import OpticalSeries
+
+    shape = _shape(series)
+    if _is_nifti(series):
+        return ImageKind("volumes", "its external file is NIfTI")
+    declared = _by_dimension(_dimension(series), shape) or _by_format(series)
+    if declared is not None:
+        return declared
+    if isinstance(series, OpticalSeries):
+        return ImageKind("frames", "it is an OpticalSeries")
     if _external(series):
-        return not _is_nifti(series)
-    ndim = _in_file_ndim(series)
-    return ndim == 3 or (ndim == 4 and series.data.shape[-1] in (1, 3, 4))
-
-
-def _is_volume(series: Any) -> bool:
-    return _is_nifti(series) or (_in_file_ndim(series) == 4 and not _is_video(series))
+        return ImageKind("frames", "its external file is not NIfTI")
+    if len(shape) == 3:
+        return ImageKind("frames", "its data are 3-D (time, x, y)")
+    if len(shape) == 4 and shape[-1] not in CHANNELS:
+        return ImageKind("volumes", f"its data are 4-D and the last axis ({shape[-1]}) is not colour channels")
+    if len(shape) == 4:
+        dimension = _dimension(series)
+        declared = "it declares neither" if dimension is None else \
+            f"its dimension {dimension} does not match the data shape"
+        return ImageKind("ambiguous", f"its data are 4-D of shape {shape}, whose last axis ({shape[-1]}) may be "
+                                      f"colour channels (video) or slices (fmri), and {declared}")
+    return ImageKind("neither", f"its data have shape {shape}")
 
 
 def _image_series(nwbfile: Any) -> list[Any]:
@@ -123,12 +202,9 @@ def _nifti_volumes(paths: list[Path], series: Any, options: ExtractOptions) -> n
 
 
 class _ImageExtractor(NWBExtractor):
-    """An ImageSeries chosen by `accepts` (or by name), read in-file or through `load_external`."""
+    """An ImageSeries of `kind` (or any ImageSeries by name), read in-file or through `load_external`."""
 
-    @staticmethod
-    def accepts(series: Any) -> bool:
-        """Whether `series` is a default candidate for this modality."""
-        raise NotImplementedError
+    kind: str
 
     @staticmethod
     def load_external(paths: list[Path], series: Any, options: ExtractOptions) -> np.ndarray:
@@ -136,10 +212,16 @@ class _ImageExtractor(NWBExtractor):
         raise NotImplementedError
 
     def open(self, nwbfile: Any, options: ExtractOptions) -> ModalityReader | None:
-        """The chosen series, or None when the file holds none."""
+        """The chosen series, or None when the file holds none; NWBError when it holds only
+        series that could be either video or fmri."""
         every = _image_series(nwbfile)
-        candidates = every if options.series is not None else [s for s in every if self.accepts(s)]
-        series = pick_series(candidates, options.series, self.modality, options.path)
+        if options.series is not None:
+            series = pick_series(every, options.series, self.modality, options.path)
+        else:
+            kinds = [(s, image_kind(s)) for s in every]
+            series = pick_series([s for s, k in kinds if k.kind == self.kind], None, self.modality, options.path)
+            if series is None:
+                self._refuse_ambiguous([(s, k) for s, k in kinds if k.kind == "ambiguous"], options)
         if series is None:
             return None
         if _external(series):
@@ -147,12 +229,24 @@ class _ImageExtractor(NWBExtractor):
             return ExternalFramesReader(self.modality, series, frames, options)
         return TimeSeriesReader(self.modality, series, options.path, options.nan_policy)
 
+    def _refuse_ambiguous(self, ambiguous: list[tuple[Any, ImageKind]], options: ExtractOptions) -> None:
+        if not ambiguous:
+            return
+        series, kind = ambiguous[0]
+        others = "" if len(ambiguous) == 1 else \
+            f" (also undecided: {', '.join(object_path(s) for s, _ in ambiguous[1:])})"
+        raise NWBError(
+            f"{options.path}: {object_path(series)} may hold {self.modality} data, but {kind.reason}{others}. "
+            f"Take it as {self.modality} with series={{{self.modality!r}: {series.name!r}}} (or as "
+            f"{OTHER[self.modality]} with series={{{OTHER[self.modality]!r}: {series.name!r}}}), or write its "
+            "`dimension` in the file: [x, y] for video frames, [x, y, z] for fMRI volumes")
+
 
 class VideoExtractor(_ImageExtractor):
     """Video frames from an ImageSeries: in-file, or external files next to the NWB file."""
 
     modality = "video"
-    accepts = staticmethod(_is_video)
+    kind = "frames"
     load_external = staticmethod(_video_frames)
 
 
@@ -160,5 +254,8 @@ class FMRIExtractor(_ImageExtractor):
     """fMRI volumes from an ImageSeries: in-file, or NIfTI files (nibabel)."""
 
     modality = "fmri"
-    accepts = staticmethod(_is_volume)
+    kind = "volumes"
     load_external = staticmethod(_nifti_volumes)
+
+
+OTHER = {"video": "fmri", "fmri": "video"}

@@ -1,0 +1,139 @@
+"""Which series a modality takes from an NWB file: video frames or fMRI volumes by what an
+ImageSeries declares (never a silent guess between the two), `series=` over every compatible
+TimeSeries of the file, and the documented meaning of spike counts outside obs_intervals. Files
+are written with pynwb; converted values are checked against the file read with h5py."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from pynwb.image import ImageSeries, OpticalSeries
+
+import nwbfiles
+from neurocodec.dataset.reader import Dataset
+from neurocodec.nwb import NWBError
+from neurocodec.nwb.converter import NWBToWebDatasetConverter
+
+RATE = 10.0  # images per second; windows of 1 s hold 10 of them
+
+
+def convert(tmp_path, files, modalities, name="out", **kwargs):
+    """Convert `files` into tmp_path/name; return (summary, Dataset)."""
+    kwargs = {"bin_size_ms": 100, "sequence_length": 10, "overlap": 0.0, "progress": False, "fsync": False,
+              **kwargs}
+    converter = NWBToWebDatasetConverter(tmp_path / name, 16, modalities, **kwargs)
+    converter.convert_nwb_files(files)
+    return converter.finalize(), Dataset(tmp_path / name)
+
+
+def chosen(summary, path):
+    """The series the summary says were chosen from `path` (keyed by its path or file name)."""
+    series = summary["series"]
+    return series[str(path)] if str(path) in series else series[path.name]
+
+
+def check_windows(ds, field, path, object_path, per_window):
+    """Every window of `field` holds the next `per_window` samples of `object_path`'s data as h5py
+    reads them from `path` (windows start at the series' start, without overlap)."""
+    with h5py.File(path, "r") as f:
+        data = f[object_path]["data"][:]
+    assert len(ds) == len(data) // per_window
+    for i in range(len(ds)):
+        got = ds[i][field]
+        assert got.dtype == data.dtype
+        np.testing.assert_array_equal(got, data[per_window * i:per_window * (i + 1)])
+
+
+# -- video frames or fMRI volumes -----------------------------------------------------------------
+def image_series(name, data, **kwargs):
+    """An in-file ImageSeries at RATE Hz."""
+    return ImageSeries(name=name, data=data, unit="a.u.", rate=RATE, starting_time=0.0, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_three_slice_volumes_declared_by_dimension_are_fmri(tmp_path, rng, dtype):
+    volumes = (rng.standard_normal((40, 6, 5, 3)) * 300).astype(dtype)  # (time, x, y, z=3 slices)
+    frames = rng.integers(0, 256, (40, 4, 7, 3), dtype=np.uint8)  # (time, height, width, RGB)
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(image_series("bold", volumes, dimension=[6, 5, 3]))
+    nwb.add_acquisition(image_series("camera", frames, dimension=[7, 4]))  # [width, height]
+    path = nwbfiles.write(nwb, tmp_path / "three_slices.nwb")
+    summary, ds = convert(tmp_path, [path], ["video", "fmri"])
+    assert chosen(summary, path) == {"video": "/acquisition/camera", "fmri": "/acquisition/bold"}
+    check_windows(ds, "fmri", path, "/acquisition/bold", 10)
+    check_windows(ds, "video", path, "/acquisition/camera", 10)
+
+
+def test_optical_series_holds_frames(tmp_path, rng):
+    frames = rng.integers(0, 256, (30, 4, 5, 3), dtype=np.uint8)
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(OpticalSeries(name="screen", data=frames, unit="n.a.", rate=RATE, starting_time=0.0,
+                                      distance=0.5, field_of_view=[0.2, 0.1], orientation="up"))
+    path = nwbfiles.write(nwb, tmp_path / "optical.nwb")
+    summary, ds = convert(tmp_path, [path], ["video"])
+    assert chosen(summary, path) == {"video": "/acquisition/screen"}
+    check_windows(ds, "video", path, "/acquisition/screen", 10)
+    with pytest.raises(NWBError, match="holds no fmri data"):
+        convert(tmp_path, [path], ["fmri"], name="fmri")
+
+
+@pytest.fixture
+def undeclared(tmp_path, rng):
+    """One 4-D uint8 ImageSeries ending in 3 with no dimension, format or telling class."""
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(image_series("scan", rng.integers(0, 256, (30, 6, 5, 3), dtype=np.uint8)))
+    return nwbfiles.write(nwb, tmp_path / "undeclared.nwb")
+
+
+@pytest.mark.parametrize("modality, other", [("video", "fmri"), ("fmri", "video")])
+def test_undeclared_rgb_or_slices_is_neither_guessed(tmp_path, undeclared, modality, other):
+    with pytest.raises(NWBError) as err:
+        convert(tmp_path, [undeclared], [modality])
+    message = str(err.value)
+    assert str(undeclared) in message and "/acquisition/scan" in message
+    assert "colour channels (video) or slices (fmri)" in message and "declares neither" in message
+    assert f"series={{'{modality}': 'scan'}}" in message and f"series={{'{other}': 'scan'}}" in message
+    assert "`dimension`" in message and "[x, y, z]" in message
+
+
+@pytest.mark.parametrize("modality", ["video", "fmri"])
+@pytest.mark.parametrize("pick", ["scan", "/acquisition/scan"])
+def test_series_takes_an_undeclared_series_either_way(tmp_path, undeclared, modality, pick):
+    summary, ds = convert(tmp_path, [undeclared], [modality], series={modality: pick})
+    assert chosen(summary, undeclared) == {modality: "/acquisition/scan"}
+    check_windows(ds, modality, undeclared, "/acquisition/scan", 10)
+
+
+def test_series_overrides_a_declared_kind_both_ways(tmp_path, rng):
+    volumes = rng.integers(0, 256, (20, 6, 5, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (20, 4, 7, 3), dtype=np.uint8)
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(image_series("bold", volumes, dimension=[6, 5, 3]))
+    nwb.add_acquisition(image_series("camera", frames, dimension=[4, 7]))
+    path = nwbfiles.write(nwb, tmp_path / "swap.nwb")
+    summary, ds = convert(tmp_path, [path], ["video", "fmri"], series={"video": "bold", "fmri": "camera"})
+    assert chosen(summary, path) == {"video": "/acquisition/bold", "fmri": "/acquisition/camera"}
+    check_windows(ds, "video", path, "/acquisition/bold", 10)
+    check_windows(ds, "fmri", path, "/acquisition/camera", 10)
+
+
+def test_dimension_that_disagrees_with_the_data_is_not_trusted(tmp_path, rng):
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(image_series("scan", rng.integers(0, 256, (30, 6, 5, 3), dtype=np.uint8),
+                                     dimension=[64, 64]))
+    path = nwbfiles.write(nwb, tmp_path / "wrong_dimension.nwb")
+    with pytest.raises(NWBError, match=r"dimension \[64, 64\] does not match the data shape"):
+        convert(tmp_path, [path], ["video"])
+
+
+def test_unambiguous_series_is_taken_next_to_an_undeclared_one(tmp_path, rng):
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(image_series("a_scan", rng.integers(0, 256, (30, 6, 5, 3), dtype=np.uint8)))
+    nwb.add_acquisition(image_series("bold", rng.integers(-9, 9, (30, 6, 5, 8), dtype=np.int16)))
+    path = nwbfiles.write(nwb, tmp_path / "both.nwb")
+    summary, ds = convert(tmp_path, [path], ["fmri"])  # 8 slices: volumes by shape alone
+    assert chosen(summary, path) == {"fmri": "/acquisition/bold"}
+    check_windows(ds, "fmri", path, "/acquisition/bold", 10)
+    with pytest.raises(NWBError, match="/acquisition/a_scan may hold video data"):
+        convert(tmp_path, [path], ["video"], name="video")
