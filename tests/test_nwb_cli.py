@@ -50,7 +50,8 @@ def test_convert_nwb_with_the_guides_flags(tmp_path, sessions):
     assert lines[0].startswith(f"wrote {expected} samples in 2 shards") and "compression zstd" in lines[0]
     assert lines[1] == "modalities: lfp, spikes, spikes_observed"
     assert lines[-1] == f"validated: {expected} samples match the manifest"
-    assert sorted(p.name for p in out.iterdir()) == ["dataset_metadata.json", "shard_000000.idx", "shard_000000.tar",
+    assert sorted(p.name for p in out.iterdir()) == ["conversion-report.json", "dataset_metadata.json",
+                                                     "shard_000000.idx", "shard_000000.tar",
                                                      "shard_000001.idx", "shard_000001.tar"]
     # the same dataset as the Python API with the CLI's defaults (10 ms bins, 100 bins, overlap 0.5)
     api = NWBToWebDatasetConverter(tmp_path / "api", 12, ["spikes", "lfp"], 10, 100, 0.5, compression="zstd",

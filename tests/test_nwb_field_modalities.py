@@ -93,7 +93,7 @@ def test_a_list_still_names_fields_after_modalities(tmp_path, pupil_file):
 def test_unknown_modality_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(UnknownModalityError, match=r"modality 'pupil' is not registered; known: .*behavior"):
         NWBToWebDatasetConverter(tmp_path / "out", modalities={"pupil_left": "pupil"})
-    with pytest.raises(ValueError, match=r"series names modalities that are not converted: \['behavior'\]"):
+    with pytest.raises(ValueError, match=r"series names fields that are not converted: \['behavior'\]"):
         NWBToWebDatasetConverter(tmp_path / "out", modalities={"pupil_left": "behavior"}, series={"behavior": "x"})
 
 

@@ -7,7 +7,10 @@
 `create_shards_from_arrays` does (row i of every array is sample i), several files one after
 the other. `--modalities` takes modality names or FIELD=MODALITY pairs, so two fields can share
 one modality (`--modalities pupil_left=behavior pupil_right=behavior`); npz inputs use only the
-pairs, which store an array with a modality other than its name's. `--validate` re-reads every shard and checks it against the manifest afterwards.
+pairs, which store an array with a modality other than its name's. NWB fields from any series:
+`--field position=behavior:x,y,z --field running=behavior:running_speed` (NAME=MODALITY, then
+the series by name or HDF5 path; several 1-D series sharing their timing become columns).
+`--validate` re-reads every shard and checks it against the manifest afterwards.
 """
 
 from __future__ import annotations
@@ -46,14 +49,34 @@ def _format(args: argparse.Namespace, paths: list[Path]) -> str:
     raise ValueError(f"cannot tell the input format from {sorted(kinds)}; pass --format nwb or --format npz")
 
 
-def _series(pairs: list[str]) -> dict[str, str]:
+def _series_names(text: str) -> str | list[str]:
+    """One series name or path, or a comma-separated list of them (combined into columns)."""
+    names = text.split(",")
+    return names[0] if len(names) == 1 else names
+
+
+def _series(pairs: list[str]) -> dict[str, str | list[str]]:
     out = {}
     for pair in pairs:
-        modality, sep, name = pair.partition("=")
-        if not sep or not modality or not name:
-            raise ValueError(f"--series takes MODALITY=NAME, got {pair!r}")
-        out[modality] = name
+        field, sep, name = pair.partition("=")
+        if not sep or not field or not name or "" in name.split(","):
+            raise ValueError(f"--series takes FIELD=NAME or FIELD=NAME,NAME,..., got {pair!r}")
+        out[field] = _series_names(name)
     return out
+
+
+def _fields(entries: list[str]) -> dict[str, tuple[str, str | list[str] | None]]:
+    """--field NAME=MODALITY[:SERIES[,SERIES...]] as the converter's `fields`."""
+    fields = {}
+    for entry in entries:
+        field, sep, spec = entry.partition("=")
+        modality, colon, names = spec.partition(":")
+        if not sep or not field or not modality or (colon and (not names or "" in names.split(","))):
+            raise ValueError(f"--field takes NAME=MODALITY or NAME=MODALITY:SERIES[,SERIES...], got {entry!r}")
+        if field in fields:
+            raise ValueError(f"--field names {field!r} twice")
+        fields[field] = (modality, _series_names(names) if colon else None)
+    return fields
 
 
 def _modalities(entries: list[str] | None, fmt: str) -> list[str] | dict[str, str] | None:
@@ -108,18 +131,24 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
 
 def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Convert NWB files with NWBToWebDatasetConverter."""
-    from neurocodec.nwb.converter import DEFAULT_MODALITIES, NWBToWebDatasetConverter
+    from neurocodec.nwb.converter import NWBToWebDatasetConverter
+    from neurocodec.nwb.fields import DEFAULT_MODALITIES
 
-    modalities = _modalities(args.modalities, "nwb") or list(DEFAULT_MODALITIES)
+    fields = _fields(args.field)
+    modalities = _modalities(args.modalities, "nwb") or (None if fields else list(DEFAULT_MODALITIES))
     with NWBToWebDatasetConverter(
         output, shard_size=args.shard_size, modalities=modalities, bin_size_ms=args.bin_size_ms,
         sequence_length=args.sequence_length, overlap=args.overlap, compression=args.compression,
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
-        storage_options=storage_options_from_args(args),
+        storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
     ) as converter:
         converter.convert_nwb_files(paths)
         return converter.finalize()
+
+
+def _objects(chosen: Any) -> str:
+    return ", ".join(chosen) if isinstance(chosen, list) else str(chosen)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -135,6 +164,10 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"skipped {skipped['file']}: {skipped['error']}")
     if summary.get("skipped_windows"):
         print(f"windows not covered by every modality (skipped): {summary['skipped_windows']}")
+    for source, chosen in summary.get("series", {}).items():
+        print(f"{source}: " + "; ".join(f"{field} <- {_objects(obj)}" for field, obj in chosen.items()))
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
     if args.validate:
         from neurocodec.dataset.reader import Dataset
 
@@ -165,7 +198,17 @@ def add_parsers(sub: Any) -> None:
     nwb.add_argument("--bin-size-ms", type=float, default=10.0, help="bin size in ms (default 10)")
     nwb.add_argument("--sequence-length", type=int, default=100, help="bins per window (default 100)")
     nwb.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
-    nwb.add_argument("--series", nargs="*", default=[], metavar="MODALITY=NAME", help="pick a series by name")
+    nwb.add_argument("--series", nargs="*", default=[], metavar="FIELD=NAME",
+                     help="pick a field's series by name or HDF5 path (NAME,NAME,... combines 1-D series "
+                          "sharing their timing into columns)")
+    nwb.add_argument("--field", action="append", default=[], metavar="NAME=MODALITY[:SERIES[,SERIES...]]",
+                     help="extract field NAME with MODALITY's extractor, from the named series (default: the "
+                          "modality's default choice); repeatable, e.g. --field position=behavior:x,y,z "
+                          "--field running=behavior:running_speed. With --field and no --modalities, only "
+                          "the fields are converted")
+    nwb.add_argument("--intervals", nargs="*", metavar="TABLE",
+                     help="TimeIntervals tables whose rows overlapping each window go into its metadata "
+                          "(default: every table; --intervals with no name: none)")
     nwb.add_argument("--coverage", choices=COVERAGE, default="all", help="window coverage policy")
     nwb.add_argument("--nan-policy", choices=NAN_POLICIES, default="error", help="windows holding NaN")
     nwb.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad input files")

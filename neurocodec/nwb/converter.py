@@ -35,7 +35,6 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import warnings
@@ -46,12 +45,14 @@ from neurocodec.errors import DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.compression import check_compression
 from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.nwb.fields import names, plan_fields
+from neurocodec.nwb.pool import ConversionError, run_tasks
+from neurocodec.nwb.report import build_report, write_report
 from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
 from neurocodec.nwb.session import session_key
 from neurocodec.nwb.windows import WindowSpec
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
-from neurocodec.dataset.schema import check_field_modalities
 from neurocodec.storage.location import dataset_path, is_remote
 from neurocodec.storage.local_output import make_output_dir
 from neurocodec.storage.lock import OutputLock
@@ -61,7 +62,6 @@ log = logging.getLogger("neurocodec.nwb")
 PARTS_DIR = ".neurocodec-parts"
 PART_SUMMARY = "part.json"
 ON_ERROR = ("raise", "skip")
-DEFAULT_MODALITIES = ("spikes", "lfp", "behavior")
 
 
 def _convert_part(path: str, part_dir: str, settings: ConvertSettings, fingerprint: dict,
@@ -79,26 +79,9 @@ def _settings_hash(settings: ConvertSettings) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _field_modalities(modalities: Sequence[str] | Mapping[str, str], registry: Registry) -> dict[str, str]:
-    """`modalities` as field -> modality (a list maps each name to itself), checked: valid field
-    names, and modalities `registry` knows (UnknownModalityError listing the installed ones)."""
-    if isinstance(modalities, str):
-        modalities = [modalities]
-    if not isinstance(modalities, Mapping):
-        modalities = {m: m for m in modalities}
-    if not modalities:
-        raise ValueError("modalities must name at least one modality")
-    return check_field_modalities(modalities, registry)
-
-
-def _names(what: str, names: Sequence[str]) -> tuple[str, ...]:
-    """A list of non-empty names (a lone str is one name)."""
-    if isinstance(names, str):
-        names = [names]
-    names = tuple(names)
-    if not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"{what} must be a list of names, got {names!r}")
-    return names
+def _objects(series: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The object (HDF5 path, or list of paths) each field was read from."""
+    return {field: described.get("object") for field, described in series.items()}
 
 
 class NWBToWebDatasetConverter:
@@ -131,14 +114,15 @@ class NWBToWebDatasetConverter:
 
     def __init__(
         self, output_dir: str | os.PathLike, shard_size: int = 1000,
-        modalities: Sequence[str] | Mapping[str, str] = DEFAULT_MODALITIES, bin_size_ms: float = 10.0,
+        modalities: Sequence[str] | Mapping[str, str] | None = None, bin_size_ms: float = 10.0,
         sequence_length: int = 100, overlap: float = 0.5, *, compression: str = "none",
         workers: int = 1, executor: concurrent.futures.Executor | None = None,
-        series: Mapping[str, str] | None = None, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
+        series: Mapping[str, str | Sequence[str]] | None = None, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
         coverage: str = "all", nan_policy: str = "error", on_error: str = "raise", overwrite: bool = False,
         fsync: bool = True, keep_parts: bool = False, progress: bool | None = None,
         storage_options: Mapping[str, Any] | None = None, parts_dir: str | os.PathLike | None = None,
         registry: Registry | None = None, intervals: Sequence[str] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -150,19 +134,19 @@ class NWBToWebDatasetConverter:
             raise ValueError("registry= cannot be sent to worker processes: pass workers=1 (or an executor "
                              "running in this process), or install the plugins")
         self.registry = registry
-        fields = _field_modalities(modalities, registry or default_registry())
+        field_modalities, chosen = plan_fields(modalities, fields, series, registry or default_registry())
+        unknown = sorted(set(modality_options or {}) - set(field_modalities))
+        if unknown:
+            raise ValueError(f"modality_options names fields that are not converted: {unknown}")
         self.settings = ConvertSettings(
-            modalities=tuple(fields), field_modalities=tuple((f, m) for f, m in fields.items() if f != m),
+            modalities=tuple(field_modalities),
+            field_modalities=tuple((f, m) for f, m in field_modalities.items() if f != m),
             window=WindowSpec.from_user(bin_size_ms, sequence_length, overlap),
             shard_size=shard_size, compression=check_compression(compression),
-            series=tuple(sorted((series or {}).items())), modality_options=options_tuple(modality_options),
+            series=tuple(sorted(chosen.items())), modality_options=options_tuple(modality_options),
             coverage=coverage, nan_policy=nan_policy, fsync=fsync,
-            intervals=None if intervals is None else _names("intervals", intervals),
+            intervals=None if intervals is None else names("intervals", intervals),
         )
-        for what, given in (("series", series), ("modality_options", modality_options)):
-            unknown = set(given or {}) - set(fields)
-            if unknown:
-                raise ValueError(f"{what} names modalities that are not converted: {sorted(unknown)}")
         self.output_dir = dataset_path(output_dir)
         self.storage_options = dict(storage_options or {})
         self.overwrite = overwrite
@@ -269,40 +253,16 @@ class NWBToWebDatasetConverter:
         bar = tqdm(total=len(pending), desc="converting", unit="file",
                    disable=None if self.progress is None else not self.progress)
         try:
-            if self.executor is None and self.workers == 1:
-                for path, a in args.items():
-                    self._collect(path, lambda a=a: _convert_part(*a))
-                    bar.update()
-                return
-            owned = self.executor is None
-            executor = self.executor or concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
-            futures: dict = {}
-            try:
-                for path, a in args.items():  # one by one: a failed submit still cancels the others
-                    futures[path] = executor.submit(_convert_part, *a)
-                for future in concurrent.futures.as_completed(futures.values()):
-                    bar.update()
-                    if self.on_error == "raise" and future.exception() is not None:
-                        break  # fail fast: the first failure stops the run
-                for path, future in futures.items():  # results and errors in input order
-                    if future.done():
-                        self._collect(path, future.result)
-                    else:
-                        future.cancel()
-            except BaseException:
-                for future in futures.values():
-                    future.cancel()
-                raise
-            finally:
-                if owned:
-                    executor.shutdown(wait=True, cancel_futures=True)
+            run_tasks(args, _convert_part, self._collect, workers=self.workers, executor=self.executor,
+                      fail_fast=self.on_error == "raise", advance=bar.update)
         finally:
             bar.close()
 
     def _collect(self, path: Path, result) -> None:
         try:
             self._results[path] = result()
+        except ConversionError:
+            raise  # the conversion as a whole failed, not this file
         except Exception as exc:
             self._fail(path, wrap_error(path, exc))
 
@@ -353,13 +313,18 @@ class NWBToWebDatasetConverter:
                                   fsync=self.settings.fsync, overwrite=self.overwrite)
         if not self.keep_parts:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
-        self._summary = {
+        chosen = {str(p): _objects(sessions[self._results[p]["session"]]["series"]) for p in done}
+        summary = {
             "samples": manifest.total_samples, "shards": len(manifest.shards),
             "bytes": sum(s.bytes + s.index_bytes for s in manifest.shards),
             "modalities": [f.name for f in manifest.modalities], "compression": manifest.compression,
             "output_dir": str(self.output_dir), "files": [str(p) for p in done],
             "skipped_files": list(self._failures),
             "skipped_windows": sum(self._results[p]["skipped_windows"] for p in done),
-            "series": {s["file"]: {m: d.get("object") for m, d in s["series"].items()} for s in sessions.values()},
+            "series": {Path(file).name: objects for file, objects in chosen.items()},
         }
-        return self._summary
+        report = build_report(summary, {str(p): self._results[p] for p in done}, chosen, self.settings.to_dict())
+        summary["report"] = write_report(self.output_dir, report, fsync=self.settings.fsync,
+                                         storage_options=self.storage_options)
+        self._summary = summary
+        return summary
