@@ -176,6 +176,13 @@ def test_on_error_skip_warns_counts_and_converts_the_rest(tmp_path, sessions, re
         {k: v for k, v in theirs.items() if k.endswith((".tar", ".idx"))}
     manifest = json.loads((tmp_path / "out" / "dataset_metadata.json").read_text())
     assert manifest["extra"]["skipped_files"] == summary["skipped_files"]
+    # and in the report next to the shards: every skipped file with its reason, every converted one
+    assert summary["report"] == str(tmp_path / "out" / "conversion-report.json")
+    report = json.loads(Path(summary["report"]).read_text())
+    assert report["skipped_files"] == summary["skipped_files"]
+    assert [f["file"] for f in report["files"]] == summary["files"]
+    assert all(f["windows"] > 0 and f["series"] == {"spikes": "/units", "lfp": "/processing/ecephys/LFP/lfp"}
+               for f in report["files"])
 
 
 def test_missing_input_file_is_skipped_or_raised(tmp_path, sessions):
