@@ -227,7 +227,11 @@ class _ImageExtractor(NWBExtractor):
         if _external(series):
             frames = self.load_external(_resolve(series, options), series, options)
             return ExternalFramesReader(self.modality, series, frames, options)
+        self.check_dtype(series, options)
         return TimeSeriesReader(self.modality, series, options.path, options.nan_policy)
+
+    def check_dtype(self, series: Any, options: ExtractOptions) -> None:
+        """NWBError when the modality cannot store the in-file data's dtype (default: any is fine)."""
 
     def _refuse_ambiguous(self, ambiguous: list[tuple[Any, ImageKind]], options: ExtractOptions) -> None:
         if not ambiguous:
@@ -248,6 +252,17 @@ class VideoExtractor(_ImageExtractor):
     modality = "video"
     kind = "frames"
     load_external = staticmethod(_video_frames)
+
+    def check_dtype(self, series: Any, options: ExtractOptions) -> None:
+        """Video frames are stored as uint8: float images are refused before anything is read,
+        with what to do instead."""
+        dtype = np.dtype(series.data.dtype)
+        if dtype.kind not in "biu":
+            raise NWBError(
+                f"{options.path}: {object_path(series)} holds {dtype} images, and video frames must be integers "
+                "or booleans (stored as uint8; nothing is rescaled silently): convert the frames to uint8 when "
+                "writing the file, or take the series as fMRI volumes, which keep floats: request modality fmri "
+                f"with series={{'fmri': {series.name!r}}}")
 
 
 class FMRIExtractor(_ImageExtractor):

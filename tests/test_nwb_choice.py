@@ -137,3 +137,19 @@ def test_unambiguous_series_is_taken_next_to_an_undeclared_one(tmp_path, rng):
     check_windows(ds, "fmri", path, "/acquisition/bold", 10)
     with pytest.raises(NWBError, match="/acquisition/a_scan may hold video data"):
         convert(tmp_path, [path], ["video"], name="video")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_images_as_video_say_what_to_do(tmp_path, rng, dtype):
+    images = rng.random((30, 6, 5)).astype(dtype)
+    nwb = nwbfiles.new_file()
+    nwb.add_acquisition(image_series("camera", images))
+    path = nwbfiles.write(nwb, tmp_path / "float_video.nwb")
+    with pytest.raises(NWBError) as err:
+        convert(tmp_path, [path], ["video"])
+    message = str(err.value)
+    assert str(path) in message and "/acquisition/camera" in message and "kinds" not in message
+    assert f"holds {np.dtype(dtype).name} images" in message and "integers or booleans" in message
+    assert "convert the frames to uint8" in message and "series={'fmri': 'camera'}" in message
+    summary, ds = convert(tmp_path, [path], ["fmri"], name="as_fmri", series={"fmri": "camera"})  # as advised
+    check_windows(ds, "fmri", path, "/acquisition/camera", 10)

@@ -82,40 +82,89 @@ class ArrayPolicy:
       frames as uint8); a lossy value is an error.
     - `float_dtypes`: the dtypes a user may ask floats to be stored in through the `dtype`
       option (for example float16 for continuous signals; lossy, so opt-in only).
+    - `what`: what the values are, in the user's words, for error messages ("video frames").
     """
 
     kinds: str = "biufc"
     ndim: int | None = None
     store_dtype: str | None = None
     float_dtypes: tuple[str, ...] = ()
+    what: str = "values of this modality"
 
     def __call__(self, value: Any, options: Mapping[str, Any]) -> np.ndarray:
-        """Validate and convert one value."""
+        """Validate and convert one value; the errors say in plain words what is accepted and
+        what to do (the writer prefixes the sample and field)."""
         array = as_array(value)
         if not npy.is_storable_dtype(array.dtype):
-            raise TypeError(f"dtype {array.dtype} is not accepted: the format stores only "
-                            f"{', '.join(npy.DTYPES)} (the dtypes the loaders batch); convert it first")
+            names = ", ".join(np.dtype(d).name for d in npy.DTYPES)
+            raise TypeError(f"dtype {array.dtype} is not accepted: arrays are stored as numbers or booleans "
+                            f"({names}), which the loaders can batch; convert the value to one of these first")
         if array.dtype.kind not in self.kinds:
-            raise TypeError(f"dtype {array.dtype} is not accepted (kinds {self.kinds!r})")
+            raise TypeError(self._kind_refused(array.dtype))
         if self.ndim is not None and array.ndim != self.ndim:
-            raise ValueError(f"expected {self.ndim} dimensions, got shape {array.shape}")
+            raise ValueError(f"{self.what} must have {self.ndim} dimension{'s' * (self.ndim != 1)}; this value "
+                             f"has {array.ndim} (shape {array.shape}): reshape it first, or store it "
+                             "under a modality that takes any shape, e.g. modalities={'<field>': 'array'}")
         if self.store_dtype is not None and array.dtype != np.dtype(self.store_dtype):
-            array = _lossless_cast(array, np.dtype(self.store_dtype))
+            array = _lossless_cast(array, np.dtype(self.store_dtype), self.what)
         wanted = options.get("dtype")
         if wanted is not None:
-            if str(np.dtype(wanted)) not in self.float_dtypes:
-                raise ValueError(f"dtype option {wanted!r} is not one of {self.float_dtypes}")
-            if array.dtype.kind != "f":
-                raise TypeError(f"the dtype option applies to float arrays, got {array.dtype}")
-            array = array.astype(wanted)
+            array = self._as_option_dtype(array, wanted)
         stored = npy.stored_name(array.dtype)
         if array.dtype.str != stored:  # big-endian: stored (and recorded) little-endian
             array = array.astype(stored)
         return array
 
+    def _kind_refused(self, dtype: np.dtype) -> str:
+        takes = _kind_words(self.kinds)
+        example = self.store_dtype or _EXAMPLES[next(k for k in "fiubc" if k in self.kinds)]
+        stored = f", stored as {self.store_dtype}" if self.store_dtype else ""
+        return (f"{self.what} must be {takes} (e.g. {example}){stored}; this value is {dtype}: convert it "
+                f"first (e.g. to {example}; nothing is converted silently), or store it under a modality that "
+                f"takes {_KIND_WORDS[dtype.kind]}, e.g. modalities={{'<field>': 'array'}}, which keeps any "
+                "numeric dtype")
 
-def _lossless_cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    def _as_option_dtype(self, array: np.ndarray, wanted: Any) -> np.ndarray:
+        try:
+            name = str(np.dtype(wanted))
+        except (TypeError, ValueError):
+            name = None
+        if not self.float_dtypes:
+            raise ValueError(f"this modality takes no dtype option (got {wanted!r}): leave it out; values keep "
+                             "their own dtype")
+        if name not in self.float_dtypes:
+            raise ValueError(f"the dtype option may be {' or '.join(map(repr, self.float_dtypes))}, not "
+                             f"{wanted!r}; leave it out to keep the values' own dtype")
+        if array.dtype.kind != "f":
+            raise TypeError(f"the dtype option {wanted!r} converts floating-point values only, and this value is "
+                            f"{array.dtype}: leave the option out for this field (it keeps its dtype)")
+        return array.astype(name)
+
+
+_KIND_WORDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point values",
+               "c": "complex numbers"}
+_EXAMPLES = {"b": "bool", "i": "int16", "u": "uint8", "f": "float32", "c": "complex64"}
+
+
+def _kind_words(kinds: str) -> str:
+    """'integers or booleans' for kinds 'biu': the accepted kinds in plain words."""
+    if "i" in kinds and "u" not in kinds:
+        words = ["signed integers"]
+    elif "u" in kinds and "i" not in kinds:
+        words = ["unsigned integers"]
+    else:
+        words = ["integers"] if "i" in kinds else []
+    words += [_KIND_WORDS[k] for k in "fbc" if k in kinds]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _lossless_cast(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     cast = array.astype(dtype)
     if not np.array_equal(cast, array):
-        raise ValueError(f"values do not fit {dtype} exactly (got {array.dtype}); convert them first")
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        fits = f" ({info.min}..{info.max})" if info is not None else ""
+        seen = f"{array.min()}..{array.max()}" if array.size and array.dtype.kind in "iub" else "other values"
+        raise ValueError(f"{what} are stored as {dtype}{fits}, and these ({array.dtype}, {seen}) do not fit "
+                         f"exactly: scale or convert them to {dtype} first (nothing is rescaled silently), or "
+                         "store them under a modality that keeps their dtype, e.g. modalities={'<field>': 'array'}")
     return cast
