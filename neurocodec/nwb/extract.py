@@ -110,15 +110,22 @@ def find_objects(nwbfile: Any, types: tuple[type, ...], where: Iterable[str] | N
 
 
 def pick_series(candidates: list[Any], requested: str | None, modality: str, path: Path) -> Any | None:
-    """The series the user asked for by name or path, else the first candidate by path.
+    """The series the user asked for by name or HDF5 path, else the first candidate by path.
 
     None when there is no candidate and nothing was requested; NWBError when the requested one
-    is not among the candidates (the message lists them).
+    is not among the candidates, or when a name (not a path) matches several (the message lists
+    them, so a path can be given instead).
     """
     if requested is None:
         return candidates[0] if candidates else None
     for obj in candidates:
-        if requested in (obj.name, object_path(obj)):
+        if requested == object_path(obj):
             return obj
+    named = [obj for obj in candidates if obj.name == requested]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise NWBError(f"{path}: {len(named)} {modality} series are named {requested!r} "
+                       f"({', '.join(object_path(o) for o in named)}); give its HDF5 path instead")
     names = ", ".join(object_path(o) for o in candidates) or "none"
     raise NWBError(f"{path}: no {modality} series named {requested!r}; candidates: {names}")
