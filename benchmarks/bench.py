@@ -252,23 +252,12 @@ class Bench:
 
     # -- (e): NWB conversion -----------------------------------------------------------------
     def stage_nwb(self) -> None:
-        """Convert a generated NWB session; read the same arrays raw with h5py."""
-        seconds = 10.0 if self.args.quick else 300.0
-        path = self.workdir / "nwb" / "session.nwb"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        made = self.runner.run([{"task": "nwb_make", "path": str(path), "seconds": seconds}])[0]
-        if not made["ok"]:
-            self.report.add_nwb(None, None, made, seconds)
-            return
-        out = self.workdir / "nwb" / "shards"
-        converts, reads = [], []
-        for _ in range(self.repeat):
-            prewarm([path])
-            reads += self.runner.run([{"task": "hdf5_read", "path": str(path)}], sync=False)
-            shutil.rmtree(out, ignore_errors=True)
-            converts += self.runner.run([{"task": "nwb_convert", "path": str(path), "out": str(out),
-                                          "shard_size": 1000}])
-        self.report.add_nwb(best(converts), best(reads), made, seconds)
+        """Convert generated NWB sessions per modality, in one process and in two; read the same
+        arrays raw with h5py (nwbstage.py)."""
+        from nwbstage import NWBStage
+
+        NWBStage(self.runner, self.report, self.workdir, quick=self.args.quick, repeat=self.repeat,
+                 prewarm=prewarm, best=best).run()
 
     # -- issue 6: reading from an S3-protocol server on loopback next to local disk ---------------
     def stage_remote(self) -> None:

@@ -170,24 +170,6 @@ class Report:
                 note=f"resumed ÷ fresh = {min(r) / min(f):.2f}"),
         ]
 
-    def add_nwb(self, convert: dict[str, Any] | None, read: dict[str, Any] | None, made: dict[str, Any],
-                seconds: float) -> None:
-        """NWB conversion next to reading the same arrays with h5py."""
-        section = f"NWB: {seconds:.0f} s session, 96 units + LFP 64 ch @ 1 kHz + position"
-        if not made.get("ok") or convert is None:
-            return self._failed(section, "convert (NWBToWebDatasetConverter)", NC)
-        data = made["data_bytes"]
-        rate = convert["samples"] / convert["seconds"]
-        self.rows.append(Row(section, "convert (NWBToWebDatasetConverter)", self.label(NC), rate, "samples/s",
-                             data / convert["seconds"] / 1e6, rss=self._rss(convert),
-                             note=f"{convert['samples']} samples; MB/s of NWB data; "
-                                  f"writes {convert['bytes'] / convert['seconds'] / 1e6:.0f} MB/s of shards"))
-        if read is None:
-            return self._failed(section, "raw HDF5 read (h5py)", "h5py")
-        self.rows.append(Row(section, "raw HDF5 read (h5py, same arrays)", "h5py", convert["samples"] / read["seconds"],
-                             "samples/s", read["bytes"] / read["seconds"] / 1e6,
-                             note="samples/s: the converter's samples over the read time"))
-
     def add_remote(self, result: dict[str, Any]) -> None:
         """neurocodec reading the same dataset from local disk and from S3 on loopback."""
         if "error" in result:
@@ -260,7 +242,7 @@ class Report:
                                                 "python": platform.python_version()},
                 "repeat": self.repeat, "quick": self.quick, "peers": self.peers, "load": self.load,
                 "rows": [asdict(r) for r in self.rows], "mismatches": self.mismatches,
-                "goals": goal_values(self)}
+                "goals": goal_values(self), "nwb_goals": nwb_goal_values(self)}
 
     def find(self, section_start: str, measure_start: str, lib: str) -> float | None:
         """The value of the first matching row (library by name prefix)."""
@@ -299,11 +281,32 @@ def goal_values(report: Report) -> dict[str, float | None]:
     }
 
 
+def nwb_goal_values(report: Report) -> dict[str, float | None]:
+    """Issue 13's conversion goals, per continuous modality: one session in one process at
+    overlap 0 as % of h5py's raw read of the same arrays, and workers=2 over 1 process."""
+    values: dict[str, float | None] = {}
+    for modality in ("lfp", "calcium", "behavior"):
+        rows = [r for r in report.rows if r.section.startswith(f"NWB {modality}:") and r.library.startswith(NC)]
+        one = next((r for r in rows if r.measure == "convert 1 session, 1 process, overlap 0"), None)
+        if one is None:
+            continue
+        values[f"NWB {modality}, 1 process, overlap 0: % of raw h5py read (goal >= 50)"] = one.pct_raw
+        single = next((r.mbps for r in rows if r.measure.endswith("sessions, 1 process, overlap 0")), None)
+        parallel = next((r.mbps for r in rows if "workers=" in r.measure), None)
+        values[f"NWB {modality}: workers=2 / 1 process (goal ~2)"] = (
+            parallel / single if single and parallel else None)
+    return values
+
+
 def goals(report: Report) -> str:
     """The goal lines printed under the table."""
     lines = ["", "Goals of issue 5 (measured in this run):"]
     for name, value in goal_values(report).items():
         lines.append(f"- {name}: {'–' if value is None else f'{value:.2f}'}")
+    nwb = nwb_goal_values(report)
+    if nwb:
+        lines += ["", "Goals of issue 13, item 7 (measured in this run):"]
+        lines += [f"- {name}: {'–' if value is None else f'{value:.2f}'}" for name, value in nwb.items()]
     return "\n".join(lines)
 
 

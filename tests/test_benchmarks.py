@@ -43,7 +43,8 @@ def test_quick_run_prints_the_full_table(tmp_path):
     measures = {(r["section"].split(":")[0].split(" ")[0], r["measure"]) for r in nc}
     for expected in [("seed", "write"), ("seed", "read, 1 process"), ("lfp", "read, 1 process"),
                      ("seed", "epoch, after the first batch"), ("seed", "first batch, resumed at 90%"),
-                     ("resume", "first batch, fresh"), ("NWB", "convert (NWBToWebDatasetConverter)")]:
+                     ("resume", "first batch, fresh"), ("NWB", "convert 1 session, 1 process, overlap 0"),
+                     ("NWB", "convert 1 session, 1 process, overlap 0.5"), ("NWB", "convert 2 sessions, workers=2, overlap 0")]:
         assert expected in measures, (expected, sorted(measures))
     for row in nc:
         if row["unit"] in ("samples/s", "s"):
@@ -68,6 +69,26 @@ def test_quick_run_prints_the_full_table(tmp_path):
     assert resumed and "WRONG" not in resumed[0]["note"]
     assert doc["mismatches"] == []
     assert set(doc["goals"]) and doc["quick"] is True
+    _check_nwb_rows(rows, doc["nwb_goals"])
+
+
+def _check_nwb_rows(rows: list[dict], goals: dict) -> None:
+    """NWB conversion per modality: h5py's raw read of the same arrays, conversions as a share of
+    it, and the scaling of two worker processes over one."""
+    sections = {r["section"].split(":")[0] for r in rows if r["section"].startswith("NWB ")}
+    assert {"NWB spikes", "NWB lfp", "NWB behavior", "NWB all"} <= sections, sections
+    for section in sections:
+        mine = [r for r in rows if r["section"].startswith(section + ":")]
+        if any(r["note"].startswith("skipped: no installed plugin") for r in mine):
+            continue  # a modality whose plugin is not installed (calcium, before its plugin)
+        raw = [r for r in mine if r["library"] == "h5py"]
+        assert len(raw) == 1 and raw[0]["mbps"] > 0 and raw[0]["pct_raw"] == 100.0, mine
+        converts = [r for r in mine if r["measure"].startswith("convert ")]
+        assert converts and all(r["value"] > 0 and r["mbps"] > 0 and r["pct_raw"] > 0 for r in converts), mine
+    workers = [r for r in rows if r["section"].startswith("NWB lfp:") and "workers=2" in r["measure"]]
+    assert len(workers) == 1 and "scaling" in workers[0]["note"], workers
+    assert goals["NWB lfp: workers=2 / 1 process (goal ~2)"] > 0
+    assert goals["NWB lfp, 1 process, overlap 0: % of raw h5py read (goal >= 50)"] > 0
 
 
 def test_unknown_stage_is_refused(tmp_path):
