@@ -153,3 +153,109 @@ def test_float_images_as_video_say_what_to_do(tmp_path, rng, dtype):
     assert "convert the frames to uint8" in message and "series={'fmri': 'camera'}" in message
     summary, ds = convert(tmp_path, [path], ["fmri"], name="as_fmri", series={"fmri": "camera"})  # as advised
     check_windows(ds, "fmri", path, "/acquisition/camera", 10)
+
+
+# -- series= over every compatible TimeSeries -----------------------------------------------------
+SERIES_RATE, SERIES_SAMPLES = 100.0, 400  # 4 s at 100 Hz: 8 windows of 0.5 s
+
+
+@pytest.fixture(scope="module")
+def many_series(tmp_path_factory):
+    """A session as real rigs write it: LFP in its container, a raw ElectricalSeries, running
+    speed in BehavioralTimeSeries, wheel, licks and sleep_ripples as plain acquisition TimeSeries,
+    an OptogeneticSeries, and a camera ImageSeries (never a continuous candidate)."""
+    from pynwb import TimeSeries
+    from pynwb.ogen import OptogeneticSeries
+
+    rng = np.random.default_rng(5)
+    n, timing = SERIES_SAMPLES, {"rate": SERIES_RATE, "starting_time": 0.0}
+    nwb = nwbfiles.new_file(identifier="many", session_id="many", subject_id="mouse-m")
+    nwbfiles.add_lfp(nwb, nwbfiles.electrical_series(nwb, "lfp", rng.standard_normal((n, 4)).astype(np.float32),
+                                                     **timing))
+    nwb.add_acquisition(nwbfiles.electrical_series(nwb, "raw", rng.integers(-500, 500, (n, 4), dtype=np.int16),
+                                                   **timing))
+    nwbfiles.behavior_module(nwb).add(nwbfiles.behavioral_timeseries("running_speed", rng.random(n), **timing))
+    nwb.add_acquisition(TimeSeries(name="running_speed", data=rng.random(n) + 10, unit="cm/s", **timing))
+    nwb.add_acquisition(TimeSeries(name="wheel", data=rng.integers(0, 1024, n, dtype=np.int32), unit="ticks",
+                                   **timing))
+    nwb.add_acquisition(TimeSeries(name="licks", data=rng.random(n) > 0.9, unit="n.a.", **timing))
+    nwb.add_acquisition(TimeSeries(name="sleep_ripples", data=rng.standard_normal((n, 2)), unit="V", **timing))
+    device = nwb.create_device("laser")
+    site = nwb.create_ogen_site(name="site", device=device, description="ChR2", excitation_lambda=473.0,
+                                location="VISp")
+    nwb.add_acquisition(OptogeneticSeries(name="opto", data=rng.random(n) * 0.01, site=site, **timing))
+    nwb.add_acquisition(image_series("camera", rng.integers(0, 256, (40, 4, 5), dtype=np.uint8)))
+    return nwbfiles.write(nwb, tmp_path_factory.mktemp("many") / "many.nwb")
+
+
+def check_series(ds, field, path, object_path):
+    """Window i of `field` holds samples [50 i, 50 i + 50) of `object_path`, read with h5py."""
+    with h5py.File(path, "r") as f:
+        data = f[object_path]["data"][:]
+    assert len(ds) == SERIES_SAMPLES // 50
+    for i in range(len(ds)):
+        got, want = ds[i][field], data[50 * i:50 * i + 50]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.reshape(50, -1), want.reshape(50, -1))
+
+
+SERIES_SETTINGS = {"bin_size_ms": 10, "sequence_length": 50}
+
+
+def test_defaults_stay_as_documented(tmp_path, many_series):
+    summary, ds = convert(tmp_path, [many_series], ["lfp", "behavior"], **SERIES_SETTINGS)
+    assert chosen(summary, many_series) == {"lfp": "/processing/ecephys/LFP/lfp",
+                                            "behavior": "/processing/behavior/BehavioralTimeSeries/running_speed"}
+    check_series(ds, "lfp", many_series, "/processing/ecephys/LFP/lfp")
+    with pytest.raises(NWBError, match="no ElectricalSeries is named like EEG"):
+        convert(tmp_path, [many_series], ["eeg"], name="eeg", **SERIES_SETTINGS)
+
+
+@pytest.mark.parametrize("modality, pick, path", [
+    ("lfp", "raw", "/acquisition/raw"),
+    ("eeg", "raw", "/acquisition/raw"),
+    ("lfp", "sleep_ripples", "/acquisition/sleep_ripples"),
+    ("eeg", "/acquisition/opto", "/acquisition/opto"),
+    ("behavior", "/processing/behavior/BehavioralTimeSeries/running_speed",
+     "/processing/behavior/BehavioralTimeSeries/running_speed"),
+    ("behavior", "/acquisition/running_speed", "/acquisition/running_speed"),
+    ("behavior", "wheel", "/acquisition/wheel"),
+    ("behavior", "licks", "/acquisition/licks"),
+    ("behavior", "opto", "/acquisition/opto"),
+])
+def test_series_names_any_compatible_timeseries(tmp_path, many_series, modality, pick, path):
+    summary, ds = convert(tmp_path, [many_series], [modality], series={modality: pick}, **SERIES_SETTINGS)
+    assert chosen(summary, many_series) == {modality: path}
+    check_series(ds, modality, many_series, path)
+    session = ds.manifest.extra["sessions"][ds[0]["metadata"]["session"]]
+    if pick == "raw":  # an ElectricalSeries keeps its electrodes' ids
+        assert session["ids"][modality] == {"channel_ids": [0, 1, 2, 3]}
+
+
+def test_several_fields_by_name_in_one_conversion(tmp_path, many_series):
+    fields = {"raw": "lfp", "running": "behavior", "wheel": "behavior", "stimulus": "lfp"}
+    series = {"raw": "raw", "running": "/processing/behavior/BehavioralTimeSeries/running_speed",
+              "wheel": "/acquisition/wheel", "stimulus": "opto"}
+    _, ds = convert(tmp_path, [many_series], fields, series=series, **SERIES_SETTINGS)
+    check_series(ds, "raw", many_series, "/acquisition/raw")
+    check_series(ds, "running", many_series, "/processing/behavior/BehavioralTimeSeries/running_speed")
+    check_series(ds, "wheel", many_series, "/acquisition/wheel")
+    check_series(ds, "stimulus", many_series, "/acquisition/opto")
+
+
+@pytest.mark.parametrize("modality", ["lfp", "eeg", "behavior"])
+def test_a_name_not_found_lists_every_compatible_series(tmp_path, many_series, modality):
+    with pytest.raises(NWBError) as err:
+        convert(tmp_path, [many_series], [modality], series={modality: "pupil"}, **SERIES_SETTINGS)
+    message = str(err.value)
+    assert str(many_series) in message and f"no {modality} series named 'pupil'" in message
+    listed = message.split("candidates: ")[1].split(", ")
+    assert listed == ["/acquisition/licks", "/acquisition/opto", "/acquisition/raw", "/acquisition/running_speed",
+                      "/acquisition/sleep_ripples", "/acquisition/wheel",
+                      "/processing/behavior/BehavioralTimeSeries/running_speed", "/processing/ecephys/LFP/lfp"]
+
+
+def test_a_name_two_compatible_series_share_asks_for_a_path(tmp_path, many_series):
+    with pytest.raises(NWBError, match=r"many\.nwb: 2 behavior series are named 'running_speed' \(/acquisition/"
+                                       r"running_speed, /processing/behavior/BehavioralTimeSeries/running_speed\)"):
+        convert(tmp_path, [many_series], ["behavior"], series={"behavior": "running_speed"}, **SERIES_SETTINGS)
