@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import attrs
 
 from neurocodec.errors import NeurocodecError
+from neurocodec.nwb.context import WindowLabels, session_context
 from neurocodec.nwb.extract import NAN_POLICIES, ExtractOptions, ModalityReader, NWBError
 from neurocodec.nwb.session import Trials, session_info, session_key
 from neurocodec.nwb.windows import WindowSpec
@@ -151,7 +152,8 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
             begin, end = max(s for s, _ in spans.values()), min(e for _, e in spans.values())
         else:
             begin, end = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
-        session = _describe_session(nwbfile, path, readers, spans)
+        labels = WindowLabels(Trials(nwbfile), nwbfile, path, settings.intervals)
+        session = _describe_session(nwbfile, path, readers, spans, labels)
         options = {k: dict(v) for k, v in settings.modality_options}
         writer = WebDatasetWriter(part_dir, settings.shard_size, settings.compression, overwrite=True,
                                   fsync=settings.fsync, modality_options=options, registry=registry,
@@ -159,7 +161,7 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
                                   dataset_metadata={"session": session, "source": source_fingerprint(path),
                                                     "settings": settings.to_dict()})
         try:
-            written, skipped = _write_windows(writer, readers, settings, session, Trials(nwbfile), path, begin, end)
+            written, skipped = _write_windows(writer, readers, settings, session, labels, path, begin, end)
             if written == 0:
                 raise NWBError(f"{path}: no window of {settings.window.duration:g} s is covered by every "
                                f"requested modality (spans: {spans})")
@@ -185,17 +187,24 @@ def options_tuple(options: Mapping[str, Mapping[str, Any]] | None) -> tuple:
     return tuple(sorted((k, tuple(sorted(v.items()))) for k, v in (options or {}).items()))
 
 
-def _describe_session(nwbfile: Any, path: Path, readers: Mapping[str, Any], spans: Mapping[str, Any]) -> dict[str, Any]:
-    """The session as the part's manifest records it: ids, its series, unit and channel ids, spans."""
+def _describe_session(nwbfile: Any, path: Path, readers: Mapping[str, Any], spans: Mapping[str, Any],
+                      labels: WindowLabels) -> dict[str, Any]:
+    """The session as the part's manifest records it: ids, its series (each reader's description),
+    unit and channel ids with their columns, spans, the interval tables and the electrodes table
+    (see neurocodec.nwb.context)."""
     return {**session_info(nwbfile, path), "key": session_key(path),
             "series": {m: dict(r.describe()) for m, r in readers.items()},
             "ids": {m: dict(r.ids()) for m, r in readers.items()},
-            "span_s": {m: list(s) for m, s in spans.items()}}
+            "span_s": {m: list(s) for m, s in spans.items()},
+            **session_context(labels, nwbfile, path)}
 
 
 def _write_windows(writer: Any, readers: Mapping[str, Any], settings: ConvertSettings, session: Mapping[str, Any],
-                   trials: Trials, path: Path, begin: float, end: float) -> tuple[int, int]:
-    """Write every window of [begin, end) that the coverage policy admits; (written, skipped)."""
+                   labels: WindowLabels, path: Path, begin: float, end: float) -> tuple[int, int]:
+    """Write every window of [begin, end) that the coverage policy admits; (written, skipped).
+
+    Each window's metadata: session, file and subject, window index and times, what `labels`
+    says of it (`trials`, `intervals`, see neurocodec.nwb.context) and the fields `missing`."""
     spec = settings.window
     written = skipped = 0
     for index, start in enumerate(spec.starts(begin, end).tolist()):
@@ -215,7 +224,7 @@ def _write_windows(writer: Any, readers: Mapping[str, Any], settings: ConvertSet
         writer.write_sample(sample, metadata={
             "session": session["key"], "source_file": path.name, "session_id": session["session_id"],
             "subject_id": session["subject_id"], "window_index": index,
-            "start_time": start, "stop_time": stop, "trials": trials.overlapping(start, stop),
+            "start_time": start, "stop_time": stop, **labels.labels(start, stop),
             "missing": missing,
         })
         written += 1

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from neurocodec.nwb.context import IntervalIndex
+
 
 def session_key(path: Path) -> str:
     """A short, stable, unique key for a source file: its stem plus a hash of its absolute path."""
@@ -30,19 +32,17 @@ def session_info(nwbfile: Any, path: Path) -> dict[str, Any]:
 
 
 class Trials:
-    """The trials table's start/stop times, read once (a small table), for per-window lookup."""
+    """The trials table's ids and start/stop times, read once (a small table), for per-window lookup."""
 
     def __init__(self, nwbfile: Any) -> None:
         table = getattr(nwbfile, "trials", None)
         if table is None or len(table) == 0:
-            self.ids = self.start = self.stop = np.zeros(0)
+            self.ids = np.zeros(0, dtype=np.int64)
+            self.index = IntervalIndex(np.zeros(0), np.zeros(0))
             return
         self.ids = np.asarray(table.id[:], dtype=np.int64)
-        self.start = np.asarray(table["start_time"][:], dtype=np.float64)
-        self.stop = np.asarray(table["stop_time"][:], dtype=np.float64)
+        self.index = IntervalIndex(table["start_time"][:], table["stop_time"][:])
 
     def overlapping(self, start: float, stop: float) -> list[int]:
-        """Ids of the trials that overlap [start, stop)."""
-        if not len(self.ids):
-            return []
-        return self.ids[(self.start < stop) & (self.stop > start)].tolist()
+        """Ids of the trials that overlap [start, stop), by start time."""
+        return self.ids[self.index.overlapping(start, stop)].tolist()
