@@ -259,3 +259,32 @@ def test_a_name_two_compatible_series_share_asks_for_a_path(tmp_path, many_serie
     with pytest.raises(NWBError, match=r"many\.nwb: 2 behavior series are named 'running_speed' \(/acquisition/"
                                        r"running_speed, /processing/behavior/BehavioralTimeSeries/running_speed\)"):
         convert(tmp_path, [many_series], ["behavior"], series={"behavior": "running_speed"}, **SERIES_SETTINGS)
+
+
+# -- spike counts outside obs_intervals -----------------------------------------------------------
+def test_counts_are_not_masked_outside_observation_intervals(tmp_path):
+    """As the spikes module documents: the mask says which bins are wholly observed; the counts
+    hold every spike of the file in each bin, observed or not (here spikes the file keeps outside
+    unit 0's intervals, and one in a bin only partly observed)."""
+    intervals = [[[0.0, 2.005], [3.0, 5.0]], [[0.0, 5.0]]]
+    spikes = [np.array([0.103, 1.0071, 2.001, 2.505, 2.515, 2.5171, 3.5042]), np.array([0.2551, 2.4053, 4.9012])]
+    nwb = nwbfiles.new_file(identifier="outside", session_id="outside")
+    nwbfiles.add_units(nwb, spikes, intervals)
+    path = nwbfiles.write(nwb, tmp_path / "outside.nwb")
+    _, ds = convert(tmp_path, [path], ["spikes"], bin_size_ms=10, sequence_length=50)
+    with h5py.File(path, "r") as f:
+        times, ends = f["/units/spike_times"][:], f["/units/spike_times_index"][:]
+    per_unit = np.split(times, ends[:-1])
+    assert len(ds) == 10  # the intervals' extent, [0, 5)
+    counts = np.concatenate([ds[i]["spikes"] for i in range(len(ds))])
+    observed = np.concatenate([ds[i]["spikes_observed"] for i in range(len(ds))])
+    edges = np.arange(501) * 0.01
+    for u in range(2):
+        np.testing.assert_array_equal(counts[:, u], np.histogram(per_unit[u], edges)[0])
+        inside = np.zeros(500, dtype=bool)
+        for a, z in intervals[u]:
+            inside |= (edges[:-1] >= a - 1e-9) & (edges[1:] <= z + 1e-9)
+        np.testing.assert_array_equal(observed[:, u], inside)
+    assert counts[200, 0] == 1 and not observed[200, 0]  # [2.00, 2.01): partly observed, its spike counted
+    assert counts[250, 0] == 1 and counts[251, 0] == 2 and not observed[250:252, 0].any()  # unobserved spikes
+    assert counts[~observed[:, 0], 0].sum() == 4 and counts[observed[:, 0], 0].sum() == 3
