@@ -33,7 +33,7 @@ MASK_FIELD = "spikes_observed"
 READ_AS_SPIKES = ("spike_times", "obs_intervals")
 
 
-def unit_columns(units: Any, path: Any) -> tuple[dict[str, list], dict[str, str], dict[str, int]]:
+def unit_columns(units: Any) -> tuple[dict[str, list], dict[str, str], dict[str, int]]:
     """The Units table's per-unit columns, JSON-ready, each a list in unit (= counts column) order,
     with the columns left out (and why) and how many units' `location` came from each source.
 
@@ -148,7 +148,7 @@ class UnitsReader(ModalityReader):
         self.path = path
         self.object_path = "/units"
         self.unit_ids = np.asarray(units.id[:], dtype=np.int64).tolist()
-        self.columns, self.skipped, self.location_from = unit_columns(units, path)
+        self.columns, self.skipped, self.location_from = unit_columns(units)
         ends = np.asarray(units.spike_times_index.data[:], dtype=np.int64)
         starts = np.concatenate(([0], ends[:-1]))
         self.flat = units.spike_times.data
