@@ -27,7 +27,8 @@ series and says how to choose (`series={"fmri": name}` or `series={"video": name
 
 Default choice: video takes the first series (by HDF5 path) that holds frames, fmri the first
 that holds volumes. `series={modality: name or path}` always overrides the classification: it
-takes any ImageSeries of the file.
+takes any ImageSeries of the file. The session's manifest entry records, per image field, what
+the series holds, why, and whether it was the default or chosen by `series=` (`image`).
 """
 
 from __future__ import annotations
@@ -148,12 +149,33 @@ def _resolve(series: Any, options: ExtractOptions) -> list[Path]:
     return paths
 
 
+def _choice(series: Any, options: ExtractOptions) -> dict[str, str]:
+    """How the series was chosen and what it declares, for the manifest (JSON-ready)."""
+    kind = image_kind(series)
+    return {"holds": kind.kind, "because": kind.reason,
+            "chosen_by": "default" if options.series is None else "series="}
+
+
+class ImageSeriesReader(TimeSeriesReader):
+    """An in-file ImageSeries read window by window; describe() also says whether it holds
+    frames or volumes, why, and how it was chosen."""
+
+    def __init__(self, modality: str, series: Any, options: ExtractOptions) -> None:
+        super().__init__(modality, series, options.path, options.nan_policy)
+        self.choice = _choice(series, options)
+
+    def describe(self) -> Mapping[str, Any]:
+        """The series as TimeSeriesReader describes it, and the image choice."""
+        return {**super().describe(), "image": self.choice}
+
+
 class ExternalFramesReader(ModalityReader):
     """Frames of an ImageSeries kept in external files, decoded on demand with a loader."""
 
     def __init__(self, modality: str, series: Any, frames: np.ndarray, options: ExtractOptions) -> None:
         self.modality, self.object_path, self.path = modality, object_path(series), options.path
         self.frames = frames
+        self.choice = _choice(series, options)
         if series.rate is None:
             raise NWBError(f"{options.path}: {self.object_path}: external frames need a rate")
         self.rate = float(series.rate)
@@ -178,6 +200,12 @@ class ExternalFramesReader(ModalityReader):
         """Zero frames."""
         count = samples_per_window(self.rate, spec.duration)
         return {self.modality: np.zeros((count, *self.frames.shape[1:]), dtype=self.frames.dtype)}
+
+    def describe(self) -> Mapping[str, Any]:
+        """Object path, rate, decoded shape and dtype, and the image choice."""
+        return {"object": self.object_path, "rate_hz": self.rate, "timing": "rate",
+                "shape": [int(n) for n in self.frames.shape], "dtype": str(self.frames.dtype),
+                "image": self.choice}
 
 
 def _video_frames(paths: list[Path], series: Any, options: ExtractOptions) -> np.ndarray:
@@ -228,7 +256,7 @@ class _ImageExtractor(NWBExtractor):
             frames = self.load_external(_resolve(series, options), series, options)
             return ExternalFramesReader(self.modality, series, frames, options)
         self.check_dtype(series, options)
-        return TimeSeriesReader(self.modality, series, options.path, options.nan_policy)
+        return ImageSeriesReader(self.modality, series, options)
 
     def check_dtype(self, series: Any, options: ExtractOptions) -> None:
         """NWBError when the modality cannot store the in-file data's dtype (default: any is fine)."""

@@ -33,6 +33,11 @@ def chosen(summary, path):
     return series[str(path)] if str(path) in series else series[path.name]
 
 
+def session_of(ds):
+    """The manifest's entry for the session of the dataset's first window."""
+    return ds.manifest.extra["sessions"][ds[0]["metadata"]["session"]]
+
+
 def check_windows(ds, field, path, object_path, per_window):
     """Every window of `field` holds the next `per_window` samples of `object_path`'s data as h5py
     reads them from `path` (windows start at the series' start, without overlap)."""
@@ -63,6 +68,10 @@ def test_three_slice_volumes_declared_by_dimension_are_fmri(tmp_path, rng, dtype
     assert chosen(summary, path) == {"video": "/acquisition/camera", "fmri": "/acquisition/bold"}
     check_windows(ds, "fmri", path, "/acquisition/bold", 10)
     check_windows(ds, "video", path, "/acquisition/camera", 10)
+    described = session_of(ds)["series"]
+    assert described["fmri"]["image"] == {"holds": "volumes", "because": "its dimension [6, 5, 3] declares 3-D "
+                                          "volumes", "chosen_by": "default"}
+    assert described["video"]["image"]["because"] == "its dimension [7, 4] declares 2-D frames"
 
 
 def test_optical_series_holds_frames(tmp_path, rng):
@@ -102,6 +111,8 @@ def test_undeclared_rgb_or_slices_is_neither_guessed(tmp_path, undeclared, modal
 def test_series_takes_an_undeclared_series_either_way(tmp_path, undeclared, modality, pick):
     summary, ds = convert(tmp_path, [undeclared], [modality], series={modality: pick})
     assert chosen(summary, undeclared) == {modality: "/acquisition/scan"}
+    image = session_of(ds)["series"][modality]["image"]
+    assert image["holds"] == "ambiguous" and image["chosen_by"] == "series="
     check_windows(ds, modality, undeclared, "/acquisition/scan", 10)
 
 
@@ -227,7 +238,7 @@ def test_series_names_any_compatible_timeseries(tmp_path, many_series, modality,
     summary, ds = convert(tmp_path, [many_series], [modality], series={modality: pick}, **SERIES_SETTINGS)
     assert chosen(summary, many_series) == {modality: path}
     check_series(ds, modality, many_series, path)
-    session = ds.manifest.extra["sessions"][ds[0]["metadata"]["session"]]
+    session = session_of(ds)
     if pick == "raw":  # an ElectricalSeries keeps its electrodes' ids
         assert session["ids"][modality] == {"channel_ids": [0, 1, 2, 3]}
 
