@@ -4,7 +4,7 @@ One fully fresh venv (no system site-packages) is shared by the module: `torch==
 local CPU wheel) plus the neurocodec wheel and its dependencies, resolved by pip as a user's
 install would be. Everything then runs in subprocesses of that venv, from a directory outside
 the repo, so the editable install of the repo cannot leak in (the tests check `__file__` and the
-distributions' locations to prove it). The calcium example plugin and a deliberately broken
+distributions' locations to prove it). The photometry example plugin and a deliberately broken
 plugin are then installed into the same venv as real wheels with real entry points.
 """
 
@@ -25,8 +25,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "neurocodec-calcium"
-BUILT_INS = ("behavior", "eeg", "fmri", "generic", "lfp", "spikes", "video")
+EXAMPLE = REPO / "examples" / "neurocodec-photometry"
+BUILT_INS = ("behavior", "calcium", "eeg", "fmri", "generic", "lfp", "spikes", "video")
 _NOT_SOURCE = shutil.ignore_patterns(
     ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
     ".benchmarks", ".venv", ".ci-shards", "shards",
@@ -135,6 +135,7 @@ BUILTIN_SCRIPT = """
         "fmri": rng.integers(-1000, 1000, (2, 4, 4, 3), dtype=np.int16),
         "video": rng.integers(0, 256, (2, 6, 5), dtype=np.uint8),
         "behavior": rng.standard_normal((20, 2)).astype(np.float32),
+        "calcium": rng.standard_normal((30, 7)).astype(np.float32),
     } for _ in range(5)]
     with WebDatasetWriter(out, shard_size=2, compression="zstd") as writer:
         for i, sample in enumerate(samples):
@@ -168,7 +169,7 @@ def test_wheel_works_in_a_fresh_venv(venv: Venv) -> None:
     assert set(BUILT_INS) <= set(report["entry_points"])
     for name in BUILT_INS:
         assert _under(report["entry_points"][name], venv.site), name
-    for name in ("spikes", "lfp", "eeg", "fmri", "video", "behavior"):
+    for name in ("spikes", "lfp", "eeg", "fmri", "video", "behavior", "calcium"):
         modality, plugin, dist, codec = report["fields"][name]
         assert (modality, plugin, dist, codec["id"]) == (name, name, "neurocodec", "npy")
     assert report["fields"]["spikes"][3]["pack_integers"] is True
@@ -179,31 +180,31 @@ def test_wheel_works_in_a_fresh_venv(venv: Venv) -> None:
     assert "codecs:     bytes, json, npy, text" in listing
     info = venv.run("-m", "neurocodec", "info", data).stdout
     assert "samples: 5  shards: 3" in info and "compression: zstd" in info
-    for name in ("spikes", "lfp", "eeg", "fmri", "video", "behavior"):
+    for name in ("spikes", "lfp", "eeg", "fmri", "video", "behavior", "calcium"):
         assert f"codec npy ({name} 0.1.0)" in info
     assert "ok: 5 samples in 3 shards" in venv.cli("verify", data).stdout
 
 
 @pytest.fixture(scope="module")
-def calcium(venv: Venv) -> Venv:
+def photometry(venv: Venv) -> Venv:
     """The venv with the example plugin installed from its wheel (dependencies checked by pip)."""
     venv.pip("install", _build_wheel(EXAMPLE, venv.work, venv.wheels))
     return venv
 
 
-CALCIUM_SCRIPT = """
+PHOTOMETRY_SCRIPT = """
     import json, sys
     import numpy as np
-    import neurocodec_calcium
+    import neurocodec_photometry
     from neurocodec import Dataset, WebDatasetWriter
 
     out = sys.argv[1]
     rng = np.random.default_rng(1)
     samples = []
     for t in (300, 250, 300, 280):
-        dff = np.cumsum(rng.standard_normal((t, 12)), axis=0).astype(np.float32)
-        dff[0, :3] = [np.nan, -0.0, np.inf]
-        samples.append({"calcium": dff, "spikes": rng.poisson(0.5, (t // 10, 12))})
+        traces = np.cumsum(rng.standard_normal((t, 12)), axis=0).astype(np.float32)
+        traces[0, :3] = [np.nan, -0.0, np.inf]
+        samples.append({"photometry": traces, "spikes": rng.poisson(0.5, (t // 10, 12))})
     with WebDatasetWriter(out, shard_size=3) as writer:
         for sample in samples:
             writer.write_sample(sample)
@@ -212,36 +213,36 @@ CALCIUM_SCRIPT = """
         for want, got in zip(samples, ds):
             for name in want:
                 assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes()
-    print(json.dumps({"module": neurocodec_calcium.__file__}))
+    print(json.dumps({"module": neurocodec_photometry.__file__}))
 """
 
 
 @pytest.fixture(scope="module")
-def calcium_dataset(calcium: Venv) -> Path:
-    """A dataset with a calcium field, written and read back bit-exactly in the venv."""
-    out = calcium.work / "calcium"
-    report = json.loads(calcium.script(CALCIUM_SCRIPT, out).stdout)
-    assert _under(report["module"], calcium.site)
+def photometry_dataset(photometry: Venv) -> Path:
+    """A dataset with a photometry field, written and read back bit-exactly in the venv."""
+    out = photometry.work / "photometry"
+    report = json.loads(photometry.script(PHOTOMETRY_SCRIPT, out).stdout)
+    assert _under(report["module"], photometry.site)
     return out
 
 
-def test_calcium_plugin_installs_and_round_trips(calcium: Venv, calcium_dataset: Path) -> None:
-    manifest = json.loads((calcium_dataset / "dataset_metadata.json").read_text())
-    field = next(f for f in manifest["fields"] if f["name"] == "calcium")
-    assert field["codec"] == {"id": "calcium-delta", "level": 6}
-    assert (field["plugin"], field["distribution"], field["plugin_version"]) == ("calcium", "neurocodec-calcium", "0.1.0")
-    assert (field["dtype"], field["shape"], field["extension"]) == ("<f4", [None, 12], "cadz")
-    tar = (calcium_dataset / "shard_000000.tar").read_bytes()
-    assert b"sample_000000001.calcium.cadz\0" in tar and b"sample_000000003.calcium.cadz\0" in tar
+def test_photometry_plugin_installs_and_round_trips(photometry: Venv, photometry_dataset: Path) -> None:
+    manifest = json.loads((photometry_dataset / "dataset_metadata.json").read_text())
+    field = next(f for f in manifest["fields"] if f["name"] == "photometry")
+    assert field["codec"] == {"id": "photometry-delta", "level": 6}
+    assert (field["plugin"], field["distribution"], field["plugin_version"]) == ("photometry", "neurocodec-photometry", "0.1.0")
+    assert (field["dtype"], field["shape"], field["extension"]) == ("<f4", [None, 12], "phdz")
+    tar = (photometry_dataset / "shard_000000.tar").read_bytes()
+    assert b"sample_000000001.photometry.phdz\0" in tar and b"sample_000000003.photometry.phdz\0" in tar
 
-    listing = calcium.cli("plugins").stdout
-    assert "calcium      neurocodec-calcium 0.1.0  (neurocodec_calcium.plugin)" in listing
-    block = listing[listing.index("calcium      neurocodec-calcium"):].splitlines()
-    assert block[1].split() == ["modalities:", "calcium"] and block[3].split() == ["codecs:", "calcium-delta"]
-    assert block[2].split()[0] == "calcium" and len(block[2].split()) > 1  # the modality's description
-    assert "ok: 4 samples in 2 shards" in calcium.cli("verify", calcium_dataset).stdout
+    listing = photometry.cli("plugins").stdout
+    assert f"{'photometry':<12} neurocodec-photometry 0.1.0  (neurocodec_photometry.plugin)" in listing
+    block = listing[listing.index(f"{'photometry':<12} neurocodec-photometry"):].splitlines()
+    assert block[1].split() == ["modalities:", "photometry"] and block[3].split() == ["codecs:", "photometry-delta"]
+    assert block[2].split()[0] == "photometry" and len(block[2].split()) > 1  # the modality's description
+    assert "ok: 4 samples in 2 shards" in photometry.cli("verify", photometry_dataset).stdout
     # The example's own test suite, run against the installed plugin.
-    tests = calcium.run("-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLE / "tests").stdout
+    tests = photometry.run("-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLE / "tests").stdout
     assert " passed" in tests and "failed" not in tests
 
 
@@ -257,19 +258,19 @@ UNKNOWN_CODEC_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("switch", ["calcium", "neurocodec-calcium"])
-def test_reading_without_the_plugin_says_what_to_install(calcium: Venv, calcium_dataset: Path,
+@pytest.mark.parametrize("switch", ["photometry", "neurocodec-photometry"])
+def test_reading_without_the_plugin_says_what_to_install(photometry: Venv, photometry_dataset: Path,
                                                         switch: str) -> None:
     off = {"NEUROCODEC_DISABLE_PLUGINS": switch}
-    error = json.loads(calcium.script(UNKNOWN_CODEC_SCRIPT, calcium_dataset, **off).stdout)["error"]
-    assert "codec 'calcium-delta' (field 'calcium')" in error
-    assert "pip install neurocodec-calcium==0.1.0" in error
-    verify = calcium.cli("verify", calcium_dataset, check=False, **off)
-    assert verify.returncode == 1 and "pip install neurocodec-calcium==0.1.0" in verify.stderr
-    listing = calcium.cli("plugins", **off).stdout
-    assert "neurocodec-calcium 0.1.0" not in listing and f"disabled by NEUROCODEC_DISABLE_PLUGINS: {switch}" in listing
+    error = json.loads(photometry.script(UNKNOWN_CODEC_SCRIPT, photometry_dataset, **off).stdout)["error"]
+    assert "codec 'photometry-delta' (field 'photometry')" in error
+    assert "pip install neurocodec-photometry==0.1.0" in error
+    verify = photometry.cli("verify", photometry_dataset, check=False, **off)
+    assert verify.returncode == 1 and "pip install neurocodec-photometry==0.1.0" in verify.stderr
+    listing = photometry.cli("plugins", **off).stdout
+    assert "neurocodec-photometry 0.1.0" not in listing and f"disabled by NEUROCODEC_DISABLE_PLUGINS: {switch}" in listing
     # The manifest alone still describes the dataset.
-    assert "codec calcium-delta (calcium 0.1.0)" in calcium.cli("info", calcium_dataset, **off).stdout
+    assert "codec photometry-delta (photometry 0.1.0)" in photometry.cli("info", photometry_dataset, **off).stdout
 
 
 BROKEN_PYPROJECT = """
@@ -290,21 +291,21 @@ BROKEN_PYPROJECT = """
 
 
 @pytest.fixture
-def broken(calcium: Venv) -> Iterator[Venv]:
+def broken(photometry: Venv) -> Iterator[Venv]:
     """The venv with a plugin distribution whose module fails to import; removed afterwards."""
-    source = calcium.work / "neurocodec-broken"
+    source = photometry.work / "neurocodec-broken"
     source.mkdir()
     (source / "pyproject.toml").write_text(textwrap.dedent(BROKEN_PYPROJECT))
     (source / "neurocodec_broken.py").write_text("import neurocodec_missing_dependency  # not installed\n")
-    calcium.pip("install", "--no-deps", _build_wheel(source, calcium.work, calcium.wheels))
-    yield calcium
-    calcium.pip("uninstall", "-y", "neurocodec-broken")
+    photometry.pip("install", "--no-deps", _build_wheel(source, photometry.work, photometry.wheels))
+    yield photometry
+    photometry.pip("uninstall", "-y", "neurocodec-broken")
 
 
 LOAD_SCRIPT = """
     import json, sys
     import neurocodec
-    assert not any(m.startswith(("neurocodec_broken", "neurocodec_plugins", "neurocodec_calcium"))
+    assert not any(m.startswith(("neurocodec_broken", "neurocodec_plugins", "neurocodec_photometry"))
                    for m in sys.modules), "import neurocodec loaded a plugin"
     from neurocodec import PluginLoadError
     from neurocodec.plugin.manager import load_registry
@@ -317,19 +318,19 @@ LOAD_SCRIPT = """
 """
 
 
-def test_broken_plugin_is_named_and_can_be_disabled(broken: Venv, calcium_dataset: Path) -> None:
+def test_broken_plugin_is_named_and_can_be_disabled(broken: Venv, photometry_dataset: Path) -> None:
     report = json.loads(broken.script(LOAD_SCRIPT).stdout)
     assert "plugin 'broken' from distribution neurocodec-broken 0.0.1 failed to import" in report["error"]
     assert "neurocodec_missing_dependency" in report["error"]
     assert "NEUROCODEC_DISABLE_PLUGINS=broken" in report["error"]
     assert report["cause"] == "ModuleNotFoundError"
-    for command in (("plugins",), ("verify", calcium_dataset)):
+    for command in (("plugins",), ("verify", photometry_dataset)):
         failed = broken.cli(*command, check=False)
         assert failed.returncode == 1 and "distribution neurocodec-broken 0.0.1" in failed.stderr
 
     for switch in ("broken", "neurocodec-broken"):
         off = {"NEUROCODEC_DISABLE_PLUGINS": switch}
         listing = broken.cli("plugins", **off).stdout
-        assert "neurocodec-calcium 0.1.0" in listing and "neurocodec-broken 0.0.1" not in listing
+        assert "neurocodec-photometry 0.1.0" in listing and "neurocodec-broken 0.0.1" not in listing
         assert all(f"{name:<12} neurocodec 0.1.0" in listing for name in BUILT_INS)
-        assert "ok: 4 samples in 2 shards" in broken.cli("verify", calcium_dataset, **off).stdout
+        assert "ok: 4 samples in 2 shards" in broken.cli("verify", photometry_dataset, **off).stdout

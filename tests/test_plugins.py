@@ -24,7 +24,7 @@ from neurocodec.plugin import Codec, ModalitySpec, NpyCodec, ArrayPolicy, hookim
 from neurocodec.plugin.manager import ENTRY_POINT_GROUP, load_registry
 from neurocodec.testing import assert_round_trip, registry_with
 
-BUILT_INS = {"generic", "spikes", "lfp", "eeg", "fmri", "video", "behavior"}
+BUILT_INS = {"generic", "spikes", "lfp", "eeg", "fmri", "video", "behavior", "calcium"}
 
 
 def _run(code: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -68,7 +68,7 @@ def _modality_plugin(name, codec_id="npy"):
     return types.SimpleNamespace(neurocodec_register_modalities=neurocodec_register_modalities)
 
 
-class CalciumPlugin:
+class PhotometryPlugin:
     """A whole plugin as a class: its codec and a modality using it."""
 
     @hookimpl
@@ -77,7 +77,7 @@ class CalciumPlugin:
 
     @hookimpl
     def neurocodec_register_modalities(self, register):
-        register(ModalitySpec(name="calcium", codec={"id": "test-delta"}, prepare=ArrayPolicy(kinds="iu")))
+        register(ModalitySpec(name="photometry", codec={"id": "test-delta"}, prepare=ArrayPolicy(kinds="iu")))
 
 
 # -- discovery ---------------------------------------------------------------------------------
@@ -113,20 +113,20 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def test_registry_with_adds_plugins_in_isolation(tmp_path, rng):
-    registry = registry_with(CalciumPlugin())
-    assert "calcium" in registry.modality_names() and "spikes" in registry.modality_names()
+    registry = registry_with(PhotometryPlugin())
+    assert "photometry" in registry.modality_names() and "spikes" in registry.modality_names()
     assert registry.codec_plugin("test-delta").name == "test-plugin-0"
-    assert "calcium" not in load_registry().modality_names()
-    samples = [{"calcium": rng.integers(-1000, 1000, (6, 3))} for _ in range(4)]
+    assert "photometry" not in load_registry().modality_names()
+    samples = [{"photometry": rng.integers(-1000, 1000, (6, 3))} for _ in range(4)]
     assert_round_trip(samples, tmp_path, registry=registry, compression="zstd")
 
 
 # -- conflicts and failures ----------------------------------------------------------------------
 
 def test_duplicate_modality_across_two_plugins_names_both():
-    with pytest.raises(DuplicateRegistrationError, match=r"modality 'calcium'.*plugin 'first'.*plugin 'second'"):
+    with pytest.raises(DuplicateRegistrationError, match=r"modality 'photometry'.*plugin 'first'.*plugin 'second'"):
         load_registry(entry_points=False, plugins=[
-            ("first", _modality_plugin("calcium")), ("second", _modality_plugin("calcium")),
+            ("first", _modality_plugin("photometry")), ("second", _modality_plugin("photometry")),
             ("core", _codec_plugin(NpyCodec)),
         ])
 
@@ -160,8 +160,8 @@ def test_a_hook_that_raises_names_its_plugin():
 
 
 def test_modality_naming_an_unregistered_codec():
-    with pytest.raises(PluginError, match=r"modality 'calcium' of plugin 'p' uses codec 'nope', which no plugin"):
-        load_registry(plugins=[("p", _modality_plugin("calcium", codec_id="nope"))])
+    with pytest.raises(PluginError, match=r"modality 'photometry' of plugin 'p' uses codec 'nope', which no plugin"):
+        load_registry(plugins=[("p", _modality_plugin("photometry", codec_id="nope"))])
 
 
 @pytest.mark.parametrize("value, message", [
@@ -175,7 +175,7 @@ def test_registering_a_non_codec(value, message):
 def test_registering_a_non_spec():
     @hookimpl
     def neurocodec_register_modalities(register):
-        register({"name": "calcium"})
+        register({"name": "photometry"})
 
     with pytest.raises(PluginError, match="plugin 'odd' registered .*not a ModalitySpec"):
         odd = types.SimpleNamespace(neurocodec_register_modalities=neurocodec_register_modalities)
@@ -265,18 +265,18 @@ def test_plugin_load_error_type():
 
 def test_dataset_with_unknown_codec_says_what_to_install(tmp_path, rng):
     out = tmp_path / "ds"
-    registry = registry_with(("calcium", CalciumPlugin()))
+    registry = registry_with(("photometry", PhotometryPlugin()))
     with WebDatasetWriter(out, registry=registry, fsync=False) as w:
-        w.write_sample({"calcium": rng.integers(0, 9, (4, 2))})
-    with pytest.raises(UnknownCodecError, match=r"codec 'test-delta' \(field 'calcium'\).*plugin 'calcium'"):
+        w.write_sample({"photometry": rng.integers(0, 9, (4, 2))})
+    with pytest.raises(UnknownCodecError, match=r"codec 'test-delta' \(field 'photometry'\).*plugin 'photometry'"):
         Dataset(out)  # the installed plugins only
     # As an entry-point plugin would have recorded it: its distribution and version.
     manifest_path = out / "dataset_metadata.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["fields"][0].update(distribution="neurocodec-calcium", plugin_version="1.2")
+    manifest["fields"][0].update(distribution="neurocodec-photometry", plugin_version="1.2")
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(UnknownCodecError, match=r"install the plugin that provides it: plugin 'calcium' "
-                                                r"\(pip install neurocodec-calcium==1\.2\)"):
+    with pytest.raises(UnknownCodecError, match=r"install the plugin that provides it: plugin 'photometry' "
+                                                r"\(pip install neurocodec-photometry==1\.2\)"):
         Dataset(out)
     assert len(Dataset(out, registry=registry)) == 1
 

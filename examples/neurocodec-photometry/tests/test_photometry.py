@@ -1,4 +1,4 @@
-"""Tests of the calcium plugin; run with the plugin installed: `pip install -e . && pytest tests`."""
+"""Tests of the photometry plugin; run with the plugin installed: `pip install -e . && pytest tests`."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import pytest
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.plugin import CodecError, FieldSpec
 
-from neurocodec_calcium import CalciumDeltaCodec
-from neurocodec_calcium.codec import HEADER
+from neurocodec_photometry import PhotometryDeltaCodec
+from neurocodec_photometry.codec import HEADER
 
 
 def field(dtype: str = "<f4", shape=(None, 3)) -> FieldSpec:
-    """The manifest entry the writer records for calcium traces."""
-    return FieldSpec(name="calcium", modality="calcium", kind="array",
-                     codec={"id": "calcium-delta", "level": 6}, extension="cadz", plugin="calcium",
+    """The manifest entry the writer records for photometry traces."""
+    return FieldSpec(name="photometry", modality="photometry", kind="array",
+                     codec={"id": "photometry-delta", "level": 6}, extension="phdz", plugin="photometry",
                      plugin_version="0.1.0", dtype=dtype, shape=shape)
 
 
-def traces(rng: np.random.Generator, time: int = 200, rois: int = 3, dtype: str = "f4") -> np.ndarray:
-    """Slow dF/F-like traces plus the awkward values a float codec must not change."""
-    x = np.cumsum(rng.standard_normal((time, rois)), axis=0).astype(dtype) * np.asarray(0.01, dtype)
+def traces(rng: np.random.Generator, time: int = 200, channels: int = 3, dtype: str = "f4") -> np.ndarray:
+    """Slow photometry-like traces plus the awkward values a float codec must not change."""
+    x = np.cumsum(rng.standard_normal((time, channels)), axis=0).astype(dtype) * np.asarray(0.01, dtype)
     flat = x.reshape(-1)
     specials = np.array([np.nan, -np.inf, np.inf, -0.0, np.finfo(dtype).tiny / 2], dtype=dtype)
     n = min(len(specials), flat.size)
@@ -40,7 +40,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("dtype", ["f2", "f4", "f8"])
 def test_codec_round_trip_is_bit_exact(dtype):
-    codec = CalciumDeltaCodec()
+    codec = PhotometryDeltaCodec()
     rng = np.random.default_rng(0)
     for value in (traces(rng, dtype=dtype), np.zeros((0, 3), dtype), traces(rng, 1, 3, dtype),
                   traces(rng, 50, 6, dtype)[::2, ::2], traces(rng, 20, 3, dtype).astype(f">{dtype}")):
@@ -51,12 +51,12 @@ def test_codec_round_trip_is_bit_exact(dtype):
 
 def test_smooth_traces_compress():
     value = np.sin(np.linspace(0, 20, 30000, dtype="f4")).reshape(-1, 3)
-    assert len(CalciumDeltaCodec().encode(value)) < value.nbytes * 0.8
+    assert len(PhotometryDeltaCodec().encode(value)) < value.nbytes * 0.8
 
 
 def test_with_neurocodec_testing_helpers():
     testing = pytest.importorskip("neurocodec.testing")
-    testing.check_codec(CalciumDeltaCodec(level=1), [traces(np.random.default_rng(1))])
+    testing.check_codec(PhotometryDeltaCodec(level=1), [traces(np.random.default_rng(1))])
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -72,31 +72,31 @@ def test_with_neurocodec_testing_helpers():
     (lambda d: d[:30] + bytes([d[30] ^ 0xFF]) + d[31:], "zlib"),
 ])
 def test_decode_rejects_hostile_payloads(mutate, message):
-    data = CalciumDeltaCodec().encode(traces(np.random.default_rng(2)))
+    data = PhotometryDeltaCodec().encode(traces(np.random.default_rng(2)))
     with pytest.raises(CodecError, match=message):
-        CalciumDeltaCodec().decode(mutate(data), field())
+        PhotometryDeltaCodec().decode(mutate(data), field())
 
 
 def test_decode_checks_dtype_against_the_manifest():
-    data = CalciumDeltaCodec().encode(traces(np.random.default_rng(3), dtype="f8"))
+    data = PhotometryDeltaCodec().encode(traces(np.random.default_rng(3), dtype="f8"))
     with pytest.raises(CodecError, match="manifest declares"):
-        CalciumDeltaCodec().decode(data, field("<f4"))
+        PhotometryDeltaCodec().decode(data, field("<f4"))
 
 
 def test_decompression_bomb_is_bounded():
     # A valid stream of 100 MB of zeros claimed by a tiny payload: refused before inflating.
-    bomb = HEADER.pack(b"NCCA", 1, 4, 0, 25_000_000, 1) + zlib.compress(bytes(1000))
+    bomb = HEADER.pack(b"NCPH", 1, 4, 0, 25_000_000, 1) + zlib.compress(bytes(1000))
     with pytest.raises(CodecError, match="cannot hold"):
-        CalciumDeltaCodec().decode(bomb, field(shape=(None, None)))
+        PhotometryDeltaCodec().decode(bomb, field(shape=(None, None)))
 
 
 def test_encode_refuses_non_float_or_wrong_rank():
     with pytest.raises(CodecError):
-        CalciumDeltaCodec().encode(np.zeros((3, 3), "i4"))
+        PhotometryDeltaCodec().encode(np.zeros((3, 3), "i4"))
     with pytest.raises(CodecError):
-        CalciumDeltaCodec().encode(np.zeros(3, "f4"))
+        PhotometryDeltaCodec().encode(np.zeros(3, "f4"))
     with pytest.raises(CodecError):
-        CalciumDeltaCodec(level=11)
+        PhotometryDeltaCodec(level=11)
 
 
 def test_dataset_round_trip_through_the_installed_plugin(tmp_path):
@@ -104,11 +104,11 @@ def test_dataset_round_trip_through_the_installed_plugin(tmp_path):
     samples = [traces(rng, time=t) for t in (100, 80, 120)]
     with WebDatasetWriter(tmp_path / "ds", shard_size=2, compression="zstd", fsync=False) as writer:
         for i, x in enumerate(samples):
-            writer.write_sample({"calcium": x}, metadata={"trial": i})
+            writer.write_sample({"photometry": x}, metadata={"trial": i})
     with Dataset(tmp_path / "ds") as ds:
         (spec, _meta) = ds.fields
-        assert spec.codec_id == "calcium-delta" and spec.distribution == "neurocodec-calcium"
+        assert spec.codec_id == "photometry-delta" and spec.distribution == "neurocodec-photometry"
         assert spec.shape == (None, 3) and spec.dtype == "<f4"
         for i, (want, got) in enumerate(zip(samples, ds)):
-            assert same_bits(got["calcium"], want) and got["metadata"] == {"trial": i}
+            assert same_bits(got["photometry"], want) and got["metadata"] == {"trial": i}
         assert ds.verify_all() == 3

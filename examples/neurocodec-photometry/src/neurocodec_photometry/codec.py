@@ -1,8 +1,9 @@
-"""`calcium-delta`: a lossless codec for float traces of shape (time, rois).
+"""`photometry-delta`: a lossless codec for float traces of shape (time, channels).
 
-Calcium traces change slowly, so consecutive samples of one ROI share their sign, exponent and
-high mantissa bits. The codec works on the raw bit patterns, never on float arithmetic, so every
-value (NaN payloads, infinities, -0.0, subnormals) comes back bit for bit:
+Fiber-photometry traces (one channel per fiber and excitation wavelength) change slowly, so
+consecutive samples of one channel share their sign, exponent and high mantissa bits. The codec
+works on the raw bit patterns, never on float arithmetic, so every value (NaN payloads,
+infinities, -0.0, subnormals) comes back bit for bit:
 
 1. view the floats as unsigned integers of the same width;
 2. replace each row (time step) by its difference from the previous row, modulo 2**bits;
@@ -13,13 +14,13 @@ value (NaN payloads, infinities, -0.0, subnormals) comes back bit for bit:
 Member payload (all integers little-endian)::
 
     offset  size  field
-    0       4     magic b"NCCA"
+    0       4     magic b"NCPH"
     4       1     version, 1
     5       1     itemsize: 2 (float16), 4 (float32) or 8 (float64)
     6       2     reserved, 0
     8       8     time (rows)
-    16      8     rois (columns)
-    24      ...   zlib stream of time * rois * itemsize shuffled delta bytes
+    16      8     channels (columns)
+    24      ...   zlib stream of time * channels * itemsize shuffled delta bytes
 
 Shards are untrusted, so `decode` checks the header against the manifest's field before it
 allocates anything, bounds decompression by the size the header implies, and checks the result
@@ -36,7 +37,7 @@ import numpy as np
 
 from neurocodec.plugin import Codec, CodecError, FieldSpec, check_array
 
-MAGIC = b"NCCA"
+MAGIC = b"NCPH"
 VERSION = 1
 HEADER = struct.Struct("<4sBBHQQ")
 ITEMSIZES = (2, 4, 8)
@@ -51,12 +52,12 @@ def _check_level(level: Any) -> int:
     return level
 
 
-class CalciumDeltaCodec(Codec):
-    """Float (time, rois) arrays as delta-coded, byte-shuffled, zlib-compressed raw bits."""
+class PhotometryDeltaCodec(Codec):
+    """Float (time, channels) arrays as delta-coded, byte-shuffled, zlib-compressed raw bits."""
 
-    codec_id = "calcium-delta"
+    codec_id = "photometry-delta"
     kind = "array"
-    extension = "cadz"
+    extension = "phdz"
 
     def __init__(self, level: int = 6) -> None:
         self.level = _check_level(level)
@@ -70,37 +71,37 @@ class CalciumDeltaCodec(Codec):
         if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.itemsize not in ITEMSIZES:
             raise CodecError(f"expected a float16/32/64 array, got {getattr(value, 'dtype', type(value).__name__)}")
         if value.ndim != 2:
-            raise CodecError(f"expected shape (time, rois), got {value.shape}")
+            raise CodecError(f"expected shape (time, channels), got {value.shape}")
         little = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
         bits = little.view(f"<u{value.itemsize}")
         delta = bits.copy()
         delta[1:] -= bits[:-1]  # unsigned, so this wraps modulo 2**bits and cumsum undoes it
         planes = delta.view(np.uint8).reshape(-1, value.itemsize).T.tobytes()
-        time, rois = value.shape
-        return HEADER.pack(MAGIC, VERSION, value.itemsize, 0, time, rois) + zlib.compress(planes, self.level)
+        time, channels = value.shape
+        return HEADER.pack(MAGIC, VERSION, value.itemsize, 0, time, channels) + zlib.compress(planes, self.level)
 
     def decode(self, data: bytes | memoryview, field: FieldSpec) -> np.ndarray:
         """Parse, check against `field`, and restore the array bit-exactly."""
         view = memoryview(data).cast("B")
         if len(view) < HEADER.size:
             raise CodecError(f"payload of {len(view)} bytes is shorter than the {HEADER.size}-byte header")
-        magic, version, itemsize, reserved, time, rois = HEADER.unpack_from(view)
+        magic, version, itemsize, reserved, time, channels = HEADER.unpack_from(view)
         if magic != MAGIC:
-            raise CodecError("not a calcium-delta payload (bad magic)")
+            raise CodecError("not a photometry-delta payload (bad magic)")
         if version != VERSION or reserved != 0:
-            raise CodecError(f"unsupported calcium-delta version {version} (flags {reserved})")
+            raise CodecError(f"unsupported photometry-delta version {version} (flags {reserved})")
         if itemsize not in ITEMSIZES:
             raise CodecError(f"item size {itemsize} is not 2, 4 or 8")
-        if time >= MAX_DIM or rois >= MAX_DIM:
-            raise CodecError(f"shape ({time}, {rois}) is implausibly large")
+        if time >= MAX_DIM or channels >= MAX_DIM:
+            raise CodecError(f"shape ({time}, {channels}) is implausibly large")
         dtype = np.dtype(f"<f{itemsize}")
         # Check the declared form against the manifest before allocating anything.
         if field.dtype is not None and dtype != np.dtype(field.dtype):
             raise CodecError(f"payload holds {dtype}, the manifest declares {field.dtype}")
         if field.shape is not None and (len(field.shape) != 2 or any(
-                want is not None and got != want for got, want in zip((time, rois), field.shape))):
-            raise CodecError(f"payload declares shape ({time}, {rois}), the manifest declares {field.shape}")
-        count = time * rois
+                want is not None and got != want for got, want in zip((time, channels), field.shape))):
+            raise CodecError(f"payload declares shape ({time}, {channels}), the manifest declares {field.shape}")
+        count = time * channels
         expected = count * itemsize
         compressed = view[HEADER.size:]
         if expected > MAX_ZLIB_RATIO * len(compressed) + 64:
@@ -113,5 +114,5 @@ class CalciumDeltaCodec(Codec):
         if len(planes) != expected or not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
             raise CodecError(f"zlib stream does not hold exactly {expected} bytes")
         delta = np.frombuffer(planes, np.uint8).reshape(itemsize, count).T.copy().view(f"<u{itemsize}")
-        bits = np.cumsum(delta.reshape(time, rois), axis=0, dtype=delta.dtype)
+        bits = np.cumsum(delta.reshape(time, channels), axis=0, dtype=delta.dtype)
         return check_array(bits.view(dtype), field)
