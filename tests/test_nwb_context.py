@@ -5,6 +5,8 @@ and channel of a window. Files are written with pynwb; expected values are read 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -378,3 +380,22 @@ def test_real_file_without_regions(tmp_path, real_files):
     session = ds.manifest.extra["sessions"][ds[0]["metadata"]["session"]]
     assert session["ids"]["spikes"]["unit_columns"]["location"] == [None, None, None]
     assert session["series"]["spikes"]["location_from"]["none"] == 3
+
+
+def test_cli_intervals_option(tmp_path, labelled):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "neurocodec", "convert", "--input", str(labelled),
+                               "--modalities", "lfp", "--bin-size-ms", "50", "--sequence-length", "40",
+                               "--no-progress", *args], capture_output=True, text=True, timeout=300, check=False)
+
+    done = run("--output", str(tmp_path / "out"), "--intervals", "epochs", "ripples")
+    assert done.returncode == 0, done.stderr
+    ds = Dataset(tmp_path / "out")
+    for i in range(len(ds)):
+        meta = ds[i]["metadata"]
+        assert set(meta["intervals"]) == {"epochs", "ripples"}
+        assert meta["intervals"]["ripples"] == expected_rows(labelled, "/intervals/ripples",
+                                                             meta["start_time"], meta["stop_time"])
+    failed = run("--output", str(tmp_path / "bad"), "--intervals", "sleep")
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "no interval table named 'sleep'; tables: /intervals/epochs" in failed.stderr
