@@ -75,7 +75,10 @@ def _shape(series: Any) -> tuple[int, ...]:
 
 def _dimension(series: Any) -> list[int] | None:
     dimension = getattr(series, "dimension", None)
-    return None if dimension is None else [int(d) for d in np.asarray(dimension[:]).ravel()]
+    values = None if dimension is None else np.asarray(dimension).ravel()
+    if values is None or values.dtype.kind not in "iuf":  # absent, or not numbers: declares nothing
+        return None
+    return [int(d) for d in values]
 
 
 def _by_dimension(dimension: list[int] | None, shape: tuple[int, ...]) -> ImageKind | None:
