@@ -168,25 +168,24 @@ class IntervalIndex:
 
 
 class IntervalTable:
-    """One TimeIntervals table, read once: its rows as JSON-ready dicts and an IntervalIndex."""
+    """One TimeIntervals table, read once: its columns (JSON-ready) and an IntervalIndex; the rows
+    of a window are made from the columns when asked for (a large table is not held as dicts)."""
 
     def __init__(self, table: Any, key: str, path: str) -> None:
         self.key, self.path = key, path
-        columns, self.skipped = table_columns(table)
-        self.columns = list(columns)
-        names = self.columns
-        self.rows = [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
-        self.index = IntervalIndex(np.asarray(table["start_time"].data[:], dtype=np.float64),
-                                   np.asarray(table["stop_time"].data[:], dtype=np.float64))
+        self.columns, self.skipped = table_columns(table)
+        times = [np.array(self.columns[name], dtype=np.float64) for name in TIME_COLUMNS]  # null: NaN
+        self.index = IntervalIndex(*times)
 
     def overlapping(self, start: float, stop: float, limit: int = MAX_WINDOW_ROWS) -> tuple[list[dict[str, Any]], int]:
         """The first `limit` rows overlapping [start, stop) by start time, and how many overlap."""
         rows = self.index.overlapping(start, stop)
-        return [self.rows[i] for i in rows[:limit].tolist()], len(rows)
+        columns = self.columns.items()
+        return [{name: values[i] for name, values in columns} for i in rows[:limit].tolist()], len(rows)
 
     def describe(self) -> dict[str, Any]:
         """Path, rows, and the columns stored and left out."""
-        return {"path": self.path, "rows": len(self.rows), "columns": self.columns,
+        return {"path": self.path, "rows": len(self.index), "columns": list(self.columns),
                 "skipped_columns": dict(self.skipped)}
 
 
