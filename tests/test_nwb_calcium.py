@@ -9,6 +9,8 @@ shipped in pynapple's sdist. Every window is checked against the file read with 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from pynwb import TimeSeries
 from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
 
-from neurocodec import Dataset
+from neurocodec import Dataset, create_webdataset_dataloader
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.nwb import NWBError
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
@@ -42,10 +44,12 @@ SUITE2P = {"DfOverF": ("DfOverF", "DfOverF"), "Fluorescence": ("Fluorescence", "
 
 
 def ophys_file(path: Path, kinds=tuple(SUITE2P), *, layout=SUITE2P, rate: float = 10.0, seconds: float = 12.0,
-               t0: float = 0.0, timestamps: bool = False, transposed: bool = False, extra=()) -> Path:
-    """An imaging session: one plane, five ROIs, a series per kind (random float32 traces)."""
-    rng = np.random.default_rng(len(kinds))
-    nwb = new_file(identifier="ophys", session_id="ophys0", subject_id="mouse7")
+               t0: float = 0.0, timestamps: bool = False, transposed: bool = False, extra=(),
+               roi_ids=ROI_IDS, order=ORDER) -> Path:
+    """An imaging session: one plane, ROIs `roi_ids`, a series per kind over the table rows
+    `order` (random float32 traces)."""
+    rng = np.random.default_rng(len(kinds) + len(roi_ids))
+    nwb = new_file(identifier=path.stem, session_id=path.stem, subject_id="mouse7")
     device = nwb.create_device("Microscope")
     channel = OpticalChannel(name="green", description="GCaMP emission", emission_lambda=525.0)
     plane = nwb.create_imaging_plane(name="plane0", optical_channel=channel, imaging_rate=rate, device=device,
@@ -55,17 +59,17 @@ def ophys_file(path: Path, kinds=tuple(SUITE2P), *, layout=SUITE2P, rate: float 
     segmentation = ImageSegmentation()
     module.add(segmentation)
     table = segmentation.create_plane_segmentation(name="PlaneSeg", description="suite2p", imaging_plane=plane)
-    for roi in ROI_IDS:
+    for roi in roi_ids:
         table.add_roi(id=roi, image_mask=np.zeros((4, 4)))
     n = round(seconds * rate)
     timing = {"timestamps": t0 + np.arange(n) / rate} if timestamps else {"rate": rate, "starting_time": t0}
     containers: dict[str, list] = {}
     for kind in kinds:
         container, name = layout[kind]
-        data = rng.standard_normal((n, len(ROI_IDS))).astype(np.float32)
+        data = rng.standard_normal((n, len(order))).astype(np.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            region = table.create_roi_table_region(region=ORDER, description="cells")
+            region = table.create_roi_table_region(region=list(order), description="cells")
             containers.setdefault(container, []).append(RoiResponseSeries(  # pynwb warns when transposed
                 name=name, data=data.T if transposed and not timestamps else data, rois=region, unit="a.u.",
                 **timing))
@@ -285,6 +289,39 @@ def test_roi_ids_and_imaging_plane_in_the_manifest(tmp_path):
         "imaging_rate_hz": 10.0, "excitation_lambda_nm": 920.0, "device": "Microscope"}
     assert (indicator, location) == ("GCaMP6s", "VISp")
     check_windows(ds, path, "/processing/ophys/DfOverF/DfOverF", 10)  # column j is ROI ids[j]
+
+
+def test_sessions_with_different_roi_counts_batch_with_a_mask(tmp_path):
+    five = ophys_file(tmp_path / "five.nwb", ("Fluorescence",))
+    three = ophys_file(tmp_path / "three.nwb", ("Fluorescence",), roi_ids=[7, 8, 9], order=[2, 0, 1])
+    _, ds = convert(tmp_path, [five, three])
+    assert len(ds) == 24
+    (field,) = [f for f in ds.fields if f.name == "calcium"]
+    assert field.shape == (10, None)
+    assert sorted(s["ids"]["calcium"]["roi_ids"] for s in ds.manifest.extra["sessions"].values()) == [
+        [9, 7, 8], [105, 101, 103, 102, 104]]
+    loader = create_webdataset_dataloader(tmp_path / "out", batch_size=24, num_workers=0, shuffle=False)
+    (batch,) = list(loader)
+    assert tuple(batch["calcium"].shape) == (24, 10, 5) and tuple(batch["calcium_mask"].shape) == (24, 5)
+    for row, source in enumerate(batch["metadata"]):
+        values, times = traces(tmp_path / source["source_file"], "/processing/ophys/Fluorescence/Fluorescence")
+        i0 = int(np.searchsorted(times, source["start_time"] - 1e-9))
+        rois = values.shape[1]
+        np.testing.assert_array_equal(batch["calcium"][row, :, :rois].numpy(), values[i0:i0 + 10])
+        assert not batch["calcium"][row, :, rois:].any()
+        assert batch["calcium_mask"][row].tolist() == [True] * rois + [False] * (5 - rois)
+
+
+def test_command_line_converts_calcium(tmp_path):
+    path = ophys_file(tmp_path / "s.nwb", transposed=True)
+    done = subprocess.run([sys.executable, "-m", "neurocodec", "convert", "--input", str(path), "--output",
+                           str(tmp_path / "out"), "--format", "nwb", "--modalities", "calcium", "--series",
+                           "calcium=Neuropil", "--bin-size-ms", "100", "--sequence-length", "10", "--overlap", "0",
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with Dataset(tmp_path / "out") as ds:
+        assert session(ds)["series"]["calcium"]["object"] == "/processing/ophys/Neuropil/Neuropil"
+        check_windows(ds, path, "/processing/ophys/Neuropil/Neuropil", 10)
 
 
 # -- real sessions ---------------------------------------------------------------------------------
