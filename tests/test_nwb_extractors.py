@@ -162,8 +162,8 @@ def test_single_channel_lfp_keeps_time_first(tmp_path):
     path = nwbfiles.write(nwb, tmp_path / "one_channel.nwb")
     _, ds = convert(tmp_path, [path], ["lfp"], overlap=0.0)
     for i in range(len(ds)):
-        assert ds[i]["lfp"].shape == (500,) and ds[i]["lfp"].dtype == np.float32
-        np.testing.assert_array_equal(ds[i]["lfp"], (np.arange(500 * i, 500 * i + 500) * 1.5).astype(np.float32))
+        assert ds[i]["lfp"].shape == (500, 1) and ds[i]["lfp"].dtype == np.float32  # (time, channels)
+        np.testing.assert_array_equal(ds[i]["lfp"][:, 0], (np.arange(500 * i, 500 * i + 500) * 1.5).astype(np.float32))
 
 
 def eeg_file(tmp_path, names, name="eeg.nwb"):

@@ -9,11 +9,12 @@ from neurocodec.nwb.extract import (
 )
 from neurocodec.nwb.series import TimeSeriesReader, electrode_ids
 from neurocodec.nwb.windows import (
-    EPS, LazySorted, WindowSpec, bin_spikes, bin_spikes_by_unit, first_index_at, samples_per_window,
+    EPS, GAP_TOLERANCE, LazySorted, WindowSpec, bin_spikes, bin_spikes_by_unit, first_index_at, rank_resample,
+    samples_per_window,
 )
 
 __all__ = [
-    "EPS", "ExtractOptions", "LazySorted", "ModalityReader", "NAN_POLICIES", "NWBError", "NWBExtractor",
-    "TimeSeriesReader", "WindowSpec", "bin_spikes", "bin_spikes_by_unit", "electrode_ids", "find_objects",
-    "first_index_at", "object_path", "pick_series", "samples_per_window",
+    "EPS", "ExtractOptions", "GAP_TOLERANCE", "LazySorted", "ModalityReader", "NAN_POLICIES", "NWBError",
+    "NWBExtractor", "TimeSeriesReader", "WindowSpec", "bin_spikes", "bin_spikes_by_unit", "electrode_ids",
+    "find_objects", "first_index_at", "object_path", "pick_series", "rank_resample", "samples_per_window",
 ]

@@ -1,10 +1,13 @@
 """A reader for any regularly sampled NWB TimeSeries (rate or timestamps): lfp, eeg, behavior,
-in-file video frames and fMRI volumes all use it.
+calcium, in-file video frames and fMRI volumes all use it.
 
-Values are returned in the series' physical units: when the series declares a `conversion`,
-`offset` or per-channel `channel_conversion`, samples become `data * conversion
-(* channel_conversion) + offset` as float32 (float64 for float64 data); otherwise the stored
-dtype is kept. Only the window's slice is ever read from the file.
+Which samples a window holds (rate or timestamps, jitter, gaps) is documented in
+`neurocodec.nwb.windows`. Every output is at least 2-D, time first: (time, channels/dims); a
+1-D series gives (time, 1). Values are returned in the series' physical units: when the series
+declares a `conversion`, `offset` or per-channel `channel_conversion`, samples become
+`data * conversion (* channel_conversion) + offset` computed in float64 and stored as float32
+(float64 for float64 data); otherwise the stored dtype is kept. The source is read in blocks
+of a few MiB with a forward cursor (`neurocodec.nwb.windows.BlockCursor`), never whole.
 """
 
 from __future__ import annotations
@@ -15,47 +18,63 @@ from typing import Any, Mapping
 import numpy as np
 
 from neurocodec.nwb.extract import ModalityReader, NWBError, object_path
-from neurocodec.nwb.windows import EPS, LazySorted, WindowSpec, first_index_at, samples_per_window
+from neurocodec.nwb.windows import (
+    EPS, GAP_TOLERANCE, BlockCursor, TimestampCursor, WindowSpec, first_index_at, physical, rank_resample,
+    samples_per_window,
+)
 
 TIMESTAMP_BLOCK = 1 << 20
 
 
 class TimeSeriesReader(ModalityReader):
-    """Windows of a TimeSeries at its native rate, a fixed number of samples per window."""
+    """Windows of a TimeSeries at its native rate, a fixed number of samples per window.
+
+    `data`, when given, stands in for `series.data`: an array-like, time first, with `shape`,
+    `dtype`, `__len__` and `__getitem__(slice)` (e.g. an adapter over traces stored transposed);
+    samples are only ever read from it as `data[i0:i1]`.
+    """
 
     def __init__(self, modality: str, series: Any, path: Path, nan_policy: str = "error",
                  ids: Mapping[str, Any] | None = None, data: Any = None) -> None:
         self.modality, self.series, self.path, self.nan_policy = modality, series, path, nan_policy
         self.object_path = object_path(series)
         self._ids = dict(ids or {})
-        # `data` stands in for series.data (time first), e.g. an adapter over a transposed dataset;
-        # samples are only ever read from it as self.data[i0:i1] with plain slices.
         self.data = series.data if data is None else data
         self.length = len(self.data)
         if self.length == 0:
             raise NWBError(f"{path}: {self.object_path} holds no samples")
         if series.rate is not None:
-            self.rate = float(series.rate)
-            self.start = float(series.starting_time or 0.0)
-            self.timestamps = None
-            if not self.rate > 0:
-                raise NWBError(f"{path}: {self.object_path} has rate {self.rate}, not positive")
+            self._time_by_rate(series)
         else:
-            self.timestamps = series.timestamps
-            if self.timestamps is None or len(self.timestamps) != self.length:
-                raise NWBError(f"{path}: {self.object_path} has neither a rate nor one timestamp per sample")
-            self._check_timestamps()
-            head = np.asarray(self.timestamps[: min(self.length, 10001)], dtype=np.float64)
-            interval = float(np.median(np.diff(head))) if len(head) > 1 else 0.0
-            if not interval > 0:
-                raise NWBError(f"{path}: {self.object_path}: cannot estimate a sampling rate from its timestamps")
-            self.rate = 1.0 / interval
-            self.start = float(head[0])
-            self._search = LazySorted(self.timestamps)
+            self._time_by_timestamps(series)
         self.conversion = float(getattr(series, "conversion", 1.0) or 1.0)
         self.offset = float(getattr(series, "offset", 0.0) or 0.0)
         cc = getattr(series, "channel_conversion", None)
         self.channel_conversion = None if cc is None else np.asarray(cc[:], dtype=np.float64)
+        self.resampled_windows = 0
+        self._rows = BlockCursor(self.data, self._transform)
+
+    def _time_by_rate(self, series: Any) -> None:
+        self.rate = float(series.rate)
+        self.start = float(series.starting_time or 0.0)
+        self.timestamps = None
+        if not self.rate > 0:
+            raise NWBError(f"{self.path}: {self.object_path} has rate {self.rate}, not positive")
+        self.end = self.start + self.length / self.rate
+
+    def _time_by_timestamps(self, series: Any) -> None:
+        self.timestamps = series.timestamps
+        if self.timestamps is None or len(self.timestamps) != self.length:
+            raise NWBError(f"{self.path}: {self.object_path} has neither a rate nor one timestamp per sample")
+        self._check_timestamps()
+        head = np.asarray(self.timestamps[: min(self.length, 10001)], dtype=np.float64)
+        interval = float(np.median(np.diff(head))) if len(head) > 1 else 0.0
+        if not interval > 0:
+            raise NWBError(f"{self.path}: {self.object_path}: cannot estimate a sampling rate from its timestamps")
+        self.rate, self.interval = 1.0 / interval, interval
+        self.start = float(head[0])
+        self.end = float(self.timestamps[self.length - 1]) + 1.0 / self.rate
+        self._times = TimestampCursor(self.timestamps, self.length)
 
     def _check_timestamps(self) -> None:
         previous = -np.inf
@@ -73,30 +92,18 @@ class TimeSeriesReader(ModalityReader):
 
     def span(self) -> tuple[float, float]:
         """[first sample time, last sample time + one interval)."""
-        if self.timestamps is None:
-            return self.start, self.start + self.length / self.rate
-        return self.start, float(self.timestamps[self.length - 1]) + 1.0 / self.rate
+        return self.start, self.end
 
     def read(self, start: float, spec: WindowSpec) -> Mapping[str, np.ndarray] | None:
-        """The window's samples (time first), or None if the series does not cover it."""
-        count = samples_per_window(self.rate, spec.duration)
-        if count < 1:
-            raise NWBError(f"{self.path}: {self.object_path} at {self.rate:g} Hz has no sample in a "
-                           f"window of {spec.duration:g} s; use longer windows")
+        """The window's samples (time first, at least 2-D), or None if the series does not cover it."""
+        count = self._count(spec)
         if self.timestamps is None:
-            i0 = first_index_at(self.start, self.rate, start)
+            values = self._rate_rows(start, count)
         else:
-            i0 = self._search.searchsorted(start - EPS)
-        i1 = i0 + count
-        if i0 < 0 or i1 > self.length:
+            values = self._stamped_rows(start, start + spec.duration, count)
+        if values is None:
             return None
-        if self.timestamps is not None:
-            times = self._search.read(i0, i1)
-            # A gap in the recording: the samples found do not lie inside the window.
-            if times[0] - start > 1.0 / self.rate or times[-1] >= start + spec.duration + 1.0 / self.rate:
-                return None
-        values = self._physical(np.asarray(self.data[i0:i1]))
-        if values.dtype.kind in "fc" and np.isnan(values).any():
+        if self._rows.has_nan and np.isnan(values).any():
             if self.nan_policy == "error":
                 raise NWBError(f"{self.path}: {self.object_path} holds NaN in the window "
                                f"[{start:.6f}, {start + spec.duration:.6f}) s (nan_policy='skip_window' "
@@ -105,35 +112,69 @@ class TimeSeriesReader(ModalityReader):
                 return None
         return {self.modality: values}
 
+    def _count(self, spec: WindowSpec) -> int:
+        count = samples_per_window(self.rate, spec.duration)
+        if count < 1:
+            raise NWBError(f"{self.path}: {self.object_path} at {self.rate:g} Hz has no sample in a "
+                           f"window of {spec.duration:g} s; use longer windows")
+        return count
+
+    def _rate_rows(self, start: float, count: int) -> np.ndarray | None:
+        i0 = first_index_at(self.start, self.rate, start)
+        if i0 < 0 or i0 + count > self.length:
+            return None
+        return self._rows.rows(i0, i0 + count).copy()  # windows share the block: each gets its own
+
+    def _stamped_rows(self, start: float, stop: float, count: int) -> np.ndarray | None:
+        """The samples in [start, stop) resampled by rank to `count`; None where not covered."""
+        if start < self.start - EPS or stop > self.end + EPS:
+            return None
+        i0, i1, around = self._times.locate(start, stop)
+        if i1 == i0 or self._gap_in(around, start, stop):
+            return None
+        rows = self._rows.rows(i0, i1)
+        if i1 - i0 == count:
+            return rows.copy()  # windows share the block: each gets its own
+        self.resampled_windows += 1
+        return rows[rank_resample(i1 - i0, count)]
+
+    def _gap_in(self, around: np.ndarray, start: float, stop: float) -> bool:
+        """Whether a gap overlaps [start, stop): between samples a and b more than GAP_TOLERANCE
+        intervals apart, the time [a + interval, b) that no sample stands for."""
+        big = np.diff(around) > GAP_TOLERANCE * self.interval
+        if not big.any():
+            return False
+        before, after = around[:-1][big], around[1:][big]
+        return bool(np.any((before + self.interval < stop - EPS) & (after > start + EPS)))
+
     def blank(self, spec: WindowSpec) -> Mapping[str, np.ndarray]:
         """Zeros of the shape and dtype `read` returns."""
         count = samples_per_window(self.rate, spec.duration)
-        sample = self._physical(np.zeros((1, *self.data.shape[1:]), dtype=self.data.dtype))
+        sample = self._transform(np.zeros((1, *self.data.shape[1:]), dtype=self.data.dtype))
         return {self.modality: np.zeros((count, *sample.shape[1:]), dtype=sample.dtype)}
+
+    def _transform(self, raw: np.ndarray) -> np.ndarray:
+        """Stored rows as returned: (time, 1) for a 1-D series, in physical units."""
+        return self._physical(raw.reshape(len(raw), 1) if raw.ndim == 1 else raw)
 
     def _physical(self, raw: np.ndarray) -> np.ndarray:
         if self.conversion == 1.0 and self.offset == 0.0 and self.channel_conversion is None:
             return raw
-        dtype = np.float64 if raw.dtype == np.float64 else np.float32
-        values = raw.astype(np.float64) * self.conversion
-        if self.channel_conversion is not None:
-            # channels are axis 1; a 1-D series is one channel (its one factor broadcasts over time)
-            shape = (1, -1) + (1,) * (raw.ndim - 2) if raw.ndim > 1 else (-1,)
-            values = values * self.channel_conversion.reshape(shape)
-        return (values + self.offset).astype(dtype)
+        return physical(raw, self.conversion, self.channel_conversion, self.offset)
 
     def ids(self) -> Mapping[str, Any]:
         """Channel ids, when known."""
         return self._ids
 
     def describe(self) -> Mapping[str, Any]:
-        """Object path, name, rate, timing source, shape, dtype, and the series' unit,
-        conversion, offset and description (JSON-ready)."""
+        """Object path, name, rate, timing source, shape, dtype, the series' unit, conversion,
+        offset and description, and how many windows so far were resampled by rank (JSON-ready)."""
         return {"object": self.object_path, "name": str(self.series.name), "rate_hz": self.rate,
                 "timing": "rate" if self.timestamps is None else "timestamps",
                 "shape": [int(n) for n in self.data.shape], "dtype": str(self.data.dtype),
                 "unit": _text(getattr(self.series, "unit", None)), "conversion": self.conversion,
-                "offset": self.offset, "description": _text(getattr(self.series, "description", None))}
+                "offset": self.offset, "description": _text(getattr(self.series, "description", None)),
+                "resampled_windows": self.resampled_windows}
 
 
 def _text(value: Any) -> str:

@@ -5,16 +5,38 @@ A window is `sequence_length` bins of `bin_size` seconds; consecutive windows st
 bins. Bin `k` of a window starting at `t0` covers the half-open `[t0 + k*b, t0 + (k+1)*b)`, up to
 a tolerance of `BIN_EPS` bins for float rounding.
 
-Modalities at other rates keep their native rate with a fixed sample count per window:
-`count = round(duration * rate)` samples starting at the first sample at or after the window's
-start (`ceil((t0 - s) * rate - eps)` for a series with `starting_time` s; the first timestamp
->= t0 - eps for timestamped series, whose rate is estimated from the median sample interval).
-A window is available for a modality only if all `count` samples exist.
+Modalities at other rates keep their native rate with a fixed sample count per window,
+`n = round(duration * rate)`, and are always at least 2-D: (time, channels/dims), a 1-D series
+giving (time, 1).
+
+Series timed by a rate (and `starting_time` s): the `n` samples from the first at or after the
+window's start, `ceil((t0 - s) * rate - eps)`. The window is available only if all `n` exist.
+
+Series timed by timestamps (rate estimated from the median sample interval): a window
+[t0, t1) holds exactly the samples whose timestamps lie in it (`t0 - EPS <= t < t1 - EPS`:
+never one at or after its stop, never one before its start). Jitter makes that count `m`
+differ from `n` now and then; the `m` samples are then resampled by rank to `n`: sample
+`floor((k + 0.5) * m / n)` for k = 0..n-1 (`rank_resample`: the identity when m == n, one
+sample repeated or dropped, evenly spread, per unit of difference). A window is unavailable
+only where the series does not cover it: it starts before the first timestamp or ends after
+the last one plus one interval, it holds no sample, or the recording has a real gap in it. A gap
+lies between two consecutive samples `a < b` (among those from the one before the window to the
+one after it) more than `GAP_TOLERANCE` median intervals apart; it is the time
+`[a + interval, b)` that no sample stands for (each sample stands for one interval from its
+timestamp, as the span [first, last + interval) of the series does), and exactly the windows
+overlapping it are unavailable.
+
+Series are read in blocks of about `BLOCK_BYTES` (or one window, if larger) with a forward
+cursor (`BlockCursor`, `TimestampCursor`): windows arrive in increasing start order, so one
+read per block replaces one small read per window, and physical units are applied once per
+block. Memory stays bounded by one block; a window before the current block (a backwards
+jump) simply reads a new block from there.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import attrs
 import numpy as np
@@ -26,6 +48,10 @@ BIN_EPS = 1e-6
 Relative rather than absolute, because spike and window times of late sessions (t ~ 1e5 s)
 carry rounding errors of ~1e-11 s, larger than 1e-9 of a 1 ms bin.
 """
+
+GAP_TOLERANCE = 1.5
+"""Two consecutive timestamps more than this many median intervals apart are a gap in the
+recording: windows overlapping it are unavailable. Ordinary jitter stays well below it."""
 
 
 @attrs.frozen(slots=True)
@@ -89,6 +115,12 @@ def samples_per_window(rate: float, duration: float) -> int:
     return int(round(duration * rate))
 
 
+def rank_resample(m: int, n: int) -> np.ndarray:
+    """Indices `floor((k + 0.5) * m / n)`, k = 0..n-1: `m` samples resampled by rank to `n`
+    (the identity when m == n). Exact integer arithmetic."""
+    return (2 * np.arange(n, dtype=np.int64) + 1) * m // (2 * n)
+
+
 def first_index_at(start_time: float, rate: float, t: float) -> int:
     """Index of the first sample at or after time `t` of a series sampled at `rate` from `start_time`."""
     return math.ceil((t - start_time) * rate - EPS * max(1.0, rate))
@@ -128,3 +160,95 @@ class LazySorted:
     def read(self, i0: int, i1: int) -> np.ndarray:
         """Values i0..i1-1 (relative to `lo`)."""
         return np.asarray(self.data[self.lo + i0:self.lo + i1], dtype=np.float64)
+
+
+# -- block reads ----------------------------------------------------------------------------------
+BLOCK_BYTES = 8 << 20
+PIECE_VALUES = 1 << 15
+"""Values converted to physical units at a time: float64 scratch that stays in cache."""
+
+
+class BlockCursor:
+    """Rows [i0, i1) of a time-first array-like, read as `data[lo:hi]` (plain slices only) in
+    blocks and passed through `transform` (shape and physical units) once per block."""
+
+    def __init__(self, data: Any, transform: Callable[[np.ndarray], np.ndarray],
+                 block_bytes: int | None = None) -> None:
+        self.data, self.transform = data, transform
+        self.length = len(data)
+        row_bytes = np.dtype(data.dtype).itemsize * math.prod(data.shape[1:])
+        self.block_rows = max(1, (block_bytes or BLOCK_BYTES) // max(1, row_bytes))
+        self.lo = self.hi = 0
+        self.block: np.ndarray | None = None
+        self.has_nan = False
+
+    def rows(self, i0: int, i1: int) -> np.ndarray:
+        """Transformed rows i0..i1-1 (a view into the current block; 0 <= i0 <= i1 <= length)."""
+        if self.block is None or i0 < self.lo or i1 > self.hi:
+            self._load(i0, i1)
+        return self.block[i0 - self.lo:i1 - self.lo]
+
+    def _load(self, i0: int, i1: int) -> None:
+        hi = min(self.length, max(i1, i0 + self.block_rows))
+        self.block = None  # the old block goes before the new one is read
+        block = self.transform(np.asarray(self.data[i0:hi]))
+        self.has_nan = block.dtype.kind in "fc" and bool(np.isnan(block).any())
+        self.block, self.lo, self.hi = block, i0, hi
+
+
+class TimestampCursor:
+    """Which samples of a sorted timestamp dataset lie in a window, read in blocks."""
+
+    def __init__(self, timestamps: Any, length: int, block_rows: int | None = None) -> None:
+        self.timestamps, self.length = timestamps, length
+        self.block_rows = max(2, block_rows or BLOCK_BYTES // 8)
+        self.lo = self.hi = 0
+        self.block = np.zeros(0)
+
+    def locate(self, start: float, stop: float) -> tuple[int, int, np.ndarray]:
+        """(i0, i1, around): samples i0..i1-1 have `start - EPS <= t < stop - EPS`; `around`
+        holds the timestamps of samples i0-1 .. i1, clipped to the series."""
+        if not self._holds(start):
+            first = LazySorted(self.timestamps, hi=self.length).searchsorted(start - EPS)
+            self._load(max(0, first - 1), self.block_rows)
+        i0 = self.lo + int(np.searchsorted(self.block, start - EPS, side="left"))
+        while self.hi < self.length and not self.block[-1] >= stop - EPS:
+            # the window runs past the block: read again from just before it, larger if need be
+            lo = max(0, i0 - 1)
+            self._load(lo, max(self.block_rows, 2 * (self.hi - lo)))
+        i1 = self.lo + int(np.searchsorted(self.block, stop - EPS, side="left"))
+        around = self.block[max(0, i0 - 1) - self.lo:min(self.length, i1 + 1) - self.lo]
+        return i0, i1, around
+
+    def _holds(self, start: float) -> bool:
+        """Whether the block holds the sample before `start` (or begins the series) and one at
+        or after it (or ends the series)."""
+        if self.hi == self.lo:
+            return False
+        before = self.lo == 0 or self.block[0] < start - EPS
+        after = self.hi == self.length or self.block[-1] >= start - EPS
+        return before and after
+
+    def _load(self, lo: int, rows: int) -> None:
+        hi = min(self.length, lo + rows)
+        self.block = np.asarray(self.timestamps[lo:hi], dtype=np.float64)
+        self.lo, self.hi = lo, hi
+
+
+def physical(raw: np.ndarray, conversion: float, channel_conversion: np.ndarray | None,
+             offset: float) -> np.ndarray:
+    """`raw * conversion (* channel_conversion along axis 1) + offset`, computed in float64 and
+    stored as float32 (float64 for float64 input), piece by piece so the scratch stays in
+    cache. Each value is computed exactly as `(raw.astype(float64) * c * cc + o).astype(...)`."""
+    out = np.empty(raw.shape, dtype=np.float64 if raw.dtype == np.float64 else np.float32)
+    factors = None if channel_conversion is None else \
+        channel_conversion.reshape((1, -1) + (1,) * (raw.ndim - 2))
+    rows = max(1, PIECE_VALUES // max(1, math.prod(raw.shape[1:])))
+    for a in range(0, len(raw), rows):
+        piece = raw[a:a + rows].astype(np.float64)
+        piece *= conversion
+        if factors is not None:
+            piece *= factors
+        piece += offset
+        out[a:a + rows] = piece
+    return out
