@@ -1,7 +1,8 @@
 """NWB extractor for calcium imaging: RoiResponseSeries, as traces of shape (time, rois).
 
 Candidates are every RoiResponseSeries anywhere in the file (in Fluorescence or DfOverF
-containers, as suite2p, CaImAn, inscopix and neuroconv write them). Each has a kind:
+containers, as suite2p, neuroconv and pynapple's inscopix/CNMF-E export write them). Each has a
+kind:
 
 - Deconvolved: the series' name or its container's name begins with "deconv" (any case);
 - Neuropil: the series' name or its container's name begins with "neuropil" (any case);
@@ -14,8 +15,8 @@ writes series `Deconvolved` and `Neuropil` inside one `Fluorescence` container.
 
 The default is the first, by HDF5 path, of the first kind present in the order DfOverF,
 Fluorescence, Deconvolved, Neuropil. `series={"calcium": name_or_path}` picks any
-RoiResponseSeries, or by explicit name any other TimeSeries that is not an image series
-(its values then have shape (time, columns), with no ROI ids).
+RoiResponseSeries, or, named explicitly (name or path), any other TimeSeries that is not an
+image series (its values then have shape (time, columns), no ROI ids, and its NWB type as kind).
 
 Traces stored transposed, (rois, time), as suite2p's own NWB export does (pynwb warns about it),
 are read as (time, rois). The rule: 2-D data is stored transposed when its first axis has as
@@ -24,9 +25,9 @@ series, the second axis has one entry per timestamp. A 1-D series (one ROI) beco
 (time, 1). Values come through `TimeSeriesReader` (physical units, window arithmetic).
 
 Stored once per session in the manifest: `ids` holds `roi_ids` (the ids of the rois region's
-table rows, in column order); the series' description adds its `kind`, whether it was stored
-transposed, the plane segmentation's name and the imaging plane's metadata (name, description,
-indicator, location, imaging rate, excitation wavelength, device).
+table rows, in column order); the series' description adds `kind`, `stored_transposed`,
+`plane_segmentation` (the table's name) and `imaging_plane`: `name`, `description`, `indicator`,
+`location`, `imaging_rate_hz`, `excitation_lambda_nm`, `device` (None where the file has none).
 """
 
 from __future__ import annotations
