@@ -13,7 +13,7 @@ def neurocodec_register_modalities(register) -> None:
     """The behavior modality."""
     register(ModalitySpec(
         name="behavior", codec={"id": "npy", "pack_integers": False},
-        prepare=ArrayPolicy(kinds="biuf", float_dtypes=("float16",)),
+        prepare=ArrayPolicy(kinds="biuf", float_dtypes=("float16",), what="behavioral values"),
         description="behavioral variables (time, dims); keep their dtype, float16 on request",
         options={"dtype": "'float16' stores float values as float16 (lossy)"},
     ))

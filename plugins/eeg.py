@@ -13,7 +13,7 @@ def neurocodec_register_modalities(register) -> None:
     """The eeg modality."""
     register(ModalitySpec(
         name="eeg", codec={"id": "npy", "pack_integers": False},
-        prepare=ArrayPolicy(kinds="iuf", float_dtypes=("float16",)),
+        prepare=ArrayPolicy(kinds="iuf", float_dtypes=("float16",), what="EEG signals"),
         description="EEG; keeps its dtype, float16 on request",
         options={"dtype": "'float16' stores float signals as float16 (lossy)"},
     ))

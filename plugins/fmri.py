@@ -13,7 +13,7 @@ def neurocodec_register_modalities(register) -> None:
     """The fmri modality."""
     register(ModalitySpec(
         name="fmri", codec={"id": "npy", "pack_integers": False},
-        prepare=ArrayPolicy(kinds="iuf", float_dtypes=("float16",)),
+        prepare=ArrayPolicy(kinds="iuf", float_dtypes=("float16",), what="fMRI volumes"),
         description="fMRI volumes; keep their dtype, float16 on request",
         options={"dtype": "'float16' stores float volumes as float16 (lossy)"},
     ))

@@ -14,7 +14,7 @@ def neurocodec_register_modalities(register) -> None:
     """The video modality."""
     register(ModalitySpec(
         name="video", codec={"id": "npy", "pack_integers": False},
-        prepare=ArrayPolicy(kinds="biu", store_dtype="uint8"),
+        prepare=ArrayPolicy(kinds="biu", store_dtype="uint8", what="video frames"),
         description="video frames, stored as uint8",
     ))
 
