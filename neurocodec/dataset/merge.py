@@ -3,7 +3,9 @@
 Used by the parallel converter: each worker writes one part per input file, and the parts are
 merged in input order. Because payloads are copied as stored (only member names and the index
 change), the result is byte-identical to writing the same samples with one writer, whatever
-produced the parts.
+produced the parts. A part's shard that is already byte for byte the output's (the first
+part's full shards, or a single part's every shard) is hard-linked instead of copied, after
+its file and index are checked against the part's manifest (SHA-256).
 """
 
 from __future__ import annotations
@@ -101,10 +103,15 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
 
 def _copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shards: ShardSequence) -> None:
     """Every sample of `datasets`, in order, into `shards`: the stored payloads unchanged, the
-    member names renumbered."""
+    member names renumbered. A shard that would come out byte for byte as it is in its source
+    (the first part's full shards, when the parts' shard size is the output's) is hard-linked
+    and checked against its manifest instead of copied (`ShardSequence.adopt`)."""
     extensions = [datasets[0].manifest.member_extension(f) for f in fields]
     for ds in datasets:
         for number, entry in enumerate(ds.shards):
+            last = ds is datasets[-1] and number == len(ds.shards) - 1
+            if ds.remote is None and shards.adopt(ds.path, entry, last=last):
+                continue
             reader = ds.shard(number)
             for local in range(entry.samples):
                 key = layout.sample_key(shards.samples)

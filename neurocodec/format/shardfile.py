@@ -18,8 +18,10 @@ from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
+from neurocodec.errors import ShardError
 from neurocodec.format import index as shard_index
 from neurocodec.format.checksum import crc32
+from neurocodec.format.fetch import ShardFile
 from neurocodec.format import layout, tar
 from neurocodec.format.manifest import ShardEntry
 from neurocodec.fsutil import atomic_write_bytes, temp_path
@@ -100,6 +102,65 @@ class ShardFileWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+class AdoptedShard:
+    """A finished shard of another dataset taken over unchanged: its file and index hard-linked
+    under temp names beside their final names, and committed like a written shard.
+
+    `commit` first proves the linked files are exactly the ones their dataset's manifest
+    describes (sizes and SHA-256 of both), so the entry it returns, the source's own, is as
+    true as one computed over freshly written bytes; then fsyncs them (a source written without
+    fsync becomes durable too) and renames both into place. Linking raises OSError where the
+    filesystem cannot (another device, no hard links): the caller then copies the samples.
+    """
+
+    def __init__(self, directory: Path, source: Path, entry: ShardEntry, *, fsync: bool = True) -> None:
+        self.entry, self.fsync = entry, fsync
+        self.files = [(source / name, directory / name, temp_path(directory / name), size, digest)
+                      for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
+                                                 (entry.name, entry.bytes, entry.sha256))]
+        try:
+            for origin, _, tmp, _, _ in self.files:
+                tmp.unlink(missing_ok=True)
+                os.link(origin, tmp)
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> None:
+        """Nothing to finish: the shard is complete."""
+
+    def commit(self) -> ShardEntry:
+        """Check, fsync and rename the linked files into place (the index first, as a written
+        shard's); return the source's entry. ShardError if a file is not the one its manifest
+        describes."""
+        for _, final, tmp, size, digest in self.files:
+            try:
+                stored = ShardFile(tmp, final.name)
+            except OSError as exc:
+                raise ShardError(f"cannot read the shard to take over: {exc.strerror or exc}",
+                                 shard=final.name) from None
+            try:
+                if stored.size != size or stored.sha256() != digest:
+                    raise ShardError("the shard taken over from another dataset does not match its manifest's "
+                                     "size and SHA-256 (corrupted)", shard=final.name)
+            finally:
+                stored.close()
+            if self.fsync:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        for _, final, tmp, _, _ in self.files:
+            os.replace(tmp, final)
+        return self.entry
+
+    def abort(self) -> None:
+        """Remove the links not yet renamed into place."""
+        for _, _, tmp, _, _ in self.files:
+            tmp.unlink(missing_ok=True)
+
+
 class BackgroundCommits:
     """Commits finished shards one at a time, in order, on one background thread.
 
@@ -109,21 +170,21 @@ class BackgroundCommits:
 
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: tuple[ShardFileWriter, Future] | None = None
+        self._pending: tuple[ShardFileWriter | AdoptedShard, Future] | None = None
 
     @property
     def in_flight(self) -> int:
         """Shards submitted and not yet collected (0 or 1)."""
         return 0 if self._pending is None else 1
 
-    def submit(self, shard: ShardFileWriter) -> None:
+    def submit(self, shard: ShardFileWriter | AdoptedShard) -> None:
         """Start committing `shard` (finished) in the background."""
         assert self._pending is None, "wait() for the previous shard first"
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="neurocodec-commit")
         self._pending = (shard, self._executor.submit(shard.commit))
 
-    def hand_over(self, shard: ShardFileWriter) -> ShardEntry | None:
+    def hand_over(self, shard: ShardFileWriter | AdoptedShard) -> ShardEntry | None:
         """Finish `shard` and start committing it; return the previous shard's entry once it is
         committed (None for the first). If this raises, `shard` was not taken: abort it."""
         shard.finish()
@@ -185,6 +246,32 @@ class ShardSequence:
         self.samples += 1
         if self._current.samples == self.shard_size:
             self._close_current()
+
+    def adopt(self, source: Path, entry: ShardEntry, *, last: bool) -> bool:
+        """Take the finished shard `entry` of the local dataset in `source` as the next shard,
+        hard-linked instead of copied, when it is byte for byte the shard this sequence would
+        write from its samples: no shard is open, it starts at this sequence's next sample
+        under the next shard's name (so every member name is the same), and it is full, or
+        `last` (no sample follows it). Its files are checked against `entry` when committed
+        (`AdoptedShard`). Returns False, having done nothing, when it is not such a shard or
+        the filesystem cannot link; the caller then copies its samples."""
+        number = len(self.entries) + (self._commits.in_flight if self._commits else 0)
+        if (self._current is not None or entry.first_sample != self.samples or entry.name != layout.shard_name(number)
+                or entry.index != layout.index_name(entry.name)
+                or not (entry.samples == self.shard_size or (last and 0 < entry.samples < self.shard_size))):
+            return False
+        try:
+            shard = AdoptedShard(self.directory, source, entry, fsync=self.fsync)
+        except OSError:
+            return False
+        try:
+            committed = shard.commit() if self._commits is None else self._commits.hand_over(shard)
+        except BaseException:
+            shard.abort()
+            raise
+        self.samples += entry.samples
+        self._record(committed)
+        return True
 
     def finish(self) -> list[ShardEntry]:
         """Close the last shard, wait for every commit; return the entries of all shards."""
