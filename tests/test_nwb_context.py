@@ -59,14 +59,15 @@ def add_lfp(nwb, rows=LFP_ROWS, rate=1000.0):
 
 
 def add_labels(nwb):
-    """Trials with extra columns, sleep/wake epochs, ripples in /intervals, spindles in a
-    processing module (with a 2-D column, left out), invalid_times."""
+    """Trials with extra columns (and references to the LFP, left out), sleep/wake epochs, ripples
+    in /intervals, spindles in a processing module (with a 2-D column, left out), invalid_times."""
+    lfp = nwb.processing["ecephys"]["LFP"].electrical_series["lfp"]
     nwb.add_trial_column("correct", "answered right")
     nwb.add_trial_column("stimulus", "side")
     nwb.add_trial_column("reward", "ml")
     for i, (a, z) in enumerate([(1.0, 2.5), (4.0, 4.5), (9.5, 12.0), (15.0, 15.2)]):
         nwb.add_trial(start_time=a, stop_time=z, correct=bool(i % 2), stimulus=["left", "right"][i % 2],
-                      reward=np.nan if i == 3 else 0.1 * i)
+                      reward=np.nan if i == 3 else 0.1 * i, timeseries=[lfp])
     nwb.add_epoch(start_time=0.0, stop_time=8.0, tags=["sleep"])
     nwb.add_epoch(start_time=8.0, stop_time=SECONDS, tags=["wake", "run"])
     nwb.add_invalid_time_interval(start_time=13.0, stop_time=13.5)
@@ -196,6 +197,7 @@ def test_sessions_describe_tables_and_electrodes(tmp_path, labelled):
     tables = session["intervals"]
     assert {k: t["path"] for k, t in tables.items()} == TABLES
     assert tables["spindles"]["skipped_columns"] == {"envelope": "multi-dimensional (3 values per row)"}
+    assert tables["trials"]["skipped_columns"] == {"timeseries": "references to time series"}
     assert tables["ripples"]["rows"] == 7 and tables["ripples"]["columns"] == [
         "id", "start_time", "stop_time", "peak_time", "power"]
     electrodes = session["electrodes"]["columns"]

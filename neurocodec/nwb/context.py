@@ -218,7 +218,7 @@ def interval_tables(nwbfile: Any, path: Path, selected: Sequence[str] | None) ->
 def _read_table(table: Any, key: str, table_at: str, path: Path) -> IntervalTable:
     try:
         return IntervalTable(table, key, table_at)
-    except (KeyError, ValueError, TypeError, OSError) as exc:
+    except (KeyError, IndexError, ValueError, TypeError, OSError) as exc:
         raise NWBError(f"{path}: cannot read interval table {table_at} ({type(exc).__name__}: {exc})") from None
 
 
@@ -256,7 +256,7 @@ def electrodes_context(nwbfile: Any, path: Path) -> dict[str, Any] | None:
         return None
     try:
         columns, skipped = table_columns(table)
-    except (KeyError, ValueError, TypeError, OSError) as exc:
+    except (KeyError, IndexError, ValueError, TypeError, OSError) as exc:
         raise NWBError(f"{path}: cannot read the electrodes table ({type(exc).__name__}: {exc})") from None
     return {"path": table_path(table), "columns": columns, "skipped_columns": skipped}
 
