@@ -1,5 +1,5 @@
 """Servers on loopback for the object-storage tests: moto's S3 server, a fault-injecting HTTP
-proxy in front of it, and a static HTTP file server.
+proxy in front of it, a static HTTP file server, and a range-serving, byte-counting one.
 
 Everything binds 127.0.0.1 on a free port and stops with its context manager.
 """
@@ -11,6 +11,7 @@ import functools
 import http.client
 import http.server
 import logging
+import os
 import socket
 import threading
 from typing import Callable, Iterator
@@ -211,3 +212,99 @@ def static_http_server(directory: str) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class RangeFileServer:
+    """A threaded HTTP file server on loopback serving `directory` with what object stores give
+    and http.server lacks: single-range GETs (`Range: bytes=a-b`, answered 206), `ETag`,
+    `Accept-Ranges`. It counts the body bytes it sends per path (`sent`), and `plan(n, path)`
+    decides what GET number n does: "pass" answers; "cut" sends half the body and closes the
+    connection; "503" answers 503; "404" answers 404. `log` records (n, path, range, action).
+    """
+
+    def __init__(self, directory: str, plan: Callable[[int, str], str] | None = None) -> None:
+        self.directory = directory
+        self.plan = plan or (lambda n, path: "pass")
+        self.log: list[tuple[int, str, str | None, str]] = []
+        self.sent: dict[str, int] = {}
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                server._answer(self, body=False)
+
+            def do_GET(self) -> None:
+                server._answer(self, body=True)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "RangeFileServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def total_sent(self) -> int:
+        """Body bytes sent for every path."""
+        with self._lock:
+            return sum(self.sent.values())
+
+    def _status(self, h: http.server.BaseHTTPRequestHandler, status: int) -> None:
+        h.send_response(status)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def _answer(self, h: http.server.BaseHTTPRequestHandler, *, body: bool) -> None:
+        name = h.path.split("?")[0].lstrip("/")
+        local = os.path.join(self.directory, *name.split("/"))
+        action = "pass"
+        if body:
+            with self._lock:
+                n = len(self.log)
+                action = self.plan(n, h.path)
+                self.log.append((n, h.path, h.headers.get("Range"), action))
+        if action in ("503", "404"):
+            return self._status(h, int(action))
+        if not os.path.isfile(local):
+            return self._status(h, 404)
+        st = os.stat(local)
+        first, last, status = 0, st.st_size - 1, 200
+        spec = h.headers.get("Range", "")
+        if spec.startswith("bytes="):
+            a, _, b = spec[6:].partition("-")
+            first, last, status = int(a), min(int(b) if b else st.st_size - 1, st.st_size - 1), 206
+            if first >= st.st_size:
+                return self._status(h, 416)
+        length = last - first + 1
+        h.send_response(status)
+        h.send_header("Content-Length", str(length))
+        h.send_header("Accept-Ranges", "bytes")
+        h.send_header("ETag", f'"{st.st_size:x}-{st.st_mtime_ns:x}"')
+        if status == 206:
+            h.send_header("Content-Range", f"bytes {first}-{last}/{st.st_size}")
+        h.end_headers()
+        if not body:
+            return
+        with open(local, "rb") as f:
+            f.seek(first)
+            data = f.read(length)
+        if action == "cut":
+            data = data[:len(data) // 2]
+        h.wfile.write(data)
+        with self._lock:
+            self.sent[name] = self.sent.get(name, 0) + len(data)
+        if action == "cut":
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)

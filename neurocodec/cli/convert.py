@@ -27,12 +27,19 @@ from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
 from neurocodec.cli.options import add_storage_arguments, cache_from_args, storage_options_from_args
-from neurocodec.storage.location import dataset_path
+from neurocodec.nwb.source import URLPath
+from neurocodec.storage.location import dataset_path, file_url_path, is_url
 
 
-def _inputs(patterns: list[str]) -> list[Path]:
-    paths: list[Path] = []
+def _inputs(patterns: list[str]) -> list[Path | URLPath]:
+    """--input: local files and NWB-Zarr folders (glob patterns expanded), and URLs (s3://,
+    https://, ...: NWB files read in place, taken as given: `?` and `*` may be part of a URL)."""
+    paths: list[Path | URLPath] = []
     for pattern in patterns:
+        if is_url(pattern) and file_url_path(pattern) is None:
+            paths.append(URLPath(pattern))
+            continue
+        pattern = str(file_url_path(pattern) or pattern)
         matches = [pattern] if Path(pattern).exists() else sorted(glob.glob(pattern))
         if not matches:
             raise FileNotFoundError(f"no input matches {pattern!r}")

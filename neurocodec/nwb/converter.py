@@ -50,6 +50,8 @@ from neurocodec.nwb.pool import ConversionError, run_tasks
 from neurocodec.nwb.report import build_report, write_report
 from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
 from neurocodec.nwb.session import session_key
+from neurocodec.nwb.extract import NWBError
+from neurocodec.nwb.source import NWBSource, SourceVersion, identifies_version
 from neurocodec.nwb.windows import WindowSpec
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
@@ -64,11 +66,15 @@ PART_SUMMARY = "part.json"
 ON_ERROR = ("raise", "skip")
 
 
-def _convert_part(path: str, part_dir: str, settings: ConvertSettings, fingerprint: dict,
+def _convert_part(path: str, part_dir: str, settings: ConvertSettings, version: SourceVersion,
                   registry: Registry | None = None) -> dict[str, Any]:
-    """Worker entry point: convert, then record the part as finished (atomically, last)."""
-    summary = convert_file(path, part_dir, settings, registry)
-    record = {"summary": summary, "source": fingerprint, "settings": _settings_hash(settings)}
+    """Worker entry point: convert `version.source` (whose location is `path`; a URL travels with
+    its storage options and is opened here), check that the source is still the version the run
+    planned with, then record the part as finished (atomically, last)."""
+    summary = convert_file(version.source, part_dir, settings, registry)
+    if version.source.fingerprint() != version.record:
+        raise NWBError(f"{path}: changed while it was being converted; convert it again")
+    record = {"summary": summary, "source": version.record, "settings": _settings_hash(settings)}
     atomic_write_bytes(Path(part_dir) / PART_SUMMARY, json.dumps(record, sort_keys=True).encode(),
                        fsync=settings.fsync)
     return summary
@@ -123,6 +129,7 @@ class NWBToWebDatasetConverter:
         storage_options: Mapping[str, Any] | None = None, parts_dir: str | os.PathLike | None = None,
         registry: Registry | None = None, intervals: Sequence[str] | None = None,
         fields: Mapping[str, Any] | None = None,
+        input_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -149,6 +156,9 @@ class NWBToWebDatasetConverter:
         )
         self.output_dir = dataset_path(output_dir)
         self.storage_options = dict(storage_options or {})
+        # Inputs at URLs are opened with the output's storage options unless given their own.
+        self.input_storage_options = dict(self.storage_options if input_storage_options is None
+                                          else input_storage_options)
         self.overwrite = overwrite
         self._lock: OutputLock | None = None
         self._hold_lock()
@@ -207,40 +217,48 @@ class NWBToWebDatasetConverter:
             self.close()
             raise
 
-    def _convert(self, paths: Iterable[str | os.PathLike]) -> list[dict[str, Any] | None]:
-        todo = []
+    def _convert(self, paths: Iterable[str | os.PathLike | NWBSource]) -> list[dict[str, Any] | None]:
+        given, todo, versions = [], [], {}
         for raw in paths:
-            path = Path(raw)
-            if path in self._results or path in self._files:
-                raise ValueError(f"{path} was already converted by this converter")
-            if not path.is_file():
-                self._fail(path, wrap_error(path, FileNotFoundError(f"no such file: {path}")))
+            source = NWBSource.of(raw, self.input_storage_options)
+            if source in self._results or source in self._files or source in given:
+                raise ValueError(f"{source} was already converted by this converter")
+            given.append(source)
+            try:
+                versions[source] = source.fingerprint()
+            except FileNotFoundError:
+                self._fail(source, NWBError(f"{source}: no such file"))
                 continue
-            self._files.append(path)
-            todo.append(path)
+            except Exception as exc:
+                self._fail(source, wrap_error(source.path, exc))
+                continue
+            self._files.append(source)
+            todo.append(source)
         pending = {}
-        for path in todo:
-            part = self._part_dir(path)
-            reused = self._reusable(part, path)
+        for source in todo:
+            part = self._part_dir(source)
+            reused = self._reusable(part, versions[source])
             if reused is not None:
-                log.info("reusing finished part for %s", path)
-                self._results[path] = reused
+                log.info("reusing finished part for %s", source)
+                self._results[source] = reused
             else:
-                pending[path] = part
+                pending[source] = part
         self._run(pending)
-        return [self._results.get(Path(p)) for p in todo]
+        return [self._results.get(s) for s in given]
 
-    def _part_dir(self, path: Path) -> Path:
-        return self.parts_dir / f"{session_key(path)}-{_settings_hash(self.settings)}"
+    def _part_dir(self, source: NWBSource) -> Path:
+        return self.parts_dir / f"{session_key(source.path)}-{_settings_hash(self.settings)}"
 
-    def _reusable(self, part: Path, path: Path) -> dict[str, Any] | None:
+    def _reusable(self, part: Path, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The finished part's summary if `part` was converted from this version of its source
+        (`fingerprint`) with these settings, else None."""
         try:
             record = json.loads((part / PART_SUMMARY).read_text())
         except (OSError, ValueError):
             return None
-        if record.get("source") != source_fingerprint(path) or record.get("settings") != _settings_hash(self.settings):
+        if record.get("source") != fingerprint or record.get("settings") != _settings_hash(self.settings):
             return None
-        if not (part / layout.MANIFEST).exists():
+        if not identifies_version(fingerprint) or not (part / layout.MANIFEST).exists():
             return None
         return record["summary"]
 

@@ -17,6 +17,7 @@ import attrs
 from neurocodec.errors import NeurocodecError
 from neurocodec.nwb.context import WindowLabels, session_context
 from neurocodec.nwb.extract import NAN_POLICIES, ExtractOptions, ModalityReader, NWBError
+from neurocodec.nwb.source import NWBSource, SourceVersion
 from neurocodec.nwb.session import Trials, session_info, session_key
 from neurocodec.nwb.windows import WindowSpec
 from neurocodec.plugin.manager import default_registry
@@ -75,10 +76,12 @@ class ConvertSettings:
         }
 
 
-def source_fingerprint(path: Path) -> dict[str, Any]:
-    """What identifies a source file's version: absolute path, size and modification time."""
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def source_fingerprint(source: NWBSource | str | os.PathLike) -> SourceVersion:
+    """The source (a path, URL or NWBSource) with what identifies its version now: absolute
+    path, size and modification time of a file; path, file count, total size and newest
+    modification time of an NWB-Zarr folder; URL, size and ETag of a file at a URL (see
+    `neurocodec.nwb.source`)."""
+    return NWBSource.of(source).version()
 
 
 def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
@@ -123,28 +126,20 @@ def _renamed(values: Mapping[str, Any], field: str, modality: str) -> dict[str, 
     return {field_name(k, field, modality): v for k, v in values.items()}
 
 
-def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings: ConvertSettings,
+def convert_file(path: str | os.PathLike | NWBSource, part_dir: str | os.PathLike, settings: ConvertSettings,
                  registry: Registry | None = None) -> dict[str, Any]:
     """Convert one NWB file into the part dataset `part_dir`; return the part's summary.
 
-    Extractors, modalities and codecs come from `registry` (default: the installed plugins).
-    Raises NWBError (or another NeurocodecError) naming the file for bad input; the part
-    directory then holds no manifest.
+    `path` is a local NWB file, a local NWB-Zarr folder, or an NWBSource (a URL with its storage
+    options): see `neurocodec.nwb.source`. Extractors, modalities and codecs come from
+    `registry` (default: the installed plugins). Raises NWBError (or another NeurocodecError)
+    naming the file for bad input; the part directory then holds no manifest.
     """
-    from pynwb import NWBHDF5IO
-
     from neurocodec.dataset.writer import WebDatasetWriter
 
-    path, part_dir = Path(path), Path(part_dir)
-    try:
-        io = NWBHDF5IO(str(path), "r", load_namespaces=True)
-    except Exception as exc:
-        raise NWBError(f"{path}: cannot open as NWB ({type(exc).__name__}: {exc})") from None
-    with io:
-        try:
-            nwbfile = io.read()
-        except Exception as exc:
-            raise NWBError(f"{path}: cannot read as NWB ({type(exc).__name__}: {exc})") from None
+    source = NWBSource.of(path)
+    path, part_dir = source.path, Path(part_dir)
+    with source.open() as (nwbfile, fingerprint):
         registry = registry or default_registry()
         readers = open_readers(nwbfile, path, settings, registry)
         spans = {m: r.span() for m, r in readers.items()}
@@ -154,11 +149,12 @@ def convert_file(path: str | os.PathLike, part_dir: str | os.PathLike, settings:
             begin, end = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
         labels = WindowLabels(Trials(nwbfile), nwbfile, path, settings.intervals)
         session = _describe_session(nwbfile, path, readers, spans, labels)
+        session["source"] = fingerprint  # the file (path or URL) and version the windows come from
         options = {k: dict(v) for k, v in settings.modality_options}
         writer = WebDatasetWriter(part_dir, settings.shard_size, settings.compression, overwrite=True,
                                   fsync=settings.fsync, modality_options=options, registry=registry,
                                   modalities=dict(settings.field_modalities),
-                                  dataset_metadata={"session": session, "source": source_fingerprint(path),
+                                  dataset_metadata={"session": session, "source": fingerprint,
                                                     "settings": settings.to_dict()})
         try:
             written, skipped = _write_windows(writer, readers, settings, session, labels, path, begin, end)
@@ -225,7 +221,7 @@ def _write_windows(writer: Any, readers: Mapping[str, Any], settings: ConvertSet
             "session": session["key"], "source_file": path.name, "session_id": session["session_id"],
             "subject_id": session["subject_id"], "window_index": index,
             "start_time": start, "stop_time": stop, **labels.labels(start, stop),
-            "missing": missing,
+            "missing": missing, "source": session["source"],
         })
         written += 1
     return written, skipped

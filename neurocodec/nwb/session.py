@@ -8,17 +8,21 @@ from typing import Any
 
 import numpy as np
 
+from neurocodec.nwb.source import URLPath
 from neurocodec.nwb.context import IntervalIndex
 
 
-def session_key(path: Path) -> str:
-    """A short, stable, unique key for a source file: its stem plus a hash of its absolute path."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+def session_key(path: Path | URLPath) -> str:
+    """A short, stable, unique key for a source (a file, an NWB-Zarr folder or a URL): its stem
+    plus a hash of its absolute path or of its URL (`ses-1-3fa2c9e0`)."""
+    where = str(path) if isinstance(path, URLPath) else str(path.resolve())
+    digest = hashlib.sha256(where.encode()).hexdigest()[:8]
     return f"{path.stem}-{digest}"
 
 
-def session_info(nwbfile: Any, path: Path) -> dict[str, Any]:
-    """Identifier, session and subject ids, start time and description, JSON-ready."""
+def session_info(nwbfile: Any, path: Path | URLPath) -> dict[str, Any]:
+    """Identifier, session and subject ids, start time and description, JSON-ready; `file` is
+    the source's file or folder name (the last segment of a URL)."""
     subject = getattr(nwbfile, "subject", None)
     start = getattr(nwbfile, "session_start_time", None)
     return {
