@@ -21,7 +21,7 @@ from neurocodec.nwb.converter import NWBToWebDatasetConverter
 from neurocodec.nwb.extract import NWBError
 from neurocodec.nwb.source import NWBSource
 from nwb_sources import array_payloads, manifest_sessions, window_metadata
-from storage_servers import BUCKET, FaultProxy, RangeFileServer, moto_server, no_sdk_retries
+from storage_servers import BUCKET, FaultProxy, RangeFileServer, moto_server, no_sdk_retries, static_http_server
 
 LFP_MB = 12
 SPIKES = dict(modalities=["spikes"], bin_size_ms=20.0, sequence_length=50, overlap=0.0, progress=False)
@@ -261,3 +261,22 @@ def test_https_file_changed_during_conversion_is_not_recorded_as_finished(www, t
         with pytest.raises(NWBError, match=rf"^{url}: changed while it was being converted; convert it again"):
             convert([url], out, parts_dir=parts)
     assert not list(parts.rglob("part.json")) and not (out / layout.MANIFEST).exists()
+
+
+def test_https_not_hdf5_or_no_range_support_is_an_error_naming_the_file(www, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "notes.nwb").write_text("not an HDF5 file\n" * 100)
+    shutil.copy(www / "big.nwb", served / "big.nwb")
+    with RangeFileServer(str(served)) as server:
+        url = f"{server.url}/notes.nwb"
+        with pytest.raises(NWBError, match=rf"^{url}: cannot open as NWB \(OSError: .*file signature not found"):
+            convert([url], tmp_path / "a")
+    # http.server answers every GET with the whole file: past the first block that is refused,
+    # not read whole
+    with static_http_server(str(served)) as base:
+        url = f"{base}/big.nwb"
+        with pytest.raises(NWBError, match=rf"^{url}: reading failed for good \(ValueError: The HTTP server "
+                                           r"doesn't appear to support range requests"):
+            convert([url], tmp_path / "b")
+    assert not (tmp_path / "b" / layout.MANIFEST).exists()
