@@ -29,6 +29,7 @@ SPIKES = dict(modalities=["spikes"], bin_size_ms=20.0, sequence_length=50, overl
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
+    monkeypatch.setenv("NEUROCODEC_RETRY_ATTEMPTS", "5")
     monkeypatch.setenv("NEUROCODEC_RETRY_BASE_DELAY", "0.001")
     monkeypatch.setenv("NEUROCODEC_RETRY_MAX_DELAY", "0.01")
 
