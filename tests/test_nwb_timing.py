@@ -247,6 +247,36 @@ def test_block_cursor_gives_the_rows_asked_for_in_any_order(rng):
         np.testing.assert_array_equal(steps.rows(i0, i0 + 100), data[i0:i0 + 100])
 
 
+class Chunked:
+    """An array seen as a chunked dataset that records the slices read from it."""
+
+    def __init__(self, array: np.ndarray, chunk_rows: int) -> None:
+        self.array, self.chunks = array, (chunk_rows, *array.shape[1:])
+        self.shape, self.dtype = array.shape, array.dtype
+        self.reads: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        self.reads.append((key.start, key.stop))
+        return self.array[key]
+
+
+def test_windows_in_order_read_each_row_once_in_whole_chunks(rng):
+    data = Chunked(rng.standard_normal((10_000, 4)).astype(np.float32), chunk_rows=300)
+    cursor = BlockCursor(data, lambda raw: raw, block_bytes=16 * 1000)  # 1000 rows: not a chunk multiple
+    for i0 in range(130, 9000, 250):  # windows of 700 rows, overlapping, straddling blocks
+        np.testing.assert_array_equal(cursor.rows(i0, i0 + 700), data.array[i0:i0 + 700])
+    assert data.reads[0][0] == 0 and all(a % 300 == 0 and (b % 300 == 0 or b == 10_000) for a, b in data.reads)
+    assert all(b == a2 for (_, b), (a2, _) in zip(data.reads, data.reads[1:]))  # consecutive, no row twice
+    assert data.reads[-1][1] >= 9570
+    by_channel = Chunked(data.array, chunk_rows=10_000)  # chunks longer than a block: not aligned to
+    cursor = BlockCursor(by_channel, lambda raw: raw, block_bytes=16 * 1000)
+    np.testing.assert_array_equal(cursor.rows(4321, 4400), data.array[4321:4400])
+    assert by_channel.reads == [(4321, 5321)]
+
+
 def test_timestamp_cursor_matches_numpy(rng):
     times = np.cumsum(rng.exponential(0.01, 20_000)) + 3.0
     times[5000:5100] = times[5000]  # repeated timestamps

@@ -168,9 +168,28 @@ PIECE_VALUES = 1 << 15
 """Values converted to physical units at a time: float64 scratch that stays in cache."""
 
 
+@attrs.frozen(slots=True)
+class _Block:
+    """Rows [lo, hi) of a series, transformed, and whether they hold NaN."""
+
+    lo: int
+    hi: int
+    rows: np.ndarray
+    has_nan: bool
+
+    def holds(self, i0: int, i1: int) -> bool:
+        """Whether rows i0..i1-1 all lie in this block."""
+        return self.lo <= i0 and i1 <= self.hi
+
+
 class BlockCursor:
     """Rows [i0, i1) of a time-first array-like, read as `data[lo:hi]` (plain slices only) in
-    blocks and passed through `transform` (shape and physical units) once per block."""
+    blocks aligned to its chunks and passed through `transform` (shape and physical units) once
+    per block.
+
+    The previous block is kept, so a window straddling two blocks is served from both: read in
+    increasing order, every row of the source is read and transformed exactly once.
+    """
 
     def __init__(self, data: Any, transform: Callable[[np.ndarray], np.ndarray],
                  block_bytes: int | None = None) -> None:
@@ -178,22 +197,43 @@ class BlockCursor:
         self.length = len(data)
         row_bytes = np.dtype(data.dtype).itemsize * math.prod(data.shape[1:])
         self.block_rows = max(1, (block_bytes or BLOCK_BYTES) // max(1, row_bytes))
-        self.lo = self.hi = 0
-        self.block: np.ndarray | None = None
-        self.has_nan = False
+        chunks = getattr(data, "chunks", None)  # h5py and zarr: a tuple of ints (None: contiguous)
+        rows = chunks[0] if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int) else 1
+        # blocks start and end on chunk boundaries, unless a chunk is longer than a block (e.g. a
+        # series chunked by channel), which would make a block the whole series
+        self.chunk_rows = rows if 0 < rows <= self.block_rows else 1
+        self.current: _Block | None = None
+        self.previous: _Block | None = None
+
+    @property
+    def has_nan(self) -> bool:
+        """Whether the blocks held (those the last `rows` came from) hold any NaN."""
+        return any(b is not None and b.has_nan for b in (self.current, self.previous))
 
     def rows(self, i0: int, i1: int) -> np.ndarray:
-        """Transformed rows i0..i1-1 (a view into the current block; 0 <= i0 <= i1 <= length)."""
-        if self.block is None or i0 < self.lo or i1 > self.hi:
-            self._load(i0, i1)
-        return self.block[i0 - self.lo:i1 - self.lo]
+        """Transformed rows i0..i1-1 (0 <= i0 <= i1 <= length): a view into a block, or a new
+        array for a window straddling two blocks."""
+        current, previous = self.current, self.previous
+        if current is not None and current.lo <= i0 < current.hi < i1:  # runs past the block: read on
+            self.previous, self.current = current, self._read(current.hi, i1)
+            current, previous = self.current, self.previous
+        if current is not None and current.holds(i0, i1):
+            return current.rows[i0 - current.lo:i1 - current.lo]
+        if previous is not None and previous.holds(i0, i1):
+            return previous.rows[i0 - previous.lo:i1 - previous.lo]
+        if previous is not None and current is not None and previous.lo <= i0 and previous.hi == current.lo \
+                and i1 <= current.hi:
+            return np.concatenate((previous.rows[i0 - previous.lo:], current.rows[:i1 - current.lo]))
+        self.previous, self.current = None, None  # a jump: the old blocks go before a new one is read
+        self.current = self._read(i0 - i0 % self.chunk_rows, i1)
+        return self.current.rows[i0 - self.current.lo:i1 - self.current.lo]
 
-    def _load(self, i0: int, i1: int) -> None:
-        hi = min(self.length, max(i1, i0 + self.block_rows))
-        self.block = None  # the old block goes before the new one is read
-        block = self.transform(np.asarray(self.data[i0:hi]))
-        self.has_nan = block.dtype.kind in "fc" and bool(np.isnan(block).any())
-        self.block, self.lo, self.hi = block, i0, hi
+    def _read(self, lo: int, i1: int) -> _Block:
+        """The block from `lo` holding at least rows up to i1, ending on a chunk boundary."""
+        hi = max(i1, lo + self.block_rows)
+        hi = min(self.length, -(-hi // self.chunk_rows) * self.chunk_rows)
+        rows = self.transform(np.asarray(self.data[lo:hi]))
+        return _Block(lo, hi, rows, rows.dtype.kind in "fc" and bool(np.isnan(rows).any()))
 
 
 class TimestampCursor:
