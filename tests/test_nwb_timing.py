@@ -327,11 +327,12 @@ def test_physical_units_are_bit_identical_to_per_window_arithmetic(tmp_path, mon
             np.testing.assert_array_equal(got, expected)
 
 
-def test_windows_are_separate_arrays(tmp_path):
+def test_windows_are_read_only(tmp_path):
     path = write_series(tmp_path, "speed", np.arange(1000, dtype=np.float32).reshape(500, 2), rate=100.0)
     spec = WindowSpec.from_user(10, 20, 0.5)
     with NWBHDF5IO(str(path), "r") as io:
         reader = TimeSeriesReader("behavior", io.read().acquisition["speed"], path)
         first = reader.read(0.0, spec)["behavior"]
-        first[:] = -1  # a consumer changing its window in place
+        with pytest.raises(ValueError, match="read-only"):
+            first[:] = -1  # a consumer changing its window in place would change the next one
         np.testing.assert_array_equal(reader.read(0.1, spec)["behavior"][:, 0], np.arange(20, 60, 2))

@@ -32,6 +32,9 @@ class TimeSeriesReader(ModalityReader):
     `data`, when given, stands in for `series.data`: an array-like, time first, with `shape`,
     `dtype`, `__len__` and `__getitem__(slice)` (e.g. an adapter over traces stored transposed);
     samples are only ever read from it as `data[i0:i1]`.
+
+    The arrays `read` returns are read-only: they are usually views of the block of the source
+    read for several windows (copy one to change it).
     """
 
     def __init__(self, modality: str, series: Any, path: Path, nan_policy: str = "error",
@@ -110,6 +113,7 @@ class TimeSeriesReader(ModalityReader):
                                "skips such windows, 'keep' stores them)")
             if self.nan_policy == "skip_window":
                 return None
+        values.flags.writeable = False  # usually a view of the block neighbouring windows share
         return {self.modality: values}
 
     def _count(self, spec: WindowSpec) -> int:
@@ -123,7 +127,7 @@ class TimeSeriesReader(ModalityReader):
         i0 = first_index_at(self.start, self.rate, start)
         if i0 < 0 or i0 + count > self.length:
             return None
-        return self._rows.rows(i0, i0 + count).copy()  # windows share the block: each gets its own
+        return self._rows.rows(i0, i0 + count)
 
     def _stamped_rows(self, start: float, stop: float, count: int) -> np.ndarray | None:
         """The samples in [start, stop) resampled by rank to `count`; None where not covered."""
@@ -134,7 +138,7 @@ class TimeSeriesReader(ModalityReader):
             return None
         rows = self._rows.rows(i0, i1)
         if i1 - i0 == count:
-            return rows.copy()  # windows share the block: each gets its own
+            return rows
         self.resampled_windows += 1
         return rows[rank_resample(i1 - i0, count)]
 

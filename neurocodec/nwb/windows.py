@@ -211,8 +211,8 @@ class BlockCursor:
         return any(b is not None and b.has_nan for b in (self.current, self.previous))
 
     def rows(self, i0: int, i1: int) -> np.ndarray:
-        """Transformed rows i0..i1-1 (0 <= i0 <= i1 <= length): a view into a block, or a new
-        array for a window straddling two blocks."""
+        """Transformed rows i0..i1-1 (0 <= i0 <= i1 <= length): a read-only view into a block,
+        or a new array for a window straddling two blocks."""
         current, previous = self.current, self.previous
         if current is not None and current.lo <= i0 < current.hi < i1:  # runs past the block: read on
             self.previous, self.current = current, self._read(current.hi, i1)
@@ -232,7 +232,8 @@ class BlockCursor:
         """The block from `lo` holding at least rows up to i1, ending on a chunk boundary."""
         hi = max(i1, lo + self.block_rows)
         hi = min(self.length, -(-hi // self.chunk_rows) * self.chunk_rows)
-        rows = self.transform(np.asarray(self.data[lo:hi]))
+        rows = np.ascontiguousarray(self.transform(np.asarray(self.data[lo:hi])))
+        rows.flags.writeable = False  # windows are views of it: none may change its neighbours
         return _Block(lo, hi, rows, rows.dtype.kind in "fc" and bool(np.isnan(rows).any()))
 
 
