@@ -93,7 +93,8 @@ def encode(array: np.ndarray) -> bytes:
         array = array.astype(_BY_NAME[name])
     if not array.flags.c_contiguous:
         array = array.copy(order="C")  # np.ascontiguousarray would turn 0-d into 1-d
-    return header(array.dtype, array.shape) + array.tobytes()
+    # One copy of the values, straight after the header (`header + tobytes()` made two).
+    return b"".join((header(array.dtype, array.shape), array.reshape(-1).view(np.uint8)))
 
 
 def decode(data: bytes | memoryview, *, allow_fortran: bool = True) -> np.ndarray:

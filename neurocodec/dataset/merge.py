@@ -117,5 +117,5 @@ def _copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shar
                 key = layout.sample_key(shards.samples)
                 stored = reader.stored_payloads(local)
                 shards.add([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
-                           [payload for payload, _ in stored],  # views of buffers the reader read: no copy
-                           [raw for _, raw in stored])
+                           [payload for payload, _ in stored],  # views of read-only buffers the reader read: no copy
+                           [raw for _, raw in stored], immutable=True)

@@ -4,17 +4,17 @@ The shard appears under its final name only when complete: members go to a hidde
 the index is written atomically, and the tar file is renamed into place last. Committing a
 finished shard (fsync, SHA-256 of the file, index, rename) is the slow part of closing it and
 touches nothing the writer still uses, so `BackgroundCommits` runs it on a thread while the
-next shard is encoded: fsync waits on the disk and hashlib works without the GIL.
+next shard is encoded: fsync waits on the disk. The bytes themselves are hashed and written on
+another thread as they come (`neurocodec.format.spool`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,11 +24,17 @@ from neurocodec.format.checksum import crc32
 from neurocodec.format.fetch import ShardFile
 from neurocodec.format import layout, tar
 from neurocodec.format.manifest import ShardEntry
+from neurocodec.format.spool import SpooledFile
 from neurocodec.fsutil import atomic_write_bytes, temp_path
 
 
 class ShardFileWriter:
-    """Streams samples into one shard file and produces its index and manifest entry."""
+    """Streams samples into one shard file and produces its index and manifest entry.
+
+    Headers, payloads and padding go to a `SpooledFile` by reference, so a payload is copied
+    once on its way to the file, and is hashed and written on a thread while the next samples
+    are encoded; the CRC-32 of each payload is computed here, from the bytes handed over.
+    """
 
     def __init__(self, directory: Path, number: int, first_sample: int, members: int,
                  *, fsync: bool = True) -> None:
@@ -40,45 +46,41 @@ class ShardFileWriter:
         self.fsync = fsync
         self.rows: list[list[tuple[int, int, int, int]]] = []
         self.offset = 0
-        self._file: BinaryIO = open(self.tmp, "wb", buffering=1 << 20)
+        self._file = SpooledFile(self.tmp)
 
     @property
     def samples(self) -> int:
         """Samples written so far."""
         return len(self.rows)
 
-    def _write(self, data: bytes | memoryview) -> None:
-        self._file.write(data)
-        self.offset += len(data)
+    def add_sample(self, names: Sequence[str], payloads: Sequence[bytes | memoryview], raw_sizes: Sequence[int],
+                   *, immutable: bool = False) -> None:
+        """Append one sample: its member names, stored payloads, and decoded sizes, in field order.
 
-    def add_sample(self, names: Sequence[str], payloads: Sequence[bytes], raw_sizes: Sequence[int]) -> None:
-        """Append one sample: its member names, stored payloads, and decoded sizes, in field order."""
+        Payloads are written later, on a thread: a `bytes` payload is kept as it is, any other
+        is copied first unless `immutable` promises that nobody changes it afterwards."""
         row = []
         for name, payload, raw in zip(names, payloads, raw_sizes):
-            self._write(tar.build_header(name, len(payload)))
-            row.append((self.offset, len(payload), raw, crc32(payload)))
-            self._write(payload)
-            pad = tar.padding(len(payload))
-            if pad:
-                self._write(b"\0" * pad)
+            if not immutable and type(payload) is not bytes:
+                payload = bytes(payload)
+            size = len(payload)
+            row.append((self.offset + tar.BLOCK, size, raw, crc32(payload)))
+            pad = tar.padding(size)
+            self._file.add(tar.build_header(name, size), payload, _ZEROS[:pad])
+            self.offset += tar.BLOCK + size + pad
         self.rows.append(row)
 
     def finish(self) -> None:
-        """End the archive and hand its bytes to the OS (still under the temp name)."""
-        self._write(tar.END_OF_ARCHIVE)
+        """End the archive and hand its last bytes over (still under the temp name)."""
+        self._file.add(tar.END_OF_ARCHIVE)
+        self.offset += len(tar.END_OF_ARCHIVE)
         self._file.flush()
 
     def commit(self) -> ShardEntry:
-        """fsync the finished file, hash it as stored, write the index, rename both into place;
-        return the entry. Safe to run on another thread once `finish` has returned."""
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._file.close()
-        with open(self.tmp, "rb") as stored:
-            # One call over the whole mapped file: hashlib drops the GIL for all of it, where a
-            # chunked read would wait for the encoding thread's GIL at every chunk.
-            with mmap.mmap(stored.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                sha256 = hashlib.sha256(mapped).hexdigest()
+        """Wait until every byte is written, fsync the file, write the index, rename both into
+        place; return the entry (the SHA-256 was taken over the bytes as they were written).
+        Safe to run on another thread once `finish` has returned."""
+        sha256 = self._file.close(fsync=self.fsync)
         index_bytes = shard_index.encode(np.array(self.rows, dtype=np.uint64).reshape(-1, self.members, 4))
         index_path = self.final.with_name(layout.index_name(self.name))
         atomic_write_bytes(index_path, index_bytes, fsync=self.fsync)
@@ -97,9 +99,12 @@ class ShardFileWriter:
     def abort(self) -> None:
         """Drop the unfinished shard."""
         try:
-            self._file.close()
+            self._file.abort()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+_ZEROS = memoryview(bytes(tar.BLOCK))
 
 
 class AdoptedShard:
@@ -236,13 +241,15 @@ class ShardSequence:
         self._commits = BackgroundCommits() if background else None
         self._current: ShardFileWriter | None = None
 
-    def add(self, names: Sequence[str], payloads: Sequence[bytes | memoryview], raw_sizes: Sequence[int]) -> None:
-        """Append one sample (member names, stored payloads, decoded sizes, in field order)."""
+    def add(self, names: Sequence[str], payloads: Sequence[bytes | memoryview], raw_sizes: Sequence[int], *,
+            immutable: bool = False) -> None:
+        """Append one sample (member names, stored payloads, decoded sizes, in field order);
+        `immutable`: nobody changes the payloads afterwards (see `ShardFileWriter.add_sample`)."""
         if self._current is None:
             # Numbered by shards started: the last finished one may still be committing.
             started = len(self.entries) + (self._commits.in_flight if self._commits else 0)
             self._current = ShardFileWriter(self.directory, started, self.samples, len(payloads), fsync=self.fsync)
-        self._current.add_sample(names, payloads, raw_sizes)
+        self._current.add_sample(names, payloads, raw_sizes, immutable=immutable)
         self.samples += 1
         if self._current.samples == self.shard_size:
             self._close_current()
