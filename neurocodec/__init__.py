@@ -55,6 +55,7 @@ _EXPORTS = {
     "UnknownCodecError": "neurocodec.errors",
     "UnknownModalityError": "neurocodec.errors",
     "NWBError": "neurocodec.nwb.extract",
+    "ConversionError": "neurocodec.nwb.pool",
     "PickleNotAllowedError": "neurocodec.dataset.legacy",
 }
 

@@ -5,9 +5,9 @@ In a plugin's own test suite::
     from neurocodec.testing import assert_round_trip, check_codec, registry_with
     import my_plugin
 
-    def test_calcium_round_trip(tmp_path):
+    def test_photometry_round_trip(tmp_path):
         registry = registry_with(my_plugin)
-        assert_round_trip([{"calcium": np.ones((10, 3), "f4")}], tmp_path, registry=registry)
+        assert_round_trip([{"photometry": np.ones((10, 3), "f4")}], tmp_path, registry=registry)
 
     def test_codec():
         check_codec(MyCodec(), [np.arange(5)])

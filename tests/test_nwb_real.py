@@ -5,7 +5,8 @@ What they hold (checked with pynwb): neurosuite/A2929-200711 has 15 units (98,79
 1,200 s, no obs_intervals) and head tracking (Position x/y/z and CompassDirection rx/ry/rz, 1-D
 SpatialSeries in acquisition, ~120 Hz timestamps) only over 670.6-1,200 s; basic/A2929-200711
 has the tracking without units; phy/A8604-211122 has 3 units; the calcium files hold
-RoiResponseSeries (no built-in modality; suite2p's are stored transposed, (rois, time)).
+RoiResponseSeries (the calcium modality, tests/test_nwb_calcium.py; suite2p's are stored transposed,
+(rois, time)).
 """
 
 from __future__ import annotations

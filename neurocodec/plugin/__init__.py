@@ -6,7 +6,7 @@ A minimal plugin::
 
     @hookimpl
     def neurocodec_register_modalities(register):
-        register(ModalitySpec(name="calcium", codec={"id": "npy"}, prepare=ArrayPolicy(kinds="f")))
+        register(ModalitySpec(name="photometry", codec={"id": "npy"}, prepare=ArrayPolicy(kinds="f")))
 
 What a plugin can provide, and the names it uses for each:
 

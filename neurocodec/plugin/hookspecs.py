@@ -4,9 +4,9 @@ A plugin is a module (or object) with functions decorated by `neurocodec.plugin.
 exposed under the entry-point group `neurocodec.plugins` in its distribution's metadata::
 
     [project.entry-points."neurocodec.plugins"]
-    calcium = "neurocodec_calcium.plugin"
+    photometry = "neurocodec_photometry.plugin"
 
-neurocodec's own modalities (spikes, lfp, eeg, fmri, video, behavior, and the generic fallback)
+neurocodec's own modalities (spikes, lfp, eeg, fmri, video, behavior, calcium, and the generic fallback)
 are registered the same way, from the package `neurocodec_plugins`.
 
 Registration hooks receive a registrar bound to the calling plugin, so the registry knows which
