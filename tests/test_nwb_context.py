@@ -401,3 +401,26 @@ def test_cli_intervals_option(tmp_path, labelled):
     failed = run("--output", str(tmp_path / "bad"), "--intervals", "sleep")
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert "no interval table named 'sleep'; tables: /intervals/epochs" in failed.stderr
+
+
+def test_zarr_copy_gives_the_same_labels_and_context(tmp_path, labelled):
+    """The same session exported by hdmf-zarr: every window's labels and the session's tables,
+    units and electrodes are those of the HDF5 file (references read through Zarr too)."""
+    pytest.importorskip("hdmf_zarr")
+    from nwb_sources import manifest_sessions, window_metadata, zarr_copy
+
+    from neurocodec.nwb import zarr_pickle
+
+    zarr_pickle.install()  # hdmf-zarr reads back the references it pickles while exporting them
+    folder = zarr_copy(labelled, tmp_path / "labelled.nwb.zarr")
+    convert(tmp_path, [labelled], ["spikes", "lfp"], name="h5")
+    convert(tmp_path, [folder], ["spikes", "lfp"], name="zarr")
+    keep = ("trials", "intervals", "start_time", "stop_time")
+    from_h5, from_zarr = window_metadata(tmp_path / "h5"), window_metadata(tmp_path / "zarr")
+    assert [{k: m[k] for k in keep} for m in from_zarr] == [{k: m[k] for k in keep} for m in from_h5]
+    assert sum(len(rows) for m in from_zarr for rows in m["intervals"].values()) > 20
+    (h5_session,), (zarr_session,) = manifest_sessions(tmp_path / "h5").values(), manifest_sessions(tmp_path / "zarr").values()
+    for key in ("intervals", "electrodes"):
+        assert zarr_session[key] == h5_session[key]
+    assert zarr_session["ids"]["spikes"] == h5_session["ids"]["spikes"]
+    assert zarr_session["ids"]["spikes"]["unit_columns"]["location"] == ["CA1", "PFC", "CA3", "PFC"]
