@@ -21,7 +21,7 @@ import numpy as np
 from neurocodec.errors import ShardError
 from neurocodec.format import index as shard_index
 from neurocodec.format.checksum import crc32
-from neurocodec.format.fetch import ShardFile
+from neurocodec.format.fetch import open_regular
 from neurocodec.format import layout, tar
 from neurocodec.format.manifest import ShardEntry
 from neurocodec.format.spool import SpooledFile
@@ -140,16 +140,13 @@ class AdoptedShard:
         describes."""
         for _, final, tmp, size, digest in self.files:
             try:
-                stored = ShardFile(tmp, final.name)
+                found = _size_and_sha256(tmp)
             except OSError as exc:
                 raise ShardError(f"cannot read the shard to take over: {exc.strerror or exc}",
                                  shard=final.name) from None
-            try:
-                if stored.size != size or stored.sha256() != digest:
-                    raise ShardError("the shard taken over from another dataset does not match its manifest's "
-                                     "size and SHA-256 (corrupted)", shard=final.name)
-            finally:
-                stored.close()
+            if found != (size, digest):
+                raise ShardError("the shard taken over from another dataset does not match its manifest's "
+                                 "size and SHA-256 (corrupted)", shard=final.name)
             if self.fsync:
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
@@ -164,6 +161,22 @@ class AdoptedShard:
         """Remove the links not yet renamed into place."""
         for _, _, tmp, _, _ in self.files:
             tmp.unlink(missing_ok=True)
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    """The size and SHA-256 of the regular file `path`, read through one reused buffer (kept in
+    cache for the hash; `pread`, never mapped, so a file changed meanwhile cannot signal)."""
+    fd, _ = open_regular(path)
+    digest, total = hashlib.sha256(), 0
+    view = memoryview(bytearray(HASH_BLOCK))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            digest.update(view[:n])
+            total += n
+    return total, digest.hexdigest()
+
+
+HASH_BLOCK = 1 << 20
 
 
 class BackgroundCommits:
