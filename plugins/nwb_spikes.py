@@ -28,9 +28,7 @@ from neurocodec.nwb import (
 BLOCK = 4096
 COUNT_DTYPE = np.int32
 MASK_FIELD = "spikes_observed"
-
-
-READ_AS_SPIKES = ("spike_times", "obs_intervals")
+READ_AS_SPIKES = ("spike_times", "obs_intervals")  # not among unit_columns
 
 
 def unit_columns(units: Any) -> tuple[dict[str, list], dict[str, str], dict[str, int]]:
