@@ -132,6 +132,17 @@ def test_transient_classification():
     assert not is_transient(denied)
 
 
+def test_a_body_cut_short_is_transient_although_aiohttp_gives_it_code_400():
+    from aiohttp import ClientPayloadError
+    from aiohttp.http_exceptions import ContentLengthError
+
+    cut = ContentLengthError("Not enough data to satisfy content length header.")
+    assert cut.code == 400 and is_transient(cut)
+    payload = ClientPayloadError("Response payload is not completed")
+    payload.__cause__ = cut
+    assert is_transient(payload)
+
+
 def test_retry_policy_recovers_gives_up_and_passes_permanent_errors():
     calls = []
 

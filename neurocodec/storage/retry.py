@@ -36,7 +36,10 @@ class ChecksumMismatch(OSError):
 
 
 def _http_status(exc: BaseException) -> int | None:
-    for attr in ("status", "status_code", "code"):
+    # aiohttp's parser errors (a body cut short: ContentLengthError) carry a parser `code` of
+    # 400 that is no HTTP status: the connection broke, which is worth retrying.
+    parser_error = any(cls.__name__ == "HttpProcessingError" for cls in type(exc).__mro__)
+    for attr in ("status", "status_code") if parser_error else ("status", "status_code", "code"):
         value = getattr(exc, attr, None)
         if isinstance(value, int) and 100 <= value < 600:
             return value
