@@ -34,6 +34,7 @@ WRAPPED_ERRORS = {
     "neurocodec.npy.NpyError": "codecs turn it into CodecError (then SampleError / ShardError)",
     "neurocodec.storage.retry.ChecksumMismatch": "retried; the cache wraps the last in ShardError",
     "neurocodec.storage.retry.RetriesExhausted": "the cache and outputs wrap it in ShardError / DatasetError",
+    "neurocodec.nwb.zarr_pickle.UnsafePickleError": "the NWB converter wraps it in NWBError naming the folder",
 }
 
 
