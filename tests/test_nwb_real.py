@@ -161,13 +161,18 @@ def test_real_spikes_and_partial_behavior(tmp_path, real_files):
     inside = [np.count_nonzero((t >= first - tolerance) & (t < stop - tolerance)) for t in spikes]
     assert counted == sum(inside) > 30000
     count = round(2.0 * rate)
+    resampled = 0
     for i in range(len(ds)):
         sample = ds[i]
-        start = sample["metadata"]["start_time"]
-        j = int(np.searchsorted(x_times, start - 1e-9))
-        assert sample["behavior"].shape == (count,) and sample["behavior"].dtype == np.float64
-        np.testing.assert_array_equal(sample["behavior"], x_data[j:j + count])
-        assert start - 1e-9 <= x_times[j] < start + 1 / rate
+        start, stop = sample["metadata"]["start_time"], sample["metadata"]["stop_time"]
+        # exactly the samples inside [start, stop), resampled by rank to `count` where jitter
+        # put one more or one fewer inside (sample floor((k + 0.5) * m / count) of the m inside)
+        a, z = np.searchsorted(x_times, [start, stop])
+        assert sample["behavior"].shape == (count, 1) and sample["behavior"].dtype == np.float64
+        rows = a + np.floor((np.arange(count) + 0.5) * (z - a) / count).astype(int)
+        np.testing.assert_array_equal(sample["behavior"][:, 0], x_data[rows])
+        resampled += z - a != count
+    assert 0 < resampled < len(ds) // 4  # real jitter: a few windows, none lost
 
 
 def test_real_behavior_coverage_fill(tmp_path, real_files):

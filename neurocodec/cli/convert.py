@@ -26,7 +26,7 @@ import numpy as np
 from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
-from neurocodec.cli.options import add_storage_arguments, cache_from_args, storage_options_from_args
+from neurocodec.cli.options import CommandLineError, add_storage_arguments, cache_from_args, storage_options_from_args
 from neurocodec.nwb.source import URLPath
 from neurocodec.storage.location import dataset_path, file_url_path, is_url
 
@@ -50,7 +50,8 @@ def _inputs(patterns: list[str]) -> list[Path | URLPath]:
 def _format(args: argparse.Namespace, paths: list[Path]) -> str:
     if args.format:
         return args.format
-    kinds = {p.suffix.lower().lstrip(".") for p in paths}
+    # an NWB-Zarr folder is NWB whatever its name (it often ends in .zarr)
+    kinds = {"nwb" if isinstance(p, Path) and p.is_dir() else p.suffix.lower().lstrip(".") for p in paths}
     if len(kinds) == 1 and kinds <= {"nwb", "npz"}:
         return kinds.pop()
     raise ValueError(f"cannot tell the input format from {sorted(kinds)}; pass --format nwb or --format npz")
@@ -119,6 +120,10 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
     from neurocodec.dataset.writer import WebDatasetWriter, create_shards_from_arrays
 
     modalities = _modalities(args.modalities, "npz") or None
+    remote = [str(p) for p in paths if not isinstance(p, Path)]
+    if remote:
+        raise CommandLineError(f"--input {remote[0]}: .npz inputs must be local files (URLs are read in place "
+                               "only for NWB files)")
     if len(paths) == 1:
         data = _load_npz(paths[0])
         return create_shards_from_arrays(output, data, args.shard_size, args.compression,
@@ -189,7 +194,9 @@ def add_parsers(sub: Any) -> None:
     """Register `convert` on the `neurocodec` command's subparsers."""
     p = sub.add_parser("convert", help="convert NWB files or .npz arrays to shards",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="input files or glob patterns")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="input NWB files, NWB-Zarr folders, .npz files or glob patterns, or URLs of NWB files "
+                        "(s3://, https://: read in place, not globbed)")
     p.add_argument("--output", required=True, help="output dataset directory or URL (s3://, gs://, ...)")
     p.add_argument("--format", choices=("nwb", "npz"), help="input format (default: from the extension)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
