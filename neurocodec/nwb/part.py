@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import attrs
 
 from neurocodec.errors import NeurocodecError
+from neurocodec.nwb.columns import ColumnsReader
 from neurocodec.nwb.context import WindowLabels, session_context
 from neurocodec.nwb.extract import NAN_POLICIES, ExtractOptions, ModalityReader, NWBError
 from neurocodec.nwb.source import NWBSource, SourceVersion
@@ -40,7 +41,7 @@ class ConvertSettings:
     window: WindowSpec
     shard_size: int
     compression: str
-    series: tuple[tuple[str, str], ...] = ()
+    series: tuple[tuple[str, str | tuple[str, ...]], ...] = ()
     modality_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     coverage: str = "all"
     nan_policy: str = "error"
@@ -94,13 +95,12 @@ def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
         extractor = registry.nwb_extractor(modality)
         if extractor is None:
             raise NWBError(f"no installed plugin extracts modality {modality!r} from NWB files")
-        reader = extractor.open(nwbfile, ExtractOptions(path=path, series=series.get(field),
-                                                        options=options.get(field, {}),
-                                                        nan_policy=settings.nan_policy))
-        if reader is None:
-            named = "" if field == modality else f" for field {field!r}"
-            raise NWBError(f"{path}: holds no {modality} data{named} (requested modalities: "
-                           f"{', '.join(settings.modalities)})")
+        requested = series.get(field)
+        names = requested if isinstance(requested, tuple) else (requested,)
+        opened = [_open_one(extractor, nwbfile, ExtractOptions(
+            path=path, series=name, options=options.get(field, {}), nan_policy=settings.nan_policy),
+            field, modality, settings) for name in names]
+        reader = opened[0] if not isinstance(requested, tuple) else ColumnsReader(modality, opened, path)
         for name in reader.fields():
             name = field_name(name, field, modality)
             if name in produced:
@@ -109,6 +109,16 @@ def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
             produced[name] = field
         readers[field] = reader
     return readers
+
+
+def _open_one(extractor: Any, nwbfile: Any, options: ExtractOptions, field: str, modality: str,
+              settings: ConvertSettings) -> ModalityReader:
+    reader = extractor.open(nwbfile, options)
+    if reader is None:
+        named = "" if field == modality else f" for field {field!r}"
+        raise NWBError(f"{options.path}: holds no {modality} data{named} (requested modalities: "
+                       f"{', '.join(settings.modalities)})")
+    return reader
 
 
 def field_name(name: str, field: str, modality: str) -> str:

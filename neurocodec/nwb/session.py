@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from neurocodec.nwb.source import URLPath
 from neurocodec.nwb.context import IntervalIndex
+from neurocodec.nwb.source import URLPath
 
 
 def session_key(path: Path | URLPath) -> str:
