@@ -155,7 +155,7 @@ def test_unknown_dtype_option_values_refused(tmp_path, option):
 
 def test_float16_option_refused_for_integer_signals(tmp_path):
     w = WebDatasetWriter(tmp_path / "ds", fsync=False, modality_options={"eeg": {"dtype": "float16"}})
-    with pytest.raises(SampleError, match="field 'eeg'.*float arrays"):
+    with pytest.raises(SampleError, match="field 'eeg'.*converts floating-point values only, and this value is int16"):
         w.write_sample({"eeg": np.zeros((2, 3), dtype=np.int16)})
     w.abort()
 

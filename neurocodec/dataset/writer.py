@@ -181,7 +181,7 @@ class WebDatasetWriter:
         """A shard is committed: upload it (URL outputs), and fail as soon as the manifest is bound
         to exceed what readers accept, not at the end."""
         self._output.shard_done(entry)
-        self._shard_entry_bytes += len(json.dumps(entry.to_dict(), indent=1)) + _ENTRY_INDENT
+        self._shard_entry_bytes += len(json.dumps(entry.to_dict(), separators=(",", ":"), sort_keys=True)) + 1
         if self._shard_entry_bytes > MAX_MANIFEST_BYTES:
             raise DatasetError(
                 f"{self.output_dir}: {len(self._shards.entries)} shards would make a manifest larger than the "
@@ -254,10 +254,6 @@ class WebDatasetWriter:
     def samples_written(self) -> int:
         """Samples written so far."""
         return self._count
-
-
-_ENTRY_INDENT = 24
-"""Bytes a shard entry takes in the manifest beyond its own JSON: its deeper indentation."""
 
 
 def create_shards_from_arrays(

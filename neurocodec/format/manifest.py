@@ -113,7 +113,7 @@ class Manifest:
         return field.extension + SUFFIX[self.compression]
 
     def to_json(self) -> str:
-        """Serialise deterministically (sorted keys, stable indentation)."""
+        """Serialise deterministically (sorted keys, compact separators)."""
         doc = {
             "format": layout.FORMAT_NAME,
             "format_version": self.format_version,
@@ -126,7 +126,8 @@ class Manifest:
             "writer": dict(self.writer),
             "extra": dict(self.extra),
         }
-        return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        # compact: per-session records (units, electrodes) must not spend the size cap on indentation
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = layout.MANIFEST, *,
