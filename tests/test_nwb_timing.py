@@ -203,6 +203,44 @@ def test_jitter_is_resampled_by_rank_and_counted(tmp_path):
     np.testing.assert_array_equal(np.unique(short), times[151:200])  # 49 samples, one repeated
 
 
+def brute_force_window(times: np.ndarray, interval: float, start: float, stop: float, count: int):
+    """The policy of neurocodec.nwb.windows, over the whole series: the sample indices a window
+    holds, or None where the series does not cover it."""
+    if start < times[0] - 1e-9 or stop > times[-1] + interval + 1e-9:
+        return None
+    for a, b in zip(times[:-1], times[1:]):
+        if b - a > 1.5 * interval and a + interval < stop - 1e-9 and b > start + 1e-9:
+            return None
+    inside = np.flatnonzero((times >= start - 1e-9) & (times < stop - 1e-9))
+    if len(inside) == 0:
+        return None
+    return inside[[int(np.floor((k + 0.5) * len(inside) / count)) for k in range(count)]]
+
+
+def test_timestamp_policy_against_brute_force(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2024)
+    intervals = np.full(3000, 0.02) + rng.normal(0, 0.002, 3000)
+    intervals[rng.integers(0, 3000, 8)] += rng.uniform(0.01, 0.5, 8)  # gaps, a few near the tolerance
+    intervals[1200:1210] = 0.0  # repeated timestamps
+    times = 7.0 + np.concatenate(([0.0], np.cumsum(intervals)))
+    path = stamped_file(tmp_path, times)
+    monkeypatch.setattr(windows, "BLOCK_BYTES", 8 * 100)  # small blocks of timestamps and values
+    spec = WindowSpec.from_user(10, 30, 0.5)
+    with NWBHDF5IO(str(path), "r") as io:
+        reader = TimeSeriesReader("behavior", io.read().processing["behavior"]["BehavioralTimeSeries"]
+                                  ["running_speed"], path)
+        interval = 1 / reader.rate
+        assert interval == pytest.approx(np.median(np.diff(times)))
+        starts = spec.starts(times[0] - 1.0, times[-1] + 1.0)
+        for start in np.concatenate((starts, starts[::-5])):  # in order, then jumping backwards
+            got = reader.read(float(start), spec)
+            rows = brute_force_window(times, interval, start, start + spec.duration, 15)
+            if rows is None:
+                assert got is None, start
+            else:
+                np.testing.assert_array_equal(got["behavior"][:, 0], times[rows])
+
+
 # -- shape: always (time, channels/dims) (issue 13 defect 4) -----------------------------------------
 def test_one_dimensional_series_give_time_by_one(tmp_path):
     data = np.arange(1000, dtype=np.float32) * 0.5
