@@ -16,7 +16,6 @@ the latest stop of any unit), or without intervals the first to the last spike.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,98 +23,11 @@ import numpy as np
 from neurocodec.nwb import (
     EPS, ExtractOptions, ModalityReader, NWBError, NWBExtractor, WindowSpec, bin_spikes_by_unit,
 )
+from neurocodec_plugins.nwb_units import unit_columns
 
 BLOCK = 4096
 COUNT_DTYPE = np.int32
 MASK_FIELD = "spikes_observed"
-READ_AS_SPIKES = ("spike_times", "obs_intervals")  # not among unit_columns
-
-
-def unit_columns(units: Any) -> tuple[dict[str, list], dict[str, str], dict[str, int]]:
-    """The Units table's per-unit columns, JSON-ready, each a list in unit (= counts column) order,
-    with the columns left out (and why) and how many units' `location` came from each source.
-
-    Kept: columns of one scalar per unit (numbers, booleans, text; NaN as null),
-    `electrode_group` as the group's name and `electrodes` as lists of electrode ids (rows of the
-    session's electrodes table). Left out: ragged columns (values per spike) and multi-dimensional
-    ones (waveforms). `location` is every unit's brain region: the table's own `location` when it
-    has one that is not empty, else its electrode group's location, else its electrodes' locations
-    (joined by ", " when they differ), else null.
-    """
-    from hdmf.common import DynamicTableRegion, VectorIndex
-
-    columns: dict[str, list] = {}
-    skipped: dict[str, str] = {}
-    regions: dict[str, list] = {}  # the locations each fallback source gives
-    for name in units.colnames:
-        column = units[name]
-        if name in READ_AS_SPIKES:
-            continue
-        if name == "electrodes" and isinstance(column, VectorIndex) and isinstance(column.target, DynamicTableRegion):
-            columns[name], regions["electrodes"] = _electrodes(column)
-        elif name == "electrode_group" and not isinstance(column, (VectorIndex, DynamicTableRegion)):
-            groups = list(column.data[:])
-            columns[name] = [str(g.name) for g in groups]
-            regions["electrode_group"] = [str(g.location) for g in groups]
-        elif isinstance(column, (VectorIndex, DynamicTableRegion)):
-            skipped[name] = "ragged or a reference (values per spike or per row of another table)"
-        elif len(getattr(column.data, "shape", ())) > 1:
-            skipped[name] = "multi-dimensional"
-        else:
-            values = _scalars(column.data[:])
-            if values is None:
-                skipped[name] = "values that are not scalars"
-            else:
-                columns[name] = values
-    columns["location"], location_from = _locations(len(units), columns.get("location"), regions)
-    return columns, skipped, location_from
-
-
-def _scalars(data: Any) -> list | None:
-    values = np.asarray(data)
-    if values.ndim != 1 or values.dtype.kind not in "biufOSU":
-        return None
-    if values.dtype.kind in "biu":
-        return values.tolist()
-    if values.dtype.kind == "f":
-        return [v if math.isfinite(v) else None for v in values.astype(np.float64).tolist()]
-    listed = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values.tolist()]
-    return listed if all(v is None or isinstance(v, (str, int, float)) for v in listed) else None
-
-
-def _electrodes(index: Any) -> tuple[list[list[int]], list[str]]:
-    """Each unit's electrode ids, and their locations joined (see `unit_columns`)."""
-    region = index.target
-    rows = np.asarray(region.data[:], dtype=np.int64)
-    ids = np.asarray(region.table.id.data[:], dtype=np.int64)[rows].tolist()
-    table = region.table
-    where = [str(v.decode() if isinstance(v, bytes) else v) for v in table["location"].data[:]] \
-        if "location" in table.colnames else [""] * len(table)
-    places = [where[r] for r in rows.tolist()]
-    ends = np.asarray(index.data[:], dtype=np.int64).tolist()
-    per_unit, joined = [], []
-    for a, b in zip([0, *ends[:-1]], ends):
-        per_unit.append(ids[a:b])
-        joined.append(", ".join(dict.fromkeys(p for p in places[a:b] if p.strip())))
-    return per_unit, joined
-
-
-def _locations(count: int, own: list | None, regions: Mapping[str, list]) -> tuple[list, dict[str, int]]:
-    sources = [("location", own), ("electrode_group", regions.get("electrode_group")),
-               ("electrodes", regions.get("electrodes"))]
-    found: list = []
-    tally = dict.fromkeys([name for name, _ in sources] + ["none"], 0)
-    for unit in range(count):
-        for name, values in sources:
-            value = None if values is None else values[unit]
-            if isinstance(value, str) and value.strip():
-                found.append(value)
-                tally[name] += 1
-                break
-        else:
-            found.append(None)
-            tally["none"] += 1
-    return found, tally
 
 
 class _UnitCursor:

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1] / "neurocodec"
 LEAVES = {"neurocodec.errors", "neurocodec.npy", "neurocodec.fsutil", "neurocodec.process"}
 # The NWB extractor protocol (what a plugin's `neurocodec_nwb_extractor` returns, and the readers
 # and window helpers it builds on) is part of the plugin API; the converter above it is not.
-NWB_PROTOCOL = {"neurocodec.nwb", "neurocodec.nwb.extract", "neurocodec.nwb.series", "neurocodec.nwb.windows"}
+NWB_PROTOCOL = {"neurocodec.nwb", "neurocodec.nwb.extract", "neurocodec.nwb.series", "neurocodec.nwb.windows",
+                "neurocodec.nwb.context"}
 MAY_IMPORT = {
     "leaf": {"leaf"},
     "neurocodec.format": {"leaf", "neurocodec.format"},

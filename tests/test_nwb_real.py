@@ -172,6 +172,7 @@ def test_real_spikes_and_partial_behavior(tmp_path, real_files):
         rows = a + np.floor((np.arange(count) + 0.5) * (z - a) / count).astype(int)
         np.testing.assert_array_equal(sample["behavior"][:, 0], x_data[rows])
         resampled += z - a != count
+    assert resampled == session["series"]["behavior"]["resampled_windows"]
     assert 0 < resampled < len(ds) // 4  # real jitter: a few windows, none lost
 
 

@@ -4,6 +4,7 @@ Plugin authors implement `NWBExtractor` (returned from the hook `neurocodec_nwb_
 `ModalityReader`, usually by reusing `TimeSeriesReader` and the window helpers below.
 """
 
+from neurocodec.nwb.context import read_column, table_columns
 from neurocodec.nwb.extract import (
     NAN_POLICIES, ExtractOptions, ModalityReader, NWBError, NWBExtractor, find_objects, object_path, pick_series,
 )
@@ -16,5 +17,6 @@ from neurocodec.nwb.windows import (
 __all__ = [
     "EPS", "ExtractOptions", "GAP_TOLERANCE", "LazySorted", "ModalityReader", "NAN_POLICIES", "NWBError",
     "NWBExtractor", "TimeSeriesReader", "WindowSpec", "bin_spikes", "bin_spikes_by_unit", "electrode_ids",
-    "find_objects", "first_index_at", "object_path", "pick_series", "rank_resample", "samples_per_window",
+    "find_objects", "first_index_at", "object_path", "pick_series", "rank_resample", "read_column",
+    "samples_per_window", "table_columns",
 ]

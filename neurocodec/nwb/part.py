@@ -171,6 +171,9 @@ def convert_file(path: str | os.PathLike | NWBSource, part_dir: str | os.PathLik
             if written == 0:
                 raise NWBError(f"{path}: no window of {settings.window.duration:g} s is covered by every "
                                f"requested modality (spans: {spans})")
+            for field, reader in readers.items():  # what reading found (e.g. windows resampled)
+                session["series"][field].update(reader.describe())
+            writer.dataset_metadata["session"] = session
             summary = writer.finalize()
         except BaseException:
             writer.abort()
