@@ -5,8 +5,10 @@ conversion report; bad specifications refused in the words of the interface used
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -22,6 +24,7 @@ from neurocodec.nwb.converter import NWBToWebDatasetConverter
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The 'manufacturer' field is deprecated:DeprecationWarning")  # the real files' older pynwb
+ROOT = Path(__file__).resolve().parents[1]
 RATE = 50.0
 SECONDS = 6.0
 
@@ -53,6 +56,8 @@ def tracking_session(path, *, jitter: bool = False, z_rate: float | None = None)
                                    rate=RATE, starting_time=1.0))
     nwbfiles.behavior_module(nwb).add(BehavioralTimeSeries(time_series=TimeSeries(
         name="running_speed", data=rng.random(n).astype(np.float32), unit="cm/s", rate=RATE, starting_time=1.0)))
+    nwb.add_epoch(start_time=1.0, stop_time=4.0, tags=["wake"])
+    nwb.add_epoch(start_time=4.0, stop_time=1.0 + SECONDS, tags=["sleep"])
     return nwbfiles.write(nwb, path)
 
 
@@ -265,3 +270,15 @@ def test_pose_keypoints_from_ndx_pose(tmp_path):
         for i in range(len(ds)):
             np.testing.assert_array_equal(ds[i]["nose"], nose[30 * i:30 * i + 30])
             np.testing.assert_array_equal(ds[i]["ears"], ears[30 * i:30 * i + 30])
+
+
+def test_the_readme_fields_block_runs_as_written(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    [block] = [b for b in blocks if "fields={" in b and "session.nwb" in b]
+    tracking_session(tmp_path / "session.nwb")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    with Dataset(tmp_path / "tracking") as ds:
+        assert {f.name for f in ds.manifest.modalities} == {"position", "running"}
+        tags = [[row["tags"] for row in ds[i]["metadata"]["intervals"]["epochs"]] for i in range(len(ds))]
+    assert tags[0] == [["wake"]] and tags[-1] == [["sleep"]]
