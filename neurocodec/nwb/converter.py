@@ -7,7 +7,8 @@ client's `get_executor()` converts across machines when the output directory is 
 dataset (samples, order, checksums) is identical for any number of workers and any executor.
 A finished part is kept until `finalize()` succeeds, so re-running after a crash converts only
 the files that had not finished (a part is reused when the source file's path, size and
-modification time and the conversion settings are unchanged).
+modification time and the conversion settings are unchanged; for NWB-Zarr folders and URLs see
+docs/storage.md).
 
 A local output directory is locked while the converter works on it (from creation to
 `finalize()` or `close()`; a failed call releases it and the next call takes it again): a
@@ -21,12 +22,14 @@ overlap))` bins apart, anchored at the start of the time every requested modalit
 skipped and counted). With `coverage="fill"` windows span the union of the modalities' times
 and a modality that does not cover a window is zero-filled, listed in the window's metadata
 under `missing`. Modalities at other rates keep their native rate with a fixed number of samples
-per window (see `neurocodec.nwb.windows`).
+per window (see `neurocodec.nwb.windows`). What each window's metadata and each session's
+manifest record hold: docs/nwb.md.
 
 Bad input (unreadable or non-NWB file, missing modality, non-monotonic timestamps, NaN with
 `nan_policy="error"`) raises an error naming the file and the object; with `on_error="skip"`
-the file is skipped with a warning and counted in the summary. Nothing already written is
-damaged either way.
+the file is skipped with a warning and listed with its reason in the summary and in
+`conversion-report.json` (written by `finalize()` next to the shards). Nothing already written
+is damaged either way.
 """
 
 from __future__ import annotations
@@ -95,8 +98,13 @@ class NWBToWebDatasetConverter:
 
     Parameters as in the user guide (`output_dir`, `shard_size`, `modalities`, `bin_size_ms`,
     `sequence_length`, `overlap`), plus: `compression`; `workers` (processes) or `executor`;
-    `series` to pick a series per modality by name or path (`{"eeg": "EEG"}`; by default the
-    first candidate by HDF5 path, reported in the summary); `modality_options` passed to the
+    `fields` mapping a field to `(modality, series)` (`{"position": ("behavior", ["x", "y",
+    "z"])}`: see `neurocodec.nwb.fields`; with `fields` and no `modalities` only the fields are
+    converted); `series` to pick a series per field by name or path (`{"eeg": "EEG"}`, or a list
+    of 1-D series combined into columns; by default the plugin's documented choice, reported in
+    the summary); `intervals`, the TimeIntervals tables whose rows reach each window's metadata
+    (default every table); `input_storage_options` for URL inputs (default `storage_options`);
+    `modality_options` passed to the
     modality plugins; `registry` (as for the loaders) the plugins whose extractors, modalities and
     codecs are used, default the installed ones; `coverage` ("all" or "fill"); `nan_policy` ("error", "skip_window",
     "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`.
