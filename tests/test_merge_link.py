@@ -58,20 +58,22 @@ def test_a_single_parts_every_shard_is_linked_the_partial_last_one_too(tmp_path:
         assert [ds[i]["metadata"]["id"] for i in range(len(ds))] == list(range(10))
 
 
-@pytest.mark.parametrize("where", ["payload", "padding"])
+@pytest.mark.parametrize("where", ["payload", "padding", "header"])
 def test_a_corrupted_shard_is_refused_before_it_is_taken_over(tmp_path: Path, where: str) -> None:
     part = _write(tmp_path / "a", range(0, 8), 4)
     with Dataset(part) as ds:
         offset, stored = (int(v) for v in ds.shard(1).rows[2, 0, :2])   # shard 1, sample 2, first payload
-    # A payload byte (its CRC would catch it too) or a padding byte (no CRC covers it).
-    at = offset if where == "payload" else offset + stored + tar.padding(stored) - 1
+    # A payload byte (its CRC would catch it too), a padding byte or a member name's last
+    # character in its header (no CRC covers either).
+    at = {"payload": offset, "padding": offset + stored + tar.padding(stored) - 1,
+          "header": offset - tar.BLOCK + len("sample_000000006.lfp.npy") - 1}[where]
     shard = part / "shard_000001.tar"
     data = bytearray(shard.read_bytes())
-    assert where == "payload" or data[at] == 0
+    assert data[at] == {"payload": data[at], "padding": 0, "header": ord("y")}[where]
     data[at] ^= 0xFF
     shard.write_bytes(bytes(data))
     merged = tmp_path / "merged"
-    with pytest.raises(ShardError, match="SHA-256") as caught:
+    with pytest.raises(ShardError, match="does not hold the bytes its index") as caught:
         merge_datasets([part], merged, 4)
     assert "shard_000001.tar" in str(caught.value)
     assert not (merged / MANIFEST).exists()

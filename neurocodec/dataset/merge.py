@@ -5,7 +5,8 @@ merged in input order. Because payloads are copied as stored (only member names 
 change), the result is byte-identical to writing the same samples with one writer, whatever
 produced the parts. A part's shard that is already byte for byte the output's (the first
 part's full shards, or a single part's every shard) is hard-linked instead of copied, after
-its file and index are checked against the part's manifest (SHA-256).
+its file and index are checked against the part's index and manifest (see
+`neurocodec.format.adopt`).
 """
 
 from __future__ import annotations
@@ -105,17 +106,22 @@ def _copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shar
     """Every sample of `datasets`, in order, into `shards`: the stored payloads unchanged, the
     member names renumbered. A shard that would come out byte for byte as it is in its source
     (the first part's full shards, when the parts' shard size is the output's) is hard-linked
-    and checked against its manifest instead of copied (`ShardSequence.adopt`)."""
+    and checked instead of copied (`ShardSequence.adopt`)."""
     extensions = [datasets[0].manifest.member_extension(f) for f in fields]
+
+    def names(key: str) -> list[str]:
+        return [layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)]
+
     for ds in datasets:
         for number, entry in enumerate(ds.shards):
             last = ds is datasets[-1] and number == len(ds.shards) - 1
-            if ds.remote is None and shards.adopt(ds.path, entry, last=last):
+            reader = ds.shard(number)  # its index read and validated against the manifest
+            if ds.remote is None and shards.adopt(
+                    ds.path, entry, reader.rows, lambda local, first=entry.first_sample: names(
+                        layout.sample_key(first + local)), last=last):
                 continue
-            reader = ds.shard(number)
             for local in range(entry.samples):
-                key = layout.sample_key(shards.samples)
                 stored = reader.stored_payloads(local)
-                shards.add([layout.member_name(key, f.name, ext) for f, ext in zip(fields, extensions)],
+                shards.add(names(layout.sample_key(shards.samples)),
                            [payload for payload, _ in stored],  # views of read-only buffers the reader read: no copy
                            [raw for _, raw in stored], immutable=True)

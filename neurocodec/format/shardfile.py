@@ -18,10 +18,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from neurocodec.errors import ShardError
 from neurocodec.format import index as shard_index
 from neurocodec.format.checksum import crc32
-from neurocodec.format.fetch import open_regular
+from neurocodec.format.adopt import AdoptedShard
 from neurocodec.format import layout, tar
 from neurocodec.format.manifest import ShardEntry
 from neurocodec.format.spool import SpooledFile
@@ -105,78 +104,6 @@ class ShardFileWriter:
 
 
 _ZEROS = memoryview(bytes(tar.BLOCK))
-
-
-class AdoptedShard:
-    """A finished shard of another dataset taken over unchanged: its file and index hard-linked
-    under temp names beside their final names, and committed like a written shard.
-
-    `commit` first proves the linked files are exactly the ones their dataset's manifest
-    describes (sizes and SHA-256 of both), so the entry it returns, the source's own, is as
-    true as one computed over freshly written bytes; then fsyncs them (a source written without
-    fsync becomes durable too) and renames both into place. Linking raises OSError where the
-    filesystem cannot (another device, no hard links): the caller then copies the samples.
-    """
-
-    def __init__(self, directory: Path, source: Path, entry: ShardEntry, *, fsync: bool = True) -> None:
-        self.entry, self.fsync = entry, fsync
-        self.files = [(source / name, directory / name, temp_path(directory / name), size, digest)
-                      for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
-                                                 (entry.name, entry.bytes, entry.sha256))]
-        try:
-            for origin, _, tmp, _, _ in self.files:
-                tmp.unlink(missing_ok=True)
-                os.link(origin, tmp)
-        except BaseException:
-            self.abort()
-            raise
-
-    def finish(self) -> None:
-        """Nothing to finish: the shard is complete."""
-
-    def commit(self) -> ShardEntry:
-        """Check, fsync and rename the linked files into place (the index first, as a written
-        shard's); return the source's entry. ShardError if a file is not the one its manifest
-        describes."""
-        for _, final, tmp, size, digest in self.files:
-            try:
-                found = _size_and_sha256(tmp)
-            except OSError as exc:
-                raise ShardError(f"cannot read the shard to take over: {exc.strerror or exc}",
-                                 shard=final.name) from None
-            if found != (size, digest):
-                raise ShardError("the shard taken over from another dataset does not match its manifest's "
-                                 "size and SHA-256 (corrupted)", shard=final.name)
-            if self.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        for _, final, tmp, _, _ in self.files:
-            os.replace(tmp, final)
-        return self.entry
-
-    def abort(self) -> None:
-        """Remove the links not yet renamed into place."""
-        for _, _, tmp, _, _ in self.files:
-            tmp.unlink(missing_ok=True)
-
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    """The size and SHA-256 of the regular file `path`, read through one reused buffer (kept in
-    cache for the hash; `pread`, never mapped, so a file changed meanwhile cannot signal)."""
-    fd, _ = open_regular(path)
-    digest, total = hashlib.sha256(), 0
-    view = memoryview(bytearray(HASH_BLOCK))
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        while n := f.readinto(view):
-            digest.update(view[:n])
-            total += n
-    return total, digest.hexdigest()
-
-
-HASH_BLOCK = 1 << 20
 
 
 class BackgroundCommits:
@@ -267,21 +194,23 @@ class ShardSequence:
         if self._current.samples == self.shard_size:
             self._close_current()
 
-    def adopt(self, source: Path, entry: ShardEntry, *, last: bool) -> bool:
+    def adopt(self, source: Path, entry: ShardEntry, rows: np.ndarray, member_names: Callable[[int], Sequence[str]],
+              *, last: bool) -> bool:
         """Take the finished shard `entry` of the local dataset in `source` as the next shard,
         hard-linked instead of copied, when it is byte for byte the shard this sequence would
         write from its samples: no shard is open, it starts at this sequence's next sample
         under the next shard's name (so every member name is the same), and it is full, or
-        `last` (no sample follows it). Its files are checked against `entry` when committed
-        (`AdoptedShard`). Returns False, having done nothing, when it is not such a shard or
-        the filesystem cannot link; the caller then copies its samples."""
+        `last` (no sample follows it). `rows` is its validated index and `member_names(local)`
+        the names its sample `local` must have; its files are checked against both and `entry`
+        when committed (`neurocodec.format.adopt`). Returns False, having done nothing, when it
+        is not such a shard or the filesystem cannot link; the caller then copies its samples."""
         number = len(self.entries) + (self._commits.in_flight if self._commits else 0)
         if (self._current is not None or entry.first_sample != self.samples or entry.name != layout.shard_name(number)
                 or entry.index != layout.index_name(entry.name)
                 or not (entry.samples == self.shard_size or (last and 0 < entry.samples < self.shard_size))):
             return False
         try:
-            shard = AdoptedShard(self.directory, source, entry, fsync=self.fsync)
+            shard = AdoptedShard(self.directory, source, entry, rows, member_names, fsync=self.fsync)
         except OSError:
             return False
         try:
