@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.format import spool
@@ -21,10 +22,13 @@ from neurocodec.format.layout import MANIFEST
 from neurocodec.format.shardfile import ShardSequence
 
 
-def test_sha256_and_crcs_are_the_files_across_many_hand_offs(tmp_path: Path) -> None:
+# 512 KB samples are written on the thread, 7.7 KB ones by the caller (THREADED_SAMPLE_BYTES)
+@pytest.mark.parametrize("rows, count, shard_size", [(2000, 60, 25), (30, 3000, 1000)])
+def test_sha256_and_crcs_are_the_files_across_many_hand_offs(tmp_path: Path, rows: int, count: int,
+                                                             shard_size: int) -> None:
     rng = np.random.default_rng(0)
-    values = [rng.standard_normal((2000, 64), dtype=np.float32) for _ in range(60)]  # 512 KB each
-    with WebDatasetWriter(tmp_path / "ds", shard_size=25, fsync=False) as writer:
+    values = [rng.standard_normal((rows, 64), dtype=np.float32) for _ in range(count)]
+    with WebDatasetWriter(tmp_path / "ds", shard_size=shard_size, fsync=False) as writer:
         for i, value in enumerate(values):
             writer.write_sample({"lfp": value, "id": np.array([i])}, metadata={"i": i})
     manifest = json.loads((tmp_path / "ds" / MANIFEST).read_text())
@@ -34,7 +38,7 @@ def test_sha256_and_crcs_are_the_files_across_many_hand_offs(tmp_path: Path) -> 
         data = (tmp_path / "ds" / entry["name"]).read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
     with Dataset(tmp_path / "ds", verify="full") as ds:
-        assert ds.verify_all() == 60
+        assert ds.verify_all() == count
         for i, value in enumerate(values):
             np.testing.assert_array_equal(ds[i]["lfp"], value)
 
@@ -51,9 +55,10 @@ def test_a_mutable_payload_is_stored_as_it_was_when_added(tmp_path: Path) -> Non
     assert int(rows[0, 0, 3]) == crc32(b"first payload")
 
 
-def test_a_failed_write_on_the_thread_stops_the_writer_and_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rows", [1000, 100])  # 256 KB samples written on the thread, 25 KB ones not
+def test_a_failed_write_stops_the_writer_and_leaves_nothing(tmp_path: Path, rows: int) -> None:
     """A real write failure: the file size limit (RLIMIT_FSIZE) makes write() fail with EFBIG
-    once the shard reaches 3 MB, on the background thread."""
+    once the shard reaches 3 MB (on the background thread for large samples)."""
     script = textwrap.dedent(f"""
         import resource, signal, sys
         import numpy as np
@@ -62,8 +67,8 @@ def test_a_failed_write_on_the_thread_stops_the_writer_and_leaves_nothing(tmp_pa
         resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
         writer = WebDatasetWriter({str(tmp_path / "ds")!r}, shard_size=1000, fsync=True)
         try:
-            for i in range(100):
-                writer.write_sample({{"lfp": np.full((1000, 64), i, dtype=np.float32)}})
+            for i in range(1000):
+                writer.write_sample({{"lfp": np.full(({rows}, 64), i, dtype=np.float32)}})
             writer.finalize()
         except OSError as exc:
             print("refused after", i, "samples:", exc.errno, exc.strerror)

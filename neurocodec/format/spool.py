@@ -5,11 +5,17 @@ thread joins them into one block, adds the block to the file's SHA-256 and write
 hashing and writing all run without the GIL, on the other core, while the caller encodes the
 next samples (or reads its source); and the hash is taken over bytes still in the CPU's cache,
 not read back from the file later.
+
+The thread needs the GIL back between those steps, and a caller busy in Python code gives it up
+only every switch interval (5 ms): with many small buffers per block the thread falls behind
+(`threaded=False` is then faster: the caller joins and writes each block itself, and `close`
+hashes the whole file in one call that holds no GIL, as the writer did before).
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,8 +38,8 @@ class SpooledFile:
     caller has called `flush` and stopped adding.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, *, threaded: bool = True) -> None:
+        self.path, self.threaded = path, threaded
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
         self._sha = hashlib.sha256()
         self._gathered: list[bytes | memoryview] = []
@@ -53,6 +59,10 @@ class SpooledFile:
         """Hand what is gathered to the thread (without waiting for it to be written)."""
         if not self._gathered:
             return
+        if not self.threaded:
+            self._write(self._gathered, hashed=False)
+            self._gathered, self._gathered_bytes = [], 0
+            return
         while len(self._inflight) >= DEPTH:
             self._inflight.popleft().result()
         if self._thread is None:
@@ -60,9 +70,10 @@ class SpooledFile:
         self._inflight.append(self._thread.submit(self._write, self._gathered))
         self._gathered, self._gathered_bytes = [], 0
 
-    def _write(self, buffers: list[bytes | memoryview]) -> None:
+    def _write(self, buffers: list[bytes | memoryview], hashed: bool = True) -> None:
         block = b"".join(buffers)  # one copy, without the GIL for large blocks
-        self._sha.update(block)
+        if hashed:
+            self._sha.update(block)
         view = memoryview(block)
         while view:
             view = view[os.write(self._fd, view):]
@@ -77,7 +88,7 @@ class SpooledFile:
                 os.fsync(self._fd)
         finally:
             self._close()
-        return self._sha.hexdigest()
+        return self._sha.hexdigest() if self.threaded else _file_sha256(self.path)
 
     def abort(self) -> None:
         """Stop: wait for the thread (ignoring its failure) and close the file."""
@@ -101,3 +112,13 @@ class SpooledFile:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file this process just wrote, in one call over its map: hashlib holds no GIL
+    for all of it, where a chunked read would wait for the caller's GIL at every chunk."""
+    with open(path, "rb") as stored:
+        if os.fstat(stored.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(stored.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()
