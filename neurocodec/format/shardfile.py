@@ -4,8 +4,9 @@ The shard appears under its final name only when complete: members go to a hidde
 the index is written atomically, and the tar file is renamed into place last. Committing a
 finished shard (fsync, SHA-256 of the file, index, rename) is the slow part of closing it and
 touches nothing the writer still uses, so `BackgroundCommits` runs it on a thread while the
-next shard is encoded: fsync waits on the disk. The bytes themselves are hashed and written on
-another thread as they come (`neurocodec.format.spool`).
+next shard is encoded: fsync waits on the disk. The bytes of shards of large samples are hashed
+and written on other threads as they come (`neurocodec.format.spool`); those of small samples
+by the caller, the SHA-256 being taken at commit.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class ShardFileWriter:
     """Streams samples into one shard file and produces its index and manifest entry.
 
     Headers, payloads and padding go to a `SpooledFile` by reference, so a payload is copied
-    once on its way to the file, and is hashed and written on a thread while the next samples
-    are encoded; the CRC-32 of each payload is computed here, from the bytes handed over.
+    once on its way to the file; with `threaded` it is hashed and written on a thread while the
+    next samples are encoded. The CRC-32 of each payload is computed here, from the bytes
+    handed over.
     """
 
     def __init__(self, directory: Path, number: int, first_sample: int, members: int,
@@ -56,8 +58,9 @@ class ShardFileWriter:
                    *, immutable: bool = False) -> None:
         """Append one sample: its member names, stored payloads, and decoded sizes, in field order.
 
-        Payloads are written later, on a thread: a `bytes` payload is kept as it is, any other
-        is copied first unless `immutable` promises that nobody changes it afterwards."""
+        Payloads are written later (up to a few MiB later, maybe on a thread): a `bytes` payload
+        is kept as it is, any other is copied first unless `immutable` promises that nobody
+        changes it afterwards."""
         row = []
         for name, payload, raw in zip(names, payloads, raw_sizes):
             if not immutable and type(payload) is not bytes:
@@ -77,8 +80,8 @@ class ShardFileWriter:
 
     def commit(self) -> ShardEntry:
         """Wait until every byte is written, fsync the file, write the index, rename both into
-        place; return the entry (the SHA-256 was taken over the bytes as they were written).
-        Safe to run on another thread once `finish` has returned."""
+        place; return the entry (with the file's SHA-256). Safe to run on another thread once
+        `finish` has returned."""
         sha256 = self._file.close(fsync=self.fsync)
         index_bytes = shard_index.encode(np.array(self.rows, dtype=np.uint64).reshape(-1, self.members, 4))
         index_path = self.final.with_name(layout.index_name(self.name))
