@@ -205,6 +205,31 @@ def task_nwb_convert(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "samples": summary["samples"], "bytes": summary["bytes"], **_rss()}
 
 
+def _worker_ready() -> int:
+    """In a spawned worker: import what a conversion part imports and load the plugins."""
+    import os
+
+    import pynwb  # noqa: F401
+
+    import neurocodec.nwb.part  # noqa: F401
+    from neurocodec.plugin.manager import default_registry
+
+    default_registry()
+    return os.getpid()
+
+
+def task_spawn_pool(spec: dict[str, Any]) -> dict[str, Any]:
+    """Start `workers` spawned processes as the converter does, each importing pynwb and
+    neurocodec and loading the plugins, and stop them: what workers cost before any file."""
+    import concurrent.futures
+    import multiprocessing
+
+    start = _start_clock()
+    with concurrent.futures.ProcessPoolExecutor(spec["workers"], mp_context=multiprocessing.get_context("spawn")) as pool:
+        pids = {f.result() for f in [pool.submit(_worker_ready) for _ in range(spec["workers"])]}
+    return {"seconds": time.perf_counter() - start, "processes": len(pids)}
+
+
 def task_hdf5_read(spec: dict[str, Any]) -> dict[str, Any]:
     """Read the arrays of the given modalities whole with h5py (the raw HDF5 read rate)."""
     import h5py  # noqa: F401

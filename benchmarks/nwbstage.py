@@ -25,6 +25,7 @@ from report import NC, Report, Row
 ALL = ("spikes", "lfp", "behavior")
 WORKERS = 2
 RAW = "raw HDF5 read (h5py, same arrays)"
+STARTUP = "NWB workers: process start-up"
 MANY = 0
 """In a run, stands for every session copy (`NWBStage.sessions`)."""
 RUNS = [(1, 1, 0.0), (1, 1, 0.5), (MANY, 1, 0.0), (MANY, WORKERS, 0.0)]
@@ -74,6 +75,19 @@ class NWBStage:
         section = f"NWB all: {self.seconds:.0f} s session, spikes + lfp + behavior together"
         self.add_convert(section, convert_measure(1, 1, 0.5), convert, sum(made["bytes"][m] for m in ALL),
                          self.add_raw(section, raw))
+        self.add_startup()
+
+    def add_startup(self) -> None:
+        """What starting the converter's worker processes costs on its own (best of `repeat`)."""
+        results = self.runner.run([{"task": "spawn_pool", "workers": WORKERS}] * self.repeat, sync=False)
+        result = self.best(results)
+        measure = f"start {WORKERS} spawned workers"
+        if result is None:
+            self.report.rows.append(Row(STARTUP, measure, self.report.label(NC), None, "", note="failed (see log)"))
+            return
+        self.report.rows.append(Row(STARTUP, measure, self.report.label(NC), result["seconds"], "s",
+                                    note=f"{result['processes']} processes, each importing pynwb and neurocodec and "
+                                         "loading the plugins, then stopped; inside every workers= time above"))
 
     def section(self, modality: str) -> str:
         """The table section of one modality."""

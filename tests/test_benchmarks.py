@@ -76,7 +76,10 @@ def _check_nwb_rows(rows: list[dict], goals: dict) -> None:
     """NWB conversion per modality: h5py's raw read of the same arrays, conversions as a share of
     it, and the scaling of two worker processes over one."""
     sections = {r["section"].split(":")[0] for r in rows if r["section"].startswith("NWB ")}
-    assert {"NWB spikes", "NWB lfp", "NWB behavior", "NWB all"} <= sections, sections
+    assert {"NWB spikes", "NWB lfp", "NWB behavior", "NWB all", "NWB workers"} <= sections, sections
+    startup = [r for r in rows if r["section"].startswith("NWB workers:")]
+    assert len(startup) == 1 and startup[0]["value"] > 0 and startup[0]["unit"] == "s", startup
+    sections.remove("NWB workers")
     for section in sections:
         mine = [r for r in rows if r["section"].startswith(section + ":")]
         if any(r["note"].startswith("skipped: no installed plugin") for r in mine):
