@@ -181,18 +181,23 @@ class Case:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("kind", ["writer", "merge"])
 def test_kill_around_the_switch(tmp_path, kind):
-    """Kills at the steps that matter: staging, the stand-in renames, both manifests, the
-    links, the removals."""
+    """Kills at the steps that matter: staging (for merge, the source's shards linked in), the
+    stand-in renames, both manifests, the links back to the final names, the removals."""
     case = Case(tmp_path, kind)
     steps = case.steps
     switch = case.switch()
     final = next(i + 1 for i in range(switch, len(steps)) if steps[i].endswith(" " + MANIFEST))
     first_move = next(i + 1 for i, s in enumerate(steps) if s.startswith("replace") and " shard_1000000000." in s)
-    first_link = next(i + 1 for i, s in enumerate(steps) if s.startswith("link"))
+    staged_links = [i + 1 for i, s in enumerate(steps[:switch]) if s.startswith("link")]
+    first_link = next(i + 1 for i in range(switch, len(steps)) if steps[i].startswith("link"))
     points = [(first_move, "before"), (switch, "before"), (switch, "after"), (first_link, "after"),
               (final, "before"), (final, "after"), (len(steps), "before")]
+    expected = ["old", "old", "new", "new", "new", "new", "new"]
+    if kind == "merge":  # merge takes the source's shards over by hard links while staging
+        assert staged_links
+        points, expected = [(staged_links[0], "after"), *points], ["old", *expected]
     states = [case.kill_at(n, when) for n, when in points]
-    assert states == ["old", "old", "new", "new", "new", "new", "new"]
+    assert states == expected
 
 
 @pytest.mark.slow
