@@ -257,7 +257,7 @@ class Bench:
         from nwbstage import NWBStage
 
         NWBStage(self.runner, self.report, self.workdir, quick=self.args.quick, repeat=self.repeat,
-                 prewarm=prewarm, best=best).run()
+                 prewarm=prewarm, best=best, seconds=self.args.nwb_seconds).run()
 
     # -- issue 6: reading from an S3-protocol server on loopback next to local disk ---------------
     def stage_remote(self) -> None:
@@ -325,6 +325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--libs", type=lambda s: [x for x in s.split(",") if x], default=None,
                         help=f"peers to include among {','.join(PEERS)} (default: every installed one)")
     parser.add_argument("--workdir", type=Path, default=None, help="where datasets are built (default: a temp dir)")
+    parser.add_argument("--nwb-seconds", type=float, default=None,
+                        help="length of the NWB stage's sessions in seconds (default 300; 10 with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
@@ -335,6 +337,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.nwb_seconds is not None and not args.nwb_seconds >= 10:
+        parser.error("--nwb-seconds must be at least 10")
     return args
 
 

@@ -120,12 +120,28 @@ def array_bytes(path: Path, modality: str) -> int:
 
 
 def read_hdf5(path: Path, modalities: Sequence[str]) -> int:
-    """Read the arrays of `modalities` whole with h5py; return the bytes read."""
+    """Read the arrays of `modalities` with h5py in blocks of `RAW_BLOCK` bytes, each into one
+    reused buffer (`read_direct`): the fastest way h5py reads them. (Reading each array whole
+    into a new array varied between 0.4 and 3 GB/s from one fresh process to the next here: the
+    first touch of a fresh allocation of hundreds of MB, not the read.) Return the bytes read."""
     import h5py
 
     total = 0
     with h5py.File(path, "r") as f:
         for modality in modalities:
             for name in ARRAYS[modality]:
-                total += f[name][()].nbytes
+                total += _read_blocks(f[name])
     return total
+
+
+RAW_BLOCK = 8 << 20
+
+
+def _read_blocks(dataset: Any) -> int:
+    row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64))
+    rows = max(1, RAW_BLOCK // max(row_bytes, 1))
+    buffer = np.empty((min(rows, dataset.shape[0]), *dataset.shape[1:]), dtype=dataset.dtype)
+    for start in range(0, dataset.shape[0], rows):
+        count = min(rows, dataset.shape[0] - start)
+        dataset.read_direct(buffer, np.s_[start:start + count], np.s_[0:count])
+    return dataset.shape[0] * row_bytes

@@ -43,10 +43,11 @@ class NWBStage:
     """Runs the NWB measurements through `runner` (bench.Runner) and adds rows to `report`."""
 
     def __init__(self, runner: Any, report: Report, workdir: Path, *, quick: bool, repeat: int,
-                 prewarm: Callable[[list[Path]], None], best: Callable[[list[dict[str, Any]]], Any]) -> None:
+                 prewarm: Callable[[list[Path]], None], best: Callable[[list[dict[str, Any]]], Any],
+                 seconds: float | None = None) -> None:
         self.runner, self.report, self.repeat, self.quick = runner, report, repeat, quick
         self.prewarm, self.best = prewarm, best
-        self.seconds = 10.0 if quick else 300.0
+        self.seconds = seconds or (10.0 if quick else 300.0)
         self.sessions = 2 if quick else 4
         self.dir = workdir / "nwb"
         self.paths = [self.dir / f"session_{i}.nwb" for i in range(self.sessions)]

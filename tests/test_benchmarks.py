@@ -98,3 +98,9 @@ def test_unknown_stage_is_refused(tmp_path):
     proc = run_bench("--only", "seed,bogus", cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown stage or library: bogus" in proc.stderr
+
+
+def test_too_short_nwb_sessions_are_refused(tmp_path):
+    proc = run_bench("--only", "nwb", "--nwb-seconds", "3", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--nwb-seconds must be at least 10" in proc.stderr
