@@ -37,6 +37,7 @@ import contextlib
 import io
 import os
 import posixpath
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
@@ -198,12 +199,28 @@ class SourceVersion:
     record: Mapping[str, Any] = attrs.field(eq=False)
 
 
+def release_frames(exc: BaseException) -> None:
+    """Drop the local variables of the frames `exc` (and its causes) went through.
+
+    h5py reading a Python file object keeps that object referenced from an HDF5 property list
+    held by h5py's frames; left to the exception's traceback, the list may be freed only when
+    the interpreter shuts down, and HDF5 then calls into a finalized Python: a segmentation
+    fault at exit. Clearing the frames frees it now.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
 @contextlib.contextmanager
 def _read(path: Path | URLPath, opener: Callable[[], Any]) -> Iterator[Any]:
     """`opener()`'s IO, read into an NWBFile; errors of either step as NWBError naming `path`."""
     try:
         nwb_io = opener()
     except Exception as exc:
+        release_frames(exc)
         raise NWBError(f"{path}: cannot open as NWB ({type(exc).__name__}: {exc})") from None
     with nwb_io:
         try:
@@ -307,6 +324,7 @@ def _open_remote(source: NWBSource) -> Iterator[tuple[Any, dict[str, Any]]]:
                                                       mode="r", load_namespaces=True)) as nwbfile:
                 yield nwbfile, _remote_fingerprint(source, details)
         except Exception as exc:
+            release_frames(exc)
             if reader.failure is None:
                 raise
             failure = reader.failure
