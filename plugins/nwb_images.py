@@ -144,6 +144,10 @@ def _image_series(nwbfile: Any) -> list[Any]:
 
 
 def _resolve(series: Any, options: ExtractOptions) -> list[Path]:
+    if not isinstance(options.path, Path):  # an NWB file read in place from a URL
+        raise NWBError(f"{options.path}: {object_path(series)} keeps its frames in external files "
+                       f"({', '.join(_external(series))}), which are not read for an NWB file at a URL; "
+                       "download the NWB file and its external files, then convert the local copy")
     paths = [(options.path.parent / f).resolve() for f in _external(series)]
     for p in paths:
         if not p.is_file():

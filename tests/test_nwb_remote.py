@@ -295,3 +295,16 @@ def test_a_url_that_fails_to_open_leaves_a_process_that_exits_cleanly():
         capture_output=True, text=True, timeout=300, check=False, cwd=Path(__file__).parent)
     assert done.returncode == 0, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     assert "2 passed" in done.stdout
+
+
+def test_external_frames_of_a_url_are_refused_in_words(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    nwb = nwbfiles.new_file(identifier="external")
+    nwb.add_acquisition(nwbfiles.external_video("camera", ["camera.mp4"], rate=30.0, frames=90))
+    nwbfiles.write(nwb, served / "external.nwb")
+    with RangeFileServer(str(served)) as server:
+        url = f"{server.url}/external.nwb"
+        with pytest.raises(NWBError, match=rf"^{url}: /acquisition/camera keeps its frames in external files "
+                                           r"\(camera.mp4\), which are not read for an NWB file at a URL"):
+            convert([url], tmp_path / "out", modalities=["video"])
