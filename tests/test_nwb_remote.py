@@ -241,6 +241,16 @@ def test_s3_from_the_command_line(endpoint, s3_big, local_big, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == f"neurocodec convert: error: {missing}: no such file"
     assert not (tmp_path / "bad" / layout.MANIFEST).exists()
+    # credentials for the input alone: the local output takes no storage options
+    inputs = [flag.replace("--storage-option", "--input-storage-option") for flag in flags]
+    done = subprocess.run([*cmd[:-len(flags)], *inputs, "--input", s3_big, "--output", str(tmp_path / "own")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert array_payloads(tmp_path / "own") == array_payloads(local_big)
+    done = subprocess.run([*cmd[:-len(flags)], "--input-storage-option", "nokey", "--input", s3_big,
+                           "--output", str(tmp_path / "bad2")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "--input-storage-option takes KEY=VALUE, got 'nokey'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_https_file_changed_during_conversion_is_not_recorded_as_finished(www, tmp_path):

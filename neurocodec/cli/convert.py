@@ -154,6 +154,7 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
+        input_storage_options=storage_options_from_args(args, "input-") or None,
     ) as converter:
         converter.convert_nwb_files(paths)
         return converter.finalize()
@@ -227,4 +228,9 @@ def add_parsers(sub: Any) -> None:
     nwb.add_argument("--nan-policy", choices=NAN_POLICIES, default="error", help="windows holding NaN")
     nwb.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad input files")
     add_storage_arguments(p)
+    inputs = p.add_argument_group("storage of NWB inputs at URLs (default: the --storage-option(s) above)")
+    inputs.add_argument("--input-storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec storage option for --input URLs, repeatable (as --storage-option)")
+    inputs.add_argument("--input-storage-options", metavar="JSON", default=None,
+                        help="fsspec storage options for --input URLs as one JSON object")
     p.set_defaults(func=run_convert)

@@ -60,21 +60,23 @@ def add_storage_arguments(parser: argparse.ArgumentParser, *, cache: bool = True
                            help="shard cache size limit, e.g. 20G (default $NEUROCODEC_CACHE_SIZE or 10G)")
 
 
-def storage_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The storage options given on the command line; ValueError for malformed ones."""
+def storage_options_from_args(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """The storage options given on the command line (`--{prefix}storage-option(s)`, e.g. the
+    prefix "input-"); ValueError naming the flag for malformed ones."""
     options: dict[str, Any] = {}
-    if getattr(args, "storage_options", None):
+    attribute, flag = prefix.replace("-", "_"), f"--{prefix}storage-option"
+    if getattr(args, f"{attribute}storage_options", None):
         try:
-            doc = json.loads(args.storage_options)
+            doc = json.loads(getattr(args, f"{attribute}storage_options"))
         except ValueError as exc:
-            raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
+            raise ValueError(f"{flag}s is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
-            raise ValueError("--storage-options must be a JSON object")
+            raise ValueError(f"{flag}s must be a JSON object")
         options.update(doc)
-    for pair in getattr(args, "storage_option", None) or []:
+    for pair in getattr(args, f"{attribute}storage_option", None) or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} takes KEY=VALUE, got {pair!r}")
         options[key] = _value(value)
     return options
 
