@@ -202,8 +202,11 @@ def test_kill_around_the_switch(tmp_path, kind):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_kill_before_and_after_every_step(tmp_path):
-    case = Case(tmp_path, "writer", "gz")
+@pytest.mark.parametrize("kind", ["writer", "merge"])
+def test_kill_before_and_after_every_step(tmp_path, kind):
+    """Every step, including merge's hard links of the source's shards while staging: before the
+    new manifest's switch the old dataset, after it the new one, and a rerun writes it whole."""
+    case = Case(tmp_path, kind, "gz")
     states = [case.kill_at(n, when) for n in range(1, len(case.steps) + 1) for when in ("before", "after")]
     assert states[0] == "old" and states[-1] == "new"
 
