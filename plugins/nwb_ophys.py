@@ -40,6 +40,7 @@ import numpy as np
 from neurocodec.nwb import (
     ExtractOptions, NWBError, NWBExtractor, TimeSeriesReader, find_objects, object_path, pick_series,
 )
+from neurocodec_plugins.nwb_series import compatible_series
 
 KINDS = ("DfOverF", "Fluorescence", "Deconvolved", "Neuropil")
 
@@ -139,15 +140,12 @@ class CalciumExtractor(NWBExtractor):
 
     def open(self, nwbfile: Any, options: ExtractOptions) -> CalciumReader | None:
         """A reader of the chosen series, or None when the file holds no RoiResponseSeries."""
-        from pynwb import TimeSeries
-        from pynwb.image import ImageSeries
         from pynwb.ophys import RoiResponseSeries
 
         candidates = find_objects(nwbfile, (RoiResponseSeries,))
         candidates.sort(key=lambda s: KINDS.index(series_kind(s)))  # stable: path order within a kind
         if options.series is not None:
-            candidates += [s for s in find_objects(nwbfile, (TimeSeries,))
-                           if not isinstance(s, (RoiResponseSeries, ImageSeries))]
+            candidates += [s for s in compatible_series(nwbfile) if not isinstance(s, RoiResponseSeries)]
         series = pick_series(candidates, options.series, self.modality, options.path)
         return None if series is None else open_series(series, options)
 

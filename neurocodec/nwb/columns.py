@@ -16,9 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from neurocodec.nwb.extract import ModalityReader, NWBError
+from neurocodec.nwb.series import TIMESTAMP_BLOCK
 from neurocodec.nwb.windows import EPS, WindowSpec
-
-TIMESTAMP_BLOCK = 1 << 20
 
 
 class ColumnsReader(ModalityReader):

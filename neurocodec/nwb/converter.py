@@ -93,6 +93,28 @@ def _objects(series: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {field: described.get("object") for field, described in series.items()}
 
 
+def _check_arguments(shard_size: Any, workers: Any, on_error: Any, registry: Registry | None) -> None:
+    """ValueError naming the argument for a value the converter cannot use."""
+    if type(shard_size) is not int or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if type(workers) is not int or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if registry is not None and workers > 1:
+        raise ValueError("registry= cannot be sent to worker processes: pass workers=1 (or an executor "
+                         "running in this process), or install the plugins")
+
+
+def _parts_dir(output_dir: Path | str, given: str | os.PathLike | None) -> Path:
+    """Where the parts are kept: `given`, a local staging directory for a URL, else inside the output."""
+    if given is not None:
+        return Path(given)
+    if is_remote(output_dir):
+        return local_staging_dir(output_dir, "nwb-parts")
+    return Path(output_dir) / PARTS_DIR
+
+
 class NWBToWebDatasetConverter:
     """Converts NWB files into one sharded dataset (see the module documentation).
 
@@ -139,15 +161,7 @@ class NWBToWebDatasetConverter:
         fields: Mapping[str, Any] | None = None,
         input_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if type(shard_size) is not int or shard_size < 1:
-            raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
-        if type(workers) is not int or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if registry is not None and workers > 1:
-            raise ValueError("registry= cannot be sent to worker processes: pass workers=1 (or an executor "
-                             "running in this process), or install the plugins")
+        _check_arguments(shard_size, workers, on_error, registry)
         self.registry = registry
         field_modalities, chosen = plan_fields(modalities, fields, series, registry or default_registry())
         unknown = sorted(set(modality_options or {}) - set(field_modalities))
@@ -177,12 +191,7 @@ class NWBToWebDatasetConverter:
         except BaseException:
             self.close()
             raise
-        if parts_dir is not None:
-            self.parts_dir = Path(parts_dir)
-        elif is_remote(self.output_dir):
-            self.parts_dir = local_staging_dir(self.output_dir, "nwb-parts")
-        else:
-            self.parts_dir = self.output_dir / PARTS_DIR
+        self.parts_dir = _parts_dir(self.output_dir, parts_dir)
         self.workers, self.executor, self.on_error = workers, executor, on_error
         self.keep_parts, self.progress = keep_parts, progress
         self._files: list[Path] = []
