@@ -303,3 +303,21 @@ def test_an_output_path_that_is_a_file_is_a_dataset_error(tmp_path):
             with pytest.raises(DatasetError, match=f"{re.escape(str(path))}.*{message}"):
                 attempt()
     assert regular.read_text() == "not a directory"
+
+
+def test_a_filesystem_without_flock_writes_unlocked_with_one_warning(tmp_path, monkeypatch):
+    # No filesystem here lacks flock (some NFS and FUSE mounts do); flock is made to answer as
+    # theirs does, with ENOLCK, and nothing else is replaced.
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.warns(UserWarning, match="does not support flock") as caught:
+        write_values(tmp_path / "out", 7, 5)
+    assert len([w for w in caught if "flock" in str(w.message)]) == 1
+    monkeypatch.undo()
+    check_values(tmp_path / "out", 7, 5)
+    assert LOCK_NAME not in os.listdir(tmp_path / "out")

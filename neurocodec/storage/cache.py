@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from neurocodec.errors import ShardError
 from neurocodec.format.manifest import ShardEntry
+from neurocodec.storage.forkguard import FORK_GUARD
 from neurocodec.storage.location import Location
 from neurocodec.storage.retry import ChecksumMismatch, RetriesExhausted, RetryPolicy
 
@@ -98,8 +99,9 @@ class _Lock:
     """One open lock file (its own open file description, so threads exclude each other too)."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        _OPEN_LOCKS.add(self)
+        with FORK_GUARD:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            _OPEN_LOCKS.add(self)
 
     def shared(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_SH)
@@ -112,10 +114,11 @@ class _Lock:
             return False
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        _OPEN_LOCKS.discard(self)
+        with FORK_GUARD:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+            _OPEN_LOCKS.discard(self)
 
 
 def _close_inherited_locks() -> None:

@@ -29,6 +29,7 @@ import weakref
 from pathlib import Path
 
 from neurocodec.errors import DatasetError, DatasetLockedError
+from neurocodec.storage.forkguard import FORK_GUARD
 
 try:
     import fcntl
@@ -38,6 +39,10 @@ except ImportError:  # pragma: no cover - not POSIX: no locking
 LOCK_NAME = ".neurocodec-writer.lock"
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _held: "weakref.WeakSet[OutputLock]" = weakref.WeakSet()
+
+
+class _Unsupported(Exception):
+    """flock is not supported by the directory's filesystem: the writer goes on unlocked."""
 
 
 def _drop(fd: int, path: str, identity: tuple[int, int], pid: int) -> None:
@@ -70,20 +75,30 @@ class OutputLock:
         self._finalizer: weakref.finalize | None = None
         if fcntl is None:  # pragma: no cover
             return
-        for _ in range(100):
-            fd = self._open()
-            if fd is None:
-                return
-            identity = self._lock(fd)
-            if identity is not None:
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._finalizer = weakref.finalize(self, _drop, fd, str(self.path), identity, os.getpid())
-                _held.add(self)
-                return
+        # under FORK_GUARD: a child forked meanwhile must see the descriptor recorded (and close it)
+        with FORK_GUARD:
+            for _ in range(100):
+                if self._take():
+                    return
         raise DatasetLockedError(f"{self.directory}: the writer lock file {LOCK_NAME} keeps changing; "
                                  "is another writer starting and stopping in a loop?")
 
-    def _open(self) -> int | None:
+    def _take(self) -> bool:
+        """One attempt: True once locked (or unlockable here), False if the file moved on."""
+        fd = self._open()
+        try:
+            identity = self._lock(fd)
+        except _Unsupported:
+            _remove_if_empty(self.path)  # made just now by os.open; nothing can lock it
+            return True
+        if identity is None:
+            return False
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._finalizer = weakref.finalize(self, _drop, fd, str(self.path), identity, os.getpid())
+        _held.add(self)
+        return True
+
+    def _open(self) -> int:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -105,8 +120,8 @@ class OutputLock:
             os.close(fd)
             if exc.errno in _UNSUPPORTED:
                 warnings.warn(f"{self.directory}: the filesystem does not support flock; writing "
-                              "without the writer lock (do not run two writers on it)", stacklevel=4)
-                return None
+                              "without the writer lock (do not run two writers on it)", stacklevel=5)
+                raise _Unsupported from None
             raise DatasetError(f"{self.directory}: cannot lock {LOCK_NAME} ({exc.strerror or exc})") from None
         mine = os.fstat(fd)
         try:
@@ -132,6 +147,14 @@ class OutputLock:
 
     def __repr__(self) -> str:
         return f"OutputLock({str(self.directory)!r}, held={self.held})"
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        if os.stat(path).st_size == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _holder(fd: int) -> str:
