@@ -1,6 +1,7 @@
 """The generic fallback: the core codecs, and storage for any field no modality claims.
 
-Registers the codecs every dataset uses (`npy`, `json`, `text`, `bytes`) and four fallback
+Registers the codecs every dataset uses (`npy`, `json`, `text`, `bytes`, and `ndarray` with its
+array filters) and four fallback
 modalities, chosen by value type for a field name no plugin registers: numeric arrays (and
 tensors) as `.npy` keeping their dtype, str as `.txt`, bytes as `.bin`, and any other JSON value
 as `.json`. So `write_sample` accepts every modality name the user guide shows.
@@ -13,7 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from neurocodec.plugin import (
-    ArrayPolicy, BytesCodec, JsonCodec, ModalitySpec, NpyCodec, TextCodec, collate_list, hookimpl, is_array,
+    BUILTIN_FILTERS, ArrayCodec, ArrayPolicy, BytesCodec, JsonCodec, ModalitySpec, NpyCodec, TextCodec, collate_list,
+    hookimpl, is_array,
 )
 
 
@@ -39,9 +41,11 @@ def _bytes(value: Any, options: Mapping[str, Any]) -> bytes:
 
 @hookimpl
 def neurocodec_register_codecs(register) -> None:
-    """The core codecs."""
-    for codec in (NpyCodec, JsonCodec, TextCodec, BytesCodec):
+    """The core codecs, and the built-in array filters (delta, shuffle, zstd, lz4, zlib)."""
+    for codec in (NpyCodec, JsonCodec, TextCodec, BytesCodec, ArrayCodec):
         register(codec)
+    for filt in BUILTIN_FILTERS.values():
+        register(filt)
 
 
 @hookimpl

@@ -17,6 +17,11 @@ What a plugin can provide, and the names it uses for each:
 - a codec: subclass `Codec` (or reuse `NpyCodec`, `JsonCodec`, `TextCodec`, `BytesCodec`),
   raise `CodecError` for input it refuses; `check_array` and `smallest_integer_dtype` help, and
   `FieldSpec` is the manifest entry a codec is handed.
+- array filters: `ArrayCodec` (id `ndarray`) stores an array through a lossless `FilterChain`
+  (configs with ids: delta, shuffle, zstd, lz4, zlib; `signal_codec(dtype)` is the preset for
+  signals); a plugin adds a filter by subclassing `Filter` and registering the class with
+  `neurocodec_register_codecs`. `encode_array_body` / `decode_array_body` encode an array body
+  for codecs with a header of their own.
 - a collate rule (`CollateRule`): values of one field -> `Collated(data, mask)`; `collate_arrays`
   (stack, or pad with a mask) and `collate_list` are the built-in ones. The decoded values a
   rule receives are read-only views: copy before changing one. A rule allocates its output
@@ -45,6 +50,13 @@ from neurocodec.plugin.codecs import (
 )
 from neurocodec.format.manifest import FieldSpec
 
+# Array filter chains and the ndarray codec
+from neurocodec.plugin.filters import (
+    BUILTIN_FILTERS, DeltaFilter, Filter, FilterChain, LZ4Filter, ShuffleFilter, ZlibFilter, ZstdFilter,
+    signal_filters,
+)
+from neurocodec.plugin.arrays import ArrayCodec, decode_array_body, encode_array_body, signal_codec
+
 # Collate rules
 from neurocodec.plugin.collate import Collated, CollateRule, allocate_batch_tensor, collate_arrays, collate_list
 
@@ -65,6 +77,9 @@ __all__ = [
     # Codecs
     "BytesCodec", "Codec", "CodecError", "FieldSpec", "JsonCodec", "NpyCodec", "TextCodec", "check_array",
     "smallest_integer_dtype",
+    # Array filter chains
+    "ArrayCodec", "BUILTIN_FILTERS", "DeltaFilter", "Filter", "FilterChain", "LZ4Filter", "ShuffleFilter",
+    "ZlibFilter", "ZstdFilter", "decode_array_body", "encode_array_body", "signal_codec", "signal_filters",
     # Collate rules
     "CollateRule", "Collated", "allocate_batch_tensor", "collate_arrays", "collate_list",
     # NWB extractors

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from neurocodec.plugin.codecs import Codec, CodecError
+from neurocodec.plugin.filters import REFUSED_IDS, Filter
 from neurocodec.errors import DuplicateRegistrationError, PluginError, UnknownCodecError, UnknownModalityError
 from neurocodec.format import layout
 from neurocodec.plugin.modality import ModalitySpec
@@ -40,10 +41,12 @@ class _Entry:
 
 
 class Registry:
-    """Codecs by id and modalities by name, each remembering the plugin that supplied it."""
+    """Codecs and array filters by id and modalities by name, each remembering the plugin that
+    supplied it."""
 
     def __init__(self) -> None:
         self._codecs: dict[str, _Entry] = {}
+        self._filters: dict[str, _Entry] = {}
         self._modalities: dict[str, _Entry] = {}
         self._fallbacks: list[_Entry] = []
         self._plugins: dict[str, PluginInfo] = {}
@@ -55,8 +58,12 @@ class Registry:
         """Record that `plugin` is loaded (it may register nothing)."""
         self._plugins[plugin.name] = plugin
 
-    def add_codec(self, codec: type[Codec], plugin: PluginInfo) -> None:
-        """Register a codec class; a duplicate id is an error naming both plugins."""
+    def add_codec(self, codec: type[Codec] | type[Filter], plugin: PluginInfo) -> None:
+        """Register a codec class, or a filter class (`Filter`, kept in a table of its own); a
+        duplicate id is an error naming both plugins."""
+        if isinstance(codec, type) and issubclass(codec, Filter):
+            self.add_filter(codec, plugin)
+            return
         if not (isinstance(codec, type) and issubclass(codec, Codec)):
             raise PluginError(f"plugin {plugin.name!r} registered {codec!r}, which is not a Codec subclass")
         codec_id = getattr(codec, "codec_id", None)
@@ -70,6 +77,25 @@ class Registry:
         self._codecs[codec_id] = _Entry(codec, plugin)
         if self.trace:
             log.info("plugin %s registered codec %r", plugin.name, codec_id)
+
+    def add_filter(self, filt: type[Filter], plugin: PluginInfo) -> None:
+        """Register a filter class under its `filter_id`; a duplicate id is an error naming both
+        plugins, and the ids of numcodecs codecs that execute data (pickle, msgpack, ...) are refused."""
+        filter_id = getattr(filt, "filter_id", None)
+        if not isinstance(filter_id, str) or not filter_id:
+            raise PluginError(f"plugin {plugin.name!r} registered filter {filt.__name__} without a filter_id")
+        if filter_id in REFUSED_IDS:
+            raise PluginError(f"plugin {plugin.name!r} registered filter id {filter_id!r}, which is refused: "
+                              "numcodecs' codec of that id can execute or dereference data")
+        if not isinstance(getattr(filt, "size_preserving", None), bool):
+            raise PluginError(f"plugin {plugin.name!r} registered filter {filter_id!r} without a boolean "
+                              "size_preserving")
+        if filter_id in self._filters:
+            other = self._filters[filter_id].plugin
+            raise DuplicateRegistrationError(f"filter id {filter_id!r} is registered by {other} and by {plugin}")
+        self._filters[filter_id] = _Entry(filt, plugin)
+        if self.trace:
+            log.info("plugin %s registered filter %r", plugin.name, filter_id)
 
     def add_modality(self, spec: ModalitySpec, plugin: PluginInfo) -> None:
         """Register a modality spec; a duplicate name is an error naming both plugins."""
@@ -113,11 +139,21 @@ class Registry:
             hint = f"; install the plugin that provides it: {plugin_hint}" if plugin_hint else ""
             raise UnknownCodecError(f"{at}codec {codec_id!r}{where} is not provided by any installed plugin{hint}")
         try:
+            if getattr(entry.value, "uses_filters", False):  # a codec of filter chains gets this table
+                return entry.value.from_config(config, filters=self.filters())
             return entry.value.from_config(config)
         except Exception as exc:  # a plugin's constructor may raise anything on a bad config
-            detail = str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
+            detail = str(exc) if isinstance(exc, (CodecError, UnknownCodecError)) else f"{type(exc).__name__}: {exc}"
             raise UnknownCodecError(f"{at}codec {codec_id!r}{where} of plugin {entry.plugin.name!r} "
                                     f"rejects its config: {detail}") from None
+
+    def filters(self) -> dict[str, type[Filter]]:
+        """The registered filter classes by id (the allowlist of filter chains)."""
+        return {k: e.value for k, e in self._filters.items()}
+
+    def filter_ids(self, plugin: str | None = None) -> list[str]:
+        """Registered filter ids, optionally only those of one plugin."""
+        return sorted(k for k, e in self._filters.items() if plugin is None or e.plugin.name == plugin)
 
     def codec_plugin(self, codec_id: str) -> PluginInfo:
         """The plugin that registered `codec_id`."""
