@@ -154,7 +154,7 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
-        input_storage_options=storage_options_from_args(args, "input-") or None,
+        input_storage_options=storage_options_from_args(args, "input-") or None, codecs=args.codec,
     ) as converter:
         converter.convert_nwb_files(paths)
         return converter.finalize()
@@ -227,6 +227,10 @@ def add_parsers(sub: Any) -> None:
     nwb.add_argument("--coverage", choices=COVERAGE, default="all", help="window coverage policy")
     nwb.add_argument("--nan-policy", choices=NAN_POLICIES, default="error", help="windows holding NaN")
     nwb.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad input files")
+    nwb.add_argument("--codec", choices=("neural", "npy"), default="neural",
+                     help="neural (default): spikes as events re-binnable at load time, integer signals "
+                          "as raw integers with their scale; npy: every field as plain .npy, readable by "
+                          "webdataset, Hugging Face datasets and Ray Data")
     add_storage_arguments(p)
     inputs = p.add_argument_group("storage of NWB inputs at URLs (default: the --storage-option(s) above)")
     inputs.add_argument("--input-storage-option", action="append", default=[], metavar="KEY=VALUE",

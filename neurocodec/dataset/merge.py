@@ -49,7 +49,8 @@ def merged_fields(datasets: Sequence[Dataset]) -> tuple[FieldSpec, ...]:
                 a if a == b else None for a, b in zip(mine.shape, theirs.shape))
             fields[i] = FieldSpec(**{**mine.to_dict(), "shape": shape,
                                      "max_raw_bytes": max(mine.max_raw_bytes, theirs.max_raw_bytes),
-                                     "max_stored_bytes": max(mine.max_stored_bytes, theirs.max_stored_bytes)})
+                                     "max_stored_bytes": max(mine.max_stored_bytes, theirs.max_stored_bytes),
+                                     "max_value_bytes": max(mine.max_value_bytes, theirs.max_value_bytes)})
     return tuple(fields)
 
 

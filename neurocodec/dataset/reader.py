@@ -21,14 +21,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from neurocodec import npy
-from neurocodec.plugin.codecs import Codec
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.format.shard_reader import KEY, VERIFY_MODES, ReadPlan, ShardReader, open_regular_file
 
 __all__ = ["KEY", "Dataset", "ShardReader", "open_remote", "read_manifest"]
+from neurocodec.dataset.decode import decode_plan
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
@@ -51,12 +50,18 @@ class Dataset:
     `path` may be an fsspec URL (`s3://bucket/ds`, `gs://...`, `https://...`) opened with
     `storage_options`; its shards are read whole into `cache` (a `ShardCache`, by default the
     shared one under ~/.cache/neurocodec) and checked against the manifest's SHA-256 on download.
+
+    `decode` chooses, per field, the load-time options of its codec (`{"spikes": {"bin_size_ms":
+    5}}` bins stored spike events at 5 ms, `{"lfp": {"raw": True}}` gives stored integers
+    unscaled; see each codec's `decode_options` and docs/format.md). `fields` then describes the
+    values as decoded; `manifest.fields` as stored.
     """
 
     def __init__(self, path: str | os.PathLike, *, registry: Registry | None = None,
                  verify: str = "crc", max_open_shards: int = 64,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-                 max_member_bytes: int | None = None) -> None:
+                 max_member_bytes: int | None = None,
+                 decode: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.max_member_bytes = limits.max_member_bytes(max_member_bytes)
@@ -64,16 +69,16 @@ class Dataset:
         self.verify = verify
         self.manifest = read_manifest(self.path, storage_options=storage_options,
                                       max_member_bytes=self.max_member_bytes)
-        self.fields: tuple[FieldSpec, ...] = self.manifest.fields
         self.registry = registry or default_registry()
-        self.codecs = tuple(
-            self.registry.codec(f.codec, field=f.name, plugin_hint=f.install_hint,
-                                source=f"{self.path}/{layout.MANIFEST}") for f in self.fields
-        )
-        _check_codecs(self.fields, self.codecs, f"{self.path}/{layout.MANIFEST}")
+        decoding = decode_plan(self.manifest.fields, self.registry, f"{self.path}/{layout.MANIFEST}", decode)
+        self.codecs = decoding.codecs
+        self.decode_options = decoding.options
+        # The fields as decoded: dtype and shape of what `read` returns (the manifest's, unless a
+        # decode option changes them, as a load-time bin size does).
+        self.fields: tuple[FieldSpec, ...] = decoding.fields
         self.plan = ReadPlan(
-            fields=self.fields, decoders=tuple(codec.decoder(field) for codec, field in zip(self.codecs, self.fields)),
-            suffixes=tuple(f".{f.name}.{self.manifest.member_extension(f)}" for f in self.fields),
+            fields=self.manifest.fields, decoders=decoding.decoders,
+            suffixes=tuple(f".{f.name}.{self.manifest.member_extension(f)}" for f in self.manifest.fields),
             compression=self.manifest.compression, verify=verify, max_member_bytes=self.max_member_bytes,
         )
         self._starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
@@ -188,25 +193,6 @@ class Dataset:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-_UINT64_MAX = 2**64 - 1
-
-
-def _check_codecs(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...], source: Path | str) -> None:
-    """A field's codec must decode the field's kind, an array field's dtype must be one of
-    `npy.DTYPES` (the manifest parser checks it too; fields may also be built directly), and its
-    size limits must fit the index's uint64 columns they are compared with."""
-    for field, codec in zip(fields, codecs):
-        if max(field.max_raw_bytes, field.max_stored_bytes) > _UINT64_MAX:
-            raise DatasetError(f"{source}: field {field.name!r} declares sizes beyond 64 bits")
-        if codec.kind != field.kind:
-            raise DatasetError(f"{source}: field {field.name!r} is of kind {field.kind!r} but its codec "
-                               f"{field.codec_id!r} decodes {codec.kind!r} values")
-        # Membership only: the text never reaches np.dtype (which evaluates comma and shape strings).
-        if field.kind == "array" and field.dtype not in npy.DTYPES:
-            raise DatasetError(f"{source}: field {field.name!r} has dtype {str(field.dtype)[:40]!r}, "
-                               f"which is not a dtype this format stores (one of {', '.join(npy.DTYPES)})")
 
 
 def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None = None,

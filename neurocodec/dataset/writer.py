@@ -16,7 +16,7 @@ from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.format.shardfile import ShardSequence
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
-from neurocodec.dataset.schema import Schema, check_field_modalities
+from neurocodec.dataset.schema import Schema, check_field_codecs, check_field_modalities
 from neurocodec.storage.output import DatasetOutput
 
 
@@ -48,6 +48,10 @@ class WebDatasetWriter:
     manifest's `extra` section, `registry` replaces the installed plugins, `max_member_bytes`
     is the ceiling on one member's encoded size (the readers' default, `neurocodec.format.limits`:
     a larger member is refused here rather than written and refused by every reader).
+    `codecs` gives a field another codec than its modality's, by config, stored in the manifest
+    with the data (`{"lfp": {"id": "ndarray", "filters": ...}}`, `{"spikes": {"id":
+    "spike-events", ...}}`; see docs/format.md): plain `.npy` stays the default, readable by
+    webdataset, Hugging Face datasets and Ray Data.
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`:
     shards are then staged in a local temp directory, each uploaded when finished, and the
@@ -60,7 +64,7 @@ class WebDatasetWriter:
         compression_level: int | None = None, fsync: bool = True,
         dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
         storage_options: Mapping[str, Any] | None = None, max_member_bytes: int | None = None,
-        modalities: Mapping[str, str] | None = None,
+        modalities: Mapping[str, str] | None = None, codecs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -75,7 +79,8 @@ class WebDatasetWriter:
         self.compression_level = compression_level
         self._compress = compressor(compression, compression_level)
         self.modalities = check_field_modalities(modalities, self.registry)
-        self._schema = Schema(self.registry, self.modality_options, self.modalities)
+        self.codecs = check_field_codecs(codecs, self.registry)
+        self._schema = Schema(self.registry, self.modality_options, self.modalities, self.codecs)
         self._shard_entry_bytes = 0  # what the shard entries will take in the manifest
         self._count = 0
         self._closed = False
@@ -303,7 +308,8 @@ def create_shards_from_arrays(
     registry = writer_options.get("registry") or default_registry()
     options = writer_options.get("modality_options") or {}
     modalities = check_field_modalities(writer_options.get("modalities"), registry)
-    for what, given in (("modalities", modalities), ("modality_options", options)):
+    for what, given in (("modalities", modalities), ("modality_options", options),
+                        ("codecs", writer_options.get("codecs") or {})):
         unknown = sorted(set(given) - set(arrays))
         if unknown:
             raise SampleError(f"{what} name fields data_dict does not have: {unknown}")

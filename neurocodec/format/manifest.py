@@ -49,6 +49,7 @@ class FieldSpec:
     shape: tuple[int | None, ...] | None = None
     max_raw_bytes: int = 0
     max_stored_bytes: int = 0
+    max_value_bytes: int = 0
 
     @property
     def codec_id(self) -> str:
@@ -69,7 +70,15 @@ class FieldSpec:
         d = attrs.asdict(self, recurse=False)
         d["codec"] = dict(self.codec)
         d["shape"] = None if self.shape is None else list(self.shape)
+        if not self.max_value_bytes:
+            del d["max_value_bytes"]  # not declared: manifests of plain codecs stay as they were
         return d
+
+    @property
+    def value_bound(self) -> int:
+        """The most bytes one decoded value of this field may take: `max_value_bytes` where the
+        codec declares it (its values are larger than its payloads), else `max_raw_bytes`."""
+        return self.max_value_bytes or self.max_raw_bytes
 
 
 @attrs.frozen(slots=True)
@@ -245,13 +254,18 @@ def _parse_field(doc: Any, source: str, where: str, ceiling: int) -> FieldSpec:
           f"{where}max_raw_bytes: field {name!r} declares members of up to {max_raw} bytes decoded, above "
           f"the per-member ceiling of {ceiling} bytes (raise it with max_member_bytes= or "
           f"{limits.ENV_MAX_MEMBER_BYTES} if you trust this dataset)")
+    max_value = doc.get("max_value_bytes", 0)
+    _need(type(max_value) is int and 0 <= max_value <= ceiling, source,
+          f"{where}max_value_bytes: field {name!r} must declare decoded values of 0 to {ceiling} bytes "
+          f"(the per-member ceiling; raise it with max_member_bytes= or {limits.ENV_MAX_MEMBER_BYTES} "
+          "if you trust this dataset)")
     return FieldSpec(
         name=name, modality=_str(doc, "modality", source, where), kind=kind, codec=codec,
         extension=extension, plugin=_str(doc, "plugin", source, where),
         plugin_version=_str(doc, "plugin_version", source, where),
         distribution=doc.get("distribution", "") if isinstance(doc.get("distribution", ""), str) else "",
         dtype=dtype if kind == "array" else None, shape=shape if kind == "array" else None,
-        max_raw_bytes=max_raw, max_stored_bytes=max_stored,
+        max_raw_bytes=max_raw, max_stored_bytes=max_stored, max_value_bytes=max_value,
     )
 
 

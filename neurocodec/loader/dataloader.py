@@ -195,7 +195,7 @@ def create_webdataset_dataloader(
     multiprocessing_context: Any = None, worker_init_fn: Callable | None = None,
     registry: Registry | None = None, epoch: int = 0,
     storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-    max_member_bytes: int | None = None,
+    max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -208,6 +208,8 @@ def create_webdataset_dataloader(
     exactly, with any number of workers or ranks. `shard_dir` may be an fsspec URL opened with
     `storage_options`, read through `cache` (a `neurocodec.storage.ShardCache` the workers share).
     `max_member_bytes` raises (or lowers) the ceiling on one member's decoded size (see `Dataset`).
+    `decode` gives fields their load-time decode options (`{"spikes": {"bin_size_ms": 5}}`; see
+    `Dataset`), applied in the workers; they are checked here first.
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
@@ -215,7 +217,7 @@ def create_webdataset_dataloader(
         shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
         drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
-        storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes,
+        storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

@@ -46,6 +46,9 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     shards are then read through `cache` (a `neurocodec.storage.ShardCache`, shared by the
     DataLoader workers of this machine) and the next ones prefetched. The order and the state
     are the same as for the same dataset on local disk.
+
+    `decode` gives fields their load-time decode options (see `neurocodec.Dataset`), e.g.
+    `{"spikes": {"bin_size_ms": 5}}`; they are checked here, before any sample is read.
     """
 
     def __init__(
@@ -54,14 +57,14 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         rank: int | None = None, world_size: int | None = None, chunk_size: int | None = None,
         on_error: str = "raise", verify: str = "crc", registry: Registry | None = None, epoch: int = 0,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-        max_member_bytes: int | None = None,
+        max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.stream = EpochStream(
             shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
             drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
-            storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes,
+            storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
         )
         self.shard_dir = self.stream.path
 
@@ -153,13 +156,14 @@ class ResumableWebDatasetLoader(WebDatasetLoader):
 class RandomAccessWebDataset(torch.utils.data.Dataset):
     """Map-style access to the same shards: `len(ds)` and `ds[i]` (sample i of the dataset in
     storage order), for evaluation and debugging. Reads only the shard holding sample i (for a
-    URL dataset, downloading it whole into `cache` first)."""
+    URL dataset, downloading it whole into `cache` first). `decode` as for `neurocodec.Dataset`."""
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
                  registry: Registry | None = None, tensors: bool = True,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-                 max_member_bytes: int | None = None) -> None:
+                 max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.shard_dir = dataset_path(shard_dir)
+        self._decode = decode
         self._verify, self._registry, self.tensors = verify, registry, tensors
         self._storage_options, self._cache, self._max_member_bytes = storage_options, cache, max_member_bytes
         self._dataset: PerProcess[Dataset] = PerProcess()
@@ -171,7 +175,7 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
     def _open(self) -> Dataset:
         return self._dataset.get(lambda: Dataset(
             self.shard_dir, verify=self._verify, registry=self._registry, storage_options=self._storage_options,
-            cache=self._cache, max_member_bytes=self._max_member_bytes))
+            cache=self._cache, max_member_bytes=self._max_member_bytes, decode=self._decode))
 
     def __len__(self) -> int:
         return self._len
@@ -182,5 +186,5 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
 
     @property
     def fields(self):
-        """The dataset's fields (manifest entries)."""
+        """The dataset's fields as decoded (see `neurocodec.Dataset.fields`)."""
         return self._open().fields

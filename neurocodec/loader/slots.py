@@ -207,11 +207,11 @@ def batch_bytes(fields: Any, batch_size: int) -> int:
     (an upper bound of its array data) times the batch size, plus a mask for padded fields."""
     total = 0
     for field in fields:
-        if field.kind != "array" or not field.max_raw_bytes:
+        if field.kind != "array" or not field.value_bound:
             continue
-        total += _aligned(batch_size * field.max_raw_bytes)
+        total += _aligned(batch_size * field.value_bound)
         if field.shape is None or None in field.shape:
-            total += _aligned(batch_size * field.max_raw_bytes)
+            total += _aligned(batch_size * field.value_bound)
     return total
 
 

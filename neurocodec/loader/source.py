@@ -24,11 +24,13 @@ class SampleSource:
 
     def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-                 max_member_bytes: int | None = None) -> None:
+                 max_member_bytes: int | None = None,
+                 decode: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
         self.storage_options, self.cache, self.max_member_bytes = storage_options, cache, max_member_bytes
+        self.decode = decode
         self._dataset: PerProcess[Dataset] = PerProcess()
         self._bad_shards: dict[int, ShardError] = {}
         self.skipped = 0
@@ -41,7 +43,7 @@ class SampleSource:
     def _open(self) -> Dataset:
         self._bad_shards = {}
         return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
-                       cache=self.cache, max_member_bytes=self.max_member_bytes)
+                       cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode)
 
     def read(self, ids: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
         """(i, decoded sample ids[i]) in order, leaving out bad ones when skipping."""

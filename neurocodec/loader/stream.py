@@ -7,13 +7,15 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from neurocodec.format import limits
+from neurocodec.dataset.decode import decode_plan
+from neurocodec.format import layout, limits
 from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
+from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
@@ -32,7 +34,7 @@ class EpochStream:
         batch_size: int, drop_last: bool, rank: int | None, world_size: int | None,
         chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-        max_member_bytes: int | None = None,
+        max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.path = dataset_path(shard_dir)
         max_member_bytes = limits.max_member_bytes(max_member_bytes)
@@ -59,15 +61,18 @@ class EpochStream:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         self.rank, self.world_size = rank, world_size
+        # The fields as decoded (load-time options checked here, before any worker starts).
+        self._fields = decode_plan(self.manifest.fields, registry or default_registry(),
+                                   f"{self.path}/{layout.MANIFEST}", decode).fields
         self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry,
                                    storage_options=storage_options, cache=cache,
-                                   max_member_bytes=max_member_bytes)
+                                   max_member_bytes=max_member_bytes, decode=decode)
         self.epoch, self.position, self.skipped = int(epoch), 0, 0
 
     @property
     def fields(self):
-        """The dataset's fields (manifest entries)."""
-        return self.manifest.fields
+        """The dataset's fields as decoded (the manifest's entries, as the `decode` options give them)."""
+        return self._fields
 
     @property
     def total_samples(self) -> int:

@@ -129,7 +129,10 @@ class NWBToWebDatasetConverter:
     `modality_options` passed to the
     modality plugins; `registry` (as for the loaders) the plugins whose extractors, modalities and
     codecs are used, default the installed ones; `coverage` ("all" or "fill"); `nan_policy` ("error", "skip_window",
-    "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`.
+    "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`;
+    `codecs`: "neural" (default: spikes as events re-binnable at load time, integer signals as
+    their raw integers with the scale in the manifest, see docs/format.md) or "npy" (every field
+    as plain `.npy`, the layout webdataset, Hugging Face datasets and Ray Data read).
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`) opened with `storage_options`: the
     parts are then kept in a local `parts_dir` (default: a directory named after the URL under
@@ -159,7 +162,7 @@ class NWBToWebDatasetConverter:
         storage_options: Mapping[str, Any] | None = None, parts_dir: str | os.PathLike | None = None,
         registry: Registry | None = None, intervals: Sequence[str] | None = None,
         fields: Mapping[str, Any] | None = None,
-        input_storage_options: Mapping[str, Any] | None = None,
+        input_storage_options: Mapping[str, Any] | None = None, codecs: str = "neural",
     ) -> None:
         _check_arguments(shard_size, workers, on_error, registry)
         self.registry = registry
@@ -174,7 +177,7 @@ class NWBToWebDatasetConverter:
             shard_size=shard_size, compression=check_compression(compression),
             series=tuple(sorted(chosen.items())), modality_options=options_tuple(modality_options),
             coverage=coverage, nan_policy=nan_policy, fsync=fsync,
-            intervals=None if intervals is None else names("intervals", intervals),
+            intervals=None if intervals is None else names("intervals", intervals), codecs=codecs,
         )
         self.output_dir = dataset_path(output_dir)
         self.storage_options = dict(storage_options or {})

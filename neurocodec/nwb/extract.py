@@ -35,12 +35,16 @@ class ExtractOptions:
     `series` is the name (or path) of the series the user picked for this modality, None for the
     documented default; `options` are the modality's entries of `modality_options`;
     `nan_policy` says what a window containing NaN does ("error", "skip_window" or "keep").
+    `codecs` is "neural" when the reader may give values for the neural codecs (spike events,
+    raw integers with their scale) and declare them in `ModalityReader.codecs()`, "npy" when
+    every value must be a plain array stored as `.npy` (the interoperable layout).
     """
 
     path: Path
     series: str | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
     nan_policy: str = "error"
+    codecs: str = "neural"
 
 
 class ModalityReader(abc.ABC):
@@ -69,6 +73,13 @@ class ModalityReader(abc.ABC):
 
     def ids(self) -> Mapping[str, Any]:
         """Identifiers stored once per session (unit ids, channel ids, ...), JSON-ready."""
+        return {}
+
+    def codecs(self) -> Mapping[str, Mapping[str, Any]]:
+        """The codec config of each of its fields that is not stored with its modality's own
+        codec (`{"spikes": {"id": "spike-events", ...}}`), given to the writer; only with
+        `ExtractOptions.codecs == "neural"`. Default: none. A config must hold nothing specific
+        to this file (parts of several files are merged only if their fields' configs agree)."""
         return {}
 
     def describe(self) -> Mapping[str, Any]:

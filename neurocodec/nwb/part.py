@@ -26,6 +26,7 @@ from neurocodec.plugin.registry import Registry
 
 log = logging.getLogger("neurocodec.nwb")
 COVERAGE = ("all", "fill")
+CODEC_STYLES = ("neural", "npy")
 
 
 @attrs.frozen(slots=True)
@@ -50,6 +51,10 @@ class ConvertSettings:
     intervals: tuple[str, ...] | None = None
     """TimeIntervals tables whose overlapping rows go into each window's metadata, by name or
     path; None: every table in the file."""
+    codecs: str = "neural"
+    """"neural": the codecs that know neural data (spike events, raw integers with their scale,
+    see docs/format.md); "npy": every field as plain `.npy` (readable by webdataset, Hugging Face
+    datasets and Ray Data)."""
 
     def modality_of(self, field: str) -> str:
         """The modality whose extractor and plugin handle `field`."""
@@ -62,6 +67,8 @@ class ConvertSettings:
             raise ValueError(f"coverage must be one of {COVERAGE}, got {self.coverage!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+        if self.codecs not in CODEC_STYLES:
+            raise ValueError(f"codecs must be one of {CODEC_STYLES}, got {self.codecs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, recorded in the manifest."""
@@ -74,6 +81,7 @@ class ConvertSettings:
             "series": dict(self.series), "coverage": self.coverage, "nan_policy": self.nan_policy,
             "modality_options": {k: dict(v) for k, v in self.modality_options},
             "intervals": None if self.intervals is None else list(self.intervals),
+            "codecs": self.codecs,
         }
 
 
@@ -97,9 +105,11 @@ def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
             raise NWBError(f"no installed plugin extracts modality {modality!r} from NWB files")
         requested = series.get(field)
         names = requested if isinstance(requested, tuple) else (requested,)
+        # Columns combine several series into one array: their parts are read as plain arrays.
+        style = settings.codecs if not isinstance(requested, tuple) else "npy"
         opened = [_open_one(extractor, nwbfile, ExtractOptions(
-            path=path, series=name, options=options.get(field, {}), nan_policy=settings.nan_policy),
-            field, modality, settings) for name in names]
+            path=path, series=name, options=options.get(field, {}), nan_policy=settings.nan_policy,
+            codecs=style), field, modality, settings) for name in names]
         reader = opened[0] if not isinstance(requested, tuple) else ColumnsReader(modality, opened, path)
         for name in reader.fields():
             name = field_name(name, field, modality)
@@ -119,6 +129,19 @@ def _open_one(extractor: Any, nwbfile: Any, options: ExtractOptions, field: str,
         raise NWBError(f"{options.path}: holds no {modality} data{named} (requested modalities: "
                        f"{', '.join(settings.modalities)})")
     return reader
+
+
+def reader_codecs(readers: Mapping[str, ModalityReader], settings: ConvertSettings) -> dict[str, Any]:
+    """The codec configs the readers declare for their fields, by sample field name (none when
+    the settings ask for plain npy)."""
+    if settings.codecs == "npy":
+        return {}
+    chosen = {}
+    for field, reader in readers.items():
+        modality = settings.modality_of(field)
+        for name, config in reader.codecs().items():
+            chosen[field_name(name, field, modality)] = dict(config)
+    return chosen
 
 
 def field_name(name: str, field: str, modality: str) -> str:
@@ -163,7 +186,7 @@ def convert_file(path: str | os.PathLike | NWBSource, part_dir: str | os.PathLik
         options = {k: dict(v) for k, v in settings.modality_options}
         writer = WebDatasetWriter(part_dir, settings.shard_size, settings.compression, overwrite=True,
                                   fsync=settings.fsync, modality_options=options, registry=registry,
-                                  modalities=dict(settings.field_modalities),
+                                  modalities=dict(settings.field_modalities), codecs=reader_codecs(readers, settings),
                                   dataset_metadata={"session": session, "source": fingerprint,
                                                     "settings": settings.to_dict()})
         try:

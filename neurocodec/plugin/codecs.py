@@ -33,6 +33,9 @@ class Codec(abc.ABC):
     codec_id: ClassVar[str]
     kind: ClassVar[str]
     extension: ClassVar[str]
+    decode_options: ClassVar[Mapping[str, str]] = {}
+    """The load-time decode options this codec takes (`Dataset(decode={field: {...}})`): each
+    option's name and a one-line description. Codecs with options override `decoder(field, options)`."""
 
     def get_config(self) -> dict[str, Any]:
         """The codec's id and parameters, stored in the manifest."""
@@ -61,8 +64,25 @@ class Codec(abc.ABC):
 
     def decoder(self, field: FieldSpec) -> Callable[[bytes | memoryview], Any]:
         """A function decoding this field's payloads; codecs may specialise it for speed, but it
-        must check exactly what `decode` checks."""
+        must check exactly what `decode` checks.
+
+        A codec with `decode_options` takes them as a second argument, `decoder(field, options)`:
+        a mapping holding only names of `decode_options` (the reader checks the names), whose
+        values the codec checks (CodecError in plain words)."""
         return functools.partial(self.decode, field=field)
+
+    def decoded_field(self, field: FieldSpec, options: Mapping[str, Any]) -> FieldSpec:
+        """The field as `decoder(field, options)` gives it: dtype, shape and `max_value_bytes` of
+        the decoded values, which loaders batch and size their buffers by. Unchanged by default."""
+        return field
+
+    def describe_value(self, value: Any) -> tuple[np.dtype, tuple[int, ...]] | None:
+        """The dtype and shape of the array a value given to the writer decodes to by default, for
+        the manifest; None when the value is not an array this codec stores. A codec may take a
+        value object that is not an array (spike events) and still declare the array it decodes to."""
+        if isinstance(value, np.ndarray):
+            return value.dtype, value.shape
+        return None
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.get_config() == other.get_config()
