@@ -76,7 +76,7 @@ class FieldState:
             dtype=None if self.dtype is None else self.dtype.str,
             shape=None if self.shape is None else tuple(self.shape),
             max_raw_bytes=self.max_raw, max_stored_bytes=self.max_stored,
-            max_value_bytes=self.max_value if self.max_value > self.max_raw else 0,
+            max_value_bytes=self.max_value if self.codec.declares_value_bytes and self.max_value > self.max_raw else 0,
         )
 
 

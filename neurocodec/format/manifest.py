@@ -99,6 +99,12 @@ class ShardEntry:
         return attrs.asdict(self)
 
 
+def needed_version(fields: tuple[FieldSpec, ...]) -> int:
+    """1 when every field uses a version-1 codec and declares no `max_value_bytes`, else 2."""
+    plain = all(f.codec_id in layout.V1_CODECS and not f.max_value_bytes for f in fields)
+    return 1 if plain else 2
+
+
 @attrs.frozen(slots=True)
 class Manifest:
     """The whole of `dataset_metadata.json`. `fields` ends with the metadata field."""
@@ -110,7 +116,8 @@ class Manifest:
     writer: Mapping[str, Any] = attrs.field(factory=dict)
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     created_with: Mapping[str, str] = attrs.field(factory=dict)
-    format_version: int = layout.FORMAT_VERSION
+    format_version: int = attrs.field(default=attrs.Factory(lambda m: needed_version(m.fields), takes_self=True))
+    """As read; for a new manifest, the lowest version that describes its fields."""
 
     @property
     def modalities(self) -> tuple[FieldSpec, ...]:

@@ -34,6 +34,10 @@ class Codec(abc.ABC):
     kind: ClassVar[str]
     extension: ClassVar[str]
     decode_options: ClassVar[Mapping[str, str]] = {}
+    declares_value_bytes: ClassVar[bool] = True
+    """Whether the writer records `max_value_bytes` for this codec's fields when decoded arrays
+    outgrow their payloads (a compressing codec must, so that decoding stays bounded by what the
+    manifest declares). False only for `npy`, whose version-1 layout bounds values by itself."""
     """The load-time decode options this codec takes (`Dataset(decode={field: {...}})`): each
     option's name and a one-line description. Codecs with options override `decoder(field, options)`."""
 
@@ -140,6 +144,9 @@ class NpyCodec(Codec):
     codec_id = "npy"
     kind = "array"
     extension = "npy"
+    # Packed integers widen at most 8x, bounded by the field's fixed axes and max_raw_bytes: the
+    # version-1 manifest, which old readers read, stays as it was.
+    declares_value_bytes = False
 
     def __init__(self, pack_integers: bool = False) -> None:
         self.pack_integers = bool(pack_integers)
