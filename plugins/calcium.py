@@ -1,13 +1,14 @@
 """Calcium: calcium-imaging traces, shape (time, rois): dF/F, fluorescence, deconvolved activity.
 
 Values keep their dtype; float traces may be stored as float16 on request with
-`modality_options={"calcium": {"dtype": "float16"}}`. Sessions with different ROI counts collate
-with zero padding and a mask. From NWB files: RoiResponseSeries, see
+`modality_options={"calcium": {"dtype": "float16"}}`; integer traces with a conversion or offset
+are kept as integers with the `scaled-int` codec when converted with neural codecs. Sessions
+with different ROI counts collate with zero padding and a mask. From NWB files: RoiResponseSeries, see
 `neurocodec_plugins.nwb_ophys` for the default choice and what is stored per session (ROI ids,
 the imaging plane).
 """
 
-from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec.plugin import ArrayPolicy, KeepIntegers, ModalitySpec, hookimpl, let_scaled_through
 from neurocodec_plugins.nwb_ophys import CalciumExtractor
 
 
@@ -16,7 +17,7 @@ def neurocodec_register_modalities(register) -> None:
     """The calcium modality."""
     register(ModalitySpec(
         name="calcium", codec={"id": "npy", "pack_integers": False},
-        prepare=ArrayPolicy(kinds="iuf", ndim=2, float_dtypes=("float16",)),
+        prepare=let_scaled_through(ArrayPolicy(kinds="iuf", ndim=2, float_dtypes=("float16",))),
         description="calcium-imaging traces (time, rois); keep their dtype, float16 on request",
         options={"dtype": "'float16' stores float traces as float16 (lossy)"},
     ))
@@ -25,4 +26,4 @@ def neurocodec_register_modalities(register) -> None:
 @hookimpl
 def neurocodec_nwb_extractor(modality: str):
     """RoiResponseSeries anywhere in the file (DfOverF first, then Fluorescence, ...)."""
-    return CalciumExtractor() if modality == "calcium" else None
+    return KeepIntegers(CalciumExtractor()) if modality == "calcium" else None

@@ -1,11 +1,20 @@
 """LFP: local field potentials, shape (channels, samples) or (samples, channels).
 
 Signals keep the dtype they are written with; `modality_options={"lfp": {"dtype": "float16"}}`
-stores float signals as float16 instead (half the bytes, lossy, so only on request).
+stores float signals as float16 instead (half the bytes, lossy, so only on request). A
+`ScaledSignal` (integers and their scale) is stored as it is with the `scaled-int` codec, which
+this plugin registers for every continuous modality; from NWB files with neural codecs, integer
+series with a conversion, offset or channel_conversion are read that way (`KeepIntegers`).
 """
 
-from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl
+from neurocodec.plugin import ArrayPolicy, KeepIntegers, ModalitySpec, ScaledIntCodec, hookimpl, let_scaled_through
 from neurocodec_plugins.nwb_series import LFPExtractor
+
+
+@hookimpl
+def neurocodec_register_codecs(register) -> None:
+    """The scaled-int codec: integer signals with their scale, kept as integers."""
+    register(ScaledIntCodec)
 
 
 @hookimpl
@@ -13,7 +22,7 @@ def neurocodec_register_modalities(register) -> None:
     """The lfp modality."""
     register(ModalitySpec(
         name="lfp", codec={"id": "npy", "pack_integers": False},
-        prepare=ArrayPolicy(kinds="iuf", float_dtypes=("float16",), what="LFP signals"),
+        prepare=let_scaled_through(ArrayPolicy(kinds="iuf", float_dtypes=("float16",), what="LFP signals")),
         description="local field potential; keeps its dtype, float16 on request",
         options={"dtype": "'float16' stores float signals as float16 (lossy)"},
     ))
@@ -21,5 +30,5 @@ def neurocodec_register_modalities(register) -> None:
 
 @hookimpl
 def neurocodec_nwb_extractor(modality: str):
-    """ElectricalSeries inside an LFP container."""
-    return LFPExtractor() if modality == "lfp" else None
+    """ElectricalSeries inside an LFP container (integers with a scale kept as integers)."""
+    return KeepIntegers(LFPExtractor()) if modality == "lfp" else None

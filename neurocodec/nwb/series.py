@@ -8,15 +8,24 @@ declares a `conversion`, `offset` or per-channel `channel_conversion`, samples b
 `data * conversion (* channel_conversion) + offset` computed in float64 and stored as float32
 (float64 for float64 data); otherwise the stored dtype is kept. The source is read in blocks
 of a few MiB with a forward cursor (`neurocodec.nwb.windows.BlockCursor`), never whole.
+
+Integer series with such a scale may instead be kept as they are stored: after
+`keep_integers(...)` (see `KeepIntegers`, which the built-in continuous modalities use when the
+converter asks for neural codecs), `read` gives `ScaledSignal` values (the raw integers of the
+window and the session's scale) and `codecs()` declares the `scaled-int` codec for them, which
+decodes to exactly the float32 values above, or to the raw integers on request.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import attrs
 import numpy as np
 
+from neurocodec import npy
 from neurocodec.nwb.extract import ModalityReader, NWBError, object_path
 from neurocodec.nwb.windows import (
     EPS, GAP_TOLERANCE, BlockCursor, TimestampCursor, WindowSpec, first_index_at, physical, rank_resample,
@@ -24,6 +33,69 @@ from neurocodec.nwb.windows import (
 )
 
 TIMESTAMP_BLOCK = 1 << 20
+MAX_NDIM = 32
+
+
+def _finite(value: Any, what: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _conversion(value: Any) -> float:
+    return _finite(value, "conversion")
+
+
+def _offset(value: Any) -> float:
+    return _finite(value, "offset")
+
+
+def _factors(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    factors = np.asarray(value, dtype=np.float64).reshape(-1)
+    if factors.flags.writeable:  # a copy nobody else holds; a read-only float64 array is kept as is
+        factors = factors.copy()
+        factors.flags.writeable = False
+    if not np.all(np.isfinite(factors)):
+        raise ValueError("channel_conversion must hold finite numbers")
+    return factors
+
+
+@attrs.frozen(slots=True, eq=False)
+class ScaledSignal:
+    """Raw integer samples (time first, at least 1-D) and their scale to physical units:
+    `raw * conversion (* channel_conversion along axis 1) + offset`, computed in float64 and
+    stored as float32 (`physical()`).
+
+    What `TimeSeriesReader` gives for an integer series kept as stored (`keep_integers`), and the
+    value a writer takes for a field stored with the `scaled-int` codec, which keeps the integers
+    and decodes to `physical()` by default or to `raw` on request.
+    """
+
+    raw: np.ndarray = attrs.field()
+    conversion: float = attrs.field(default=1.0, converter=_conversion)
+    offset: float = attrs.field(default=0.0, converter=_offset)
+    channel_conversion: np.ndarray | None = attrs.field(default=None, converter=_factors)
+
+    @raw.validator
+    def _check_raw(self, attribute: Any, raw: Any) -> None:
+        if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "iu" or not npy.is_storable_dtype(raw.dtype):
+            raise TypeError(f"ScaledSignal.raw must be a numpy array of integers, got "
+                            f"{getattr(raw, 'dtype', type(raw).__name__)}")
+        if not 1 <= raw.ndim <= MAX_NDIM:
+            raise ValueError(f"ScaledSignal.raw must have 1 to {MAX_NDIM} dimensions, got shape {raw.shape}")
+
+    def __attrs_post_init__(self) -> None:
+        factors = self.channel_conversion
+        if factors is not None and (self.raw.ndim < 2 or len(factors) != self.raw.shape[1]):
+            raise ValueError(f"channel_conversion has {len(factors)} factors but the samples have shape "
+                             f"{self.raw.shape}: one factor per channel (axis 1) is needed")
+
+    def physical(self) -> np.ndarray:
+        """The samples in physical units (float32), as the `scaled-int` codec decodes them."""
+        return physical(self.raw, self.conversion, self.channel_conversion, self.offset)
 
 
 class TimeSeriesReader(ModalityReader):
@@ -55,6 +127,7 @@ class TimeSeriesReader(ModalityReader):
         cc = getattr(series, "channel_conversion", None)
         self.channel_conversion = None if cc is None else np.asarray(cc[:], dtype=np.float64)
         self.resampled_windows = 0
+        self._integer_codec: dict[str, Any] | None = None  # set by keep_integers
         self._rows = BlockCursor(self.data, self._transform)
 
     def _time_by_rate(self, series: Any) -> None:
@@ -114,6 +187,8 @@ class TimeSeriesReader(ModalityReader):
             if self.nan_policy == "skip_window":
                 return None
         values.flags.writeable = False  # usually a view of the block neighbouring windows share
+        if self._integer_codec is not None:
+            return {self.modality: ScaledSignal(values, self.conversion, self.offset, self.channel_conversion)}
         return {self.modality: values}
 
     def _count(self, spec: WindowSpec) -> int:
@@ -151,20 +226,52 @@ class TimeSeriesReader(ModalityReader):
         before, after = around[:-1][big], around[1:][big]
         return bool(np.any((before + self.interval < stop - EPS) & (after > start + EPS)))
 
-    def blank(self, spec: WindowSpec) -> Mapping[str, np.ndarray]:
-        """Zeros of the shape and dtype `read` returns."""
+    def blank(self, spec: WindowSpec) -> Mapping[str, Any]:
+        """Zeros of the shape and dtype `read` returns (kept integers: zeros with scale 1 and
+        offset 0, which decode to the same float32 zeros)."""
         count = samples_per_window(self.rate, spec.duration)
         sample = self._transform(np.zeros((1, *self.data.shape[1:]), dtype=self.data.dtype))
-        return {self.modality: np.zeros((count, *sample.shape[1:]), dtype=sample.dtype)}
+        zeros = np.zeros((count, *sample.shape[1:]), dtype=sample.dtype)
+        return {self.modality: zeros if self._integer_codec is None else ScaledSignal(zeros)}
+
+    @property
+    def scaled_integers(self) -> bool:
+        """Whether the series stores integers with a scale to physical units (a conversion,
+        offset or channel_conversion other than the identity, all finite, one factor per channel)
+        that `keep_integers` can keep as stored."""
+        if np.dtype(self.data.dtype).kind not in "iu" or not self._scaled():
+            return False
+        cc = self.channel_conversion
+        finite = math.isfinite(self.conversion) and math.isfinite(self.offset) and \
+            (cc is None or bool(np.all(np.isfinite(cc))))
+        channels = self.data.shape[1] if len(self.data.shape) > 1 else 1
+        return finite and (cc is None or len(cc) == channels)
+
+    def keep_integers(self, codec: Mapping[str, Any]) -> bool:
+        """Read windows as `ScaledSignal`s (the raw integers and the scale) instead of physical
+        floats, and declare `codec` (a `scaled-int` config) for them in `codecs()`, when the series
+        has `scaled_integers`; whether it does. Call it before the first `read`."""
+        if self._rows.current is not None:
+            raise RuntimeError(f"{self.object_path}: keep_integers must be called before the first read")
+        if not self.scaled_integers:
+            return False
+        self._integer_codec = dict(codec)
+        return True
+
+    def codecs(self) -> Mapping[str, Mapping[str, Any]]:
+        """The `scaled-int` config of the modality's field when integers are kept, else none."""
+        return {} if self._integer_codec is None else {self.modality: dict(self._integer_codec)}
+
+    def _scaled(self) -> bool:
+        return not (self.conversion == 1.0 and self.offset == 0.0 and self.channel_conversion is None)
 
     def _transform(self, raw: np.ndarray) -> np.ndarray:
-        """Stored rows as returned: (time, 1) for a 1-D series, in physical units."""
-        return self._physical(raw.reshape(len(raw), 1) if raw.ndim == 1 else raw)
-
-    def _physical(self, raw: np.ndarray) -> np.ndarray:
-        if self.conversion == 1.0 and self.offset == 0.0 and self.channel_conversion is None:
-            return raw
-        return physical(raw, self.conversion, self.channel_conversion, self.offset)
+        """Stored rows as returned: (time, 1) for a 1-D series, in physical units unless the
+        integers are kept."""
+        rows = raw.reshape(len(raw), 1) if raw.ndim == 1 else raw
+        if self._integer_codec is not None or not self._scaled():
+            return rows
+        return physical(rows, self.conversion, self.channel_conversion, self.offset)
 
     def ids(self) -> Mapping[str, Any]:
         """Channel ids, when known."""
@@ -172,13 +279,25 @@ class TimeSeriesReader(ModalityReader):
 
     def describe(self) -> Mapping[str, Any]:
         """Object path, name, rate, timing source, shape, dtype, the series' unit, conversion,
-        offset and description, and how many windows so far were resampled by rank (JSON-ready)."""
+        offset, channel_conversion (None, or one factor per channel) and description, whether its
+        integers are stored as they are (`raw_integers`: then this is the scale the values
+        decode with), and how many windows so far were resampled by rank (JSON-ready)."""
+        cc = self.channel_conversion
         return {"object": self.object_path, "name": str(self.series.name), "rate_hz": self.rate,
                 "timing": "rate" if self.timestamps is None else "timestamps",
                 "shape": [int(n) for n in self.data.shape], "dtype": str(self.data.dtype),
-                "unit": _text(getattr(self.series, "unit", None)), "conversion": self.conversion,
-                "offset": self.offset, "description": _text(getattr(self.series, "description", None)),
+                "unit": _text(getattr(self.series, "unit", None)), "conversion": _json_number(self.conversion),
+                "offset": _json_number(self.offset),
+                "channel_conversion": None if cc is None else [_json_number(v) for v in cc.tolist()],
+                "raw_integers": self._integer_codec is not None,
+                "description": _text(getattr(self.series, "description", None)),
                 "resampled_windows": self.resampled_windows}
+
+
+def _json_number(value: float) -> float | str:
+    """A float for JSON: finite as it is, else its name ('nan', 'inf', '-inf'), since the
+    manifest is strict JSON."""
+    return value if math.isfinite(value) else str(value)
 
 
 def _text(value: Any) -> str:

@@ -27,6 +27,12 @@ What a plugin can provide, and the names it uses for each:
   rule receives are read-only views: copy before changing one. A rule allocates its output
   with `allocate_batch_tensor(shape, dtype)`: inside the DataLoader that memory is the batch's
   shared-memory slot, so the batch reaches the training process without another copy.
+- integer signals with a scale to physical units: a `ScaledSignal` (raw integers, conversion,
+  offset, per-channel factors) stored by the `ScaledIntCodec` (id `scaled-int`, config preset
+  `scaled_codec(dtype)`) keeps the integers and decodes to float32 physical units, or to the
+  integers with `decode={field: {"raw": True}}`; `let_scaled_through(prepare)` lets a modality take
+  them, and `KeepIntegers(extractor)` makes an extractor's TimeSeriesReaders keep integers when
+  the converter asks for neural codecs.
 - an NWB extractor, the answer of the hook `neurocodec_nwb_extractor(modality)`: an
   `NWBExtractor` whose `open(nwbfile, ExtractOptions)` returns a `ModalityReader` (or None when
   the file holds none of the modality) that reads aligned windows described by a `WindowSpec`,
@@ -69,6 +75,14 @@ from neurocodec.nwb.windows import (
     EPS, WindowSpec, bin_spikes, bin_spikes_by_unit, first_index_at, samples_per_window,
 )
 
+# Integer signals kept as integers with their scale (the scaled-int codec)
+from neurocodec.nwb.series import ScaledSignal
+from neurocodec.plugin.scaled import KeepIntegers, ScaledIntCodec, let_scaled_through, scaled_codec
+
+# Spike events (the spike-events and spike-observed codecs)
+from neurocodec.plugin.events import DEFAULT_TICK_HZ, ObservedIntervals, SpikeEvents
+from neurocodec.plugin.event_codecs import SpikeEventsCodec, SpikeObservedCodec
+
 __all__ = [
     # Hooks
     "CodecRegistrar", "ModalityRegistrar", "hookimpl",
@@ -86,4 +100,8 @@ __all__ = [
     "EPS", "ExtractOptions", "ModalityReader", "NWBError", "NWBExtractor", "TimeSeriesReader", "WindowSpec",
     "bin_spikes", "bin_spikes_by_unit", "electrode_ids", "find_objects", "first_index_at", "object_path",
     "pick_series", "samples_per_window",
+    # Integer signals kept as integers
+    "KeepIntegers", "ScaledIntCodec", "ScaledSignal", "let_scaled_through", "scaled_codec",
+    # Spike events
+    "DEFAULT_TICK_HZ", "ObservedIntervals", "SpikeEvents", "SpikeEventsCodec", "SpikeObservedCodec",
 ]
