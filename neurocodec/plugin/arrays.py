@@ -80,7 +80,7 @@ class ArrayCodec(Codec):
                  table: Mapping[str, type[Filter]] | None = None) -> None:
         _check_order(order)
         self.order = order
-        self.chain = filters if isinstance(filters, FilterChain) else FilterChain.from_configs(list(filters), table)
+        self.chain = filters if isinstance(filters, FilterChain) else FilterChain.from_configs(filters, table)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any],
