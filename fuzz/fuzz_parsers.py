@@ -209,5 +209,37 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+# -- av-video (plugins/video_codec.py, issue 14; needs PyAV) ------------------------------------
+
+VIDEO_BOUND = 1 << 20
+
+
+def target_video(data: bytes) -> bool:
+    """Decode an `av-video` payload as a field of uint8 frames whose axes are all free, declaring a
+    1 MiB value bound; the manifest's codec is the payload's own when allowed (ffv1 otherwise),
+    so every allowed decoder is reached. Documented error: CodecError. What it accepts is uint8
+    frames with the header's frame count and channel axis, within the bound."""
+    import numpy as np
+
+    from neurocodec.plugin import CodecError, FieldSpec
+    from neurocodec_plugins.video_codec import BY_NUMBER, HEADER, VideoCodec
+
+    codec = BY_NUMBER.get(data[5], "ffv1") if len(data) > 5 else "ffv1"
+    ndim = 4 if len(data) > 6 and data[6] else 3
+    field = FieldSpec(name="video", modality="video", kind="array", codec={"id": "av-video", "codec": codec},
+                      extension="ncv", plugin="video", plugin_version="", dtype="|u1", shape=(None,) * ndim,
+                      max_value_bytes=VIDEO_BOUND)
+    try:
+        frames = VideoCodec(codec).decode(data, field)
+    except CodecError:
+        return False
+    assert frames.dtype == np.uint8 and frames.ndim == ndim and frames.nbytes <= VIDEO_BOUND
+    assert frames.shape[0] == HEADER.unpack_from(data)[5], "frame count differs from the header's"
+    return True
+
+
+TARGETS["video"] = target_video
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
