@@ -42,13 +42,14 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 
 @attrs.frozen
 class Profile:
-    """One allowed codec: its number in the header, FFmpeg encoder and decoder, the pixel format
-    frames are encoded in per channel count, and the formats its decoder may return."""
+    """One allowed codec: its number in the header, FFmpeg encoder and decoder, whether every
+    frame is coded on its own, the pixel format frames are encoded in per channel count, and the
+    formats its decoder may return."""
 
     number: int
     encoder: str
     decoder: str
-    lossless: bool
+    intra_only: bool
     pixel_formats: Mapping[int, str]
     decoded_formats: Mapping[int, tuple[str, ...]]
 
@@ -247,7 +248,7 @@ def decode_frames(data: bytes | memoryview, header: Header) -> np.ndarray:
         count = 0
         for start, length in header.packets:
             packet = av.Packet(bytes(data[start:start + length]))
-            packet.is_keyframe = profile.lossless  # intra-only codecs: else PNG adds the last frame
+            packet.is_keyframe = profile.intra_only  # else FFmpeg's PNG decoder adds the previous frame
             for frame in ctx.decode(packet):
                 count = _store(out, count, frame, header)
         for frame in ctx.decode(None):

@@ -21,7 +21,7 @@ import torch
 import zstandard
 
 import hostile as h
-from neurocodec import Dataset, WebDatasetWriter, create_webdataset_dataloader
+from neurocodec import Dataset, WebDatasetWriter, create_shards_from_arrays, create_webdataset_dataloader
 from neurocodec.errors import NeurocodecError
 
 LOSSLESS = ({"codec": "ffv1"}, {"codec": "png"})
@@ -124,6 +124,14 @@ def test_manifest_records_codec_config_and_value_size(tmp_path):
     assert field["max_value_bytes"] == values[0].nbytes
     path = write(tmp_path / "ds1", values, {})
     assert h.load_manifest(path)["fields"][0]["codec"] == {"id": "av-video", "codec": "ffv1"}
+
+
+def test_create_shards_from_arrays_takes_the_codec(tmp_path):
+    frames = np.stack([camera(9, 10, 12, 3, seed=s) for s in range(5)])
+    create_shards_from_arrays(tmp_path / "ds", {"video": frames}, shard_size=2, fsync=False,
+                              codecs={"video": {"id": "av-video", "codec": "png"}})
+    assert h.load_manifest(tmp_path / "ds")["fields"][0]["codec"] == {"id": "av-video", "codec": "png"}
+    np.testing.assert_array_equal(np.stack(read(tmp_path / "ds")), frames)
 
 
 @pytest.mark.parametrize("config,match", [
