@@ -1,4 +1,6 @@
-"""Reading binned spike counts from an NWB Units table (used by the spikes plugin).
+"""Reading spikes from an NWB Units table (used by the spikes plugin): each window's spike events
+(`SpikeEvents`, ticks of the session's clock, see neurocodec_plugins.nwb_spike_ticks) when the
+converter asks for neural codecs, else binned counts.
 
 Counts use half-open bins, `k = floor((t - t0) / bin + eps)`. Each unit's spike times are read
 through a forward cursor in blocks (windows arrive in time order), so memory holds one block
@@ -12,6 +14,11 @@ spikes the file has there, usually 0 because recordings keep no spikes outside t
 observation intervals; such a 0 means "not observed", not "silent", so read counts together
 with the mask. The spikes cover the extent of the observation intervals (the earliest start to
 the latest stop of any unit), or without intervals the first to the last spike.
+
+With events, the mask is stored as each unit's observation intervals in ticks of the window
+(`ObservedIntervals`, codec `spike-observed`), which decode to exactly this mask at the
+conversion's bin size and by the same rule at any other; counts decode from the events exactly
+as they are binned here.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 from neurocodec.nwb import (
     EPS, ExtractOptions, ModalityReader, NWBError, NWBExtractor, WindowSpec, bin_spikes_by_unit,
 )
+from neurocodec_plugins.nwb_spike_ticks import ClockFinder, TickWindow, bin_ms, declared_clocks, tick_rate
 from neurocodec_plugins.nwb_units import unit_columns
 
 BLOCK = 4096
@@ -50,12 +58,18 @@ class _UnitCursor:
 
 
 class UnitsReader(ModalityReader):
-    """Windows of binned counts (time bins, units) and the observation mask."""
+    """Windows of spike events, or of binned counts (time bins, units), and the observation mask.
+
+    Events need the converter's `window` (the WindowSpec its codec configs describe); without
+    it the reader gives counts."""
 
     modality = "spikes"
 
-    def __init__(self, units: Any, path: Any) -> None:
+    def __init__(self, units: Any, path: Any, *, window: WindowSpec | None = None,
+                 clocks: tuple[int, ...] = ()) -> None:
         self.path = path
+        self.window = window
+        self._clocks = ClockFinder(clocks)
         self.object_path = "/units"
         self.unit_ids = np.asarray(units.id[:], dtype=np.int64).tolist()
         self.columns, self.skipped, self.location_from = unit_columns(units)
@@ -70,6 +84,8 @@ class UnitsReader(ModalityReader):
         self._last_start = -np.inf
         self._span: tuple[float, float] | None = None
         self._check_sorted()
+        self.clock, self.clock_from = self._clocks.clock()
+        self.ticks = None if window is None else TickWindow.of(tick_rate(self.clock, window), window)
 
     def _intervals(self, units: Any) -> list[np.ndarray] | None:
         if "obs_intervals" not in units.colnames:
@@ -87,6 +103,7 @@ class UnitsReader(ModalityReader):
                     raise NWBError(f"{self.path}: /units spike times of unit {unit} are not all finite")
                 if np.any(np.diff(block) < 0):
                     raise NWBError(f"{self.path}: /units spike times of unit {unit} are not sorted")
+                self._clocks.feed(block)
 
     def fields(self) -> tuple[str, ...]:
         """Counts and the observation mask."""
@@ -103,9 +120,10 @@ class UnitsReader(ModalityReader):
             raise NWBError(f"{self.path}: /units holds no spikes and no observation intervals")
         return min(firsts), max(lasts) + 1e-6
 
-    def read(self, start: float, spec: WindowSpec) -> Mapping[str, np.ndarray] | None:
-        """Counts (bins, units) as int32 and the mask, for the window at `start`; None when the
-        window is not wholly inside `span()` (coverage="fill" then lists spikes as missing)."""
+    def read(self, start: float, spec: WindowSpec) -> Mapping[str, Any] | None:
+        """Events and observation intervals (or counts (bins, units) as int32 and the mask) for
+        the window at `start`; None when the window is not wholly inside `span()`
+        (coverage="fill" then lists spikes as missing)."""
         if self._span is None:
             self._span = self.span()
         tolerance = 1e-6 * spec.bin_size  # float error of the window grid, far below a bin
@@ -117,8 +135,25 @@ class UnitsReader(ModalityReader):
         n, b = spec.sequence_length, spec.bin_size
         stop = start + spec.duration
         times = [cursor.between(start, stop) for cursor in self._cursors]
+        if self._events(spec) is not None:
+            return {"spikes": self.ticks.events(times, start), MASK_FIELD: self._observed_ticks(start)}
         counts = bin_spikes_by_unit(times, start, b, n).astype(COUNT_DTYPE)
         return {"spikes": counts, MASK_FIELD: self._observed(start, spec)}
+
+    def _events(self, spec: WindowSpec) -> TickWindow | None:
+        """The tick window when this reader gives events (for the window its codecs describe)."""
+        if self.ticks is not None and spec != self.window:
+            raise NWBError(f"{self.path}: /units was opened for windows {self.window}, read with {spec}")
+        return self.ticks
+
+    def _observed_ticks(self, start: float) -> Any:
+        units = len(self.bounds)
+        if self.intervals is None:
+            return self.ticks.everything(units)
+        every = [i for i in self.intervals if len(i)]
+        bounds = np.concatenate(every) if every else np.zeros((0, 2))
+        owner = np.repeat(np.arange(units), [len(i) for i in self.intervals])
+        return self.ticks.observed(bounds, owner, units, start)
 
     def _observed(self, start: float, spec: WindowSpec) -> np.ndarray:
         n = spec.sequence_length
@@ -134,7 +169,10 @@ class UnitsReader(ModalityReader):
         return mask
 
     def blank(self, spec: WindowSpec) -> Mapping[str, np.ndarray]:
-        """No counts and nothing observed."""
+        """No spikes (or counts) and nothing observed."""
+        if self._events(spec) is not None:
+            events, observed = self.ticks.nothing(len(self.bounds))
+            return {"spikes": events, MASK_FIELD: observed}
         shape = (spec.sequence_length, len(self.bounds))
         return {"spikes": np.zeros(shape, dtype=COUNT_DTYPE), MASK_FIELD: np.zeros(shape, dtype=bool)}
 
@@ -146,9 +184,23 @@ class UnitsReader(ModalityReader):
     def describe(self) -> Mapping[str, Any]:
         """Units, whether observation intervals are used, the columns left out of `unit_columns`
         (with why) and how many units' location came from where."""
-        return {"object": self.object_path, "units": len(self.unit_ids),
-                "obs_intervals": self.intervals is not None, "skipped_columns": self.skipped,
-                "location_from": self.location_from}
+        described = {"object": self.object_path, "units": len(self.unit_ids),
+                     "obs_intervals": self.intervals is not None, "skipped_columns": self.skipped,
+                     "location_from": self.location_from}
+        if self.ticks is not None:
+            described.update(spike_events=True, tick_hz=self.ticks.hz, clock_hz=self.clock, clock=self.clock_from)
+        return described
+
+    def codecs(self) -> Mapping[str, Mapping[str, Any]]:
+        """With events: `spike-events` for the spikes and `spike-observed` (following them) for
+        the mask, described by the window alone (the tick rate travels in each payload)."""
+        if self.window is None:
+            return {}
+        ms = bin_ms(self.window)
+        size = ms.numerator if ms.denominator == 1 else float(ms)
+        window = {"bins": self.window.sequence_length, "bin_size_ms": size}
+        return {"spikes": {"id": "spike-events", **window, "dtype": np.dtype(COUNT_DTYPE).str},
+                MASK_FIELD: {"id": "spike-observed", **window, "follows": "spikes"}}
 
 
 class UnitsExtractor(NWBExtractor):
@@ -169,4 +221,7 @@ class UnitsExtractor(NWBExtractor):
             tables = [nwbfile.units]
         if not tables or tables[0].spike_times_index is None:
             return None
-        return UnitsReader(tables[0], options.path)
+        # Events need the window their codec configs describe (ExtractOptions.window); without
+        # it, or with codecs="npy", the reader bins counts as before.
+        window = getattr(options, "window", None) if options.codecs == "neural" else None
+        return UnitsReader(tables[0], options.path, window=window, clocks=tuple(declared_clocks(tables[0], nwbfile)))

@@ -80,7 +80,7 @@ from neurocodec.nwb.series import ScaledSignal
 from neurocodec.plugin.scaled import KeepIntegers, ScaledIntCodec, let_scaled_through, scaled_codec
 
 # Spike events (the spike-events and spike-observed codecs)
-from neurocodec.plugin.events import DEFAULT_TICK_HZ, ObservedIntervals, SpikeEvents
+from neurocodec.plugin.events import COMMON_CLOCKS, DEFAULT_TICK_HZ, ObservedIntervals, SpikeEvents
 from neurocodec.plugin.event_codecs import SpikeEventsCodec, SpikeObservedCodec
 
 __all__ = [
@@ -103,5 +103,6 @@ __all__ = [
     # Integer signals kept as integers
     "KeepIntegers", "ScaledIntCodec", "ScaledSignal", "let_scaled_through", "scaled_codec",
     # Spike events
-    "DEFAULT_TICK_HZ", "ObservedIntervals", "SpikeEvents", "SpikeEventsCodec", "SpikeObservedCodec",
+    "COMMON_CLOCKS", "DEFAULT_TICK_HZ", "ObservedIntervals", "SpikeEvents", "SpikeEventsCodec",
+    "SpikeObservedCodec",
 ]

@@ -1,0 +1,273 @@
+"""The codecs of spike events: `spike-events` (spikes) and `spike-observed` (observation mask).
+
+See `neurocodec.plugin.events` for the values they store and docs/codecs/spike-events.md for
+the payloads byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from neurocodec import npy
+from neurocodec.format.manifest import FieldSpec
+from neurocodec.plugin.codecs import Codec, CodecError
+from neurocodec.plugin.events import (
+    AS_VALUES, EVENTS_MAGIC, HEADER_BYTES, MAX_TICKS, OBSERVED_MAGIC, VERSION, Binning, ObservedIntervals,
+    SpikeEvents, _HEADER, _ms_text, check_stored_field, check_units, choose_grid, exact_ms, read_header, shuffled,
+    unshuffled, width_of,
+)
+
+Decoder = Callable[[bytes | memoryview], Any]
+
+
+class BinnedCodec(Codec):
+    """What both codecs share: a config of `bins` bins of `bin_size_ms` (the default decode),
+    the load-time option `bin_size_ms`, and values stored in ticks whose rate each payload
+    carries (so sessions on different clocks share one config)."""
+
+    kind = "array"
+    extension = "bin"
+    value_type: ClassVar[type]
+    dtype: np.dtype
+
+    def __init__(self, bins: int | None = None, bin_size_ms: float | None = None) -> None:
+        if bins is not None and (type(bins) is not int or bins < 1):
+            raise CodecError(f"codec {self.codec_id!r}: bins must be a positive int, got {bins!r}")
+        try:
+            self.bin_ms = None if bin_size_ms is None else exact_ms(bin_size_ms, "bin_size_ms")
+        except ValueError as exc:
+            raise CodecError(f"codec {self.codec_id!r}: {exc}") from None
+        self.bins, self.bin_size_ms = bins, bin_size_ms
+
+    def get_config(self) -> dict[str, Any]:
+        """Id, bins and bin size."""
+        return {"id": self.codec_id, "bins": self.bins, "bin_size_ms": self.bin_size_ms}
+
+    def binning(self, asked: Any = None) -> Binning:
+        """The config's window, binned at `asked` ms (None: the config's bin size)."""
+        if self.bins is None or self.bin_ms is None:
+            raise CodecError(f"codec {self.codec_id!r} needs bins and bin_size_ms in its config "
+                             f"(e.g. {{'id': {self.codec_id!r}, 'bins': 100, 'bin_size_ms': 10}})")
+        return Binning.of(self.bins, self.bin_ms, asked)
+
+    def window_ticks(self, tick_hz: int) -> int:
+        """The window in ticks of `tick_hz`, which must be whole, as must a bin (CodecError)."""
+        binning = self.binning()
+        window = binning.bins * binning.bin_ms * tick_hz / 1000
+        if window.denominator != 1 or not 0 < window <= MAX_TICKS:
+            raise CodecError(f"a window of {_ms_text(binning.bins * binning.bin_ms)} ms is not a whole number of "
+                             f"ticks of 1/{tick_hz} s from 1 to {MAX_TICKS}; store the values at another tick_hz")
+        binning.ticks(tick_hz, window.numerator)
+        return window.numerator
+
+    def describe_value(self, value: Any) -> tuple[np.dtype, tuple[int, ...]] | None:
+        """The (bins, units) array a value decodes to by default."""
+        if not isinstance(value, self.value_type):
+            return None
+        return self.dtype, (self.binning().bins, value.unit_count)
+
+    def decoded_field(self, field: FieldSpec, options: Mapping[str, Any]) -> FieldSpec:
+        """(bins, units) at the bin size asked for, with `max_value_bytes` scaled to it."""
+        binning = self.binning(options.get("bin_size_ms"))
+        itemsize = self.dtype.itemsize
+        units = field.shape[1] if field.shape is not None and len(field.shape) == 2 else None
+        most = units if units is not None else field.value_bound // max(1, binning.default_bins * itemsize)
+        return attrs.evolve(field, shape=(binning.bins, units), max_value_bytes=max(1, binning.bins * most * itemsize))
+
+    def decode(self, data: bytes | memoryview, field: FieldSpec) -> Any:
+        """Decode at the config's bin size (what `decoder(field)` does)."""
+        return self.decoder(field)(data)
+
+
+class SpikeEventsCodec(BinnedCodec):
+    """`SpikeEvents` as ticks grouped by unit; decoded to counts (bins, units) of `dtype` (at the
+    config's bin size or `bin_size_ms`) or, with `as="events"`, to `SpikeEvents`."""
+
+    codec_id = "spike-events"
+    value_type = SpikeEvents
+    decode_options = {
+        "bin_size_ms": "bin size of the counts in ms (must divide the window; default: the stored bin size)",
+        "as": "'counts' (default): binned counts (bins, units); 'events': SpikeEvents (times in s, units)",
+    }
+
+    def __init__(self, bins: int | None = None, bin_size_ms: float | None = None, dtype: str = "<i4") -> None:
+        super().__init__(bins, bin_size_ms)
+        if dtype not in npy.DTYPES or np.dtype(dtype).kind not in "iu":
+            raise CodecError(f"codec 'spike-events': dtype must be an integer dtype such as '<i4', got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        """Id, bins, bin size and the counts' dtype."""
+        return {**super().get_config(), "dtype": self.dtype.str}
+
+    def encode(self, value: SpikeEvents) -> bytes:
+        """Header, spikes per unit, then each unit's tick deltas (byte planes)."""
+        if not isinstance(value, SpikeEvents):
+            raise CodecError(f"codec 'spike-events' stores SpikeEvents, got {type(value).__name__}")
+        hz, units = value.tick_hz, value.unit_count
+        window = self.window_ticks(hz)
+        ticks = np.rint(value.times * hz)
+        if len(ticks) and ticks[-1] >= window:
+            raise CodecError(f"a spike at {value.times[-1]!r} s lies at or after the window's end "
+                             f"({window} ticks of 1/{hz} s)")
+        if units > MAX_TICKS or len(ticks) > MAX_TICKS:
+            raise CodecError(f"{units} units and {len(ticks)} spikes: at most {MAX_TICKS} of each per window")
+        order = np.argsort(value.units, kind="stable")  # by unit; each unit's ticks stay sorted
+        grouped = ticks.astype(np.int64)[order]
+        grid = choose_grid(grouped, hz)
+        steps, rest = np.divmod(grouped, grid)
+        counts = np.bincount(value.units, minlength=units)
+        deltas = steps.copy()
+        deltas[1:] -= steps[:-1]
+        firsts = (np.cumsum(counts) - counts)[counts > 0]
+        deltas[firsts] = steps[firsts]
+        tick_bytes = width_of(int(deltas.max()) if len(deltas) else 0)
+        count_bytes = width_of(int(counts.max()) if units else 0)
+        rest_bytes = 0 if grid == 1 else width_of(grid - 1)
+        header = _HEADER.pack(EVENTS_MAGIC, VERSION, tick_bytes, count_bytes, rest_bytes, hz, window, units,
+                              len(ticks), grid)
+        parts = [header, shuffled(counts, count_bytes), shuffled(deltas, tick_bytes)]
+        return b"".join(parts + ([shuffled(rest, rest_bytes)] if rest_bytes else []))
+
+    def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
+        """Counts at the bin size asked for, or events."""
+        options = dict(options or {})
+        form = options.get("as", "counts")
+        if form not in AS_VALUES:
+            raise CodecError(f"as must be 'counts' or 'events', got {form!r}")
+        if form == "events" and "bin_size_ms" in options:
+            raise CodecError("bin_size_ms applies to counts; leave it out with as='events'")
+        binning = self.binning(options.get("bin_size_ms"))
+        check_stored_field(field, binning.default_bins, self.dtype)
+        if form == "events":
+            return lambda data: self._events(data, field)
+        return lambda data: self._counts(data, field, binning)
+
+    def decoded_field(self, field: FieldSpec, options: Mapping[str, Any]) -> FieldSpec:
+        """Counts: (bins, units) at the bin size asked for; events: a list per batch (kind "events")."""
+        if options.get("as", "counts") == "events":
+            return attrs.evolve(field, kind="events", dtype=None, shape=None, max_value_bytes=0)
+        return super().decoded_field(field, options)
+
+    def _parse(self, data: bytes | memoryview, field: FieldSpec) -> tuple[int, np.ndarray, np.ndarray]:
+        """(tick_hz, spikes per unit, ticks grouped by unit) after checking every header count."""
+        view, (tick_bytes, count_bytes, rest_bytes, hz, window, units, spikes, grid) = \
+            read_header(data, EVENTS_MAGIC)
+        if tick_bytes not in (1, 2, 4) or count_bytes not in (1, 2, 4) or not 1 <= grid <= window \
+                or rest_bytes != (0 if grid == 1 else width_of(grid - 1)):
+            raise CodecError(f"payload declares widths {tick_bytes}/{count_bytes}/{rest_bytes} and a step of "
+                             f"{grid} ticks, which do not fit together or the window of {window} ticks")
+        check_units(field, units, self.binning().bins, self.dtype.itemsize)
+        self.binning().ticks(hz, window)
+        expected = HEADER_BYTES + units * count_bytes + spikes * (tick_bytes + rest_bytes)
+        if len(view) != expected:
+            raise CodecError(f"payload is {len(view)} bytes; its header ({units} units, {spikes} spikes) "
+                             f"says {expected}")
+        at = HEADER_BYTES + units * count_bytes
+        counts = unshuffled(view[HEADER_BYTES:at], units, count_bytes)
+        if int(counts.sum()) != spikes:  # each count < 2**32, fewer than 2**32 units: no wrap-around
+            raise CodecError(f"spikes per unit add up to {int(counts.sum())}, the header says {spikes}")
+        counts = counts.astype(np.intp)
+        steps = np.cumsum(unshuffled(view[at:at + spikes * tick_bytes], spikes, tick_bytes))  # < 2**64
+        starts = np.cumsum(counts) - counts
+        base = np.zeros(units, dtype=np.uint64)
+        later = (starts > 0) & (counts > 0)
+        base[later] = steps[starts[later] - 1]
+        steps -= np.repeat(base, counts)
+        if spikes and int(steps.max()) > (window - 1) // grid:
+            raise CodecError(f"a spike at step {int(steps.max())} of {grid} ticks lies beyond the window of "
+                             f"{window} ticks")
+        ticks = steps * np.uint64(grid)
+        if rest_bytes:
+            ticks += unshuffled(view[at + spikes * tick_bytes:], spikes, rest_bytes)
+            if spikes and int(ticks.max()) >= window:
+                raise CodecError(f"a spike at tick {int(ticks.max())} lies beyond the window of {window} ticks")
+        return hz, counts, ticks
+
+    def _counts(self, data: bytes | memoryview, field: FieldSpec, binning: Binning) -> np.ndarray:
+        hz, counts, ticks = self._parse(data, field)
+        units = len(counts)
+        per_bin = binning.ticks(hz, binning.bins * binning.bin_ms * hz / 1000)
+        flat = (ticks // np.uint64(per_bin)).astype(np.intp) * units + np.repeat(np.arange(units), counts)
+        binned = np.bincount(flat, minlength=binning.bins * units).reshape(binning.bins, units)
+        if len(ticks) > np.iinfo(self.dtype).max and binned.max() > np.iinfo(self.dtype).max:
+            raise CodecError(f"a bin holds {binned.max()} spikes, more than {self.dtype} holds")
+        return binned.astype(self.dtype)
+
+    def _events(self, data: bytes | memoryview, field: FieldSpec) -> SpikeEvents:
+        hz, counts, ticks = self._parse(data, field)
+        order = np.argsort(ticks, kind="stable")  # ties keep unit order
+        units = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        return SpikeEvents.from_ticks(ticks[order], units[order], len(counts), hz)
+
+
+class SpikeObservedCodec(BinnedCodec):
+    """`ObservedIntervals` in ticks, decoded to the boolean (bins, units) mask: bin k of unit u
+    is True when [k*b, (k+1)*b) lies wholly inside one of u's intervals. `follows` names the
+    spikes field whose `bin_size_ms` it takes at load time."""
+
+    codec_id = "spike-observed"
+    value_type = ObservedIntervals
+    dtype = np.dtype("|b1")
+    decode_options = {"bin_size_ms": "bin size of the mask in ms (default: the stored bin size)"}
+
+    def __init__(self, bins: int | None = None, bin_size_ms: float | None = None, follows: str | None = None) -> None:
+        super().__init__(bins, bin_size_ms)
+        if follows is not None and not isinstance(follows, str):
+            raise CodecError(f"codec 'spike-observed': follows must name a field, got {follows!r}")
+        self.follows = follows
+
+    def get_config(self) -> dict[str, Any]:
+        """Id, bins, bin size and the field it follows."""
+        config = super().get_config()
+        if self.follows is not None:
+            config["follows"] = self.follows
+        return config
+
+    def encode(self, value: ObservedIntervals) -> bytes:
+        """Header, then the units, starts and stops (uint32 each) of the intervals that hold a
+        tick, clipped to the window, sorted."""
+        if not isinstance(value, ObservedIntervals):
+            raise CodecError(f"codec 'spike-observed' stores ObservedIntervals, got {type(value).__name__}")
+        hz, units = value.tick_hz, value.unit_count
+        window = self.window_ticks(hz)
+        if units > MAX_TICKS:
+            raise CodecError(f"{units} units: at most {MAX_TICKS} per window")
+        bounds = np.clip(np.rint(value.intervals * hz), 0, window).astype(np.int64)
+        keep = bounds[:, 1] > bounds[:, 0]
+        bounds, unit = bounds[keep], value.units[keep]
+        order = np.lexsort((bounds[:, 1], bounds[:, 0], unit))
+        header = _HEADER.pack(OBSERVED_MAGIC, VERSION, 4, 0, 0, hz, window, units, len(order), 1)
+        return b"".join((header, unit[order].astype("<u4").tobytes(), bounds[order, 0].astype("<u4").tobytes(),
+                         bounds[order, 1].astype("<u4").tobytes()))
+
+    def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
+        """The mask at the bin size asked for."""
+        binning = self.binning(dict(options or {}).get("bin_size_ms"))
+        check_stored_field(field, binning.default_bins, self.dtype)
+        return lambda data: self._mask(data, field, binning)
+
+    def _mask(self, data: bytes | memoryview, field: FieldSpec, binning: Binning) -> np.ndarray:
+        view, (width, zero1, zero2, hz, window, units, count, grid) = read_header(data, OBSERVED_MAGIC)
+        if (width, zero1, zero2, grid) != (4, 0, 0, 1):
+            raise CodecError(f"payload declares widths {width}/{zero1}/{zero2} and step {grid}, not 4/0/0 and 1")
+        check_units(field, units, binning.default_bins, 1)
+        self.binning().ticks(hz, window)
+        if len(view) != HEADER_BYTES + 12 * count:
+            raise CodecError(f"payload is {len(view)} bytes; its header ({count} intervals) says "
+                             f"{HEADER_BYTES + 12 * count}")
+        rows = np.frombuffer(view, dtype="<u4", offset=HEADER_BYTES).reshape(3, count).astype(np.int64)
+        unit, start, stop = rows
+        if count and (unit.max() >= units or np.any(start >= stop) or stop.max() > window):
+            raise CodecError(f"an interval has a unit outside 0..{units - 1} or bounds outside 0 <= start < "
+                             f"stop <= {window}")
+        per_bin = binning.ticks(hz, binning.bins * binning.bin_ms * hz / 1000)
+        first, end = -(-start // per_bin), stop // per_bin  # bins wholly inside [start, stop)
+        whole = end > first
+        size = (binning.bins + 1) * units
+        edges = np.bincount(first[whole] * units + unit[whole], minlength=size) \
+            - np.bincount(end[whole] * units + unit[whole], minlength=size)
+        return np.cumsum(edges.reshape(binning.bins + 1, units), axis=0)[:binning.bins] > 0
