@@ -117,6 +117,51 @@ TARGETS: dict[str, Callable[[bytes], bool]] = {
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
 
+# -- ndarray (neurocodec.plugin.arrays): a filter-chain payload decoded against a field ---------
+NDARRAY_PREFIX = struct.Struct("<BB")
+"""An ndarray input starts with two bytes: which of `NDARRAY_CHAINS` decodes it, and which
+dtype of `npy.DTYPES` the field declares (each modulo its length); the rest is the payload."""
+NDARRAY_CHAINS = (
+    [{"id": "delta", "dtype": "<i2"}, {"id": "shuffle", "elementsize": 2}, {"id": "zstd", "level": 3}],
+    [{"id": "shuffle", "elementsize": 4}, {"id": "lz4"}],
+    [{"id": "delta", "dtype": "|u1"}, {"id": "zlib", "level": 6}],
+    [{"id": "delta", "dtype": "<u8"}, {"id": "shuffle", "elementsize": 8}],
+    [],
+)
+NDARRAY_BOUND = 1 << 20
+
+
+def target_ndarray(data: bytes) -> bool:
+    """Decode an `ndarray` payload for a field of shape (None, None) bounded to 1 MiB: it may
+    raise CodecError; what it accepts is a read-only array of the field's dtype within the bound,
+    which encodes back to bytes that decode to it. Returns whether it was accepted."""
+    from neurocodec import npy
+    from neurocodec.format.manifest import FieldSpec
+    from neurocodec.plugin.arrays import ArrayCodec
+    from neurocodec.plugin.codecs import CodecError
+
+    if len(data) < NDARRAY_PREFIX.size:
+        return False
+    chain, dtype = NDARRAY_PREFIX.unpack_from(data)
+    for order in ("F", "C"):
+        codec = ArrayCodec(NDARRAY_CHAINS[chain % len(NDARRAY_CHAINS)], order)
+        field = FieldSpec("x", "array", "array", codec.get_config(), "nda", "fuzz", "0",
+                          dtype=npy.DTYPES[dtype % len(npy.DTYPES)], shape=(None, None), max_raw_bytes=NDARRAY_BOUND)
+        try:
+            array = codec.decoder(field)(data[NDARRAY_PREFIX.size:])
+        except CodecError:
+            continue
+        assert _storable(array.dtype) and array.dtype.str == field.dtype and array.ndim == 2
+        assert array.nbytes <= NDARRAY_BOUND and not array.flags.writeable
+        again = codec.decoder(field)(codec.encode(array))
+        assert again.tobytes() == array.tobytes(), "ndarray does not round-trip"
+        return True
+    return False
+
+
+TARGETS["ndarray"] = target_ndarray
+
+
 def replay(target: str, paths: list[Path]) -> int:
     """Feed every file under `paths` to `target` (no atheris); print and count the findings."""
     files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
@@ -183,7 +228,8 @@ def fuzz(target: str, libfuzzer_args: list[str]) -> None:
 
     with atheris.instrument_imports(include=["neurocodec"]):  # imported here to be instrumented
         for module in ("neurocodec.errors", "neurocodec.format.index", "neurocodec.format.manifest",
-                       "neurocodec.format.tar", "neurocodec.npy"):
+                       "neurocodec.format.tar", "neurocodec.npy", "neurocodec.plugin.arrays",
+                       "neurocodec.plugin.filters"):
             importlib.import_module(module)
     mutator = mutate_manifest if target == "manifest" else None
     atheris.Setup([sys.argv[0], *libfuzzer_args], TARGETS[target], custom_mutator=mutator)
