@@ -126,6 +126,8 @@ class TimeSeriesReader(ModalityReader):
         self.offset = float(getattr(series, "offset", 0.0) or 0.0)
         cc = getattr(series, "channel_conversion", None)
         self.channel_conversion = None if cc is None else np.asarray(cc[:], dtype=np.float64)
+        if self.channel_conversion is not None:
+            self.channel_conversion.flags.writeable = False  # shared by every ScaledSignal read
         self.resampled_windows = 0
         self._integer_codec: dict[str, Any] | None = None  # set by keep_integers
         self._rows = BlockCursor(self.data, self._transform)
