@@ -182,7 +182,10 @@ class SpikeEventsCodec(BinnedCodec):
                              f"{window} ticks")
         ticks = steps * np.uint64(grid)
         if rest_bytes:
-            ticks += unshuffled(view[at + spikes * tick_bytes:], spikes, rest_bytes)
+            rest = unshuffled(view[at + spikes * tick_bytes:], spikes, rest_bytes)
+            if spikes and int(rest.max()) >= grid:
+                raise CodecError(f"a remainder {int(rest.max())} is not below the step of {grid} ticks")
+            ticks += rest
             if spikes and int(ticks.max()) >= window:
                 raise CodecError(f"a spike at tick {int(ticks.max())} lies beyond the window of {window} ticks")
         return hz, counts, ticks
