@@ -2,12 +2,12 @@
 
     python fuzz/make_video_corpus.py [OUT_DIR]      # default: fuzz/corpus/video
 
-`valid-*`: small windows encoded by the av-video codec (FFV1 gray and RGB, PNG RGBA, H.264 gray),
+`valid-*`: small windows encoded by the av-video codec (FFV1 gray and RGB, ffvhuff RGB, PNG RGBA, H.264 gray),
 which the target must accept. `hostile-*`: the same payloads forged (truncated, a codec number
 outside the allowlist, a frame count or frame size beyond the bound, an empty packet, a PNG
 frame whose IHDR declares 8000x8000), which it must refuse with CodecError. `odd-*`: FFV1
 packets of random bytes, which may decode to garbage frames of the declared shape or be refused.
-Deterministic: FFV1, PNG and x264 on one thread give the same bytes for the same frames.
+Deterministic: FFV1, ffvhuff, PNG and x264 on one thread give the same bytes for the same frames.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def seeds() -> dict[str, bytes]:
         "valid-ffv1-gray": VideoCodec("ffv1").encode(frames((3, 9, 7), 0)),
         "valid-ffv1-rgb": VideoCodec("ffv1").encode(frames((2, 8, 8, 3), 1)),
         "valid-png-rgba": VideoCodec("png").encode(frames((2, 5, 6, 4), 2)),
+        "valid-ffvhuff-rgb": VideoCodec("ffvhuff").encode(frames((2, 7, 9, 3), 4)),
         "valid-h264-gray": VideoCodec("h264", crf=23, preset="ultrafast").encode(frames((4, 16, 16), 3)),
     }
     fields, extradata, packets = packets_of(valid["valid-ffv1-gray"])

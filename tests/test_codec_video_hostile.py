@@ -33,7 +33,7 @@ from neurocodec import WebDatasetWriter
 pytestmark = pytest.mark.timeout(120)
 
 HEADER = struct.Struct("<4sBBBBIIII")
-NUMBER = {"ffv1": 1, "png": 2, "h264": 3}
+NUMBER = {"ffv1": 1, "png": 2, "h264": 3, "ffvhuff": 4}
 MEMBER = "sample_000000001.video.ncv"
 MAX_GROWTH = 64 << 20
 
@@ -121,6 +121,7 @@ def split_parameter_sets(packet: bytes) -> list[bytes]:
 BASES = {  # codec config, channels, frame shapes of the two samples
     "ffv1": ({"codec": "ffv1"}, None, [(3, 8, 8), (2, 8, 8)]),
     "png": ({"codec": "png"}, 4, [(3, 8, 8), (2, 8, 8)]),
+    "ffvhuff": ({"codec": "ffvhuff"}, 3, [(3, 8, 8), (2, 8, 8)]),
     "h264": ({"codec": "h264", "crf": 20}, None, [(6, 16, 16), (4, 16, 16)]),
 }
 
@@ -163,12 +164,14 @@ CASES: dict[str, tuple[str, Callable[[dict, bytes], bytes], str]] = {
                                 r"declares shape \(3, 8, 8, 3\), the manifest declares \(None, 8, 8\)"),
     # The decoder: only the allowlist, and only the manifest's.
     "codec_not_allowed": ("ffv1", lambda p, raw: frame("ffv1", 0, 3, 8, 8, p["packets"], p["extradata"], number=9),
-                          r"codec number 9, not one of the allowed \[1, 2, 3\]"),
+                          r"codec number 9, not one of the allowed \[1, 2, 3, 4\]"),
     "codec_not_the_manifests": ("ffv1", lambda p, raw: frame("png", 0, 3, 8, 8, p["packets"], p["extradata"]),
                                 r"video payload is png, the manifest says ffv1"),
     # What the decoder returns.
     "garbage_png_packet": ("png", lambda p, raw: frame("png", 4, 3, 8, 8, p["packets"][:2] + [bytes(range(200))]),
                            r"png could not decode the video payload"),
+    "garbage_ffvhuff_extradata": ("ffvhuff", lambda p, raw: frame("ffvhuff", 3, 3, 8, 8, p["packets"],
+                                                                   bytes(range(40))), r"ffvhuff could not decode"),
     "png_frame_smaller": ("png", lambda p, raw: frame("png", 4, 3, 8, 8, p["packets"][:2] + [png(4, 4, rows=bytes(68))]),
                           r"decoded frame 2 is 4x4, the payload declares 8x8"),
     "png_frame_huge": ("png", lambda p, raw: frame("png", 4, 3, 8, 8, p["packets"][:2] + [png(8000, 8000, rows=bytes(10**5))]),
@@ -214,20 +217,24 @@ def test_valid_bases_read_in_the_child(bases, base):
     assert got["error"] is None and got["growth"] < MAX_GROWTH, got
 
 
-def test_garbage_ffv1_packets_never_crash(bases, tmp_path):
-    """FFV1 has no checksum at its default level, so garbage may decode to garbage frames: they
-    must still be frames of the declared shape, or a ShardError, never a crash."""
+@pytest.mark.parametrize("base", ["ffv1", "ffvhuff", "h264"])
+def test_garbage_packets_never_crash(bases, tmp_path, base):
+    """FFV1 (at its default level), ffvhuff and H.264 have no checksum of their own, so garbage may
+    decode to garbage frames: they must still be frames of the declared shape, or a ShardError,
+    never a crash."""
     rng = np.random.default_rng(0)
-    for n in range(8):
+    _, channels, shapes = BASES[base]
+    height, width = shapes[0][1:]
+    for n in range(4):
         junk = [rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes() for _ in range(3)]
-        got = read_in_child(damaged(bases, "ffv1", tmp_path / f"ds{n}",
-                                    lambda p, raw: frame("ffv1", 0, 3, 8, 8, junk, p["extradata"])))
-        assert got["error"] == "ShardError" or got["shape"] == [3, 8, 8], got
+        got = read_in_child(damaged(bases, base, tmp_path / f"ds{n}", lambda p, raw: frame(
+            base, channels or 0, 3, height, width, junk, p["extradata"])))
+        assert got["error"] == "ShardError" or got["shape"] == [3, height, width] + ([channels] if channels else []), got
         assert got["growth"] < MAX_GROWTH, got
 
 
 @pytest.mark.parametrize("config,match", [
-    ({"id": "av-video", "codec": "mpeg4"}, r"'mpeg4' is not one of ffv1, png, h264"),
+    ({"id": "av-video", "codec": "mpeg4"}, r"'mpeg4' is not one of ffv1, png, h264, ffvhuff"),
     ({"id": "av-video", "codec": "ffv1", "decoder": "mpeg4"}, r"does not take config"),
 ])
 def test_manifest_naming_a_decoder_outside_the_allowlist_is_refused(bases, tmp_path, config, match):
