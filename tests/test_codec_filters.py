@@ -276,3 +276,40 @@ def test_third_party_filter_survives_a_dataset(tmp_path, rng):
         assert [same(s["sig"], a) for s, a in zip(ds, arrays)] == [True] * 3
     with pytest.raises(UnknownCodecError, match=r"field 'sig'.*'xor' is not allowed; the allowed filters are"):
         Dataset(tmp_path / "ds")
+
+
+@pytest.mark.multiprocess
+def test_two_worker_dataloader_decodes_chains_in_its_workers(tmp_path, rng):
+    """create_shards_from_arrays with codecs=, then a 2-worker DataLoader: each worker rebuilds
+    the chain from the manifest and the batches are the arrays, bit-exact."""
+    import torch
+
+    from neurocodec import create_shards_from_arrays, create_webdataset_dataloader
+
+    eeg = values(np.dtype("<i2"), (10, 200, 8), rng)
+    lfp = values(np.dtype("<f4"), (10, 50, 3), rng)
+    create_shards_from_arrays(tmp_path / "ds", {"eeg": eeg, "lfp": lfp}, shard_size=3,
+                              codecs={"eeg": signal_codec("<i2"), "lfp": signal_codec("<f4")})
+    loader = create_webdataset_dataloader(tmp_path / "ds", batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    for name, want in (("eeg", eeg), ("lfp", lfp)):
+        got = torch.cat([b[name] for b in batches]).numpy()
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
+
+
+def test_a_reader_ceiling_above_the_default_admits_larger_values(tmp_path, monkeypatch, rng):
+    """The field's declared bound (checked against the reader's ceiling when the manifest is
+    parsed) bounds decoding, not the default ceiling: Dataset(max_member_bytes=) reads values
+    above NEUROCODEC_MAX_MEMBER_BYTES, and without it the dataset is refused at opening."""
+    from neurocodec import Dataset, WebDatasetWriter
+    from neurocodec.errors import DatasetError
+
+    array = np.zeros((400, 4), "<i2")  # 3200 bytes decoded, a few dozen stored
+    array[::7] = values(np.dtype("<i2"), (58, 4), rng)[:58]
+    with WebDatasetWriter(tmp_path / "ds", codecs={"sig": signal_codec("<i2")}, fsync=False) as w:
+        w.write_sample({"sig": array})
+    monkeypatch.setenv("NEUROCODEC_MAX_MEMBER_BYTES", "2048")
+    with Dataset(tmp_path / "ds", max_member_bytes=1 << 20) as ds:
+        assert same(ds[0]["sig"], array)
+    with pytest.raises(DatasetError, match="max_value_bytes"):
+        Dataset(tmp_path / "ds")

@@ -112,8 +112,8 @@ class ArrayCodec(Codec):
     def decoder(self, field: FieldSpec) -> Callable[[bytes | memoryview], np.ndarray]:
         """A decoder for `field`: the bound and expected form are worked out once."""
         want = _storable(field.dtype) if field.dtype is not None else None
-        bound = min(field.max_value_bytes or field.max_raw_bytes or limits.max_member_bytes(),
-                    limits.max_member_bytes())
+        # The manifest's bounds were checked against the reader's ceiling when it was parsed.
+        bound = field.max_value_bytes or field.max_raw_bytes or limits.max_member_bytes()
         headers: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
 
         def decode(data: bytes | memoryview) -> np.ndarray:

@@ -185,7 +185,8 @@ class ZstdFilter(Filter):
     def decode(self, data: memoryview, size: int) -> Buffer:
         """The frame's content, which must declare and be exactly `size` bytes."""
         try:
-            return compression.decompress("zstd", data, size)
+            # `size` is already bounded by the caller: it is the ceiling here, not the default one.
+            return compression.decompress("zstd", data, size, max_member_bytes=max(size, 1))
         except compression.DecompressionError as exc:
             raise CodecError(f"zstd body: {exc}") from None
 
@@ -304,7 +305,8 @@ class FilterChain:
         view = _bytes_of(data)
         for f in self.filters:
             view = _bytes_of(f.encode(view))
-        return view.tobytes() if not isinstance(view.obj, bytes) or view.nbytes != len(view.obj) else view.obj
+        out = view.obj
+        return out if type(out) is bytes and len(out) == view.nbytes else view.tobytes()
 
     def decode(self, data: Buffer, size: int) -> memoryview:
         """Invert the chain, giving exactly `size` bytes (CodecError otherwise). No stage is
