@@ -39,8 +39,8 @@ from neurocodec import npy  # noqa: E402
 from neurocodec.plugin import FieldSpec  # noqa: E402
 from neurocodec_plugins.video_codec import VideoCodec  # noqa: E402
 
-CONFIGS = ({"codec": "ffv1"}, {"codec": "ffvhuff"}, {"codec": "png"}, {"codec": "h264", "crf": 0}, {"codec": "h264", "crf": 18},
-           {"codec": "h264", "crf": 23}, {"codec": "h264", "crf": 28})
+CONFIGS = ({"codec": "ffv1"}, {"codec": "ffvhuff"}, {"codec": "png"}, {"codec": "h264", "crf": 0},
+           {"codec": "h264", "crf": 18}, {"codec": "h264", "crf": 23}, {"codec": "h264", "crf": 28})
 
 
 def camera(frames: int, size: int, noise: float, seed: int) -> np.ndarray:
@@ -133,7 +133,8 @@ def loader_rates(windows: int, frames: int) -> dict[str, float]:
                 best = min(best, time.perf_counter() - start)
             assert count == windows
             rates[name] = windows / best
-            print(f"loader, {name:22} {rates[name]:8.1f} samples/s ({rates[name] * data[0].nbytes / 1e6:.1f} MB/s of frames)")
+            megabytes = rates[name] * data[0].nbytes / 1e6
+            print(f"loader, {name:22} {rates[name]:8.1f} samples/s ({megabytes:.1f} MB/s of frames)")
     return rates
 
 
@@ -159,8 +160,8 @@ def main(argv: list[str]) -> int:
         print(f"\n{name}: {args.windows} windows of {windows[0].shape}, {windows[0].nbytes} bytes of uint8 frames")
         print(f"{'storage':34} {'bytes/window':>12} {'of zstd-3':>9} {'enc MB/s':>9} {'dec MB/s':>9} {'PSNR dB':>8}")
         for r in rows:
-            print(f"{r['storage']:34} {r['bytes']:12.0f} {r['of_zstd3']:9.3f} {r.get('encode_MBps', float('nan')):9.1f} "
-                  f"{r.get('decode_MBps', float('nan')):9.1f} {r.get('psnr_dB', float('nan')):8.1f}")
+            enc, dec, quality = (r.get(k, float("nan")) for k in ("encode_MBps", "decode_MBps", "psnr_dB"))
+            print(f"{r['storage']:34} {r['bytes']:12.0f} {r['of_zstd3']:9.3f} {enc:9.1f} {dec:9.1f} {quality:8.1f}")
     if args.loader:
         results["loader_samples_per_s"] = loader_rates(128, args.frames)
     if args.json:

@@ -300,7 +300,7 @@ class VideoCodec(Codec):
     """uint8 frames (T, H, W[, C]) through FFV1, FFV Huffyuv or PNG (lossless) or H.264 (lossy, `crf`).
 
     Config: `{"id": "av-video", "codec": "ffv1"}` (the default codec: smallest lossless),
-    `{"codec": "ffvhuff"}` (lossless, ~4x faster to decode, ~15% larger), `{"codec": "png"}`, or
+    `{"codec": "ffvhuff"}` (lossless, ~3x faster to decode, 12-26% larger), `{"codec": "png"}`, or
     `{"codec": "h264", "crf": 23, "preset": "medium"}` (crf 0-51, lower is better; 0 is lossless
     for gray frames only). Channels: none or 1-4 for FFV1 and PNG; none, 1, 3 or 4 for ffvhuff;
     none, 1 or 3 for H.264.
@@ -351,7 +351,8 @@ class VideoCodec(Codec):
             return {"crf": str(self.crf), "preset": self.preset}
         return {}
 
-    def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Callable[[bytes | memoryview], Any]:
+    def decoder(self, field: FieldSpec,
+                options: Mapping[str, Any] | None = None) -> Callable[[bytes | memoryview], Any]:
         """Decode payloads of `field` (no decode options)."""
         if options:
             raise CodecError(f"{self.codec_id} takes no decode options, got {sorted(options)}")
