@@ -204,9 +204,16 @@ class UnitsReader(ModalityReader):
 
 
 class UnitsExtractor(NWBExtractor):
-    """Finds the file's Units table."""
+    """Finds the file's Units table.
+
+    With neural codecs its readers give spike events for the window the converter names in
+    `ExtractOptions.window`, else for `window` given here (an extractor for one window spec,
+    for a converter that does not name it); with neither, binned counts."""
 
     modality = "spikes"
+
+    def __init__(self, window: WindowSpec | None = None) -> None:
+        self.window = window
 
     def open(self, nwbfile: Any, options: ExtractOptions) -> UnitsReader | None:
         """The Units table (`series` may name another Units table in processing modules)."""
@@ -223,5 +230,5 @@ class UnitsExtractor(NWBExtractor):
             return None
         # Events need the window their codec configs describe (ExtractOptions.window); without
         # it, or with codecs="npy", the reader bins counts as before.
-        window = getattr(options, "window", None) if options.codecs == "neural" else None
+        window = (getattr(options, "window", None) or self.window) if options.codecs == "neural" else None
         return UnitsReader(tables[0], options.path, window=window, clocks=tuple(declared_clocks(tables[0], nwbfile)))
