@@ -98,6 +98,14 @@ def test_frame_count_may_vary_between_samples(tmp_path, config):
         np.testing.assert_array_equal(value, want)
 
 
+@pytest.mark.parametrize("compression", ["zstd", "xz"])
+def test_round_trip_under_member_compression(tmp_path, compression):
+    values = [camera(5, 16, 18, 3, seed=s) for s in range(3)]
+    got = read(write(tmp_path / "ds", values, {"codec": "ffv1"}, compression=compression))
+    for want, value in zip(values, got):
+        np.testing.assert_array_equal(value, want)
+
+
 def test_h264_at_crf_0_is_lossless_for_gray_frames(tmp_path):
     values = [camera(30, 33, 47), camera(1, 8, 8)[..., None]]
     path = write(tmp_path / "ds", values[:1], {"codec": "h264", "crf": 0})
