@@ -185,7 +185,6 @@ class XorPlugin:
 
 def test_third_party_filter_through_a_plugin_writes_and_reads(tmp_path, rng):
     from neurocodec.plugin.manager import load_registry
-    from neurocodec.testing import assert_round_trip
 
     registry = registry_with(("xor-filters", XorPlugin()))
     assert "xor" in registry.filter_ids("xor-filters")
@@ -313,3 +312,21 @@ def test_a_reader_ceiling_above_the_default_admits_larger_values(tmp_path, monke
         assert same(ds[0]["sig"], array)
     with pytest.raises(DatasetError, match="max_value_bytes"):
         Dataset(tmp_path / "ds")
+
+
+def test_numcodecs_registry_is_never_consulted(monkeypatch, rng):
+    """Chains are built from the allowlist only: numcodecs' get_codec (which would build any
+    registered codec, Pickle included, from a config) is never called."""
+    import numcodecs.registry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("numcodecs.get_codec was called")
+
+    monkeypatch.setattr(numcodecs, "get_codec", refuse)
+    monkeypatch.setattr(numcodecs.registry, "get_codec", refuse)
+    for configs in CHAINS.values():
+        codec = ArrayCodec.from_config({"id": "ndarray", "filters": configs})
+        array = values(np.dtype("<u2"), (16, 2), rng)
+        assert same(codec.decode(codec.encode(array), field(codec, "<u2", (16, 2))), array)
+    with pytest.raises(UnknownCodecError, match="'pickle' is not allowed"):
+        ArrayCodec.from_config({"id": "ndarray", "filters": [{"id": "pickle"}]})

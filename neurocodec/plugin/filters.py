@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import zlib
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 import attrs
 import numcodecs
@@ -362,7 +362,3 @@ def signal_filters(dtype: Any, *, level: int = 3) -> list[dict[str, Any]]:
     chain.append({"id": "zstd", "level": level, "checksum": False})
     return chain
 
-
-def filter_ids(table: Iterable[str]) -> str:
-    """The ids of a filter table, sorted and comma-separated (for messages)."""
-    return ", ".join(sorted(table))
