@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -23,6 +24,9 @@ import zstandard
 import hostile as h
 from neurocodec import Dataset, WebDatasetWriter, create_shards_from_arrays, create_webdataset_dataloader
 from neurocodec.errors import NeurocodecError
+from neurocodec.plugin import FieldSpec
+from neurocodec.testing import check_codec
+from neurocodec_plugins.video_codec import VideoCodec
 
 LOSSLESS = ({"codec": "ffv1"}, {"codec": "png"}, {"codec": "ffvhuff"})
 SHAPES = [(1, 1, 1), (1, 17, 23), (3, 31, 29), (2, 16, 16, 1), (3, 15, 13, 2), (4, 21, 19, 3), (2, 9, 11, 4),
@@ -96,6 +100,19 @@ def test_frame_count_may_vary_between_samples(tmp_path, config):
     assert field["shape"] == [None, 20, 30]
     for want, value in zip(values, read(path)):
         np.testing.assert_array_equal(value, want)
+
+
+@pytest.mark.parametrize("config", [*LOSSLESS, {"codec": "h264", "crf": 0}], ids=lambda c: c["codec"])
+def test_check_codec_from_bytes_and_memoryview_deterministic(config):
+    """neurocodec.testing.check_codec, as a plugin author runs it: config round trip, the same
+    bytes twice, bit-exact from bytes and from a memoryview, against fields with free axes."""
+    values = [camera(4, 9, 13, seed=1), camera(1, 9, 13, seed=2)]
+    field = FieldSpec(name="video", modality="video", kind="array", codec=config, extension="ncv", plugin="video",
+                      plugin_version="", dtype="|u1", shape=(None, None, None), max_value_bytes=1 << 16)
+    check_codec(VideoCodec(**config), values, field)
+    if config["codec"] != "h264":
+        rgba = [camera(3, 7, 5, 4, seed=3)]
+        check_codec(VideoCodec(**config), rgba, attrs.evolve(field, shape=(None, 7, 5, 4)))
 
 
 @pytest.mark.parametrize("compression", ["zstd", "xz"])
