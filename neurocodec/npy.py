@@ -145,6 +145,13 @@ _parsed: dict[bytes, tuple[np.dtype, tuple[int, ...], int, bool]] = {}
 _MAX_CACHED = 1024
 
 
+def parse_header(raw: bytes, major: int = 1) -> tuple[np.dtype, tuple[int, ...], int, bool]:
+    """(dtype, shape, element count, fortran order) of the header dict `raw` (the text after an
+    NPY preamble of version `major`), strictly validated as `decode` does, without a body: for
+    codecs whose body follows an NPY header in another encoding. NpyError otherwise."""
+    return _parse_header(raw, major)
+
+
 def _parse_header(raw: bytes, major: int) -> tuple[np.dtype, tuple[int, ...], int, bool]:
     """(dtype, shape, element count, fortran order) of a header dict, strictly validated."""
     try:

@@ -151,7 +151,7 @@ def _header_span(view: memoryview) -> tuple[int, bytes]:
 def _parse(key: bytes, want: np.dtype | None, field: FieldSpec) -> tuple[np.dtype, tuple[int, ...]]:
     """dtype and shape of a header, checked against the field's dtype and fixed axes."""
     try:
-        dtype, shape, _, fortran = npy._parse_header(key[10:], 1)
+        dtype, shape, _, fortran = npy.parse_header(key[10:], 1)
     except npy.NpyError as exc:
         raise CodecError(f"ndarray header: {exc}") from None
     if fortran:

@@ -40,9 +40,8 @@ LOCK_NAME = ".neurocodec-writer.lock"
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _held: "weakref.WeakSet[OutputLock]" = weakref.WeakSet()
 
-
-class _Unsupported(Exception):
-    """flock is not supported by the directory's filesystem: the writer goes on unlocked."""
+_NO_FLOCK = (-1, -1)
+"""What `_lock` returns when the directory's filesystem has no flock: the writer goes on unlocked."""
 
 
 def _drop(fd: int, path: str, identity: tuple[int, int], pid: int) -> None:
@@ -86,9 +85,8 @@ class OutputLock:
     def _take(self) -> bool:
         """One attempt: True once locked (or unlockable here), False if the file moved on."""
         fd = self._open()
-        try:
-            identity = self._lock(fd)
-        except _Unsupported:
+        identity = self._lock(fd)
+        if identity is _NO_FLOCK:
             _remove_if_empty(self.path)  # made just now by os.open; nothing can lock it
             return True
         if identity is None:
@@ -107,7 +105,8 @@ class OutputLock:
 
     def _lock(self, fd: int) -> tuple[int, int] | None:
         """Lock `fd`; return its (device, inode) if it is still the file named `path`, None if
-        the name moved on meanwhile (released and removed by the last holder: try again)."""
+        the name moved on meanwhile (released and removed by the last holder: try again),
+        `_NO_FLOCK` if the filesystem cannot lock (warned once)."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,7 +120,7 @@ class OutputLock:
             if exc.errno in _UNSUPPORTED:
                 warnings.warn(f"{self.directory}: the filesystem does not support flock; writing "
                               "without the writer lock (do not run two writers on it)", stacklevel=5)
-                raise _Unsupported from None
+                return _NO_FLOCK
             raise DatasetError(f"{self.directory}: cannot lock {LOCK_NAME} ({exc.strerror or exc})") from None
         mine = os.fstat(fd)
         try:
