@@ -140,11 +140,11 @@ class SpikeEventsCodec(BinnedCodec):
             raise CodecError(f"as must be 'counts' or 'events', got {form!r}")
         if form == "events" and "bin_size_ms" in options:
             raise CodecError("bin_size_ms applies to counts; leave it out with as='events'")
-        binning = self.binning(options.get("bin_size_ms"))
+        binning, stored = self.binning(options.get("bin_size_ms")), self.binning()
         check_stored_field(field, binning.default_bins, self.dtype)
         if form == "events":
-            return lambda data: self._events(data, field)
-        return lambda data: self._counts(data, field, binning)
+            return lambda data: self._events(data, field, stored)
+        return lambda data: self._counts(data, field, stored, binning)
 
     def decoded_field(self, field: FieldSpec, options: Mapping[str, Any]) -> FieldSpec:
         """Counts: (bins, units) at the bin size asked for; events: a list per batch (kind "events")."""
@@ -152,58 +152,61 @@ class SpikeEventsCodec(BinnedCodec):
             return attrs.evolve(field, kind="events", dtype=None, shape=None, max_value_bytes=0)
         return super().decoded_field(field, options)
 
-    def _parse(self, data: bytes | memoryview, field: FieldSpec) -> tuple[int, np.ndarray, np.ndarray]:
-        """(tick_hz, spikes per unit, ticks grouped by unit) after checking every header count."""
+    def _parse(self, data: bytes | memoryview, field: FieldSpec, stored: Binning) -> tuple[int, int, np.ndarray,
+                                                                                            np.ndarray]:
+        """(tick_hz, window, spikes per unit, ticks grouped by unit) after checking every header
+        count against the payload's length and the field (`stored`: its config's binning)."""
         view, (tick_bytes, count_bytes, rest_bytes, hz, window, units, spikes, grid) = \
             read_header(data, EVENTS_MAGIC)
         if tick_bytes not in (1, 2, 4) or count_bytes not in (1, 2, 4) or not 1 <= grid <= window \
                 or rest_bytes != (0 if grid == 1 else width_of(grid - 1)):
             raise CodecError(f"payload declares widths {tick_bytes}/{count_bytes}/{rest_bytes} and a step of "
                              f"{grid} ticks, which do not fit together or the window of {window} ticks")
-        check_units(field, units, self.binning().bins, self.dtype.itemsize)
-        self.binning().ticks(hz, window)
+        check_units(field, units, stored.bins, self.dtype.itemsize)
+        stored.ticks(hz, window)
         expected = HEADER_BYTES + units * count_bytes + spikes * (tick_bytes + rest_bytes)
         if len(view) != expected:
             raise CodecError(f"payload is {len(view)} bytes; its header ({units} units, {spikes} spikes) "
                              f"says {expected}")
         at = HEADER_BYTES + units * count_bytes
         counts = unshuffled(view[HEADER_BYTES:at], units, count_bytes)
-        if int(counts.sum()) != spikes:  # each count < 2**32, fewer than 2**32 units: no wrap-around
-            raise CodecError(f"spikes per unit add up to {int(counts.sum())}, the header says {spikes}")
-        counts = counts.astype(np.intp)
-        steps = np.cumsum(unshuffled(view[at:at + spikes * tick_bytes], spikes, tick_bytes))  # < 2**64
-        starts = np.cumsum(counts) - counts
-        base = np.zeros(units, dtype=np.uint64)
-        later = (starts > 0) & (counts > 0)
-        base[later] = steps[starts[later] - 1]
-        steps -= np.repeat(base, counts)
+        if int(counts.sum(dtype=np.uint64)) != spikes:  # each < 2**32, fewer than 2**32: no wrap-around
+            raise CodecError(f"spikes per unit add up to {int(counts.sum(dtype=np.uint64))}, the header says {spikes}")
+        steps = np.empty(spikes + 1, dtype=np.uint64)
+        steps[0] = 0
+        np.cumsum(unshuffled(view[at:at + spikes * tick_bytes], spikes, tick_bytes), dtype=np.uint64, out=steps[1:])
+        # each unit's deltas run on from the previous unit's last step: take that away
+        starts = np.cumsum(counts, dtype=np.intp) - counts
+        steps = steps[1:] - np.repeat(steps[starts], counts)
         if spikes and int(steps.max()) > (window - 1) // grid:
             raise CodecError(f"a spike at step {int(steps.max())} of {grid} ticks lies beyond the window of "
                              f"{window} ticks")
-        ticks = steps * np.uint64(grid)
+        ticks = steps.astype(np.intp)  # below 2**32 now
         if rest_bytes:
             rest = unshuffled(view[at + spikes * tick_bytes:], spikes, rest_bytes)
             if spikes and int(rest.max()) >= grid:
                 raise CodecError(f"a remainder {int(rest.max())} is not below the step of {grid} ticks")
+            ticks *= grid
             ticks += rest
             if spikes and int(ticks.max()) >= window:
                 raise CodecError(f"a spike at tick {int(ticks.max())} lies beyond the window of {window} ticks")
-        return hz, counts, ticks
+        return hz, window, counts, ticks
 
-    def _counts(self, data: bytes | memoryview, field: FieldSpec, binning: Binning) -> np.ndarray:
-        hz, counts, ticks = self._parse(data, field)
+    def _counts(self, data: bytes | memoryview, field: FieldSpec, stored: Binning, binning: Binning) -> np.ndarray:
+        hz, window, counts, ticks = self._parse(data, field, stored)
         units = len(counts)
-        per_bin = binning.ticks(hz, binning.bins * binning.bin_ms * hz / 1000)
-        flat = (ticks // np.uint64(per_bin)).astype(np.intp) * units + np.repeat(np.arange(units), counts)
+        flat = ticks // binning.ticks(hz, window)  # the same window, in bins of the size asked for
+        flat *= units
+        flat += np.repeat(np.arange(units, dtype=np.intp), counts)
         binned = np.bincount(flat, minlength=binning.bins * units).reshape(binning.bins, units)
         if len(ticks) > np.iinfo(self.dtype).max and binned.max() > np.iinfo(self.dtype).max:
             raise CodecError(f"a bin holds {binned.max()} spikes, more than {self.dtype} holds")
         return binned.astype(self.dtype)
 
-    def _events(self, data: bytes | memoryview, field: FieldSpec) -> SpikeEvents:
-        hz, counts, ticks = self._parse(data, field)
+    def _events(self, data: bytes | memoryview, field: FieldSpec, stored: Binning) -> SpikeEvents:
+        hz, _, counts, ticks = self._parse(data, field, stored)
         order = np.argsort(ticks, kind="stable")  # ties keep unit order
-        units = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        units = np.repeat(np.arange(len(counts), dtype=np.int64), counts.astype(np.intp))
         return SpikeEvents.from_ticks(ticks[order], units[order], len(counts), hz)
 
 
@@ -249,16 +252,16 @@ class SpikeObservedCodec(BinnedCodec):
 
     def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
         """The mask at the bin size asked for."""
-        binning = self.binning(dict(options or {}).get("bin_size_ms"))
+        binning, stored = self.binning(dict(options or {}).get("bin_size_ms")), self.binning()
         check_stored_field(field, binning.default_bins, self.dtype)
-        return lambda data: self._mask(data, field, binning)
+        return lambda data: self._mask(data, field, stored, binning)
 
-    def _mask(self, data: bytes | memoryview, field: FieldSpec, binning: Binning) -> np.ndarray:
+    def _mask(self, data: bytes | memoryview, field: FieldSpec, stored: Binning, binning: Binning) -> np.ndarray:
         view, (width, zero1, zero2, hz, window, units, count, grid) = read_header(data, OBSERVED_MAGIC)
         if (width, zero1, zero2, grid) != (4, 0, 0, 1):
             raise CodecError(f"payload declares widths {width}/{zero1}/{zero2} and step {grid}, not 4/0/0 and 1")
-        check_units(field, units, binning.default_bins, 1)
-        self.binning().ticks(hz, window)
+        check_units(field, units, stored.bins, 1)
+        stored.ticks(hz, window)
         if len(view) != HEADER_BYTES + 12 * count:
             raise CodecError(f"payload is {len(view)} bytes; its header ({count} intervals) says "
                              f"{HEADER_BYTES + 12 * count}")
@@ -267,7 +270,7 @@ class SpikeObservedCodec(BinnedCodec):
         if count and (unit.max() >= units or np.any(start >= stop) or stop.max() > window):
             raise CodecError(f"an interval has a unit outside 0..{units - 1} or bounds outside 0 <= start < "
                              f"stop <= {window}")
-        per_bin = binning.ticks(hz, binning.bins * binning.bin_ms * hz / 1000)
+        per_bin = binning.ticks(hz, window)
         first, end = -(-start // per_bin), stop // per_bin  # bins wholly inside [start, stop)
         whole = end > first
         size = (binning.bins + 1) * units

@@ -22,6 +22,7 @@ the manifest's shape and sizes before allocating anything that depends on it.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from fractions import Fraction
@@ -191,15 +192,27 @@ class Binning:
 
     def ticks(self, tick_hz: int, window_ticks: int) -> int:
         """Ticks per bin at `tick_hz`, checking the payload's window against the config's."""
-        window = self.bins * self.bin_ms * tick_hz / 1000
-        if window != window_ticks:
-            raise CodecError(f"payload spans {window_ticks} ticks of 1/{tick_hz} s; the field's window of "
-                             f"{_ms_text(self.bins * self.bin_ms)} ms is {_ms_text(window)} ticks")
-        per_bin = self.bin_ms * tick_hz / 1000
-        if per_bin.denominator != 1:
-            raise CodecError(f"bin size {_ms_text(self.bin_ms)} ms is not a whole number of ticks at this "
-                             f"sample's resolution of {tick_hz} ticks/s; choose a bin size that is")
-        return per_bin.numerator
+        per_bin, problem = _bin_ticks(self.bins, self.bin_ms.numerator, self.bin_ms.denominator, tick_hz,
+                                      window_ticks)
+        if problem:
+            raise CodecError(problem)
+        return per_bin
+
+
+@functools.lru_cache(maxsize=256)
+def _bin_ticks(bins: int, numerator: int, denominator: int, tick_hz: int, window_ticks: int) -> tuple[int, str]:
+    """(ticks per bin, "") or (0, why not), in exact fractions, once per clock a dataset uses
+    (cached by plain ints: hashing fractions on every payload would cost more than decoding)."""
+    bin_ms = Fraction(numerator, denominator)
+    window = bins * bin_ms * tick_hz / 1000
+    if window != window_ticks:
+        return 0, (f"payload spans {window_ticks} ticks of 1/{tick_hz} s; the field's window of "
+                   f"{_ms_text(bins * bin_ms)} ms is {_ms_text(window)} ticks")
+    per_bin = bin_ms * tick_hz / 1000
+    if per_bin.denominator != 1:
+        return 0, (f"bin size {_ms_text(bin_ms)} ms is not a whole number of ticks at this sample's "
+                   f"resolution of {tick_hz} ticks/s; choose a bin size that is")
+    return per_bin.numerator, ""
 
 
 # -- payload helpers ------------------------------------------------------------------------------
@@ -215,9 +228,11 @@ def shuffled(values: np.ndarray, width: int) -> bytes:
 
 
 def unshuffled(data: memoryview, count: int, width: int) -> np.ndarray:
-    """Inverse of `shuffled`: `count` integers as uint64."""
-    planes = np.frombuffer(data, dtype=np.uint8, count=count * width).reshape(width, count)
-    return np.ascontiguousarray(planes.T).view(f"<u{width}").reshape(count).astype(np.uint64)
+    """Inverse of `shuffled`: `count` unsigned integers (a read-only view for one byte each)."""
+    planes = np.frombuffer(data, dtype=np.uint8, count=count * width)
+    if width == 1:
+        return planes
+    return np.ascontiguousarray(planes.reshape(width, count).T).view(f"<u{width}").reshape(count)
 
 
 def choose_grid(ticks: np.ndarray, tick_hz: int) -> int:
