@@ -36,6 +36,8 @@ extradata length."""
 LENGTH = struct.Struct("<I")
 MAX_SIDE = 16384
 """The largest height or width (FFmpeg's image size checks allow no more for most codecs)."""
+PADDING = 64
+"""FFmpeg's AV_INPUT_BUFFER_PADDING_SIZE: zero bytes its decoders may read past their input."""
 INSTALL = "PyAV is not installed; video codecs need it: pip install neurocodec[video]"
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
@@ -248,6 +250,10 @@ def decode_frames(data: bytes | memoryview, header: Header) -> np.ndarray:
         # padding its buffers and macroblocks add: width to 64, height to 32).
         ctx.options = {"max_pixels": str(_align(header.width, 64) * _align(header.height, 32))}
         if header.extradata:
+            # PyAV's setter reallocates with FFmpeg's 64 bytes of padding but leaves them unset, and
+            # FFmpeg's bit readers may read them: set it with 64 zeros appended first, then at its
+            # size (realloc keeps the bytes it keeps), so the padding is zeros.
+            ctx.extradata = header.extradata + bytes(PADDING)
             ctx.extradata = header.extradata
         ctx.open()
         count = 0
