@@ -287,5 +287,51 @@ def target_video(data: bytes) -> bool:
 TARGETS["video"] = target_video
 
 
+# -- spike-events / spike-observed (neurocodec/plugin/event_codecs.py, issue 14) -----------------
+
+SPIKE_MODES = ({}, {"bin_size_ms": 20}, {"bin_size_ms": 1}, {"as": "events"}, "observed")
+"""A spike-events input starts with one byte choosing how it is decoded (modulo 5): counts at the
+stored 10 ms, at 20 ms, at 1 ms, as events, or as a spike-observed mask; the rest is the payload."""
+SPIKE_BOUND = 1 << 20
+
+
+def target_spike_events(data: bytes) -> bool:
+    """Decode a payload for a (100 bins of 10 ms, any units) field bounded to 1 MiB. Documented
+    error: CodecError. What it accepts: counts of the field's dtype and (bins, units) shape that
+    add up to the spikes of the same payload decoded as events; events sorted in time within the
+    window, with unit indices below the unit count, that encode back to the same events; a mask
+    of booleans of the asked shape."""
+    import numpy as np
+
+    from neurocodec.plugin import CodecError, FieldSpec, SpikeEvents, SpikeEventsCodec, SpikeObservedCodec
+
+    if not data:
+        return False
+    mode, payload = SPIKE_MODES[data[0] % len(SPIKE_MODES)], data[1:]
+    observed = mode == "observed"
+    codec = SpikeObservedCodec(100, 10, "spikes") if observed else SpikeEventsCodec(100, 10)
+    field = FieldSpec("spikes", "spikes", "array", codec.get_config(), "bin", "fuzz", "0",
+                      dtype="|b1" if observed else "<i4", shape=(100, None), max_value_bytes=SPIKE_BOUND)
+    try:
+        value = codec.decoder(field, {} if observed else mode)(payload)
+        events = None if observed else codec.decoder(field, {"as": "events"})(payload)
+    except CodecError:
+        return False
+    if observed:
+        assert value.dtype == np.bool_ and value.shape[0] == 100
+        return True
+    assert isinstance(events, SpikeEvents) and np.all(np.diff(events.times) >= 0)
+    assert len(events) == 0 or (events.times[0] >= 0 and events.times[-1] < 1.0 and events.units.max() < events.unit_count)
+    if isinstance(value, SpikeEvents):
+        assert value == events and codec.decoder(field, {"as": "events"})(codec.encode(value)) == value
+    else:
+        assert value.dtype == np.int32 and value.shape[1] == events.unit_count and value.sum() == len(events)
+        assert value.nbytes <= SPIKE_BOUND * (100 if mode.get("bin_size_ms") == 1 else 1)
+    return True
+
+
+TARGETS["spike-events"] = target_spike_events
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
