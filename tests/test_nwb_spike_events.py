@@ -45,11 +45,12 @@ class WindowedSpikes:
         return UnitsExtractor(self.window) if modality == "spikes" else None
 
 
-def convert(out, files, bin_ms, length, *, overlap=0.0, events=True, compression="none", **kwargs):
+def convert(out, files, bin_ms, length, *, overlap=0.0, events=True, compression="none", modalities=("spikes",),
+            **kwargs):
     """Convert `files` (spikes only) with events or as dense counts; the Dataset's path."""
     window = WindowSpec.from_user(bin_ms, length, overlap)
     registry = registry_with(("windowed_spikes", WindowedSpikes(window))) if events else None
-    converter = NWBToWebDatasetConverter(out, 64, ["spikes"], bin_ms, length, overlap, compression=compression,
+    converter = NWBToWebDatasetConverter(out, 64, list(modalities), bin_ms, length, overlap, compression=compression,
                                          progress=False, fsync=False, registry=registry,
                                          codecs="neural" if events else "npy", **kwargs)
     converter.convert_nwb_files(files)
@@ -166,6 +167,24 @@ def test_npy_codecs_give_dense_counts(tmp_path, edge_file):
     with Dataset(out) as ds:
         assert [f.codec["id"] for f in ds.manifest.fields] == ["npy", "npy", "json"]
         assert isinstance(ds[0]["spikes"], np.ndarray)
+
+
+def test_windows_spikes_do_not_cover_are_filled_alike(tmp_path):
+    """coverage="fill": behavior covers 12 s, the units only 2-8 s; windows outside are blank."""
+    rng = np.random.default_rng(5)
+    nwb = nf.new_file("fill")
+    nf.add_units(nwb, [np.sort(clocked(rng.uniform(T0 + 2, T0 + 8, 90))) for _ in range(3)],
+                 [[[T0 + 2, T0 + 8]]] * 3)
+    times = T0 + np.arange(600) / 50
+    nf.behavior_module(nwb).add(nf.Position(spatial_series=nf.spatial_series("xy", np.stack([times, times], 1),
+                                                                             timestamps=times)))
+    path = nf.write(nwb, tmp_path / "fill.nwb")
+    kwargs = {"modalities": ["spikes", "behavior"], "coverage": "fill"}
+    events = samples(convert(tmp_path / "events", [path], 10, 50, **kwargs))
+    dense = samples(convert(tmp_path / "dense", [path], 10, 50, events=False, **kwargs))
+    assert_same_windows(events, dense)
+    blank = [s for s in events if "spikes" in s["metadata"]["missing"]]
+    assert blank and all(not s["spikes"].any() and not s["spikes_observed"].any() for s in blank)
 
 
 # -- the real session -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from neurocodec.format.manifest import FieldSpec
 from neurocodec.plugin.codecs import Codec, CodecError
 from neurocodec.plugin.events import (
     AS_VALUES, EVENTS_MAGIC, HEADER_BYTES, MAX_TICKS, OBSERVED_MAGIC, VERSION, Binning, ObservedIntervals,
-    SpikeEvents, _HEADER, _ms_text, check_stored_field, check_units, choose_grid, exact_ms, read_header, shuffled,
+    SpikeEvents, HEADER, ms_text, check_stored_field, check_units, choose_grid, exact_ms, read_header, shuffled,
     unshuffled, width_of,
 )
 
@@ -58,7 +58,7 @@ class BinnedCodec(Codec):
         binning = self.binning()
         window = binning.bins * binning.bin_ms * tick_hz / 1000
         if window.denominator != 1 or not 0 < window <= MAX_TICKS:
-            raise CodecError(f"a window of {_ms_text(binning.bins * binning.bin_ms)} ms is not a whole number of "
+            raise CodecError(f"a window of {ms_text(binning.bins * binning.bin_ms)} ms is not a whole number of "
                              f"ticks of 1/{tick_hz} s from 1 to {MAX_TICKS}; store the values at another tick_hz")
         binning.ticks(tick_hz, window.numerator)
         return window.numerator
@@ -127,7 +127,7 @@ class SpikeEventsCodec(BinnedCodec):
         tick_bytes = width_of(int(deltas.max()) if len(deltas) else 0)
         count_bytes = width_of(int(counts.max()) if units else 0)
         rest_bytes = 0 if grid == 1 else width_of(grid - 1)
-        header = _HEADER.pack(EVENTS_MAGIC, VERSION, tick_bytes, count_bytes, rest_bytes, hz, window, units,
+        header = HEADER.pack(EVENTS_MAGIC, VERSION, tick_bytes, count_bytes, rest_bytes, hz, window, units,
                               len(ticks), grid)
         parts = [header, shuffled(counts, count_bytes), shuffled(deltas, tick_bytes)]
         return b"".join(parts + ([shuffled(rest, rest_bytes)] if rest_bytes else []))
@@ -246,7 +246,7 @@ class SpikeObservedCodec(BinnedCodec):
         keep = bounds[:, 1] > bounds[:, 0]
         bounds, unit = bounds[keep], value.units[keep]
         order = np.lexsort((bounds[:, 1], bounds[:, 0], unit))
-        header = _HEADER.pack(OBSERVED_MAGIC, VERSION, 4, 0, 0, hz, window, units, len(order), 1)
+        header = HEADER.pack(OBSERVED_MAGIC, VERSION, 4, 0, 0, hz, window, units, len(order), 1)
         return b"".join((header, unit[order].astype("<u4").tobytes(), bounds[order, 0].astype("<u4").tobytes(),
                          bounds[order, 1].astype("<u4").tobytes()))
 

@@ -40,8 +40,8 @@ MAX_TICKS = 2**32 - 1
 """The most ticks a window may span (so every tick, delta and count fits 32 bits)."""
 EVENTS_MAGIC, OBSERVED_MAGIC = b"NCSE", b"NCSO"
 VERSION = 1
-_HEADER = struct.Struct("<4sBBBBIIIII")  # magic, version, 3 widths, tick_hz, window, units, count, grid
-HEADER_BYTES = _HEADER.size
+HEADER = struct.Struct("<4sBBBBIIIII")  # magic, version, 3 widths, tick_hz, window, units, count, grid
+HEADER_BYTES = HEADER.size
 COMMON_CLOCKS = (1000, 2000, 2500, 5000, 10000, 20000, 24000, 25000, 30000, 32000, 40000, 44100, 48000,
                  50000, 100000)
 """Acquisition clocks: spike ticks of a finer rate mostly on one of these are stored as steps of
@@ -155,14 +155,15 @@ def exact_ms(value: Any, what: str) -> Fraction:
     return Fraction(value) if isinstance(value, int) else Fraction(repr(float(value)))
 
 
-def _ms_text(ms: Fraction) -> str:
+def ms_text(ms: Fraction) -> str:
+    """Milliseconds as a user wrote them: 10, 0.5."""
     return str(ms.numerator) if ms.denominator == 1 else repr(ms.numerator / ms.denominator)
 
 
 def allowed_bin_sizes(window_ms: Fraction) -> str:
     """The whole-millisecond bin sizes that divide a window, for error messages."""
     if window_ms.denominator != 1 or window_ms.numerator > 10**7:
-        return f"any size dividing {_ms_text(window_ms)} ms"
+        return f"any size dividing {ms_text(window_ms)} ms"
     w = window_ms.numerator
     sizes = [d for d in range(1, math.isqrt(w) + 1) if w % d == 0]
     sizes = sorted(set(sizes + [w // d for d in sizes]))
@@ -186,7 +187,7 @@ class Binning:
         window = bins * bin_size_ms
         count = window / asked_ms
         if count.denominator != 1:
-            raise ValueError(f"bin_size_ms={asked!r} does not divide the window of {_ms_text(window)} ms into "
+            raise ValueError(f"bin_size_ms={asked!r} does not divide the window of {ms_text(window)} ms into "
                              f"whole bins; allowed: {allowed_bin_sizes(window)}, each a whole number of ticks")
         return cls(count.numerator, asked_ms, bins)
 
@@ -207,10 +208,10 @@ def _bin_ticks(bins: int, numerator: int, denominator: int, tick_hz: int, window
     window = bins * bin_ms * tick_hz / 1000
     if window != window_ticks:
         return 0, (f"payload spans {window_ticks} ticks of 1/{tick_hz} s; the field's window of "
-                   f"{_ms_text(bins * bin_ms)} ms is {_ms_text(window)} ticks")
+                   f"{ms_text(bins * bin_ms)} ms is {ms_text(window)} ticks")
     per_bin = bin_ms * tick_hz / 1000
     if per_bin.denominator != 1:
-        return 0, (f"bin size {_ms_text(bin_ms)} ms is not a whole number of ticks at this sample's "
+        return 0, (f"bin size {ms_text(bin_ms)} ms is not a whole number of ticks at this sample's "
                    f"resolution of {tick_hz} ticks/s; choose a bin size that is")
     return per_bin.numerator, ""
 
@@ -250,7 +251,7 @@ def read_header(data: bytes | memoryview, magic: bytes) -> tuple[memoryview, tup
     view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
     if len(view) < HEADER_BYTES:
         raise CodecError(f"payload of {len(view)} bytes is shorter than the {HEADER_BYTES}-byte header")
-    got, version, *rest = _HEADER.unpack_from(view)
+    got, version, *rest = HEADER.unpack_from(view)
     if got != magic:
         raise CodecError(f"payload does not start with {magic!r} (got {bytes(got)!r})")
     if version != VERSION:
