@@ -158,6 +158,14 @@ def test_a_clock_the_file_declares_is_tried_first(tmp_path):
                         samples(convert(tmp_path / "dense1", [path], 1, 500, events=False)))
 
 
+def test_sessions_on_different_clocks_convert_into_one_dataset(tmp_path, edge_file, float_file):
+    """30 kHz and 1 MHz sessions: their parts' codec configs agree, so they merge."""
+    out = convert(tmp_path / "events", [edge_file, float_file], 10, 50)
+    assert_same_windows(samples(out), samples(convert(tmp_path / "dense", [edge_file, float_file], 10, 50,
+                                                      events=False)))
+    assert {s["spikes"].tick_hz for s in samples(out, {"spikes": {"as": "events"}})} == {CLOCK, 1_000_000}
+
+
 def test_unit_ids_stay_in_the_manifest(tmp_path, edge_file):
     assert session(convert(tmp_path / "ids", [edge_file], 10, 50))["ids"]["spikes"]["unit_ids"] == [7, 3, 12, 40]
 
