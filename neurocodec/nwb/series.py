@@ -95,6 +95,8 @@ class ScaledSignal:
 
     def physical(self) -> np.ndarray:
         """The samples in physical units (float32), as the `scaled-int` codec decodes them."""
+        if not self.raw.size:  # `physical` steps along axis 0 even when another axis is empty
+            return np.zeros(self.raw.shape, np.float32)
         return physical(self.raw, self.conversion, self.channel_conversion, self.offset)
 
 

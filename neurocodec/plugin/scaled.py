@@ -163,8 +163,9 @@ class ScaledIntCodec(Codec):
             signal_shape, factors, conversion, offset, start = _parse_header(view, self.raw_dtype, field, max_count)
             values = decode_array_body(view[start:], self.raw_dtype, signal_shape, self.chain, self.order,
                                        max_bytes=max_count * self.raw_dtype.itemsize)
-            if not raw:
-                values = physical(values, conversion, factors, offset)
+            if not raw:  # (physical steps along axis 0 even when another axis is empty)
+                values = physical(values, conversion, factors, offset) if values.size else \
+                    np.zeros(values.shape, OUT_DTYPE)
             return check_array(values, out)
 
         return decode
@@ -219,12 +220,15 @@ def _check_shape(shape: tuple[int, ...], field: FieldSpec, max_count: int) -> No
     if field.shape is not None and (len(shape) != len(field.shape) or any(
             want is not None and got != want for got, want in zip(shape, field.shape))):
         raise CodecError(f"scaled-int header declares shape {shape}, the manifest declares {field.shape}")
-    count = 1
-    for dim in shape:
-        count *= dim  # Python ints: no overflow
+    count, extent = 1, 1
+    for dim in shape:  # Python ints: no overflow
+        count *= dim
+        extent *= max(dim, 1)
     if count > max_count:
         raise CodecError(f"scaled-int header declares shape {shape} ({count} samples), more than the "
                          f"{max_count} the manifest bounds this field's values by")
+    if extent >= 1 << 60:  # numpy cannot describe it (8-byte items), even with an empty axis
+        raise CodecError(f"scaled-int header declares shape {shape}, larger than any array numpy can describe")
 
 
 def let_scaled_through(prepare: Prepare) -> Prepare:
