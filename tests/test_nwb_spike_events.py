@@ -26,6 +26,8 @@ from neurocodec.nwb import WindowSpec
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 from neurocodec.plugin import SpikeEvents, hookimpl
 from neurocodec.testing import registry_with
+from neurocodec.nwb import windows
+from neurocodec_plugins import nwb_spike_ticks
 from neurocodec_plugins.nwb_spikes import UnitsExtractor
 from test_nwb_real import real_files  # noqa: F401 - the pytest fixture
 
@@ -166,6 +168,10 @@ def test_sessions_on_different_clocks_convert_into_one_dataset(tmp_path, edge_fi
     assert {s["spikes"].tick_hz for s in samples(out, {"spikes": {"as": "events"}})} == {CLOCK, 1_000_000}
 
 
+def test_the_tolerance_is_the_converters():
+    assert nwb_spike_ticks.BIN_EPS == windows.BIN_EPS
+
+
 def test_unit_ids_stay_in_the_manifest(tmp_path, edge_file):
     assert session(convert(tmp_path / "ids", [edge_file], 10, 50))["ids"]["spikes"]["unit_ids"] == [7, 3, 12, 40]
 
@@ -210,6 +216,8 @@ def test_real_session_rebinned_at_load_time_matches_numpy(tmp_path, real_files):
     events = convert(tmp_path / "events", [path], 10, 100, overlap=0.5, compression="zstd")
     dense = convert(tmp_path / "dense", [path], 10, 100, overlap=0.5, events=False, compression="zstd")
     assert_same_windows(samples(events), samples(dense))
+    # times written to 1 us (2% lie 1 us off the 20 kHz clock): 1 MHz keeps them exact
+    assert session(events)["series"]["spikes"]["tick_hz"] == 1_000_000
     times, units = h5py_spikes(path)
     for bin_ms in (5, 10, 20, 50):
         bins = 1000 // bin_ms
