@@ -235,3 +235,42 @@ def test_fmri_behavior_and_calcium_integers(tmp_path, rng):
         for i in range(len(neural)):
             for name in ("fmri", "behavior", "calcium"):
                 assert neural[i][name].tobytes() == plain[i][name].tobytes(), (i, name)
+
+
+def test_sessions_of_different_scales_merge(tmp_path, rng):
+    """Two files whose int16 LFP has another conversion, offset and channel_conversion: their
+    parts merge (the field's config is the same) and each window decodes with its own scale."""
+    paths = []
+    for k, (conversion, offset, cc) in enumerate([(2.5e-6, 0.125, CC), (1e-3, -0.5, None)]):
+        nwb = nwbfiles.new_file(identifier=f"id{k}", session_id=f"s{k}")
+        raw = rng.integers(-2000, 2000, (2500, 4)).astype(np.int16)
+        extra = {} if cc is None else {"channel_conversion": cc}
+        nwbfiles.add_lfp(nwb, nwbfiles.electrical_series(nwb, "lfp", raw, rate=RATE, starting_time=T0,
+                                                         conversion=conversion, offset=offset, **extra))
+        paths.append(nwbfiles.write(nwb, tmp_path / f"s{k}.nwb"))
+    with Dataset(convert(tmp_path, paths, "n", "neural", modalities=["lfp"], workers=2)) as neural, \
+            Dataset(convert(tmp_path, paths, "p", "npy", modalities=["lfp"])) as plain:
+        assert field(neural, "lfp").codec["id"] == "scaled-int" and len(neural) == len(plain)
+        sessions = {neural[i]["metadata"]["session"] for i in range(len(neural))}
+        assert len(sessions) == 2
+        for i in range(len(neural)):
+            assert neural[i]["lfp"].tobytes() == plain[i]["lfp"].tobytes(), i
+        records = neural.manifest.extra["sessions"]
+        assert sorted(r["series"]["lfp"]["conversion"] for r in records.values()) == [2.5e-6, 1e-3]
+
+
+def test_sessions_of_int_and_float_signals_do_not_merge_with_neural_codecs(tmp_path, rng):
+    """A scaled int16 session and a float32 one store the field with different codecs: the merge
+    refuses in words naming the field; codecs='npy' converts them together as before."""
+    paths = []
+    for k, dtype in enumerate((np.int16, np.float32)):
+        nwb = nwbfiles.new_file(identifier=f"id{k}", session_id=f"s{k}")
+        raw = rng.integers(-2000, 2000, (2500, 4)).astype(dtype)
+        nwbfiles.add_lfp(nwb, nwbfiles.electrical_series(nwb, "lfp", raw, rate=RATE, starting_time=T0,
+                                                         conversion=2.5e-6))
+        paths.append(nwbfiles.write(nwb, tmp_path / f"s{k}.nwb"))
+    with pytest.raises(Exception, match="field 'lfp'") as caught:
+        convert(tmp_path, paths, "n", "neural", modalities=["lfp"])
+    assert "neurocodec" in type(caught.value).__module__
+    with Dataset(convert(tmp_path, paths, "p", "npy", modalities=["lfp"])) as plain:
+        assert field(plain, "lfp").dtype == "<f4"
