@@ -164,7 +164,8 @@ def test_raw_option_gives_the_integers_of_the_file(converted):
 
 def test_float16_option_keeps_the_float_conversion(tmp_path, rng):
     path = session(tmp_path / "s.nwb", rng)
-    root = convert(tmp_path, [path], "half", "neural", modalities=["lfp"], modality_options={"lfp": {"dtype": "float16"}})
+    root = convert(tmp_path, [path], "half", "neural", modalities=["lfp"],
+                   modality_options={"lfp": {"dtype": "float16"}})
     with Dataset(root) as ds:
         assert (field(ds, "lfp").codec["id"], field(ds, "lfp").dtype) == ("npy", "<f2")
 
