@@ -160,6 +160,9 @@ def test_config_is_checked(tmp_path):
         ScaledIntCodec.from_config({"id": "scaled-int"})
     with pytest.raises(CodecError, match="integer dtype"):
         ScaledIntCodec.from_config({"id": "scaled-int", "raw_dtype": "<f4"})
+    for hostile in (["<i2", 2], {"names": ["a"], "formats": ["<i2"]}, "int16", "(2,)i2"):
+        with pytest.raises(CodecError, match="integer dtype"):
+            ScaledIntCodec.from_config({"id": "scaled-int", "raw_dtype": hostile})
     with pytest.raises(CodecError, match="does not take"):
         ScaledIntCodec.from_config({"id": "scaled-int", "raw_dtype": "<i2", "level": 3})
     codec = ScaledIntCodec.from_config(scaled_codec("<u2"))

@@ -59,9 +59,10 @@ _FACTORS = 1
 
 
 def _raw_dtype(dtype: Any, what: str) -> np.dtype:
-    """The little-endian integer dtype of RAW_DTYPES `dtype` stands for; CodecError otherwise."""
-    name = dtype if isinstance(dtype, str) else npy.stored_name(np.dtype(dtype))
-    if name not in RAW_DTYPES:
+    """The little-endian integer dtype of RAW_DTYPES `dtype` (a numpy dtype, or a name of
+    RAW_DTYPES exactly) stands for; CodecError otherwise. A config's text never reaches np.dtype."""
+    name = npy.stored_name(dtype) if isinstance(dtype, np.dtype) else dtype
+    if not isinstance(name, str) or name not in RAW_DTYPES:
         raise CodecError(f"{what} must be an integer dtype ({', '.join(RAW_DTYPES)}), got {str(dtype)[:40]!r}")
     return npy.dtype_named(name)
 
@@ -163,9 +164,11 @@ class ScaledIntCodec(Codec):
             signal_shape, factors, conversion, offset, start = _parse_header(view, self.raw_dtype, field, max_count)
             values = decode_array_body(view[start:], self.raw_dtype, signal_shape, self.chain, self.order,
                                        max_bytes=max_count * self.raw_dtype.itemsize)
-            if not raw:  # (physical steps along axis 0 even when another axis is empty)
-                values = physical(values, conversion, factors, offset) if values.size else \
-                    np.zeros(values.shape, OUT_DTYPE)
+            if not raw and not values.size:  # physical steps along axis 0 even when another is empty
+                values = np.zeros(values.shape, OUT_DTYPE)
+            elif not raw:
+                with np.errstate(over="ignore"):  # beyond float32: inf, as a conversion at write time gives
+                    values = physical(values, conversion, factors, offset)
             return check_array(values, out)
 
         return decode
