@@ -6,8 +6,8 @@ no frame is ever silently rescaled.
 
 By default frames are stored as plain `.npy` (readable by any WebDataset tool). The codec
 `av-video` (plugins/video_codec.py, needs PyAV: `pip install neurocodec[video]`) stores them
-through a real codec, chosen per field at write time: lossless FFV1 or PNG, or, only when asked,
-lossy H.264, e.g. `WebDatasetWriter(..., codecs={"video": {"id": "av-video", "codec": "ffv1"}})`.
+through a real codec, chosen per field at write time: lossless FFV1, ffvhuff or PNG, or, only
+when asked, lossy H.264, e.g. `WebDatasetWriter(..., codecs={"video": {"id": "av-video", "codec": "ffv1"}})`.
 See docs/codecs/video.md.
 """
 
@@ -18,7 +18,7 @@ from neurocodec_plugins.video_codec import VideoCodec
 
 @hookimpl
 def neurocodec_register_codecs(register) -> None:
-    """`av-video`: frames through FFV1, PNG or H.264 (PyAV is imported only when it is used)."""
+    """`av-video`: frames through FFV1, ffvhuff, PNG or H.264 (PyAV is imported only when used)."""
     register(VideoCodec)
 
 
@@ -28,7 +28,7 @@ def neurocodec_register_modalities(register) -> None:
     register(ModalitySpec(
         name="video", codec={"id": "npy", "pack_integers": False},
         prepare=ArrayPolicy(kinds="biu", store_dtype="uint8", what="video frames"),
-        description="video frames, stored as uint8",
+        description="video frames, stored as uint8 (.npy; or FFV1, ffvhuff, PNG, H.264 with the av-video codec)",
     ))
 
 
