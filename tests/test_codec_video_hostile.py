@@ -30,7 +30,8 @@ import pytest
 import hostile as h
 from neurocodec import WebDatasetWriter
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")]
 
 HEADER = struct.Struct("<4sBBBBIIII")
 NUMBER = {"ffv1": 1, "png": 2, "h264": 3, "ffvhuff": 4}
