@@ -291,7 +291,9 @@ TARGETS["video"] = target_video
 
 SPIKE_MODES = ({}, {"bin_size_ms": 20}, {"bin_size_ms": 1}, {"as": "events"}, "observed")
 """A spike-events input starts with one byte choosing how it is decoded (modulo 5): counts at the
-stored 10 ms, at 20 ms, at 1 ms, as events, or as a spike-observed mask; the rest is the payload."""
+stored 10 ms, at 20 ms, at 1 ms, as events, or as a spike-observed mask; and (its value // 5, odd)
+whether the payload's CRC-32 trailer is recomputed first, so that mutations reach the checks
+behind it. The rest is the payload."""
 SPIKE_BOUND = 1 << 20
 
 
@@ -308,6 +310,10 @@ def target_spike_events(data: bytes) -> bool:
     if not data:
         return False
     mode, payload = SPIKE_MODES[data[0] % len(SPIKE_MODES)], data[1:]
+    if data[0] // len(SPIKE_MODES) % 2 and len(payload) >= 4:
+        import zlib
+
+        payload = payload[:-4] + struct.pack("<I", zlib.crc32(payload[:-4]))
     observed = mode == "observed"
     codec = SpikeObservedCodec(100, 10, "spikes") if observed else SpikeEventsCodec(100, 10)
     field = FieldSpec("spikes", "spikes", "array", codec.get_config(), "bin", "fuzz", "0",

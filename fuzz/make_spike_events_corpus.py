@@ -11,6 +11,7 @@ delta past the window, a remainder not below its step, a unit outside the count.
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,25 @@ def seeds() -> dict[str, bytes]:
     out["valid-observed"] = bytes([4]) + observed.encode(mask)
     head = struct.Struct("<4sBBBBIIIII")
     bad = {
-        "truncated": good["clocked"][:-3],
-        "counts-do-not-add-up": good["clocked"][:head.size] + b"\\xff" + good["clocked"][head.size + 1:],
-        "huge-spike-count": head.pack(b"NCSE", 1, 4, 1, 0, 30_000, 30_000, 1, 2**32 - 1, 1) + b"\\x01" + bytes(4),
-        "delta-past-window": head.pack(b"NCSE", 1, 4, 1, 0, 30_000, 30_000, 1, 1, 1) + b"\\x01" + struct.pack("<I", 30_000),
-        "remainder-not-below-step": head.pack(b"NCSE", 1, 1, 1, 1, 30_000, 30_000, 1, 1, 100) + b"\\x01\\x00\\x96",
+        "truncated": good["clocked"][:-7],  # 3 bytes short, CRC-32 made again
+        "counts-do-not-add-up": good["clocked"][:head.size] + b"\xff" + good["clocked"][head.size + 1:-4],
+        "huge-spike-count": head.pack(b"NCSE", 1, 4, 1, 0, 30_000, 30_000, 1, 2**32 - 1, 1) + b"\x01" + bytes(4),
+        "delta-past-window": head.pack(b"NCSE", 1, 4, 1, 0, 30_000, 30_000, 1, 1, 1) + b"\x01" + struct.pack("<I", 30_000),
+        "remainder-not-below-step": head.pack(b"NCSE", 1, 1, 1, 1, 30_000, 30_000, 1, 1, 100) + b"\x01\x00\x96",
         "observed-unit-out-of-range": head.pack(b"NCSO", 1, 4, 0, 0, 30_000, 30_000, 2, 1, 1)
         + struct.pack("<III", 9, 0, 10),
     }
-    out.update({f"hostile-{name}": bytes([4 if name.startswith("observed") else 0]) + payload
+    # hostile payloads get a right CRC-32 and a mode byte that keeps it (5 + mode), so the checks
+    # behind the CRC are what they meet; "damaged" keeps a wrong one
+    out.update({f"hostile-{name}": bytes([9 if name.startswith("observed") else 5]) + seal(payload)
                 for name, payload in bad.items()})
+    out["hostile-damaged"] = bytes([0]) + good["clocked"][:40] + bytes([good["clocked"][40] ^ 1]) + good["clocked"][41:]
     return out
+
+
+def seal(body: bytes) -> bytes:
+    """`body` and its CRC-32, as every payload ends."""
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 if __name__ == "__main__":

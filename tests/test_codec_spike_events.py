@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -231,18 +232,25 @@ def payload(ticks, counts, *, units=UNITS, hz=HZ, window=WINDOW, spikes=None, wi
     head = HEADER.pack(magic, version, tick_bytes, count_bytes, rest_bytes, hz, window, units,
                        len(ticks) if spikes is None else spikes, step)
     planes = lambda values, width: np.asarray(values, f"<u{width}").view(np.uint8).reshape(-1, width).T.tobytes()
-    return head + planes(counts, count_bytes) + planes(ticks, tick_bytes) + rest
+    return seal(head + planes(counts, count_bytes) + planes(ticks, tick_bytes) + rest)
+
+
+def seal(body: bytes) -> bytes:
+    """`body` and its CRC-32, the trailer every payload ends with."""
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def observed_payload(rows, *, units=UNITS, window=WINDOW, count=None) -> bytes:
     rows = np.asarray(rows, "<u4").reshape(-1, 3)
     head = HEADER.pack(b"NCSO", 1, 4, 0, 0, HZ, window, units, len(rows) if count is None else count, 1)
-    return head + rows.T.tobytes()
+    return seal(head + rows.T.tobytes())
 
 
 HOSTILE = {
-    "truncated": (payload([5, 6, 7], [3, 0, 0, 0])[:-2], r"payload is \d+ bytes; its header"),
-    "header_only": (payload([], [0, 0, 0, 0])[:HEADER.size - 1], r"shorter than the 28-byte header"),
+    "truncated": (seal(payload([5, 6, 7], [3, 0, 0, 0])[:-6]), r"payload holds \d+ bytes before its CRC-32; its header"),
+    "header_only": (payload([], [0, 0, 0, 0])[:HEADER.size + 3], r"shorter than the 28-byte header and 4-byte CRC-32"),
+    "damaged": (payload([5, 6, 7], [3, 0, 0, 0])[:-5] + b"\x07" + payload([5, 6, 7], [3, 0, 0, 0])[-4:],
+                r"does not match its CRC-32"),
     "huge_spike_count": (payload([5], [1, 0, 0, 0], spikes=2**32 - 1), r"its header \(4 units, 4294967295 spikes\)"),
     "counts_too_large": (payload([5, 6], [2, 7, 0, 0]), r"spikes per unit add up to 9, the header says 2"),
     "units_not_the_manifests": (payload([5], [1, 0, 0, 0, 0], units=5), r"holds 5 units, the manifest declares 4"),
@@ -255,7 +263,8 @@ HOSTILE = {
                                   r"tick 30097 lies beyond the window"),
     "step_larger_than_window": (payload([0], [1, 0, 0, 0], widths=(4, 1, 4), step=2**32 - 1, rest=bytes(4)),
                                 r"step of 4294967295 ticks"),
-    "bad_widths": (payload([5], [1, 0, 0, 0])[:5] + b"\x03" + payload([5], [1, 0, 0, 0])[6:], r"declares widths 3/1/0"),
+    "bad_widths": (seal(payload([5], [1, 0, 0, 0])[:5] + b"\x03" + payload([5], [1, 0, 0, 0])[6:-4]),
+                   r"declares widths 3/1/0"),
     "other_window": (payload([5], [1, 0, 0, 0], window=WINDOW * 2), r"spans 60000 ticks.*window of 1000 ms"),
     "zero_tick_rate": (payload([5], [1, 0, 0, 0], hz=0), r"0 ticks/s"),
     "bad_magic": (payload([5], [1, 0, 0, 0], magic=b"NCSO"), r"does not start with b'NCSE'"),
@@ -266,7 +275,9 @@ HOSTILE_OBSERVED = {
     "start_after_stop": (observed_payload([[0], [10], [10]]), r"bounds outside 0 <= start < stop"),
     "stop_beyond_window": (observed_payload([[0], [0], [WINDOW + 1]]), r"bounds outside"),
     "huge_interval_count": (observed_payload([[0], [0], [10]], count=2**32 - 1), r"4294967295 intervals"),
-    "truncated": (observed_payload([[0], [0], [10]])[:-1], r"payload is \d+ bytes"),
+    "truncated": (seal(observed_payload([[0], [0], [10]])[:-5]), r"payload holds \d+ bytes before its CRC-32"),
+    "damaged": (observed_payload([[0], [0], [10]])[:-6] + b"\x0b" + observed_payload([[0], [0], [10]])[-5:],
+                r"does not match its CRC-32"),
 }
 
 

@@ -15,8 +15,8 @@ from neurocodec import npy
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.plugin.codecs import Codec, CodecError
 from neurocodec.plugin.events import (
-    AS_VALUES, EVENTS_MAGIC, HEADER_BYTES, MAX_TICKS, OBSERVED_MAGIC, VERSION, Binning, ObservedIntervals,
-    SpikeEvents, HEADER, ms_text, check_stored_field, check_units, choose_grid, exact_ms, read_header, shuffled,
+    AS_VALUES, EVENTS_MAGIC, HEADER, HEADER_BYTES, MAX_TICKS, OBSERVED_MAGIC, VERSION, Binning, ObservedIntervals,
+    SpikeEvents, check_stored_field, check_units, choose_grid, exact_ms, ms_text, read_header, sealed, shuffled,
     unshuffled, width_of,
 )
 
@@ -130,7 +130,7 @@ class SpikeEventsCodec(BinnedCodec):
         header = HEADER.pack(EVENTS_MAGIC, VERSION, tick_bytes, count_bytes, rest_bytes, hz, window, units,
                               len(ticks), grid)
         parts = [header, shuffled(counts, count_bytes), shuffled(deltas, tick_bytes)]
-        return b"".join(parts + ([shuffled(rest, rest_bytes)] if rest_bytes else []))
+        return sealed(b"".join(parts + ([shuffled(rest, rest_bytes)] if rest_bytes else [])))
 
     def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
         """Counts at the bin size asked for, or events."""
@@ -166,8 +166,8 @@ class SpikeEventsCodec(BinnedCodec):
         stored.ticks(hz, window)
         expected = HEADER_BYTES + units * count_bytes + spikes * (tick_bytes + rest_bytes)
         if len(view) != expected:
-            raise CodecError(f"payload is {len(view)} bytes; its header ({units} units, {spikes} spikes) "
-                             f"says {expected}")
+            raise CodecError(f"payload holds {len(view)} bytes before its CRC-32; its header ({units} units, "
+                             f"{spikes} spikes) says {expected}")
         at = HEADER_BYTES + units * count_bytes
         counts = unshuffled(view[HEADER_BYTES:at], units, count_bytes)
         if int(counts.sum(dtype=np.uint64)) != spikes:  # each < 2**32, fewer than 2**32: no wrap-around
@@ -247,8 +247,8 @@ class SpikeObservedCodec(BinnedCodec):
         bounds, unit = bounds[keep], value.units[keep]
         order = np.lexsort((bounds[:, 1], bounds[:, 0], unit))
         header = HEADER.pack(OBSERVED_MAGIC, VERSION, 4, 0, 0, hz, window, units, len(order), 1)
-        return b"".join((header, unit[order].astype("<u4").tobytes(), bounds[order, 0].astype("<u4").tobytes(),
-                         bounds[order, 1].astype("<u4").tobytes()))
+        return sealed(b"".join((header, unit[order].astype("<u4").tobytes(), bounds[order, 0].astype("<u4").tobytes(),
+                                bounds[order, 1].astype("<u4").tobytes())))
 
     def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
         """The mask at the bin size asked for."""
@@ -263,8 +263,8 @@ class SpikeObservedCodec(BinnedCodec):
         check_units(field, units, stored.bins, 1)
         stored.ticks(hz, window)
         if len(view) != HEADER_BYTES + 12 * count:
-            raise CodecError(f"payload is {len(view)} bytes; its header ({count} intervals) says "
-                             f"{HEADER_BYTES + 12 * count}")
+            raise CodecError(f"payload holds {len(view)} bytes before its CRC-32; its header ({count} intervals) "
+                             f"says {HEADER_BYTES + 12 * count}")
         rows = np.frombuffer(view, dtype="<u4", offset=HEADER_BYTES).reshape(3, count).astype(np.int64)
         unit, start, stop = rows
         if count and (unit.max() >= units or np.any(start >= stop) or stop.max() > window):

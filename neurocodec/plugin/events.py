@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import zlib
 from fractions import Fraction
 from typing import Any
 
@@ -42,6 +43,7 @@ EVENTS_MAGIC, OBSERVED_MAGIC = b"NCSE", b"NCSO"
 VERSION = 1
 HEADER = struct.Struct("<4sBBBBIIIII")  # magic, version, 3 widths, tick_hz, window, units, count, grid
 HEADER_BYTES = HEADER.size
+TRAILER_BYTES = 4  # CRC-32 of everything before it
 COMMON_CLOCKS = (1000, 2000, 2500, 5000, 10000, 20000, 24000, 25000, 30000, 32000, 40000, 44100, 48000,
                  50000, 100000)
 """Acquisition clocks: spike ticks of a finer rate mostly on one of these are stored as steps of
@@ -246,20 +248,30 @@ def choose_grid(ticks: np.ndarray, tick_hz: int) -> int:
     return 1
 
 
+def sealed(payload: bytes) -> bytes:
+    """`payload` followed by its CRC-32 (zlib's), a u32: damage is caught even unverified."""
+    return payload + struct.pack("<I", zlib.crc32(payload))
+
+
 def read_header(data: bytes | memoryview, magic: bytes) -> tuple[memoryview, tuple[int, ...]]:
-    """The payload as a memoryview and its header fields after the magic and version."""
+    """The payload without its CRC-32 trailer, as a memoryview, and its header fields after the
+    magic and version; CodecError unless its magic, version and CRC-32 are right."""
     view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
-    if len(view) < HEADER_BYTES:
-        raise CodecError(f"payload of {len(view)} bytes is shorter than the {HEADER_BYTES}-byte header")
+    if len(view) < HEADER_BYTES + TRAILER_BYTES:
+        raise CodecError(f"payload of {len(view)} bytes is shorter than the {HEADER_BYTES}-byte header and "
+                         f"{TRAILER_BYTES}-byte CRC-32")
     got, version, *rest = HEADER.unpack_from(view)
     if got != magic:
         raise CodecError(f"payload does not start with {magic!r} (got {bytes(got)!r})")
     if version != VERSION:
         raise CodecError(f"payload version {version} is not one this neurocodec reads ({VERSION})")
+    body = view[:-TRAILER_BYTES]
+    if zlib.crc32(body) != int.from_bytes(view[-TRAILER_BYTES:], "little"):
+        raise CodecError("payload does not match its CRC-32 (damaged)")
     tick_hz, window = rest[3], rest[4]
     if tick_hz == 0 or window == 0:
         raise CodecError(f"payload declares {tick_hz} ticks/s and a window of {window} ticks")
-    return view, tuple(rest)
+    return body, tuple(rest)
 
 
 def check_units(field: FieldSpec, units: int, bins: int, itemsize: int) -> None:
