@@ -23,7 +23,7 @@ import hostile as h
 from hostile_corpus import Expect, read_rejected
 from neurocodec import Dataset, WebDatasetWriter, create_webdataset_dataloader
 from neurocodec.dataset.merge import merge_datasets
-from neurocodec.errors import SampleError, ShardError
+from neurocodec.errors import SampleError, ShardError, UnknownCodecError
 from neurocodec.plugin import ObservedIntervals, SpikeEvents
 
 HEADER = struct.Struct("<4sBBBBIIIII")  # magic, version, 3 widths, tick_hz, window, units, spikes, step
@@ -186,6 +186,26 @@ def test_values_and_writes_are_checked(tmp_path):
             writer.write_sample({"spikes": SpikeEvents([0.5], [0], 1, 7)})
 
 
+def test_configs_round_trip_and_encoding_is_deterministic(windows):
+    for config in (EVENTS, {**EVENTS, "dtype": "<u2"}, OBSERVED, {**OBSERVED, "follows": None}):
+        codec = registry_codec(config)
+        assert type(codec).from_config(codec.get_config()) == codec
+        assert codec.get_config()["id"] == config["id"] and codec.get_config().get("follows") == config.get("follows")
+    codec = registry_codec(EVENTS)
+    value = SpikeEvents.from_ticks(*windows[0], UNITS, HZ)
+    assert codec.encode(value) == codec.encode(SpikeEvents(value.times.copy(), value.units.copy(), UNITS, HZ))
+    assert codec.describe_value(value) == (np.dtype("<i4"), (BINS, UNITS)) and codec.describe_value(np.zeros(3)) is None
+    for bad in ({**EVENTS, "dtype": "<f4"}, {**EVENTS, "bins": 0}, {**EVENTS, "bin_size_ms": -1}, {**EVENTS, "x": 1}):
+        with pytest.raises(UnknownCodecError, match="codec 'spike-events' .* rejects its config"):
+            registry_codec(bad)
+
+
+def registry_codec(config):
+    from neurocodec.plugin.manager import default_registry
+
+    return default_registry().codec(dict(config), field="spikes")
+
+
 def test_sessions_on_different_clocks_and_unit_counts_merge(tmp_path):
     rng = np.random.default_rng(4)
     a = draw(rng, 3, units=4, hz=30_000, window=30_000)
@@ -299,3 +319,17 @@ def test_hostile_payloads_are_refused_through_dataset(tmp_path, valid, compressi
     suffix = "" if compression == "none" else ".zst"
     exc = read_rejected(root, Expect(ShardError, match, member=f"sample_000000001.{field}.bin{suffix}"))
     assert re.search("spike-(events|observed)", str(exc))
+
+
+@pytest.mark.parametrize("field,change,match", [
+    ("spikes", {"dtype": "<i2"}, r"field 'spikes' must be an array of <i4, the manifest says array <i2"),
+    ("spikes", {"shape": [50, 4]}, r"field 'spikes' must have shape \(100, units\), the manifest says \(50, 4\)"),
+    ("spikes_observed", {"dtype": "|u1"}, r"field 'spikes_observed' must be an array of \|b1"),
+    ("spikes", {"codec": {**EVENTS, "bin_size_ms": 7, "dtype": "<i4"}}, r"the field's window of 700 ms"),
+])
+def test_a_manifest_at_odds_with_its_codec_config_is_refused_when_read(tmp_path, valid, field, change, match):
+    root = h.copy_dataset(valid["none"], tmp_path / "ds")
+    doc = h.load_manifest(root)
+    next(f for f in doc["fields"] if f["name"] == field).update(change)
+    h.save_manifest(root, doc)
+    read_rejected(root, Expect(ShardError, match, member=f"sample_000000001.{field}.bin"))

@@ -16,8 +16,8 @@ from neurocodec.format.manifest import FieldSpec
 from neurocodec.plugin.codecs import Codec, CodecError
 from neurocodec.plugin.events import (
     AS_VALUES, EVENTS_MAGIC, HEADER, HEADER_BYTES, MAX_TICKS, OBSERVED_MAGIC, VERSION, Binning, ObservedIntervals,
-    SpikeEvents, check_stored_field, check_units, choose_grid, exact_ms, ms_text, read_header, sealed, shuffled,
-    unshuffled, width_of,
+    SpikeEvents, check_units, choose_grid, exact_ms, ms_text, read_header, refusing, sealed, shuffled,
+    stored_field_problem, unshuffled, width_of,
 )
 
 Decoder = Callable[[bytes | memoryview], Any]
@@ -141,7 +141,9 @@ class SpikeEventsCodec(BinnedCodec):
         if form == "events" and "bin_size_ms" in options:
             raise CodecError("bin_size_ms applies to counts; leave it out with as='events'")
         binning, stored = self.binning(options.get("bin_size_ms")), self.binning()
-        check_stored_field(field, binning.default_bins, self.dtype)
+        problem = stored_field_problem(field, binning.default_bins, self.dtype)
+        if problem:  # a manifest at odds with its own codec config
+            return refusing(problem)
         if form == "events":
             return lambda data: self._events(data, field, stored)
         return lambda data: self._counts(data, field, stored, binning)
@@ -253,7 +255,9 @@ class SpikeObservedCodec(BinnedCodec):
     def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
         """The mask at the bin size asked for."""
         binning, stored = self.binning(dict(options or {}).get("bin_size_ms")), self.binning()
-        check_stored_field(field, binning.default_bins, self.dtype)
+        problem = stored_field_problem(field, binning.default_bins, self.dtype)
+        if problem:
+            return refusing(problem)
         return lambda data: self._mask(data, field, stored, binning)
 
     def _mask(self, data: bytes | memoryview, field: FieldSpec, stored: Binning, binning: Binning) -> np.ndarray:

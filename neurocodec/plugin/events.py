@@ -27,7 +27,7 @@ import math
 import struct
 import zlib
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import numpy as np
@@ -285,10 +285,19 @@ def check_units(field: FieldSpec, units: int, bins: int, itemsize: int) -> None:
                          f"stored bin size, above the manifest's {bound}")
 
 
-def check_stored_field(field: FieldSpec, bins: int, dtype: np.dtype) -> None:
-    """A field this codec decodes: array, of the config's dtype, (bins, units)."""
+def stored_field_problem(field: FieldSpec, bins: int, dtype: np.dtype) -> str | None:
+    """Why the manifest's `field` is not one this codec decodes (an array of the config's dtype
+    and shape (bins, units)), or None."""
     if field.kind != "array" or field.dtype != dtype.str:
-        raise CodecError(f"field {field.name!r} must be an array of {dtype.str}, the manifest says "
-                         f"{field.kind} {field.dtype}")
+        return f"field {field.name!r} must be an array of {dtype.str}, the manifest says {field.kind} {field.dtype}"
     if field.shape is None or len(field.shape) != 2 or field.shape[0] != bins:
-        raise CodecError(f"field {field.name!r} must have shape ({bins}, units), the manifest says {field.shape}")
+        return f"field {field.name!r} must have shape ({bins}, units), the manifest says {field.shape}"
+    return None
+
+
+def refusing(problem: str) -> Callable[[bytes | memoryview], Any]:
+    """A decoder refusing every payload because of `problem` with the field itself: each read
+    then fails as the reader reports payload errors (ShardError naming shard and member)."""
+    def decode(data: bytes | memoryview) -> Any:
+        raise CodecError(problem)
+    return decode
