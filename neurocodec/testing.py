@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -149,17 +149,28 @@ def assert_round_trip(
 
 
 def field_for(codec: Codec, value: Any, name: str = "field") -> FieldSpec:
-    """A FieldSpec describing `value` as the writer would record it for `codec` (fixed shape)."""
-    array = value if codec.kind == "array" else None
+    """A FieldSpec describing `value` as the writer would record it for `codec` (fixed shape):
+    for array codecs, the dtype and shape `codec.describe_value` gives (a value object such as
+    spike events describes the array it decodes to), its bytes as `max_value_bytes` and
+    `max_raw_bytes`, and its payload's size as `max_raw_bytes` where larger."""
+    form = codec.describe_value(value) if codec.kind == "array" else None
+    if codec.kind == "array" and form is None:
+        raise TypeError(f"codec {codec.codec_id!r} does not describe a {type(value).__name__} as an array")
+    dtype = None if form is None else np.dtype(form[0])
+    shape = None if form is None else tuple(form[1])
+    nbytes = 0 if form is None else dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    payload = len(codec.encode(value))
     return FieldSpec(
         name=name, modality=name, kind=codec.kind, codec=codec.get_config(), extension=codec.extension,
-        plugin="test", plugin_version="", dtype=None if array is None else array.dtype.str,
-        shape=None if array is None else tuple(array.shape),
+        plugin="test", plugin_version="", dtype=None if dtype is None else dtype.str, shape=shape,
+        max_raw_bytes=max(payload, nbytes), max_stored_bytes=payload, max_value_bytes=nbytes,
     )
 
 
-def check_codec(codec: Codec, values: Iterable[Any], field: FieldSpec | None = None) -> list[Any]:
-    """Encode and decode each value with `codec` directly; assert they come back bit-exactly.
+def check_codec(codec: Codec, values: Iterable[Any], field: FieldSpec | None = None,
+                expect: Callable[[Any], Any] | None = None) -> list[Any]:
+    """Encode and decode each value with `codec` directly; assert they come back bit-exactly
+    (as `expect(value)` when given: what a value object decodes to, e.g. binned counts).
 
     Also checks that the codec's config round-trips through `from_config`, that encoding is
     deterministic, and that decoding works from both bytes and a memoryview (the reader passes
@@ -176,6 +187,7 @@ def check_codec(codec: Codec, values: Iterable[Any], field: FieldSpec | None = N
         _check(codec.encode(value) == data, f"value {i}: encoding is not deterministic")
         for form in (data, memoryview(data)):
             got = codec.decode(form, spec)
-            assert_values_equal(got, value, f"{codec.codec_id} value {i} (from {type(form).__name__})")
+            want = value if expect is None else expect(value)
+            assert_values_equal(got, want, f"{codec.codec_id} value {i} (from {type(form).__name__})")
         decoded.append(got)
     return decoded

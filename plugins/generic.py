@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from neurocodec.plugin import (
-    BUILTIN_FILTERS, ArrayCodec, ArrayPolicy, BytesCodec, JsonCodec, ModalitySpec, NpyCodec, TextCodec, collate_list,
-    hookimpl, is_array,
+    BUILTIN_FILTERS, ArrayCodec, ArrayPolicy, BytesCodec, JsonCodec, ModalitySpec, NpyCodec, ScaledIntCodec, TextCodec,
+    collate_list, hookimpl, is_array,
 )
 
 
@@ -41,8 +41,9 @@ def _bytes(value: Any, options: Mapping[str, Any]) -> bytes:
 
 @hookimpl
 def neurocodec_register_codecs(register) -> None:
-    """The core codecs, and the built-in array filters (delta, shuffle, zstd, lz4, zlib)."""
-    for codec in (NpyCodec, JsonCodec, TextCodec, BytesCodec, ArrayCodec):
+    """The core codecs (scaled-int serves every continuous modality), and the built-in array
+    filters (delta, shuffle, zstd, lz4, zlib)."""
+    for codec in (NpyCodec, JsonCodec, TextCodec, BytesCodec, ArrayCodec, ScaledIntCodec):
         register(codec)
     for filt in BUILTIN_FILTERS.values():
         register(filt)

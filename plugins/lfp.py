@@ -2,19 +2,13 @@
 
 Signals keep the dtype they are written with; `modality_options={"lfp": {"dtype": "float16"}}`
 stores float signals as float16 instead (half the bytes, lossy, so only on request). A
-`ScaledSignal` (integers and their scale) is stored as it is with the `scaled-int` codec, which
-this plugin registers for every continuous modality; from NWB files with neural codecs, integer
+`ScaledSignal` (integers and their scale) is stored as it is with the `scaled-int` codec (the
+generic plugin registers it for every continuous modality); from NWB files with neural codecs, integer
 series with a conversion, offset or channel_conversion are read that way (`KeepIntegers`).
 """
 
-from neurocodec.plugin import ArrayPolicy, KeepIntegers, ModalitySpec, ScaledIntCodec, hookimpl, let_scaled_through
+from neurocodec.plugin import ArrayPolicy, KeepIntegers, ModalitySpec, hookimpl, let_scaled_through
 from neurocodec_plugins.nwb_series import LFPExtractor
-
-
-@hookimpl
-def neurocodec_register_codecs(register) -> None:
-    """The scaled-int codec: integer signals with their scale, kept as integers."""
-    register(ScaledIntCodec)
 
 
 @hookimpl

@@ -130,7 +130,7 @@ def test_sessions_with_different_scales_share_a_field(tmp_path, rng):
 
 def test_decoded_field_for_raw(rng):
     codec = ScaledIntCodec("<i2")
-    field = field_for(codec, np.zeros((100, 4), np.float32))
+    field = field_for(codec, ScaledSignal(np.zeros((100, 4), np.int16), 0.5))
     field = type(field)(**{**field.to_dict(), "shape": (100, 4), "max_raw_bytes": 900, "max_value_bytes": 1600})
     raw = codec.decoded_field(field, {"raw": True})
     assert (raw.dtype, raw.shape, raw.max_value_bytes) == ("<i2", (100, 4), 800)
@@ -250,8 +250,8 @@ def test_manifest_declaring_another_dtype_is_refused(hostile_base, tmp_path):
 def test_an_empty_axis_does_not_excuse_a_huge_one(shape):
     """Found by fuzzing: numpy cannot even describe (0, 2**62) int16 (it raised ValueError)."""
     codec = ScaledIntCodec("<i2", [])
-    field = field_for(codec, np.zeros((1, 1), np.float32))
-    field = type(field)(**{**field.to_dict(), "shape": (None, None), "max_raw_bytes": 1 << 20})
+    field = field_for(codec, ScaledSignal(np.zeros((1, 1), np.int16)))
+    field = type(field)(**{**field.to_dict(), "shape": (None, None), "max_raw_bytes": 1 << 20, "max_value_bytes": 0})
     for options in ({}, {"raw": True}):
         with pytest.raises(CodecError, match="larger than any array numpy can describe"):
             codec.decoder(field, options)(forged(shape))
@@ -260,8 +260,8 @@ def test_an_empty_axis_does_not_excuse_a_huge_one(shape):
 def test_an_empty_array_with_a_long_axis_decodes_at_once():
     """Found by fuzzing: shape (2**52, 0) made the float conversion step through 2**52 rows."""
     codec = ScaledIntCodec("|u1", [])
-    field = field_for(codec, np.zeros((1, 1), np.float32))
-    field = type(field)(**{**field.to_dict(), "shape": (None, None), "max_raw_bytes": 1 << 20})
+    field = field_for(codec, ScaledSignal(np.zeros((1, 1), np.uint8)))
+    field = type(field)(**{**field.to_dict(), "shape": (None, None), "max_raw_bytes": 1 << 20, "max_value_bytes": 0})
     payload = forged((1 << 52, 0), code=4)
     assert codec.decoder(field)(payload).shape == codec.decoder(field, {"raw": True})(payload).shape == (1 << 52, 0)
     assert ScaledSignal(np.zeros((1 << 52, 0), np.uint8), 2.0).physical().shape == (1 << 52, 0)

@@ -72,7 +72,8 @@ def test_describe_reports_the_series(tmp_path):
         described = TimeSeriesReader("behavior", io.read().acquisition["speed"], path).describe()
     assert described == {"object": "/acquisition/speed", "name": "speed", "rate_hz": 10.0, "timing": "rate",
                          "shape": [100], "dtype": "int16", "unit": "cm/s", "conversion": 0.5, "offset": 0.0,
-                         "description": "running speed", "resampled_windows": 0}
+                         "description": "running speed", "resampled_windows": 0, "channel_conversion": None,
+                         "raw_integers": False}
 
 
 # -- timestamped series: jitter, gaps, window edges (issue 13 defects 1 and 2) ---------------------

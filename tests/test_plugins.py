@@ -94,7 +94,7 @@ def test_built_ins_come_through_the_entry_point_group():
     assert all((infos[n].distribution, infos[n].version) == ("neurocodec", version) for n in BUILT_INS)
     assert set(registry.modality_names(fallbacks=False)) >= {"spikes", "lfp", "eeg", "fmri", "video", "behavior"}
     assert registry.modality_plugin("video").name == "video"
-    assert registry.codec_ids("generic") == ["bytes", "json", "ndarray", "npy", "text"]
+    assert registry.codec_ids("generic") == ["bytes", "json", "ndarray", "npy", "scaled-int", "text"]
     assert registry.filter_ids("generic") == ["delta", "lz4", "shuffle", "zlib", "zstd"]
     assert load_registry(entry_points=False).plugins() == []
 

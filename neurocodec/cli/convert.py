@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,24 @@ def _fields(entries: list[str]) -> dict[str, tuple[str, str | list[str] | None]]
     return fields
 
 
+def _field_codecs(entries: list[str]) -> dict[str, dict]:
+    """--field-codec FIELD=JSON as the converter's `field_codecs`."""
+    codecs = {}
+    for entry in entries:
+        field, sep, text = entry.partition("=")
+        try:
+            config = json.loads(text) if sep and field else None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--field-codec {entry!r}: the config is not JSON ({exc})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("id"), str):
+            raise ValueError(f"--field-codec takes FIELD=JSON with a JSON object holding a string \"id\", "
+                             f"e.g. 'video={{\"id\": \"av-video\", \"codec\": \"ffv1\"}}', got {entry!r}")
+        if field in codecs:
+            raise ValueError(f"--field-codec names {field!r} twice")
+        codecs[field] = config
+    return codecs
+
+
 def _modalities(entries: list[str] | None, fmt: str) -> list[str] | dict[str, str] | None:
     """--modalities as the converter's list, or a field -> modality dict when a pair is given."""
     if entries is None:
@@ -155,6 +174,7 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
         input_storage_options=storage_options_from_args(args, "input-") or None, codecs=args.codec,
+        field_codecs=_field_codecs(args.field_codec) or None,
     ) as converter:
         converter.convert_nwb_files(paths)
         return converter.finalize()
@@ -231,6 +251,9 @@ def add_parsers(sub: Any) -> None:
                      help="neural (default): spikes as events re-binnable at load time, integer signals "
                           "as raw integers with their scale; npy: every field as plain .npy, readable by "
                           "webdataset, Hugging Face datasets and Ray Data")
+    nwb.add_argument("--field-codec", action="append", default=[], metavar="FIELD=JSON",
+                     help="a field's codec config, over --codec (repeatable), e.g. "
+                          "'video={\"id\": \"av-video\", \"codec\": \"ffv1\"}'")
     add_storage_arguments(p)
     inputs = p.add_argument_group("storage of NWB inputs at URLs (default: the --storage-option(s) above)")
     inputs.add_argument("--input-storage-option", action="append", default=[], metavar="KEY=VALUE",

@@ -51,7 +51,9 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.nwb.fields import names, plan_fields
 from neurocodec.nwb.pool import ConversionError, run_tasks
 from neurocodec.nwb.report import build_report, write_report
-from neurocodec.nwb.part import ConvertSettings, convert_file, options_tuple, source_fingerprint, wrap_error
+from neurocodec.nwb.part import (
+    ConvertSettings, codecs_tuple, convert_file, options_tuple, source_fingerprint, wrap_error,
+)
 from neurocodec.nwb.session import session_key
 from neurocodec.nwb.extract import NWBError
 from neurocodec.nwb.source import NWBSource, SourceVersion, identifies_version
@@ -132,7 +134,10 @@ class NWBToWebDatasetConverter:
     "keep"); `on_error` ("raise" or "skip"); `overwrite`; `fsync`; `keep_parts`; `progress`;
     `codecs`: "neural" (default: spikes as events re-binnable at load time, integer signals as
     their raw integers with the scale in the manifest, see docs/format.md) or "npy" (every field
-    as plain `.npy`, the layout webdataset, Hugging Face datasets and Ray Data read).
+    as plain `.npy`, the layout webdataset, Hugging Face datasets and Ray Data read);
+    `field_codecs`: codec configs for fields, over that choice (`{"video": {"id": "av-video",
+    "codec": "ffv1"}}` stores video through FFV1; video is npy by default, as decoding FFV1 is
+    slower than reading npy and PyAV is an extra).
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`) opened with `storage_options`: the
     parts are then kept in a local `parts_dir` (default: a directory named after the URL under
@@ -163,6 +168,7 @@ class NWBToWebDatasetConverter:
         registry: Registry | None = None, intervals: Sequence[str] | None = None,
         fields: Mapping[str, Any] | None = None,
         input_storage_options: Mapping[str, Any] | None = None, codecs: str = "neural",
+        field_codecs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         _check_arguments(shard_size, workers, on_error, registry)
         self.registry = registry
@@ -178,6 +184,7 @@ class NWBToWebDatasetConverter:
             series=tuple(sorted(chosen.items())), modality_options=options_tuple(modality_options),
             coverage=coverage, nan_policy=nan_policy, fsync=fsync,
             intervals=None if intervals is None else names("intervals", intervals), codecs=codecs,
+            field_codecs=codecs_tuple(field_codecs),
         )
         self.output_dir = dataset_path(output_dir)
         self.storage_options = dict(storage_options or {})

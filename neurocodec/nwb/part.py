@@ -7,6 +7,7 @@ interrupted run leaves no part that looks finished.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -55,6 +56,9 @@ class ConvertSettings:
     """"neural": the codecs that know neural data (spike events, raw integers with their scale,
     see docs/format.md); "npy": every field as plain `.npy` (readable by webdataset, Hugging Face
     datasets and Ray Data)."""
+    field_codecs: tuple[tuple[str, str], ...] = ()
+    """Codec configs (as sorted JSON) chosen by the user for fields, over what `codecs` gives
+    (`{"video": {"id": "av-video", "codec": "ffv1"}}`)."""
 
     def modality_of(self, field: str) -> str:
         """The modality whose extractor and plugin handle `field`."""
@@ -82,6 +86,7 @@ class ConvertSettings:
             "modality_options": {k: dict(v) for k, v in self.modality_options},
             "intervals": None if self.intervals is None else list(self.intervals),
             "codecs": self.codecs,
+            "field_codecs": {f: json.loads(c) for f, c in self.field_codecs},
         }
 
 
@@ -134,13 +139,12 @@ def _open_one(extractor: Any, nwbfile: Any, options: ExtractOptions, field: str,
 def reader_codecs(readers: Mapping[str, ModalityReader], settings: ConvertSettings) -> dict[str, Any]:
     """The codec configs the readers declare for their fields, by sample field name (none when
     the settings ask for plain npy)."""
-    if settings.codecs == "npy":
-        return {}
     chosen = {}
-    for field, reader in readers.items():
+    for field, reader in readers.items() if settings.codecs == "neural" else ():
         modality = settings.modality_of(field)
         for name, config in reader.codecs().items():
             chosen[field_name(name, field, modality)] = dict(config)
+    chosen.update({field: json.loads(config) for field, config in settings.field_codecs})
     return chosen
 
 
@@ -212,6 +216,25 @@ def wrap_error(path: Path, exc: BaseException) -> NeurocodecError:
     if isinstance(exc, NeurocodecError) and str(path) in str(exc):
         return exc
     return NWBError(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def codecs_tuple(codecs: Mapping[str, Mapping[str, Any]] | None) -> tuple[tuple[str, str], ...]:
+    """Per-field codec configs as a hashable tuple for ConvertSettings (TypeError in plain words
+    for anything that is not a JSON codec config)."""
+    if codecs is None:
+        return ()
+    if not isinstance(codecs, Mapping):
+        raise TypeError(f"field_codecs must map field names to codec configs, got {type(codecs).__name__}")
+    pairs = []
+    for field, config in codecs.items():
+        if not isinstance(config, Mapping) or not isinstance(config.get("id"), str):
+            raise TypeError(f"field_codecs[{field!r}] must be a codec config, a dict with a string 'id' "
+                            f"(e.g. {{'id': 'av-video', 'codec': 'ffv1'}}), got {config!r}")
+        try:
+            pairs.append((field, json.dumps(dict(config), sort_keys=True, allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"field_codecs[{field!r}] is not JSON: {exc}") from None
+    return tuple(sorted(pairs))
 
 
 def options_tuple(options: Mapping[str, Mapping[str, Any]] | None) -> tuple:

@@ -282,6 +282,8 @@ def physical(raw: np.ndarray, conversion: float, channel_conversion: np.ndarray 
     stored as float32 (float64 for float64 input), piece by piece so the scratch stays in
     cache. Each value is computed exactly as `(raw.astype(float64) * c * cc + o).astype(...)`."""
     out = np.empty(raw.shape, dtype=np.float64 if raw.dtype == np.float64 else np.float32)
+    if out.size == 0:
+        return out  # (2**52, 0) holds nothing: never step through its rows
     factors = None if channel_conversion is None else \
         channel_conversion.reshape((1, -1) + (1,) * (raw.ndim - 2))
     rows = max(1, PIECE_VALUES // max(1, math.prod(raw.shape[1:])))
