@@ -150,6 +150,9 @@ def test_decode_options_are_checked_in_words(tmp_path, windows):
     for bad in (0, -5, float("nan"), "10", True):
         with pytest.raises(ValueError, match="bin_size_ms must be a positive number of milliseconds"):
             Dataset(path, decode={"spikes": {"bin_size_ms": bad}})
+    with pytest.raises(ValueError, match=r"bin_size_ms=1e-06 makes values of up to 16000000000 bytes "
+                                         r"\(1000000000 bins of 4 units\), above the ceiling"):
+        Dataset(path, decode={"spikes": {"bin_size_ms": 1e-6}})
     with pytest.raises(ValueError, match="as must be 'counts' or 'events'"):
         Dataset(path, decode={"spikes": {"as": "spikes"}})
     with pytest.raises(ValueError, match="bin_size_ms applies to counts"):

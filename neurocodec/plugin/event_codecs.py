@@ -12,6 +12,7 @@ import attrs
 import numpy as np
 
 from neurocodec import npy
+from neurocodec.format import limits
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.plugin.codecs import Codec, CodecError
 from neurocodec.plugin.events import (
@@ -69,13 +70,26 @@ class BinnedCodec(Codec):
             return None
         return self.dtype, (self.binning().bins, value.unit_count)
 
-    def decoded_field(self, field: FieldSpec, options: Mapping[str, Any]) -> FieldSpec:
-        """(bins, units) at the bin size asked for, with `max_value_bytes` scaled to it."""
-        binning = self.binning(options.get("bin_size_ms"))
+    def rebinned(self, field: FieldSpec, asked: Any) -> tuple[Binning, int]:
+        """The binning at `asked` ms and the largest value it decodes to (the field's unit axis,
+        else as many units as its value bound admits at the stored bin size); CodecError when a
+        bin size asked for would make values larger than the per-member ceiling."""
+        binning = self.binning(asked)
         itemsize = self.dtype.itemsize
         units = field.shape[1] if field.shape is not None and len(field.shape) == 2 else None
         most = units if units is not None else field.value_bound // max(1, binning.default_bins * itemsize)
-        return attrs.evolve(field, shape=(binning.bins, units), max_value_bytes=max(1, binning.bins * most * itemsize))
+        value = max(1, binning.bins * most * itemsize)
+        ceiling = limits.max_member_bytes()
+        if asked is not None and value > ceiling:
+            raise CodecError(f"bin_size_ms={asked!r} makes values of up to {value} bytes ({binning.bins} bins of "
+                             f"{most} units), above the ceiling of {ceiling} bytes ({limits.ENV_MAX_MEMBER_BYTES})")
+        return binning, value
+
+    def decoded_field(self, field: FieldSpec, options: Mapping[str, Any]) -> FieldSpec:
+        """(bins, units) at the bin size asked for, with `max_value_bytes` scaled to it."""
+        binning, value = self.rebinned(field, options.get("bin_size_ms"))
+        units = field.shape[1] if field.shape is not None and len(field.shape) == 2 else None
+        return attrs.evolve(field, shape=(binning.bins, units), max_value_bytes=value)
 
     def decode(self, data: bytes | memoryview, field: FieldSpec) -> Any:
         """Decode at the config's bin size (what `decoder(field)` does)."""
@@ -140,7 +154,7 @@ class SpikeEventsCodec(BinnedCodec):
             raise CodecError(f"as must be 'counts' or 'events', got {form!r}")
         if form == "events" and "bin_size_ms" in options:
             raise CodecError("bin_size_ms applies to counts; leave it out with as='events'")
-        binning, stored = self.binning(options.get("bin_size_ms")), self.binning()
+        binning, stored = self.rebinned(field, options.get("bin_size_ms"))[0], self.binning()
         problem = stored_field_problem(field, binning.default_bins, self.dtype)
         if problem:  # a manifest at odds with its own codec config
             return refusing(problem)
@@ -254,7 +268,7 @@ class SpikeObservedCodec(BinnedCodec):
 
     def decoder(self, field: FieldSpec, options: Mapping[str, Any] | None = None) -> Decoder:
         """The mask at the bin size asked for."""
-        binning, stored = self.binning(dict(options or {}).get("bin_size_ms")), self.binning()
+        binning, stored = self.rebinned(field, dict(options or {}).get("bin_size_ms"))[0], self.binning()
         problem = stored_field_problem(field, binning.default_bins, self.dtype)
         if problem:
             return refusing(problem)
