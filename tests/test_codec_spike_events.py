@@ -25,6 +25,7 @@ from neurocodec import Dataset, WebDatasetWriter, create_webdataset_dataloader
 from neurocodec.dataset.merge import merge_datasets
 from neurocodec.errors import SampleError, ShardError, UnknownCodecError
 from neurocodec.plugin import ObservedIntervals, SpikeEvents
+from neurocodec.testing import check_codec
 
 HEADER = struct.Struct("<4sBBBBIIIII")  # magic, version, 3 widths, tick_hz, window, units, spikes, step
 HZ, UNITS, BINS, BIN_MS = 30_000, 4, 100, 10
@@ -201,6 +202,14 @@ def test_configs_round_trip_and_encoding_is_deterministic(windows):
     for bad in ({**EVENTS, "dtype": "<f4"}, {**EVENTS, "bins": 0}, {**EVENTS, "bin_size_ms": -1}, {**EVENTS, "x": 1}):
         with pytest.raises(UnknownCodecError, match="codec 'spike-events' .* rejects its config"):
             registry_codec(bad)
+
+
+def test_the_plugin_authors_check_passes(windows):
+    """neurocodec.testing.check_codec, with what each value decodes to by default."""
+    codec = registry_codec(EVENTS)
+    values = [SpikeEvents.from_ticks(t, u, UNITS, HZ) for t, u in windows]
+    counts = {id(v): binned(t, u, HZ // 100, BINS, UNITS).astype(np.int32) for v, (t, u) in zip(values, windows)}
+    check_codec(codec, values, expect=lambda v: counts[id(v)])
 
 
 def registry_codec(config):
