@@ -6,6 +6,7 @@ the payloads byte for byte.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar, Mapping
 
 import attrs
@@ -283,15 +284,32 @@ class SpikeObservedCodec(BinnedCodec):
         if len(view) != HEADER_BYTES + 12 * count:
             raise CodecError(f"payload holds {len(view)} bytes before its CRC-32; its header ({count} intervals) "
                              f"says {HEADER_BYTES + 12 * count}")
+        per_bin = binning.ticks(hz, window)
+        if count == units and view[HEADER_BYTES:] == _whole_windows(units, window):
+            return _observed_throughout(binning.bins, units)  # units without obs_intervals: the usual case
         rows = np.frombuffer(view, dtype="<u4", offset=HEADER_BYTES).reshape(3, count).astype(np.int64)
         unit, start, stop = rows
         if count and (unit.max() >= units or np.any(start >= stop) or stop.max() > window):
             raise CodecError(f"an interval has a unit outside 0..{units - 1} or bounds outside 0 <= start < "
                              f"stop <= {window}")
-        per_bin = binning.ticks(hz, window)
         first, end = -(-start // per_bin), stop // per_bin  # bins wholly inside [start, stop)
         whole = end > first
         size = (binning.bins + 1) * units
         edges = np.bincount(first[whole] * units + unit[whole], minlength=size) \
             - np.bincount(end[whole] * units + unit[whole], minlength=size)
         return np.cumsum(edges.reshape(binning.bins + 1, units), axis=0)[:binning.bins] > 0
+
+
+@functools.lru_cache(maxsize=64)
+def _whole_windows(units: int, window: int) -> bytes:
+    """The body of a payload in which every unit is observed over the whole window."""
+    rows = np.stack([np.arange(units), np.zeros(units, np.int64), np.full(units, window)])
+    return rows.astype("<u4").tobytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _observed_throughout(bins: int, units: int) -> np.ndarray:
+    """A read-only all-True (bins, units) mask, shared: decoded values are read-only views."""
+    mask = np.ones((bins, units), dtype=bool)
+    mask.flags.writeable = False
+    return mask
