@@ -209,9 +209,9 @@ def test_missing_codec_plugin_gives_datasets_install_hint_in_every_loader(tmp_pa
             next(iter(create_webdataset_dataloader(path, batch_size=3, num_workers=workers)))
     with pytest.raises(UnknownCodecError, match=hint):
         next(iter(WebDatasetLoader(path)))
-    # Opened inside a DataLoader worker: torch re-raises it in this process, the hint kept.
-    workers = torch.utils.data.DataLoader(WebDatasetLoader(path), batch_size=None, num_workers=2)
+    # Every loader builds the codecs when it is made (to know the fields as decoded), so the
+    # hint comes before any DataLoader worker starts.
     with pytest.raises(UnknownCodecError, match=hint):
-        next(iter(workers))
+        torch.utils.data.DataLoader(WebDatasetLoader(path), batch_size=None, num_workers=2)
     with pytest.raises(UnknownCodecError, match=hint):
         RandomAccessWebDataset(path)

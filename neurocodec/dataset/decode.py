@@ -47,7 +47,11 @@ def decode_plan(fields: tuple[FieldSpec, ...], registry: Registry, source: str,
     decoders, decoded = [], []
     for field, codec, options in zip(fields, codecs, chosen):
         if not options:
-            decoders.append(codec.decoder(field))
+            try:
+                decoders.append(codec.decoder(field))
+            except (CodecError, ValueError, TypeError) as exc:
+                raise DatasetError(f"{source}: field {field.name!r} cannot be decoded with codec "
+                                   f"{field.codec_id!r}: {exc}") from None
             decoded.append(field)
             continue
         try:

@@ -45,6 +45,9 @@ class ExtractOptions:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     nan_policy: str = "error"
     codecs: str = "neural"
+    window: WindowSpec | None = None
+    """The conversion's windows (bin size, bins, step), for readers whose codec configs describe
+    them (spike events); None outside a conversion."""
 
 
 class ModalityReader(abc.ABC):

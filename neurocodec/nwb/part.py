@@ -114,7 +114,7 @@ def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
         style = settings.codecs if not isinstance(requested, tuple) else "npy"
         opened = [_open_one(extractor, nwbfile, ExtractOptions(
             path=path, series=name, options=options.get(field, {}), nan_policy=settings.nan_policy,
-            codecs=style), field, modality, settings) for name in names]
+            codecs=style, window=settings.window), field, modality, settings) for name in names]
         reader = opened[0] if not isinstance(requested, tuple) else ColumnsReader(modality, opened, path)
         for name in reader.fields():
             name = field_name(name, field, modality)
@@ -143,7 +143,10 @@ def reader_codecs(readers: Mapping[str, ModalityReader], settings: ConvertSettin
     for field, reader in readers.items() if settings.codecs == "neural" else ():
         modality = settings.modality_of(field)
         for name, config in reader.codecs().items():
-            chosen[field_name(name, field, modality)] = dict(config)
+            config = dict(config)
+            if isinstance(config.get("follows"), str):  # a renamed field's mask follows it by its new name
+                config["follows"] = field_name(config["follows"], field, modality)
+            chosen[field_name(name, field, modality)] = config
     chosen.update({field: json.loads(config) for field, config in settings.field_codecs})
     return chosen
 
