@@ -8,7 +8,7 @@ By default frames are stored as plain `.npy` (readable by any WebDataset tool). 
 `av-video` (plugins/video_codec.py, needs PyAV: `pip install neurocodec[video]`) stores them
 through a real codec, chosen per field at write time: lossless FFV1, ffvhuff or PNG, or, only
 when asked, lossy H.264, e.g. `WebDatasetWriter(..., codecs={"video": {"id": "av-video", "codec": "ffv1"}})`.
-See docs/codecs/video.md.
+See docs/format.md (section 7.8).
 """
 
 from neurocodec.plugin import ArrayPolicy, ModalitySpec, hookimpl

@@ -4,7 +4,7 @@ The codec `av-video` stores one window of uint8 frames, shape (time, height, wid
 height, width, channels), as the compressed packets of one of an allowlist of codecs, in a small
 framing of its own rather than a container (less to parse): a 24-byte little-endian header
 (magic, version, codec number, channels, frame count, height, width, extradata length), the
-codec's extradata, then one length-prefixed packet per frame. docs/codecs/video.md specifies it
+codec's extradata, then one length-prefixed packet per frame. docs/format.md (section 7.8) specifies it
 byte for byte.
 
 Reading is bounded before any decoder runs: the header must match the field (uint8, its fixed

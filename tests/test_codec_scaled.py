@@ -3,7 +3,7 @@ integers with the scale in a small header, decoded to float32 physical units (bi
 float64 arithmetic cast to float32) or to the raw integers with `decode={field: {"raw": True}}`.
 
 Datasets are written by `WebDatasetWriter` and read by `Dataset`; payloads are parsed here from
-the layout docs/codecs/scaled.md specifies (struct, numpy, zstandard), independently of the
+the layout docs/format.md (section 7.6) specifies (struct, numpy, zstandard), independently of the
 codec. Hostile payloads are spliced into valid shards with everything around them made
 consistent (tests/hostile.py), so they reach the codec.
 """

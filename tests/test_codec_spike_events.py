@@ -4,7 +4,7 @@ window, or back to the events; observation intervals decoded to the mask at the 
 
 Datasets are written by `WebDatasetWriter` and read by `Dataset` and the DataLoader. Expected
 values come from numpy on the integer ticks the test itself drew (no neurocodec code), and
-hostile payloads are built with struct from the layout docs/codecs/spike-events.md specifies,
+hostile payloads are built with struct from the layout docs/format.md (section 7.7) specifies,
 then spliced into valid shards with everything around them made consistent (tests/hostile.py),
 so that they reach the codec.
 """
@@ -258,7 +258,7 @@ def test_dataloader_with_two_workers_bins_at_load_time(tmp_path, windows):
 
 def payload(ticks, counts, *, units=UNITS, hz=HZ, window=WINDOW, spikes=None, widths=(4, 1, 0), step=1,
             magic=b"NCSE", version=1, rest=b"") -> bytes:
-    """An events payload as docs/codecs/spike-events.md lays it out, every field settable: `ticks`
+    """An events payload as docs/format.md (section 7.7) lays it out, every field settable: `ticks`
     are the per-unit step deltas (written as uint32 byte planes), `counts` the spikes per unit."""
     tick_bytes, count_bytes, rest_bytes = widths
     head = HEADER.pack(magic, version, tick_bytes, count_bytes, rest_bytes, hz, window, units,

@@ -4,7 +4,7 @@ memory, without crashing the process.
 Each case damages one member of a valid dataset written by `WebDatasetWriter` and makes
 everything around it consistent (index, CRC, SHA-256, field size limits: tests/hostile.py), so
 the damage reaches the video codec. The payloads are built here from the framing as
-docs/codecs/video.md specifies it (24-byte little-endian header, extradata, length-prefixed
+docs/format.md (section 7.8) specifies it (24-byte little-endian header, extradata, length-prefixed
 packets), independently of the codec's code. Every read runs in a child process whose address
 space is capped at 512 MiB above its size, so a native crash fails one test (not pytest) and an
 allocation beyond the cap shows; the child also reports how much its peak address space grew
@@ -70,7 +70,7 @@ print(json.dumps(out))
 def frame(codec: str, channels: int, frames: int, height: int, width: int, packets: list[bytes],
           extradata: bytes = b"", *, magic: bytes = b"NCVF", version: int = 1, flags: int = 0,
           number: int | None = None, extra_length: int | None = None) -> bytes:
-    """A payload as docs/codecs/video.md lays it out, every field settable."""
+    """A payload as docs/format.md (section 7.8) lays it out, every field settable."""
     head = HEADER.pack(magic, version, NUMBER[codec] if number is None else number, channels, flags, frames,
                        height, width, len(extradata) if extra_length is None else extra_length)
     return head + extradata + b"".join(struct.pack("<I", len(p)) + p for p in packets)

@@ -4,7 +4,7 @@ Real NWB files written by pynwb (tests/nwbfiles.py) with int16 ElectricalSeries 
 `conversion`, `offset` and `channel_conversion` are converted twice: with neural codecs (the
 default) and with `codecs="npy"` (float32 physical units, as before). The neural shards must
 hold the raw integers (parsed here from the tar with struct, zstandard and numpy, following
-docs/codecs/scaled.md), the session record the scale, and decoding must give exactly the npy
+docs/format.md, section 7.6), the session record the scale, and decoding must give exactly the npy
 conversion's float32 values, or with `raw=True` exactly the integers h5py reads from the file.
 """
 

@@ -1,6 +1,6 @@
 """The `ndarray` codec: a strict NPY header describing the array, then a filter-chain-encoded body.
 
-Payload (docs/codecs/filters.md): the NPY 1.0 header `npy.header(dtype, shape)` of the decoded
+Payload (docs/format.md, section 7.5): the NPY 1.0 header `npy.header(dtype, shape)` of the decoded
 array (one of `npy.DTYPES`, C order), then the array's bytes, in the element order the config's
 `order` names ("C": last axis fastest; "F": first axis fastest, so each channel of a (time,
 channels) signal is consecutive and a delta runs along time), encoded by the config's filter

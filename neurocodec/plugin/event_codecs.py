@@ -1,6 +1,6 @@
 """The codecs of spike events: `spike-events` (spikes) and `spike-observed` (observation mask).
 
-See `neurocodec.plugin.events` for the values they store and docs/codecs/spike-events.md for
+See `neurocodec.plugin.events` for the values they store and docs/format.md (section 7.7) for
 the payloads byte for byte.
 """
 

@@ -16,7 +16,7 @@ built-in spikes plugin):
 The tick rate travels in every payload (sessions recorded on different clocks merge into one
 dataset); the codec config holds what is the same for every sample: the default bin size, the
 bin count and the counts' dtype. Payloads are specified byte for byte in
-docs/codecs/spike-events.md. Every decode checks the header against the payload's length and
+docs/format.md (section 7.7). Every decode checks the header against the payload's length and
 the manifest's shape and sizes before allocating anything that depends on it.
 """
 

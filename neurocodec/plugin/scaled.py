@@ -9,7 +9,7 @@ chain) after a small header holding the scale, and decodes by default to the phy
 same arithmetic as `neurocodec.nwb.windows.physical` (so bit-identical to a float32 conversion
 at write time), or with the decode option `raw=True` to the stored integers.
 
-Payload (little-endian; docs/codecs/scaled.md):
+Payload (little-endian; docs/format.md, section 7.6):
 
     0   4        magic b"NCSI"
     4   1        version, 1
