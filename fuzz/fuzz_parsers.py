@@ -1,12 +1,16 @@
 """Coverage-guided fuzzing of neurocodec's parsers of untrusted bytes, with atheris (libFuzzer).
 
-Four targets, each fed raw bytes (a dataset file, or a part of one):
+Targets, each fed raw bytes (a dataset file, or a part of one):
 
-    manifest  neurocodec.format.manifest.Manifest.from_json   may raise DatasetError
-    index     neurocodec.format.index.decode, then validate   decode may raise ValueError;
-                                                              validate returns, never raises
-    tar       neurocodec.format.tar.parse_header              may raise HeaderError
-    npy       neurocodec.npy.decode                           may raise NpyError
+    manifest      neurocodec.format.manifest.Manifest.from_json   may raise DatasetError
+    index         neurocodec.format.index.decode, then validate   decode may raise ValueError;
+                                                                  validate returns, never raises
+    tar           neurocodec.format.tar.parse_header              may raise HeaderError
+    npy           neurocodec.npy.decode                           may raise NpyError
+    ndarray       the ndarray codec's decoder (filter chains)     may raise CodecError
+    scaled-int    the scaled-int codec's decoders                 may raise CodecError
+    spike-events  the spike-events / spike-observed decoders      may raise CodecError
+    video         the av-video codec's decoder (PyAV)             may raise CodecError
 
 A finding is any other exception, a crash, or a broken invariant of what a parser accepts (a
 manifest or NPY header accepted with a dtype the format does not store, an array whose bytes
@@ -226,10 +230,11 @@ def fuzz(target: str, libfuzzer_args: list[str]) -> None:
     """Run atheris on `target` (argument handling and corpus directories are libFuzzer's)."""
     import atheris
 
-    with atheris.instrument_imports(include=["neurocodec"]):  # imported here to be instrumented
+    with atheris.instrument_imports(include=["neurocodec", "neurocodec_plugins"]):  # imported here: instrumented
         for module in ("neurocodec.errors", "neurocodec.format.index", "neurocodec.format.manifest",
                        "neurocodec.format.tar", "neurocodec.npy", "neurocodec.plugin.arrays",
-                       "neurocodec.plugin.filters"):
+                       "neurocodec.plugin.filters", "neurocodec.plugin.scaled", "neurocodec.plugin.events",
+                       "neurocodec.plugin.event_codecs", "neurocodec_plugins.video_codec"):
             importlib.import_module(module)
     mutator = mutate_manifest if target == "manifest" else None
     atheris.Setup([sys.argv[0], *libfuzzer_args], TARGETS[target], custom_mutator=mutator)
@@ -337,6 +342,58 @@ def target_spike_events(data: bytes) -> bool:
 
 
 TARGETS["spike-events"] = target_spike_events
+
+
+# -- scaled-int (neurocodec/plugin/scaled.py, issue 14) -----------------------------------------
+
+SCALED_PREFIX = struct.Struct("<BB")
+"""A scaled-int input starts with two bytes: the config (signal preset or no filters, C or F order;
+modulo 4) and the raw dtype (an index in SCALED_DTYPES); the rest is the payload."""
+SCALED_DTYPES = ("|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8")
+SCALED_BOUND = 1 << 20
+
+
+def target_scaled(data: bytes) -> bool:
+    """Decode a `scaled-int` payload for a field of shape (None, None) whose float32 values are
+    bounded to 1 MiB, with the delta/shuffle/zstd preset or no filters, to float32 and with
+    raw=True: CodecError, or arrays of the field's dtypes within the bounds, the float32 values
+    exactly the raw integers scaled. Returns whether it was accepted."""
+    import numpy as np
+
+    from neurocodec.format.manifest import FieldSpec
+    from neurocodec.plugin.codecs import CodecError
+    from neurocodec.plugin.scaled import ScaledIntCodec, _parse_header, scaled_codec
+    from neurocodec.nwb.series import ScaledSignal
+
+    if len(data) < SCALED_PREFIX.size:
+        return False
+    which, dtype = SCALED_PREFIX.unpack_from(data)
+    raw_dtype = SCALED_DTYPES[dtype % len(SCALED_DTYPES)]
+    config = scaled_codec(raw_dtype, order="CF"[which % 2]) if which % 4 < 2 else \
+        {"id": "scaled-int", "raw_dtype": raw_dtype, "filters": [], "order": "CF"[which % 2]}
+    codec = ScaledIntCodec.from_config(config)
+    field = FieldSpec("x", "lfp", "array", codec.get_config(), "sci", "fuzz", "0", dtype="<f4",
+                      shape=(None, None), max_raw_bytes=SCALED_BOUND)
+    payload = data[SCALED_PREFIX.size:]
+    try:
+        values = codec.decoder(field)(payload)
+    except CodecError:
+        try:
+            codec.decoder(field, {"raw": True})(payload)
+        except CodecError:
+            return False
+        raise AssertionError("raw decode accepts what the float decode refuses")
+    raw = codec.decoder(field, {"raw": True})(payload)
+    assert values.dtype == np.float32 and values.nbytes <= SCALED_BOUND and values.ndim == 2
+    assert raw.dtype.str == raw_dtype and raw.shape == values.shape
+    shape, factors, conversion, offset, _ = _parse_header(memoryview(payload), codec.raw_dtype, field, 1 << 18)
+    again = ScaledSignal(raw, conversion, offset, factors)
+    assert again.physical().tobytes() == values.tobytes()
+    assert codec.decoder(field)(codec.encode(again)).tobytes() == values.tobytes(), "does not round-trip"
+    return True
+
+
+TARGETS["scaled-int"] = target_scaled
 
 
 if __name__ == "__main__":
