@@ -97,3 +97,26 @@ def test_arrays_keep_plain_npy_by_default(tmp_path):
             for doc in (mine, theirs):
                 doc.pop("created_with")
         assert mine == theirs, name
+
+
+def test_the_readme_codecs_block_runs_as_written(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S) if "recording.nwb" in b]
+    shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "readme"}
+    exec(compile(block, "README.md", "exec"), scope)
+    batch = next(iter(scope["loader"]))
+    assert tuple(batch["spikes"].data.shape) == (4, 100, 3)
+    assert tuple(batch["spikes_observed"].data.shape) == (4, 100, 3)
+    spikes, lfp = scope["spikes"], scope["lfp"]
+    assert lfp.dtype == np.int16 and lfp.shape == (125, 4)
+    with Dataset(tmp_path / "neural") as ds:
+        counts = ds[0]["spikes"]
+    # the events are the counts' spikes: binned at 20 ms they give the stored window
+    bins = np.floor(spikes.times / 0.02 + 1e-9).astype(int)
+    again = np.zeros_like(counts)
+    np.add.at(again, (bins, spikes.units), 1)
+    assert np.array_equal(again, counts) and counts.sum() > 0
