@@ -96,7 +96,7 @@ def test_cli_plugins(how):
     assert {"generic", "spikes", "lfp", "eeg", "fmri", "video", "behavior"} <= set(headers)
     assert "neurocodec 0.1.0" in headers["video"] and "neurocodec_plugins.video" in headers["video"]
     text = result.stdout
-    assert "modalities: array, bytes, json, text" in text and "codecs:     bytes, json, npy, text" in text
+    assert "modalities: array, bytes, json, text" in text and "codecs:     bytes, json, ndarray, npy, scaled-int, text" in text
     assert "modalities: spikes" in text
     # each modality's description, from its plugin's registration
     from neurocodec.plugin.manager import load_registry

@@ -177,7 +177,7 @@ def test_wheel_works_in_a_fresh_venv(venv: Venv) -> None:
     listing = venv.cli("plugins").stdout
     for name in BUILT_INS:
         assert f"{name:<12} neurocodec 0.1.0  (neurocodec_plugins.{name})" in listing
-    assert "codecs:     bytes, json, npy, text" in listing
+    assert "codecs:     bytes, json, ndarray, npy, scaled-int, text" in listing
     info = venv.run("-m", "neurocodec", "info", data).stdout
     assert "samples: 5  shards: 3" in info and "compression: zstd" in info
     for name in ("spikes", "lfp", "eeg", "fmri", "video", "behavior", "calcium"):

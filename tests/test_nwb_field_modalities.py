@@ -79,7 +79,11 @@ def test_extra_fields_are_named_after_the_field(tmp_path, pupil_file):
     fields = fields_of(out)
     assert sorted(fields) == ["metadata", "units_a", "units_a_observed"]
     assert fields["units_a"]["modality"] == "spikes"
-    assert fields["units_a"]["codec"] == {"id": "npy", "pack_integers": True}
+    assert fields["units_a"]["codec"]["id"] == "spike-events"
+    # the renamed mask follows its renamed field, so load-time bin sizes reach both
+    assert fields["units_a_observed"]["codec"]["follows"] == "units_a"
+    with Dataset(out, decode={"units_a": {"bin_size_ms": 5}}) as ds:
+        assert ds[0]["units_a"].shape[0] == ds[0]["units_a_observed"].shape[0] == 2 * ds.manifest.fields[0].shape[0]
 
 
 def test_a_list_still_names_fields_after_modalities(tmp_path, pupil_file):
