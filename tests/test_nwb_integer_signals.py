@@ -260,18 +260,23 @@ def test_sessions_of_different_scales_merge(tmp_path, rng):
         assert sorted(r["series"]["lfp"]["conversion"] for r in records.values()) == [2.5e-6, 1e-3]
 
 
-def test_sessions_of_int_and_float_signals_do_not_merge_with_neural_codecs(tmp_path, rng):
-    """A scaled int16 session and a float32 one store the field with different codecs: the merge
-    refuses in words naming the field; codecs='npy' converts them together as before."""
+def test_sessions_of_int_and_float_signals_fall_back_to_plain_npy_for_that_field(tmp_path, rng):
+    """A scaled int16 session and a float32 one would store lfp with different codecs: the
+    converter converts the int16 part again with lfp plain, says so, records it, and the dataset
+    holds exactly what codecs='npy' gives, while spikes stay events."""
     paths = []
     for k, dtype in enumerate((np.int16, np.float32)):
         nwb = nwbfiles.new_file(identifier=f"id{k}", session_id=f"s{k}")
         raw = rng.integers(-2000, 2000, (2500, 4)).astype(dtype)
+        nwbfiles.add_units(nwb, nwbfiles.random_spikes(rng, 2, T0, T0 + 2.5, mean=30))
         nwbfiles.add_lfp(nwb, nwbfiles.electrical_series(nwb, "lfp", raw, rate=RATE, starting_time=T0,
                                                          conversion=2.5e-6))
         paths.append(nwbfiles.write(nwb, tmp_path / f"s{k}.nwb"))
-    with pytest.raises(Exception, match="field 'lfp'") as caught:
-        convert(tmp_path, paths, "n", "neural", modalities=["lfp"])
-    assert "neurocodec" in type(caught.value).__module__
-    with Dataset(convert(tmp_path, paths, "p", "npy", modalities=["lfp"])) as plain:
-        assert field(plain, "lfp").dtype == "<f4"
+    with pytest.warns(UserWarning, match=r"lfp \(npy in 1 file, scaled-int in 1 file\): storing lfp as plain .npy"):
+        neural = convert(tmp_path, paths, "n", "neural", modalities=["spikes", "lfp"])
+    with Dataset(neural) as ds, Dataset(convert(tmp_path, paths, "p", "npy", modalities=["spikes", "lfp"])) as plain:
+        assert field(ds, "lfp").codec == field(plain, "lfp").codec and field(ds, "spikes").codec["id"] == "spike-events"
+        assert ds.manifest.extra["conversion"]["plain_fields"] == ["lfp"]
+        assert len(ds) == len(plain)
+        for a, b in zip(ds, plain):
+            assert a["lfp"].tobytes() == b["lfp"].tobytes() and np.array_equal(a["spikes"], b["spikes"])

@@ -44,10 +44,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import attrs
+
 from neurocodec.errors import DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.compression import check_compression
 from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.nwb.agree import describe, disagreeing_fields, parts_to_redo
 from neurocodec.nwb.fields import names, plan_fields
 from neurocodec.nwb.pool import ConversionError, run_tasks
 from neurocodec.nwb.report import build_report, write_report
@@ -83,6 +86,15 @@ def _convert_part(path: str, part_dir: str, settings: ConvertSettings, version: 
     atomic_write_bytes(Path(part_dir) / PART_SUMMARY, json.dumps(record, sort_keys=True).encode(),
                        fsync=settings.fsync)
     return summary
+
+
+def _reader_field(name: str, fields: tuple[str, ...]) -> str:
+    """The converted field a sample field comes from: itself, or the field it is named after
+    (`units_a_observed` comes from `units_a`)."""
+    if name in fields:
+        return name
+    owners = [f for f in fields if name.startswith(f)]
+    return max(owners, key=len) if owners else name
 
 
 def _settings_hash(settings: ConvertSettings) -> str:
@@ -135,7 +147,9 @@ class NWBToWebDatasetConverter:
     `codecs`: "neural" (default: spikes as events re-binnable at load time, integer signals as
     their raw integers with the scale in the manifest, see docs/format.md) or "npy" (every field
     as plain `.npy`, the layout webdataset, Hugging Face datasets and Ray Data read);
-    `field_codecs`: codec configs for fields, over that choice (`{"video": {"id": "av-video",
+    Where files would store a field with different codecs (a scaled int16 series next to a
+    float32 one), `finalize()` converts the parts concerned again with that field as plain npy,
+    with a warning (`neurocodec.nwb.agree`). `field_codecs`: codec configs for fields, over that choice (`{"video": {"id": "av-video",
     "codec": "ffv1"}}` stores video through FFV1; video is npy by default, as decoding FFV1 is
     slower than reading npy and PyAV is an extra).
 
@@ -273,8 +287,25 @@ class NWBToWebDatasetConverter:
         self._run(pending)
         return [self._results.get(s) for s in given]
 
-    def _part_dir(self, source: NWBSource) -> Path:
-        return self.parts_dir / f"{session_key(source.path)}-{_settings_hash(self.settings)}"
+    def _part_dir(self, source: NWBSource, settings: ConvertSettings | None = None) -> Path:
+        return self.parts_dir / f"{session_key(source.path)}-{_settings_hash(settings or self.settings)}"
+
+    def _agreeing_parts(self, done: list[NWBSource]) -> tuple[list[Path], ConvertSettings]:
+        """The parts of `done` and the settings they share: where files store a field with
+        different codecs (an int16 series with a scale next to a float32 one), the parts using
+        a neural codec for it are converted again with the field plain (`neurocodec.nwb.agree`)."""
+        parts = [self._part_dir(p) for p in done]
+        fields = disagreeing_fields(parts)
+        if not fields:
+            return parts, self.settings
+        readers = sorted({_reader_field(name, self.settings.modalities) for name in fields})
+        settings = attrs.evolve(self.settings, plain_fields=tuple(sorted({*self.settings.plain_fields, *readers})))
+        warnings.warn(f"the files store {describe(parts, fields)}: storing {', '.join(readers)} as plain .npy "
+                      "(the same values) so that they fit one dataset", stacklevel=4)
+        for i in parts_to_redo(parts, fields):
+            parts[i] = self._part_dir(done[i], settings)
+            _convert_part(str(done[i]), str(parts[i]), settings, source_fingerprint(done[i]), self.registry)
+        return parts, settings
 
     def _reusable(self, part: Path, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:
         """The finished part's summary if `part` was converted from this version of its source
@@ -343,13 +374,13 @@ class NWBToWebDatasetConverter:
         done = [p for p in self._files if p in self._results]
         if not done:
             raise SampleError(f"no file was converted into {self.output_dir}; nothing to finalize")
-        parts = [self._part_dir(p) for p in done]
+        parts, settings = self._agreeing_parts(done)
         sessions = {}
         for part in parts:
             with open(part / layout.MANIFEST, encoding="utf8") as f:
                 session = json.load(f)["extra"]["session"]
             sessions[session["key"]] = session
-        extra = {"sessions": sessions, "conversion": self.settings.to_dict(),
+        extra = {"sessions": sessions, "conversion": settings.to_dict(),
                  "sources": [str(p) for p in done], "skipped_files": self._failures}
         writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
                   "converter": "nwb"}

@@ -57,6 +57,9 @@ class ConvertSettings:
     see docs/format.md); "npy": every field as plain `.npy` (readable by webdataset, Hugging Face
     datasets and Ray Data)."""
     field_codecs: tuple[tuple[str, str], ...] = ()
+    plain_fields: tuple[str, ...] = ()
+    """Fields read as plain arrays and stored as `.npy` whatever `codecs` says: the converter sets
+    them when files would store a field with different codecs (see `neurocodec.nwb.agree`)."""
     """Codec configs (as sorted JSON) chosen by the user for fields, over what `codecs` gives
     (`{"video": {"id": "av-video", "codec": "ffv1"}}`)."""
 
@@ -87,6 +90,7 @@ class ConvertSettings:
             "intervals": None if self.intervals is None else list(self.intervals),
             "codecs": self.codecs,
             "field_codecs": {f: json.loads(c) for f, c in self.field_codecs},
+            "plain_fields": list(self.plain_fields),
         }
 
 
@@ -111,7 +115,7 @@ def open_readers(nwbfile: Any, path: Path, settings: ConvertSettings,
         requested = series.get(field)
         names = requested if isinstance(requested, tuple) else (requested,)
         # Columns combine several series into one array: their parts are read as plain arrays.
-        style = settings.codecs if not isinstance(requested, tuple) else "npy"
+        style = "npy" if isinstance(requested, tuple) or field in settings.plain_fields else settings.codecs
         opened = [_open_one(extractor, nwbfile, ExtractOptions(
             path=path, series=name, options=options.get(field, {}), nan_policy=settings.nan_policy,
             codecs=style, window=settings.window), field, modality, settings) for name in names]
@@ -141,6 +145,8 @@ def reader_codecs(readers: Mapping[str, ModalityReader], settings: ConvertSettin
     the settings ask for plain npy)."""
     chosen = {}
     for field, reader in readers.items() if settings.codecs == "neural" else ():
+        if field in settings.plain_fields:
+            continue
         modality = settings.modality_of(field)
         for name, config in reader.codecs().items():
             config = dict(config)
