@@ -208,7 +208,18 @@ def test_codecs_argument_is_checked_before_writing(tmp_path, registry):
         create_shards_from_arrays(tmp_path / "e", data, codecs={"lfp": {"id": "npy", "level": 3}})
     assert not (tmp_path / "d" / "dataset_metadata.json").exists()
     # a value the chosen codec does not describe as an array is refused with the field named
-    with pytest.raises(Exception, match="lfp.*expected an array"):
+    with pytest.raises(Exception, match=r"lfp.*codec 'test-repeat' of this field does not store a plain array \(got ndarray\)"):
         with WebDatasetWriter(tmp_path / "f", registry=registry, codecs={"lfp": {"id": "test-repeat"}},
                               modalities={"lfp": "rows"}) as w:
             w.write_sample({"lfp": np.zeros((3, 2), np.float32)})
+
+
+def test_a_value_object_without_its_codec_says_which_argument_chooses_one(tmp_path):
+    from neurocodec.errors import SampleError
+    from neurocodec.plugin import SpikeEvents
+
+    events = SpikeEvents(np.array([0.01, 0.2]), np.array([0, 1]), 2)
+    with pytest.raises(SampleError, match=r"got SpikeEvents, which codec 'npy' of this field does not store: give the "
+                                          r"field a codec that does \(WebDatasetWriter\(codecs=\{'spikes': "):
+        with WebDatasetWriter(tmp_path / "out") as writer:
+            writer.write_sample({"spikes": events})

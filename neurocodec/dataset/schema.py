@@ -41,8 +41,13 @@ class FieldState:
         if self.codec.kind != "array":
             return None
         form = self.codec.describe_value(value)
+        if form is None and isinstance(value, np.ndarray):
+            return (f"codec {self.codec.codec_id!r} of this field does not store a plain array (got ndarray): "
+                    "give it the value it stores (see its documentation) or choose another codec")
         if form is None:
-            return f"expected an array like earlier samples, got {type(value).__name__}"
+            return (f"expected an array like earlier samples, got {type(value).__name__}, which codec "
+                    f"{self.codec.codec_id!r} of this field does not store: give the field a codec that does "
+                    f"(WebDatasetWriter(codecs={{{self.name!r}: {{'id': ...}}}}))")
         dtype, shape = np.dtype(form[0]), tuple(form[1])
         if dtype.str not in npy.DTYPES:  # what readers accept, as the manifest records it
             return (f"dtype {dtype} ({dtype.str}) is not one this format stores "
