@@ -1,6 +1,6 @@
 """The codec table: bytes, encode/decode speed and loader rate of each codec on real-shaped data.
 
-Run: `python benchmarks/codecs.py [--quick] [--json out.json]`.
+Run: `python benchmarks/codec_table.py [--quick] [--json out.json]`.
 
 Rows, each through the APIs users call (the converter or `WebDatasetWriter` to write, `Dataset`
 to decode, `create_webdataset_dataloader` with 2 workers, batch 32, to load):
