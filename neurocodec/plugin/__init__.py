@@ -83,6 +83,9 @@ from neurocodec.plugin.scaled import KeepIntegers, ScaledIntCodec, let_scaled_th
 from neurocodec.plugin.events import COMMON_CLOCKS, DEFAULT_TICK_HZ, ObservedIntervals, SpikeEvents
 from neurocodec.plugin.event_codecs import SpikeEventsCodec, SpikeObservedCodec
 
+# Spike tokens (a collate function for POYO-style models)
+from neurocodec.plugin.tokens import TOKEN_SPIKE, SpikeTokens, spike_tokens
+
 __all__ = [
     # Hooks
     "CodecRegistrar", "ModalityRegistrar", "hookimpl",
@@ -105,4 +108,6 @@ __all__ = [
     # Spike events
     "COMMON_CLOCKS", "DEFAULT_TICK_HZ", "ObservedIntervals", "SpikeEvents", "SpikeEventsCodec",
     "SpikeObservedCodec",
+    # Spike tokens
+    "SpikeTokens", "TOKEN_SPIKE", "spike_tokens",
 ]
