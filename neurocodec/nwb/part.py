@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import attrs
 
+from neurocodec.dataset.global_ids import id_prefixes
 from neurocodec.errors import NeurocodecError
 from neurocodec.nwb.columns import ColumnsReader
 from neurocodec.nwb.context import WindowLabels, session_context
@@ -255,12 +256,15 @@ def _describe_session(nwbfile: Any, path: Path, readers: Mapping[str, Any], span
                       labels: WindowLabels) -> dict[str, Any]:
     """The session as the part's manifest records it: ids, its series (each reader's description),
     unit and channel ids with their columns, spans, the interval tables and the electrodes table
-    (see neurocodec.nwb.context)."""
-    return {**session_info(nwbfile, path), "key": session_key(path),
-            "series": {m: dict(r.describe()) for m, r in readers.items()},
-            "ids": {m: dict(r.ids()) for m, r in readers.items()},
-            "span_s": {m: list(s) for m, s in spans.items()},
-            **session_context(labels, nwbfile, path)}
+    (see neurocodec.nwb.context), and `id_prefixes`: what makes those ids globally unique (see
+    neurocodec.dataset.global_ids)."""
+    session = {**session_info(nwbfile, path), "key": session_key(path),
+               "series": {m: dict(r.describe()) for m, r in readers.items()},
+               "ids": {m: dict(r.ids()) for m, r in readers.items()},
+               "span_s": {m: list(s) for m, s in spans.items()},
+               **session_context(labels, nwbfile, path)}
+    session["id_prefixes"] = id_prefixes(session)
+    return session
 
 
 def _write_windows(writer: Any, readers: Mapping[str, Any], settings: ConvertSettings, session: Mapping[str, Any],
