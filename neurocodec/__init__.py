@@ -26,6 +26,7 @@ _EXPORTS = {
     # reading and inspecting
     "Dataset": "neurocodec.dataset.reader",
     "ShardedDatasetInfo": "neurocodec.dataset.info",
+    "Vocabulary": "neurocodec.dataset.vocab",
     # object storage
     "ShardCache": "neurocodec.storage.cache",
     "RetryPolicy": "neurocodec.storage.retry",
