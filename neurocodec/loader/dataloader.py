@@ -22,6 +22,7 @@ from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
 from neurocodec.loader.heap import forks, frozen_heap
 from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
+from neurocodec.loader.transform import Transform, check_picklable, check_transform
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 
@@ -196,6 +197,7 @@ def create_webdataset_dataloader(
     registry: Registry | None = None, epoch: int = 0,
     storage_options: Mapping[str, Any] | None = None, cache: Any = None,
     max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
+    transform: Transform | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -210,14 +212,26 @@ def create_webdataset_dataloader(
     `max_member_bytes` raises (or lowers) the ceiling on one member's decoded size (see `Dataset`).
     `decode` gives fields their load-time decode options (`{"spikes": {"bin_size_ms": 5}}`; see
     `Dataset`), applied in the workers; they are checked here first.
+
+    `transform(sample, rng)` runs on each decoded sample in the workers, before collation, with
+    `rng = numpy.random.default_rng(numpy.random.SeedSequence([seed, epoch, 2, sample_id]))`
+    (`sample_id`: the sample's global index in the dataset; see `neurocodec.loader.transform`), so
+    augmented batches are the same for any `num_workers` or world size and after
+    `load_state_dict`, and differ between epochs. With a spawn or forkserver
+    `multiprocessing_context` it must be picklable (checked here). One that raises is a
+    `TransformError` naming the sample; with `on_error="skip"` the sample is left out.
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    check_transform(transform)
+    if num_workers and not forks(multiprocessing_context):
+        check_picklable(transform, multiprocessing_context)
     stream = EpochStream(
         shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
         drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
+        transform=transform,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

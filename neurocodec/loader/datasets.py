@@ -16,6 +16,8 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.process import PerProcess
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
+from neurocodec.loader.order import DEFAULT_SEED
+from neurocodec.loader.transform import Transform, apply_transform, check_transform
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
@@ -49,6 +51,13 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
 
     `decode` gives fields their load-time decode options (see `neurocodec.Dataset`), e.g.
     `{"spikes": {"bin_size_ms": 5}}`; they are checked here, before any sample is read.
+
+    `transform(sample, rng)` runs on every decoded sample where it is read (in the DataLoader
+    workers), before tensors are made, with `rng` seeded by (seed, epoch, the sample's global id)
+    (see `neurocodec.loader.transform`): the same samples come out transformed the same way for
+    any number of workers or ranks and after `set_state`, and differently each epoch. With
+    workers started by spawn or forkserver it must be picklable. A transform that raises is a
+    `TransformError` naming the sample (left out and counted as `skipped` with `on_error="skip"`).
     """
 
     def __init__(
@@ -58,6 +67,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         on_error: str = "raise", verify: str = "crc", registry: Registry | None = None, epoch: int = 0,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
+        transform: Transform | None = None,
     ) -> None:
         super().__init__()
         self.stream = EpochStream(
@@ -65,6 +75,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
+            transform=transform,
         )
         self.shard_dir = self.stream.path
 
@@ -156,12 +167,24 @@ class ResumableWebDatasetLoader(WebDatasetLoader):
 class RandomAccessWebDataset(torch.utils.data.Dataset):
     """Map-style access to the same shards: `len(ds)` and `ds[i]` (sample i of the dataset in
     storage order), for evaluation and debugging. Reads only the shard holding sample i (for a
-    URL dataset, downloading it whole into `cache` first). `decode` as for `neurocodec.Dataset`."""
+    URL dataset, downloading it whole into `cache` first). `decode` as for `neurocodec.Dataset`.
+
+    `transform(sample, rng)` runs on sample i as it is read, with `rng` seeded by (`seed`,
+    `epoch`, i) as in `WebDatasetLoader`. This dataset has no epochs of its own: `epoch` is 0
+    unless `set_epoch` changes it; call it before each epoch's DataLoader iteration (workers get
+    a copy of the dataset when an iteration starts, so with `persistent_workers=True` they keep
+    the epoch they started with). A transform that raises is a `TransformError` naming sample i."""
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
                  registry: Registry | None = None, tensors: bool = True,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-                 max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
+                 transform: Transform | None = None, seed: int | None = None, epoch: int = 0) -> None:
+        self.transform = check_transform(transform)
+        self.seed = DEFAULT_SEED if seed is None else seed
+        if type(self.seed) is not int or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.set_epoch(epoch)
         self.shard_dir = dataset_path(shard_dir)
         self._decode = decode
         self._verify, self._registry, self.tensors = verify, registry, tensors
@@ -182,7 +205,17 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self._open()[index]
+        if self.transform is not None:
+            index = index + self._len if index < 0 else index  # a sample's id is its place, counted from 0
+            sample = apply_transform(self.transform, sample, seed=self.seed, epoch=self.epoch,
+                                     sample_id=int(index), dataset=self.shard_dir)
         return sample_to_tensors(sample) if self.tensors else sample
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the transform's generators are seeded with from now on."""
+        if type(epoch) is not int or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = epoch
 
     @property
     def fields(self):

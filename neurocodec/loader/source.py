@@ -1,4 +1,5 @@
-"""Reading samples by global id inside a loader process, with the bad-data policy applied."""
+"""Reading samples by global id inside a loader process, with the bad-data policy applied and the
+user's per-sample transform run on each (see `neurocodec.loader.transform`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from neurocodec.errors import ShardError
 from neurocodec.process import PerProcess
+from neurocodec.loader.transform import Transform, TransformError, apply_transform, check_transform
 from neurocodec.dataset.reader import Dataset
 from neurocodec.plugin.registry import Registry
 
@@ -20,17 +22,21 @@ ON_ERROR = ("raise", "skip")
 class SampleSource:
     """Opens the dataset lazily once per process (shard maps are not shared across a fork) and
     reads samples by id. With `on_error="skip"` a bad sample is logged and left out instead of
-    raising; `skipped` counts them in this process. A URL dataset reads through `cache`."""
+    raising; `skipped` counts them in this process. A URL dataset reads through `cache`.
+    `transform(sample, rng)` runs on every sample read, with the generator of (seed, sample's
+    epoch, sample id); one that raises is a bad sample too."""
 
     def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None,
-                 decode: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 decode: Mapping[str, Mapping[str, Any]] | None = None,
+                 transform: Transform | None = None, seed: int = 0) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
         self.storage_options, self.cache, self.max_member_bytes = storage_options, cache, max_member_bytes
         self.decode = decode
+        self.transform, self.seed = check_transform(transform), seed
         self._dataset: PerProcess[Dataset] = PerProcess()
         self._bad_shards: dict[int, ShardError] = {}
         self.skipped = 0
@@ -45,8 +51,8 @@ class SampleSource:
         return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
                        cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode)
 
-    def read(self, ids: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(i, decoded sample ids[i]) in order, leaving out bad ones when skipping."""
+    def read(self, ids: np.ndarray, epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(i, decoded and transformed sample ids[i]) in order, leaving out bad ones when skipping."""
         ds = self.dataset
         for i, sample_id in enumerate(ids.tolist()):
             number, local = ds.locate(sample_id)
@@ -59,12 +65,23 @@ class SampleSource:
                     self._bad_shards[number] = exc
                     raise
                 sample = ds.read_local(number, local)
+                if self.transform is not None:
+                    sample = apply_transform(self.transform, sample, seed=self.seed, epoch=epoch,
+                                             sample_id=sample_id, dataset=self.path)
+            except TransformError as exc:
+                if self.on_error == "raise":
+                    raise
+                self._skip(sample_id, exc)
+                continue
             except ShardError as exc:
                 if self.on_error == "raise":
                     err = ShardError(f"{exc} (reading sample {sample_id} of {self.path})")
                     err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
                     raise err from exc
-                self.skipped += 1
-                log.warning("skipping sample %d of %s: %s", sample_id, self.path, exc)
+                self._skip(sample_id, exc)
                 continue
             yield i, sample
+
+    def _skip(self, sample_id: int, exc: Exception) -> None:
+        self.skipped += 1
+        log.warning("skipping sample %d of %s: %s", sample_id, self.path, exc)

@@ -15,6 +15,7 @@ from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
+from neurocodec.loader.transform import Transform
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
@@ -26,7 +27,8 @@ class EpochStream:
     The order of an epoch depends only on (dataset, seed, epoch, shuffle, buffer_size,
     chunk_size); `batch_size`, `world_size` and `rank` only decide who reads which part of it.
     For a URL dataset (`storage_options`, `cache`) the shards of the next batches are
-    prefetched into the cache; nothing about the cache enters the state.
+    prefetched into the cache; nothing about the cache enters the state. `transform` runs on
+    each sample as it is read (see `neurocodec.loader.transform`), seeded by (seed, epoch, id).
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class EpochStream:
         chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.path = dataset_path(shard_dir)
         max_member_bytes = limits.max_member_bytes(max_member_bytes)
@@ -66,7 +69,8 @@ class EpochStream:
                                    f"{self.path}/{layout.MANIFEST}", decode).fields
         self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry,
                                    storage_options=storage_options, cache=cache,
-                                   max_member_bytes=max_member_bytes, decode=decode)
+                                   max_member_bytes=max_member_bytes, decode=decode,
+                                   transform=transform, seed=self.seed)
         self.epoch, self.position, self.skipped = int(epoch), 0, 0
 
     @property
@@ -105,7 +109,7 @@ class EpochStream:
             positions = plan.positions(k)
             if ahead is not None and ahead.due():
                 self.source.dataset.prefetch(ahead.shards_from(k))
-            yield k, positions, list(self.source.read(order.take(positions)))
+            yield k, positions, list(self.source.read(order.take(positions), order.epoch))
 
     def _lookahead(self, order: EpochOrder, plan: StepPlan, worker: int, workers: int):
         from neurocodec.loader.lookahead import ShardLookahead
