@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from neurocodec import Dataset, DatasetError, Vocabulary
+from neurocodec import Dataset, DatasetError, SpikeTokens, Vocabulary, create_webdataset_dataloader
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.nwb.converter import NWBToWebDatasetConverter
 from nwbfiles import simple_session
@@ -157,6 +157,29 @@ def test_unit_index_matches_the_session_records_and_the_windows(data):
         vocabulary.unit_index("not-a-session")
 
 
+@pytest.mark.multiprocess
+def test_tokens_in_dataloader_workers_carry_vocabulary_indices(data):
+    """The spike tokens' collate looks units up through `unit_index` in 2 workers: every token
+    of a window names, through the vocabulary, the global id of the unit that fired."""
+    vocabulary = Vocabulary.build([data["one"], data["two"]])
+    decode = {"spikes": {"as": "events"}}
+    loader = create_webdataset_dataloader(data["one"], batch_size=3, num_workers=2, seed=0, decode=decode,
+                                          collate_fn=SpikeTokens(mode="pad8", unit_index=vocabulary.unit_index))
+    files = {record["key"]: data[record["file"][0]] for record in sessions(data["one"]).values()}
+    tokens = 0
+    with Dataset(data["one"], decode=decode) as ds:
+        by_key = {ds[i]["__key__"]: ds[i] for i in range(len(ds))}
+        for batch in loader:
+            for b, key in enumerate(batch["__key__"]):
+                sample = by_key[key]
+                mask = batch["spikes_mask"][b].numpy()
+                named = [vocabulary.ids[i] for i in batch["spikes_unit_index"][b].numpy()[mask]]
+                fired = expected_ids(files[sample["metadata"]["session"]])
+                assert named == [fired[u] for u in sample["spikes"].units]
+                tokens += len(named)
+    assert tokens > 0
+
+
 def test_channels_and_rois(data, tmp_path):
     channels = Vocabulary.build(data["one"], kind="channels")
     key = key_of(data["one"], data["a"])
@@ -165,10 +188,7 @@ def test_channels_and_rois(data, tmp_path):
         electrodes = f["/general/extracellular_ephys/electrodes/id"][:].tolist()
     assert [channels.ids[i] for i in channels.indices(key)] == [f"{identifier}/electrodes/{e}" for e in electrodes]
     path = ophys_file(tmp_path / "imaging.nwb", ("DfOverF",))
-    converter = NWBToWebDatasetConverter(tmp_path / "ophys", 50, ["calcium"], 100.0, 10, 0.0, progress=False, fsync=False)
-    converter.convert_nwb_files([str(path)])
-    converter.finalize()
-    rois = Vocabulary.build(tmp_path / "ophys", kind="rois")
+    rois = Vocabulary.build(convert(tmp_path / "ophys", [path], modalities=("calcium",)), kind="rois")
     (key,) = rois.sessions
     assert rois.session_ids(key) == tuple(f"imaging/PlaneSeg/{ROI_IDS[j]}" for j in ORDER)
     assert rois.indices(key).tolist() == [rois[f"imaging/PlaneSeg/{ROI_IDS[j]}"] for j in ORDER]
