@@ -212,6 +212,11 @@ def test_two_recordings_claiming_one_identifier_are_refused(data, tmp_path):
     with pytest.raises(DatasetError, match="'same'.*distinct identifiers"):
         vocabulary.add(convert(tmp_path / "clash", [first, second]))
     assert len(vocabulary) == 2 and len(vocabulary.sessions) == 1  # a refused add changes nothing
+    # Same identifier, session, subject and start, but another Units table (a copied identifier).
+    third = simple_session(tmp_path / "z.nwb", seed=3, identifier="same", units=5)
+    with pytest.raises(DatasetError, match="'same/units/' has other units.*distinct identifiers"):
+        vocabulary.add([convert(tmp_path / "first", [first]), convert(tmp_path / "third", [third])])
+    assert len(vocabulary) == 2 and len(vocabulary.sessions) == 1
 
 
 def test_bad_records_get_errors_naming_the_session(data, tmp_path):

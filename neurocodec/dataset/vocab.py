@@ -55,6 +55,7 @@ class Vocabulary:
         self._index: dict[str, int] = {}
         self._sessions: dict[str, SessionIds] = {}
         self._recordings: dict[str, tuple[Any, ...]] = {}
+        self._tables: dict[str, tuple[str, ...]] = {}  # units: the rows of each Units table seen
         self._cache: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
@@ -73,12 +74,14 @@ class Vocabulary:
         for source in _sources(datasets):
             manifest, name = _manifest(source, storage_options)
             found += session_ids(manifest.extra.get("sessions"), self.kind, name, self.fields)
-        recordings, sessions = dict(self._recordings), dict(self._sessions)
+        recordings, sessions, tables = dict(self._recordings), dict(self._sessions), dict(self._tables)
         for session in found:
             _check_recording(recordings, session)
+            if self.kind == "units":
+                _check_units(tables, session)
             sessions[session.key] = _merged(sessions.get(session.key), session, self.kind)
         new = self._new_ids(found)
-        self._recordings, self._sessions = recordings, sessions
+        self._recordings, self._sessions, self._tables = recordings, sessions, tables
         self._append(new)
         return new
 
@@ -214,6 +217,19 @@ def _check_recording(recordings: dict[Any, tuple[Any, ...]], session: SessionIds
                            f"recording, but differs from it (session id, subject, start time: {known[1:]} "
                            f"vs {session.recording[1:]}); their units would share ids. Give the NWB files "
                            "distinct identifiers")
+
+
+def _check_units(tables: dict[str, tuple[str, ...]], session: SessionIds) -> None:
+    """Refuse two files whose Units tables share a prefix (identifier and table) but not their
+    rows: a file sorted again under the same identifier, or files that copy one identifier. (The
+    converter reads the whole table; channels and ROIs may be subsets, and are not compared.)"""
+    for field, ids in session.fields.items():
+        known = tables.setdefault(session.prefixes[field], ids)
+        if known != ids:
+            raise DatasetError(f"session {session.key!r}, field {field!r}: the Units table "
+                               f"{session.prefixes[field]!r} has other units ({len(ids)}) than in another "
+                               f"session with that NWB identifier ({len(known)}); their units would share "
+                               "ids. Give the NWB files distinct identifiers")
 
 
 def _merged(known: SessionIds | None, session: SessionIds, kind: str) -> SessionIds:
