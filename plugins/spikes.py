@@ -7,7 +7,8 @@ dtype. Sessions with different unit counts collate with zero padding and a mask.
 A `SpikeEvents` value (spike times and units of one window) is stored with the `spike-events`
 codec (`codecs={"spikes": {"id": "spike-events", "bins": ..., "bin_size_ms": ...}}`; the NWB
 converter's default): it decodes to counts at any bin size dividing the window, or to events,
-which batch as a list. The observation mask of such a window is an `ObservedIntervals` value,
+which batch as a list (`collate_fn=SpikeTokens(...)` batches them as tokens instead: see
+`neurocodec.plugin.tokens`). The observation mask of such a window is an `ObservedIntervals` value,
 stored by the `spike-observed` codec under the fallback modality `spikes_observed` (any field
 holding one, such as `spikes_observed` or `units_a_observed`).
 """
@@ -40,7 +41,8 @@ def prepare_observed(value: Any, options: Mapping[str, Any]) -> ObservedInterval
 
 
 def collate_spikes(values: Sequence[Any], field: FieldSpec) -> Collated:
-    """Counts stacked (padded with a mask when sessions differ in units); events as a list."""
+    """Counts stacked (padded with a mask when sessions differ in units); events as a list
+    (the loader's `collate_fn=SpikeTokens(...)` makes tokens of them before this rule runs)."""
     if field.kind != "array" or isinstance(values[0], SpikeEvents):
         return collate_list(values, field)
     return collate_arrays(values, field)

@@ -3,17 +3,21 @@ the token tensors of POYO-style models, padded to a multiple of 8 or chained for
 attention, with units mapped into a vocabulary.
 
 Datasets are real shards written by `WebDatasetWriter` (two sessions on different clocks with
-different unit counts, empty windows included) and read through real DataLoader workers. The
-expected tokens come from numpy on the ticks the test drew, and from the events read back with
-`Dataset(..., decode={"spikes": {"as": "events"}})`.
+different unit counts, empty windows included), or converted from NWB files built with pynwb
+(tests/nwbfiles.py), and read through real DataLoader workers. The expected tokens come from
+numpy on the ticks the test drew or the spike times h5py reads from the NWB file, and from the
+events read back with `Dataset(..., decode={"spikes": {"as": "events"}})`.
 """
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
+import nwbfiles as nf
+from neurocodec import NWBToWebDatasetConverter
 from neurocodec import Dataset, SpikeTokens, WebDatasetLoader, WebDatasetWriter, collate_webdataset
 from neurocodec import create_webdataset_dataloader
 from neurocodec.plugin import TOKEN_SPIKE, SpikeEvents
@@ -275,3 +279,56 @@ def test_resume_after_a_state_dict_gives_the_same_tokens(path):
     resumed = loader(1)
     resumed.load_state_dict(state)
     assert_same_batches(head + run(resumed), reference)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Two NWB sessions (3 and 5 units, the second starting at 1.5 s) converted with the
+    converter's defaults (spikes stored as events)."""
+    root = tmp_path_factory.mktemp("nwb")
+    files = [nf.simple_session(root / "a.nwb", units=3, seed=1), nf.simple_session(root / "b.nwb", units=5, seed=2,
+                                                                                   t0=1.5)]
+    converter = NWBToWebDatasetConverter(root / "out", 64, ["spikes"], 10.0, 50, 0.0, progress=False, fsync=False)
+    converter.convert_nwb_files([str(f) for f in files])
+    converter.finalize()
+    return root / "out"
+
+
+def nwb_spikes(path) -> dict[int, np.ndarray]:
+    """Unit id -> spike times, read from the NWB file with h5py."""
+    with h5py.File(path, "r") as f:
+        times, ends, ids = f["units/spike_times"][:], f["units/spike_times_index"][:], f["units/id"][:]
+    return {int(u): times[a:b] for u, a, b in zip(ids, np.concatenate([[0], ends[:-1]]), ends)}
+
+
+@pytest.mark.parametrize("mode", ["pad8", "varlen"])
+def test_converted_nwb_sessions_as_tokens_in_a_global_vocabulary(converted, mode):
+    """Units of every session get one id in a global vocabulary of `session/unit` strings,
+    built from the manifest's session records; each window's tokens are the spikes the NWB file
+    holds in it (read with h5py), as vocabulary ids."""
+    with Dataset(converted, decode=EVENTS_DECODE) as ds:
+        sessions = ds.manifest.extra["sessions"]
+        samples = [ds[i] for i in range(len(ds))]
+    events = {(s["metadata"]["window_index"], s["metadata"]["session"]): s["spikes"] for s in samples}
+    names = {key: [f"{s['session_id']}/{u}" for u in s["ids"]["spikes"]["unit_ids"]] for key, s in sessions.items()}
+    vocabulary = {name: i for i, name in enumerate(sorted(n for v in names.values() for n in v))}
+    unit_index = {key: np.array([vocabulary[n] for n in v]) for key, v in names.items()}
+    loader = create_webdataset_dataloader(converted, batch_size=6, num_workers=0, seed=4, decode=EVENTS_DECODE,
+                                          collate_fn=SpikeTokens(mode=mode, unit_index=unit_index))
+    files = {key: nwb_spikes(s["source"]["path"]) for key, s in sessions.items()}
+    windows = 0
+    for batch in loader:
+        for meta, (units, times, _) in zip(batch["metadata"], tokens_of(batch, mode)):
+            record = sessions[meta["session"]]
+            hz, start, stop = record["series"]["spikes"]["tick_hz"], meta["start_time"], meta["stop_time"]
+            want = []
+            for unit_id, spikes in files[meta["session"]].items():
+                inside = spikes[(spikes >= start) & (spikes < stop)]
+                want += [(t - start, vocabulary[f"{record['session_id']}/{unit_id}"]) for t in inside]
+            want.sort()
+            np.testing.assert_array_equal(units, [u for _, u in want])
+            # The converter stores each time as a whole tick of tick_hz (plugins/nwb_spike_ticks.py).
+            np.testing.assert_allclose(times, [t for t, _ in want], rtol=0, atol=1 / hz + 2**-24)
+            np.testing.assert_array_equal(times, events[meta["window_index"], meta["session"]].times.astype(np.float32))
+            windows += 1
+    assert windows == 20 * len(sessions)  # 10 s sessions in 0.5 s windows

@@ -23,9 +23,9 @@ order (time, then unit for simultaneous spikes). `cu_seqlens` and `max_seqlen` a
 flash-attention's varlen functions take (`cu_seqlens_q`, `max_seqlen_q`).
 
 Timestamps are the events' float64 seconds rounded to the nearest float32 (IEEE 754
-round-to-nearest-even, numpy's `astype(np.float32)`): the error is at most half a float32 ulp,
-2**-24 * t (60 ns at t < 1 s, 0.95 µs at t < 16 s); order is kept, but two spikes under one
-float32 step apart may get the same timestamp.
+round-to-nearest-even, numpy's `astype(np.float32)`): the error is at most half a float32 step,
+never more than 2**-24 * t (under 30 ns for t < 1 s, under 0.48 µs for t < 16 s). Rounding keeps
+the order, but two spikes less than one float32 step apart may get the same timestamp.
 
 `unit_index` maps units into a vocabulary: called with a sample's session key
 (`metadata["session"]`), it returns the vocabulary index of each of that session's units
