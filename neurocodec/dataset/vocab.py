@@ -183,10 +183,10 @@ class Vocabulary:
         appended). ValueError naming the file if it is not one."""
         try:
             state = json.loads(Path(path).read_text(encoding="utf8"))
-            kind = state["kind"] if isinstance(state, dict) else None
-            vocabulary = cls(kind if kind in KINDS else "units", fields)
-            vocabulary.load_state_dict(state)
-        except (ValueError, KeyError) as exc:
+            kind = state.get("kind") if isinstance(state, dict) else None
+            vocabulary = cls(kind if isinstance(kind, str) and kind in KINDS else "units", fields)
+            vocabulary.load_state_dict(state)  # refuses a state without a valid kind
+        except ValueError as exc:
             raise ValueError(f"{path} is not a neurocodec vocabulary: {exc}") from None
         vocabulary.add(datasets, storage_options=storage_options)
         return vocabulary
