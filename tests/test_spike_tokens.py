@@ -182,6 +182,11 @@ def test_unit_index_errors_name_the_session_and_sample(path):
     samples = _samples(path, [0, 1])
     with pytest.raises(ValueError, match=r"no entry for session 's7'.*sample_"):
         SpikeTokens(unit_index={"s4": VOCAB["s4"]})(samples)
+    def vocabulary(session: str) -> np.ndarray:
+        raise KeyError(f"session {session!r} is in no dataset of this vocabulary; add it")
+
+    with pytest.raises(ValueError, match=r"no entry for session 's7' \(sample .*\): session 's7' is in no dataset"):
+        SpikeTokens(unit_index=vocabulary)(samples)
     with pytest.raises(ValueError, match=r"gives 3 units for session 's4'; field 'spikes' of sample .* has 4"):
         SpikeTokens(unit_index={"s4": np.arange(3), "s7": VOCAB["s7"]})(samples)
     with pytest.raises(ValueError, match=r"negative indices"):

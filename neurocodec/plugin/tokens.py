@@ -173,8 +173,10 @@ class SpikeTokens:
 def _session_units(lookup: Callable[[str], Any], session: str, where: str) -> np.ndarray:
     try:
         index = np.asarray(lookup(session))
-    except KeyError:
-        raise ValueError(f"SpikeTokens: unit_index has no entry for session {session!r} ({where})") from None
+    except KeyError as exc:
+        said = exc.args[0] if exc.args and exc.args[0] != session else ""  # a Vocabulary says what to do
+        raise ValueError(f"SpikeTokens: unit_index has no entry for session {session!r} ({where})"
+                         + (f": {said}" if said else "")) from None
     if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
         raise ValueError(f"SpikeTokens: unit_index({session!r}) must be a 1-D integer array, got "
                          f"{index.dtype} of shape {index.shape}")
