@@ -222,8 +222,8 @@ def test_random_access_dataset_seeds_by_index_and_set_epoch(dataset):
                        "lfp": sample["lfp"].numpy()}, expected(dataset, i, epoch=0))
     assert torch.equal(ds[-1]["draw"], ds[N - 1]["draw"])
     ds.set_epoch(3)
-    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
-                                     sampler=torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0)))
+    sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, sampler=sampler)
     for sample in dl:
         i = key_id(sample["__key__"])
         assert torch.equal(sample["draw"], torch.from_numpy(expected(dataset, i, epoch=3)["draw"]))
@@ -277,3 +277,115 @@ def test_spawned_workers_run_a_partial_and_an_attrs_class(dataset):
     spawned = list(loader(dataset, 2, transform=transform, multiprocessing_context="spawn"))
     assert_batches_equal(spawned, reference)
     assert int(torch.cat([b["draw"] for b in reference]).max()) < 1 << 20
+
+
+# -- the built-in augmentations, against numpy -----------------------------------------------------
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only copy, as decoded arrays are (views of the shard)."""
+    out = np.array(array)
+    out.flags.writeable = False
+    return out
+
+
+def binned(events: SpikeEvents, per_bin: int, bins: int) -> np.ndarray:
+    """Counts by numpy alone: bin k holds ticks in [k*per_bin, (k+1)*per_bin)."""
+    counts = np.zeros((bins, events.unit_count), np.int32)
+    np.add.at(counts, (np.rint(events.times * events.tick_hz).astype(np.int64) // per_bin, events.units), 1)
+    return counts
+
+
+def test_unit_dropout_drops_the_same_units_from_counts_and_events():
+    spikes = window(5)["spikes"]
+    counts = frozen(binned(spikes, HZ * BIN_MS // 1000, BINS) + 1)  # every entry non-zero
+    sample = {"counts": counts, "spikes": spikes, "x": frozen([5, 36])}
+    for seed in range(6):
+        out = UnitDropout(("counts", "spikes"), p=0.5)(sample, np.random.default_rng(seed))
+        keep = np.random.default_rng(seed).random(UNITS) >= 0.5
+        assert out["counts"].dtype == np.int32 and out["counts"].shape == counts.shape
+        np.testing.assert_array_equal(out["counts"][:, keep], counts[:, keep])
+        assert (out["counts"][:, ~keep] == 0).all()
+        kept = keep[spikes.units]
+        assert out["spikes"] == SpikeEvents(spikes.times[kept], spikes.units[kept], UNITS, HZ)
+        assert out["x"] is sample["x"] and sample["spikes"] is spikes
+    np.testing.assert_array_equal(counts, binned(spikes, HZ * BIN_MS // 1000, BINS) + 1)  # input unchanged
+    everything = UnitDropout(("counts", "spikes"), p=1.0)(sample, np.random.default_rng(0))
+    assert not everything["counts"].any() and len(everything["spikes"]) == 0
+    nothing = UnitDropout(("counts", "spikes"), p=0.0)(sample, np.random.default_rng(0))
+    np.testing.assert_array_equal(nothing["counts"], counts)
+    assert nothing["spikes"] == spikes
+    with pytest.raises(ValueError, match="differ"):
+        UnitDropout(("counts", "lfp"))({"counts": counts, "lfp": np.zeros((4, UNITS + 1))}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="probability"):
+        UnitDropout(p=1.5)
+
+
+def test_channel_mask_sets_whole_channels_to_the_value():
+    lfp = frozen(window(3)["lfp"])
+    for seed in range(6):
+        out = ChannelMask("lfp", p=0.4, value=-7.0)({"lfp": lfp}, np.random.default_rng(seed))
+        keep = np.random.default_rng(seed).random(CHANNELS) >= 0.4
+        assert out["lfp"].dtype == np.float32
+        np.testing.assert_array_equal(out["lfp"][:, keep], lfp[:, keep])
+        assert (out["lfp"][:, ~keep] == -7.0).all()
+    np.testing.assert_array_equal(lfp, window(3)["lfp"])
+
+
+def test_spike_time_jitter_stays_sorted_on_the_tick_grid_and_inside_the_window():
+    spikes = window(7)["spikes"]  # spikes at tick 0 and at the window's last tick included
+    last = WINDOW_TICKS - 1
+    jitter = SpikeTimeJitter(window_s=WINDOW_S, sigma_s=0.002)
+    shifts = []
+    for seed in range(20):
+        out = jitter({"spikes": spikes}, np.random.default_rng(seed))["spikes"]
+        ticks = np.rint(out.times * HZ)
+        assert np.array_equal(ticks / HZ, out.times) and out.tick_hz == HZ and out.unit_count == UNITS
+        assert ticks.min() >= 0 and ticks.max() <= last and np.all(np.diff(out.times) >= 0)
+        assert sorted(out.units.tolist()) == sorted(spikes.units.tolist())
+        # One spike alone at each edge is reflected back in by exactly its draw.
+        d = int(np.rint(np.random.default_rng(seed).normal(0, 0.002) * HZ))
+        for tick, want in ((0, abs(d)), (last, last - abs(d)), (WINDOW_TICKS // 2, WINDOW_TICKS // 2 + d)):
+            alone = SpikeEvents.from_ticks(np.array([tick]), np.array([1]), UNITS, HZ)
+            moved = jitter({"spikes": alone}, np.random.default_rng(seed))["spikes"]
+            assert moved.times[0] == want / HZ, (seed, tick, d)
+        shifts.append(d)
+    assert 0.5 * 0.002 * HZ < np.std(shifts) < 1.5 * 0.002 * HZ
+    with pytest.raises(TypeError, match="not SpikeEvents"):
+        jitter({"spikes": np.zeros((BINS, UNITS))}, np.random.default_rng(0))
+
+
+def test_time_crop_cuts_the_same_stretch_from_every_field():
+    spikes = window(8)["spikes"]
+    per_bin = HZ * BIN_MS // 1000
+    sample = {"counts": frozen(binned(spikes, per_bin, BINS)), "lfp": frozen(window(8)["lfp"]), "spikes": spikes}
+    crop = TimeCrop(("counts", "lfp", "spikes"), window_s=WINDOW_S, length_s=0.1)
+    starts = set()
+    for seed in range(80):
+        out = crop(sample, np.random.default_rng(seed))
+        s = int(np.random.default_rng(seed).integers(0, 11))  # 10 ms steps: starts 0, 10, ..., 100 ms
+        starts.add(s)
+        np.testing.assert_array_equal(out["counts"], sample["counts"][s:s + 10])
+        np.testing.assert_array_equal(out["lfp"], sample["lfp"][10 * s:10 * s + 100])
+        ticks = np.rint(spikes.times * HZ).astype(np.int64)
+        inside = (ticks >= s * per_bin) & (ticks < (s + 10) * per_bin)
+        assert out["spikes"] == SpikeEvents.from_ticks(ticks[inside] - s * per_bin, spikes.units[inside], UNITS, HZ)
+        np.testing.assert_array_equal(binned(out["spikes"], per_bin, 10), out["counts"])  # the fields agree
+    assert starts == set(range(11))
+    coarse = TimeCrop(("counts", "lfp"), window_s=WINDOW_S, length_s=0.1, step_s=0.05)
+    for seed in range(10):
+        k = int(np.random.default_rng(seed).integers(0, 3))  # starts 0, 50 and 100 ms
+        np.testing.assert_array_equal(coarse(sample, np.random.default_rng(seed))["lfp"],
+                                      sample["lfp"][50 * k:50 * k + 100])
+    with pytest.raises(ValueError, match="'counts' would start at .* samples and span 10.5"):
+        TimeCrop(("counts", "lfp"), window_s=WINDOW_S, length_s=0.105)(sample, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="longer than window_s"):
+        TimeCrop("lfp", window_s=0.1, length_s=0.2)
+
+
+def test_built_in_augmentations_pickle_and_compare_by_parameters():
+    import pickle
+
+    for t in (UnitDropout(("spikes",), 0.2), ChannelMask("lfp"), SpikeTimeJitter(window_s=1.0),
+              TimeCrop("lfp", window_s=1.0, length_s=0.5), AUGMENT):
+        assert pickle.loads(pickle.dumps(t)) == t
+    assert UnitDropout("spikes").fields == ("spikes",)
