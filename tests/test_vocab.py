@@ -230,3 +230,21 @@ def test_bad_records_get_errors_naming_the_session(data, tmp_path):
         Vocabulary.build(attrs.evolve(manifest, extra={"sessions": {key: broken}}))
     with pytest.raises(DatasetError, match="no NWB session records"):
         Vocabulary.build(attrs.evolve(manifest, extra={}))
+
+
+def test_fields_name_which_lists_a_session_uses(data, tmp_path):
+    """Two fields read the same electrodes: one id each (shared), and a lookup names its field."""
+    out = tmp_path / "two-fields"
+    converter = NWBToWebDatasetConverter(out, 64, {"lfp": "lfp", "lfp2": "lfp"}, 20.0, 50, 0.0,
+                                         progress=False, fsync=False)
+    converter.convert_nwb_files([str(data["a"])])
+    converter.finalize()
+    channels = Vocabulary.build(out, kind="channels")
+    (key,) = channels.sessions
+    identifier, rows = file_ids(data["a"], "/general/extracellular_ephys/electrodes")
+    assert channels.ids == tuple(f"{identifier}/electrodes/{e}" for e in rows)
+    with pytest.raises(KeyError, match=r"fields \['lfp', 'lfp2'\]; name one with field="):
+        channels.indices(key)
+    assert channels.indices(key, field="lfp2").tolist() == channels.indices(key, field="lfp").tolist()
+    assert Vocabulary.build(out, kind="channels", fields=["lfp2"]).unit_index(key).tolist() == [0, 1, 2, 3]
+    assert len(Vocabulary.build(out, kind="units")) == 0  # no spikes converted: an empty vocabulary
