@@ -39,6 +39,13 @@ _EXPORTS = {
     "collate_webdataset": "neurocodec.loader.batch",
     "LoaderState": "neurocodec.loader.state",
     "EpochOrder": "neurocodec.loader.order",
+    # per-sample transforms in the loaders' workers (`transform=`) and the built-in augmentations
+    "sample_rng": "neurocodec.loader.transform",
+    "UnitDropout": "neurocodec.transforms",
+    "ChannelMask": "neurocodec.transforms",
+    "SpikeTimeJitter": "neurocodec.transforms",
+    "TimeCrop": "neurocodec.transforms",
+    "Compose": "neurocodec.transforms",
     "SpikeTokens": "neurocodec.plugin.tokens",
     # installed plugins (the `registry=` argument of the writer, readers and loaders)
     "load_registry": "neurocodec.plugin.manager",
@@ -56,6 +63,7 @@ _EXPORTS = {
     "DuplicateRegistrationError": "neurocodec.errors",
     "UnknownCodecError": "neurocodec.errors",
     "UnknownModalityError": "neurocodec.errors",
+    "TransformError": "neurocodec.loader.transform",
     "NWBError": "neurocodec.nwb.extract",
     "ConversionError": "neurocodec.nwb.pool",
     "PickleNotAllowedError": "neurocodec.dataset.legacy",
