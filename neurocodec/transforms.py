@@ -39,8 +39,6 @@ def _probability(instance: Any, attribute: Any, value: float) -> None:
 
 
 def _positive_seconds(instance: Any, attribute: Any, value: Any) -> None:
-    if value is None and attribute.name == "step_s":
-        return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
@@ -172,7 +170,7 @@ class TimeCrop:
     fields: tuple[str, ...] = attrs.field(converter=_fields)
     window_s: float = attrs.field(validator=_positive_seconds)
     length_s: float = attrs.field(validator=_positive_seconds)
-    step_s: float | None = attrs.field(default=None, validator=_positive_seconds)
+    step_s: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_seconds))
 
     def __attrs_post_init__(self) -> None:
         if _exact(self.length_s) > _exact(self.window_s):
