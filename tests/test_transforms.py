@@ -6,6 +6,10 @@ and the built-in augmentations, checked against numpy."""
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
+import textwrap
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from loader_util import key_id
+from loader_util import child_env, free_port, key_id
 
 from neurocodec import (
     ChannelMask,
@@ -185,6 +189,65 @@ def test_every_rank_transforms_its_samples_as_a_single_process_does(dataset):
                     assert_sample(got, expected(dataset, key_id(got["__key__"]), epoch=0))
                     seen.append(got["__key__"])
         assert len(seen) == len(set(seen)) == N - N % (BATCH * world)
+
+
+RANK_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from datetime import timedelta
+
+    import numpy as np
+    import torch.distributed as dist
+
+    from neurocodec import Compose, UnitDropout, create_webdataset_dataloader
+
+    def draw(sample, rng):
+        out = dict(sample)
+        out["draw"] = np.array([rng.integers(0, 1 << 40)], dtype=np.int64)
+        return out
+
+    cfg = json.loads(sys.argv[1])
+    rank = int(sys.argv[2])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank,
+                            world_size=cfg["world"], timeout=timedelta(seconds=90))
+    loader = create_webdataset_dataloader(cfg["path"], batch_size=cfg["batch"], num_workers=2, seed=cfg["seed"],
+                                          buffer_size=16, decode={"spikes": {"as": "events"}},
+                                          transform=Compose([draw, UnitDropout(("spikes",), p=0.3)]))
+    got = {}
+    for batch in loader:
+        for key, d, events in zip(batch["__key__"], batch["draw"].tolist(), batch["spikes"]):
+            got[key] = [d[0], events.times.tolist(), events.units.tolist()]
+    dist.barrier()
+    dist.destroy_process_group()
+    print(json.dumps(got))
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_gloo_ranks_augment_each_sample_as_one_process_does(dataset, tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    cfg = json.dumps({"world": 2, "port": free_port(), "path": str(dataset), "batch": BATCH, "seed": SEED})
+    procs = [subprocess.Popen([sys.executable, str(script), cfg, str(r)], env=child_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert not set(outs[0]) & set(outs[1]) and len(outs[0]) + len(outs[1]) == N  # N % (2 * BATCH) == 5: no repeats
+    transform = Compose([draw, UnitDropout(("spikes",), p=0.3)])
+    for key, (d, times, units) in {**outs[0], **outs[1]}.items():
+        want = expected(dataset, key_id(key), epoch=0, transform=transform)
+        assert d == int(want["draw"][0]), key
+        assert (times, units) == (want["spikes"].times.tolist(), want["spikes"].units.tolist()), key
 
 
 # -- the other loaders ----------------------------------------------------------------------------
