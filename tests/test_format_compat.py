@@ -120,3 +120,21 @@ def test_the_readme_codecs_block_runs_as_written(tmp_path, monkeypatch):
     again = np.zeros_like(counts)
     np.add.at(again, (bins, spikes.units), 1)
     assert np.array_equal(again, counts) and counts.sum() > 0
+
+
+def test_the_readme_sampling_block_runs_after_the_codecs_block(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
+    [codecs] = [b for b in blocks if "recording.nwb" in b]
+    [sampling] = [b for b in blocks if "SpikeTokens(" in b and "Vocabulary.build" in b]
+    shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "readme"}
+    exec(compile(codecs, "README.md", "exec"), scope)
+    exec(compile(sampling, "README.md", "exec"), scope)
+    batch, vocabulary = scope["batch"], scope["vocabulary"]
+    assert batch["spikes_unit_index"].shape == batch["spikes_mask"].shape and batch["spikes_mask"].shape[1] % 8 == 0
+    assert len(vocabulary) == 3 and vocabulary.ids[0] == "v1ref/units/0"
+    assert tuple(batch["lfp"].data.shape) == (4, 125, 4)
