@@ -43,10 +43,9 @@ import numpy as np
 from neurocodec.format.layout import METADATA_FIELD
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.format.shard_reader import KEY
-from neurocodec.plugin.collate import Collated, allocate_batch_tensor, collate_arrays, collate_list
+from neurocodec.plugin.batching import collate_fields
+from neurocodec.plugin.collate import allocate_batch_tensor
 from neurocodec.plugin.events import SpikeEvents
-from neurocodec.plugin.manager import default_registry
-from neurocodec.plugin.modality import is_array, is_tensor
 from neurocodec.plugin.registry import Registry
 
 TOKEN_SPIKE = 0
@@ -183,40 +182,3 @@ def _session_units(lookup: Callable[[str], Any], session: str, where: str) -> np
     if index.size and int(index.min()) < 0:
         raise ValueError(f"SpikeTokens: unit_index({session!r}) holds negative indices ({int(index.min())})")
     return index.astype(np.int64, copy=False)
-
-
-def collate_fields(batch: Sequence[Mapping[str, Any]], fields: Sequence[FieldSpec] | None = None,
-                   registry: Registry | None = None) -> dict[str, Any]:
-    """Every field of `batch` batched as `collate_webdataset` does (keys and metadata as lists;
-    with `fields`, each by its modality's collate rule; without, arrays stacked or padded with
-    a `<name>_mask` and everything else as a list)."""
-    by_name = {f.name: f for f in fields or ()}
-    if by_name and registry is None:
-        registry = default_registry()
-    out: dict[str, Any] = {}
-    for name in batch[0]:
-        values = [sample[name] for sample in batch]
-        collated = _collate_one(name, values, by_name.get(name), registry)
-        out[name] = collated.data
-        if collated.mask is not None:
-            out[name + "_mask"] = collated.mask
-    return out
-
-
-def _collate_one(name: str, values: list[Any], field: FieldSpec | None, registry: Registry | None) -> Collated:
-    if name in (KEY, METADATA_FIELD) or (field is None and not is_array(values[0])):
-        return Collated(values)
-    if field is None:
-        arrays = [np.asarray(v) for v in values]
-        shapes = {a.shape for a in arrays}
-        if len({len(s) for s in shapes}) != 1:
-            raise ValueError(f"cannot collate {name!r}: values have different numbers of dimensions")
-        shape = tuple(d if all(s[i] == d for s in shapes) else None for i, d in enumerate(arrays[0].shape))
-        field = FieldSpec(name=name, modality="array", kind="array", codec={"id": "npy"}, extension="npy",
-                          plugin="", plugin_version="", dtype=arrays[0].dtype.str, shape=shape)
-        return collate_arrays(arrays, field)
-    rule = registry.modality(field.modality).collate
-    if field.kind != "array" and rule is collate_arrays:
-        return collate_list(values, field)
-    # A collate_fn of the DataLoader gets tensors; rules are written for the decoded arrays.
-    return rule([v.numpy() if is_tensor(v) else v for v in values], field)
