@@ -162,14 +162,16 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
 
 def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Convert NWB files with NWBToWebDatasetConverter."""
-    from neurocodec.nwb.converter import NWBToWebDatasetConverter
+    from neurocodec.nwb.converter import NWBToWebDatasetConverter, window_shape
     from neurocodec.nwb.fields import DEFAULT_MODALITIES
 
     fields = _fields(args.field)
+    window_shape(args.bin_size_ms, args.sequence_length, args.overlap, args.chunk_seconds, CHUNK_FLAGS)
     modalities = _modalities(args.modalities, "nwb") or (None if fields else list(DEFAULT_MODALITIES))
     with NWBToWebDatasetConverter(
         output, shard_size=args.shard_size, modalities=modalities, bin_size_ms=args.bin_size_ms,
-        sequence_length=args.sequence_length, overlap=args.overlap, compression=args.compression,
+        sequence_length=args.sequence_length, overlap=args.overlap, chunk_seconds=args.chunk_seconds,
+        compression=args.compression,
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
         on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
@@ -178,6 +180,10 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
     ) as converter:
         converter.convert_nwb_files(paths)
         return converter.finalize()
+
+
+CHUNK_FLAGS = {"chunk_seconds": "--chunk-seconds", "sequence_length": "--sequence-length",
+               "overlap": "--overlap", "bin_size_ms": "--bin-size-ms"}
 
 
 def _objects(chosen: Any) -> str:
@@ -231,8 +237,12 @@ def add_parsers(sub: Any) -> None:
                    help="NWB: modalities to extract (default: spikes lfp behavior), FIELD=MODALITY to name "
                         "the field; npz: FIELD=MODALITY stores a field with that modality's plugin")
     nwb.add_argument("--bin-size-ms", type=float, default=10.0, help="bin size in ms (default 10)")
-    nwb.add_argument("--sequence-length", type=int, default=100, help="bins per window (default 100)")
-    nwb.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    nwb.add_argument("--sequence-length", type=int, default=None, help="bins per window (default 100)")
+    nwb.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default 0.5)")
+    nwb.add_argument("--chunk-seconds", type=float, default=None, metavar="SECONDS",
+                     help="write each session as consecutive chunks of SECONDS without overlap (a whole "
+                          "number of bins; sets --sequence-length and --overlap 0, which must not say "
+                          "otherwise), with the sessions' timeline in the manifest for load-time windows")
     nwb.add_argument("--series", nargs="*", default=[], metavar="FIELD=NAME",
                      help="pick a field's series by name or HDF5 path (NAME,NAME,... combines 1-D series "
                           "sharing their timing into columns)")

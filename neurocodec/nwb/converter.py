@@ -38,6 +38,7 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import warnings
@@ -58,6 +59,7 @@ from neurocodec.nwb.part import (
     ConvertSettings, codecs_tuple, convert_file, options_tuple, source_fingerprint, wrap_error,
 )
 from neurocodec.nwb.session import session_key
+from neurocodec.nwb.timeline import build_timeline, is_chunked
 from neurocodec.nwb.extract import NWBError
 from neurocodec.nwb.source import NWBSource, SourceVersion, identifies_version
 from neurocodec.nwb.windows import WindowSpec
@@ -120,6 +122,38 @@ def _check_arguments(shard_size: Any, workers: Any, on_error: Any, registry: Reg
                          "running in this process), or install the plugins")
 
 
+ARGUMENT_WORDS = {"chunk_seconds": "chunk_seconds", "sequence_length": "sequence_length",
+                  "overlap": "overlap", "bin_size_ms": "bin_size_ms"}
+"""How `window_shape` names the arguments (the CLI passes its flags' names)."""
+
+
+def window_shape(bin_size_ms: Any, sequence_length: Any, overlap: Any, chunk_seconds: Any,
+                 words: Mapping[str, str] = ARGUMENT_WORDS) -> tuple[Any, Any]:
+    """(sequence_length, overlap) from the arguments: defaults 100 bins and 0.5; with
+    `chunk_seconds`, chunks of that length without overlap. ValueError in plain words (the
+    arguments named by `words`) for a chunk length that is not a whole number of bins or that
+    the other two contradict."""
+    if chunk_seconds is None:
+        return (100 if sequence_length is None else sequence_length), (0.5 if overlap is None else overlap)
+    chunk, length, over, bin_ms = (words[k] for k in ("chunk_seconds", "sequence_length", "overlap", "bin_size_ms"))
+    if not (isinstance(chunk_seconds, (int, float)) and not isinstance(chunk_seconds, bool)
+            and math.isfinite(chunk_seconds) and chunk_seconds > 0):
+        raise ValueError(f"{chunk} must be a positive number of seconds, got {chunk_seconds!r}")
+    if not (isinstance(bin_size_ms, (int, float)) and bin_size_ms > 0 and math.isfinite(bin_size_ms)):
+        raise ValueError(f"{bin_ms} must be a positive number, got {bin_size_ms!r}")
+    bins = round(chunk_seconds * 1000.0 / bin_size_ms)
+    if bins < 1 or abs(bins * bin_size_ms - chunk_seconds * 1000.0) > 1e-6 * bin_size_ms:
+        raise ValueError(f"{chunk} {chunk_seconds!r} is not a whole number of {bin_size_ms!r} ms bins; "
+                         f"choose a chunk length that is, or another {bin_ms}")
+    if overlap not in (None, 0):
+        raise ValueError(f"{chunk} writes consecutive chunks without overlap; {over} {overlap!r} "
+                         f"contradicts it (leave {over} out, or give 0)")
+    if sequence_length is not None and sequence_length != bins:
+        raise ValueError(f"{chunk} {chunk_seconds!r} makes chunks of {bins} bins of {bin_size_ms!r} ms; "
+                         f"{length} {sequence_length!r} contradicts it (leave {length} out)")
+    return bins, 0.0
+
+
 def _parts_dir(output_dir: Path | str, given: str | os.PathLike | None) -> Path:
     """Where the parts are kept: `given`, a local staging directory for a URL, else inside the output."""
     if given is not None:
@@ -133,7 +167,11 @@ class NWBToWebDatasetConverter:
     """Converts NWB files into one sharded dataset (see the module documentation).
 
     Parameters as in the user guide (`output_dir`, `shard_size`, `modalities`, `bin_size_ms`,
-    `sequence_length`, `overlap`), plus: `compression`; `workers` (processes) or `executor`;
+    `sequence_length`, `overlap`; defaults 100 bins and 0.5), plus: `chunk_seconds`, which writes
+    each session as consecutive chunks of that many seconds (`overlap` 0 and `sequence_length`
+    bins making that length: giving either otherwise is a ValueError) and, like any conversion
+    without overlap, records the sessions' timeline in `manifest.extra["timeline"]` (see
+    `neurocodec.nwb.timeline`); `compression`; `workers` (processes) or `executor`;
     `fields` mapping a field to `(modality, series)` (`{"position": ("behavior", ["x", "y",
     "z"])}`: see `neurocodec.nwb.fields`; with `fields` and no `modalities` only the fields are
     converted); `series` to pick a series per field by name or path (`{"eeg": "EEG"}`, or a list
@@ -173,7 +211,8 @@ class NWBToWebDatasetConverter:
     def __init__(
         self, output_dir: str | os.PathLike, shard_size: int = 1000,
         modalities: Sequence[str] | Mapping[str, str] | None = None, bin_size_ms: float = 10.0,
-        sequence_length: int = 100, overlap: float = 0.5, *, compression: str = "none",
+        sequence_length: int | None = None, overlap: float | None = None, *, chunk_seconds: float | None = None,
+        compression: str = "none",
         workers: int = 1, executor: concurrent.futures.Executor | None = None,
         series: Mapping[str, str | Sequence[str]] | None = None, modality_options: Mapping[str, Mapping[str, Any]] | None = None,
         coverage: str = "all", nan_policy: str = "error", on_error: str = "raise", overwrite: bool = False,
@@ -193,7 +232,8 @@ class NWBToWebDatasetConverter:
         self.settings = ConvertSettings(
             modalities=tuple(field_modalities),
             field_modalities=tuple((f, m) for f, m in field_modalities.items() if f != m),
-            window=WindowSpec.from_user(bin_size_ms, sequence_length, overlap),
+            window=WindowSpec.from_user(bin_size_ms, *window_shape(bin_size_ms, sequence_length, overlap,
+                                                                       chunk_seconds)),
             shard_size=shard_size, compression=check_compression(compression),
             series=tuple(sorted(chosen.items())), modality_options=options_tuple(modality_options),
             coverage=coverage, nan_policy=nan_policy, fsync=fsync,
@@ -382,6 +422,9 @@ class NWBToWebDatasetConverter:
             sessions[session["key"]] = session
         extra = {"sessions": sessions, "conversion": settings.to_dict(),
                  "sources": [str(p) for p in done], "skipped_files": self._failures}
+        window = settings.window
+        if is_chunked(window.sequence_length, window.step):  # the order merge_datasets keeps
+            extra["timeline"] = build_timeline(parts, window.duration, window.bin_size)
         writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
                   "converter": "nwb"}
         manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,
