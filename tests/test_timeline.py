@@ -53,10 +53,11 @@ def holed_session(path: Path, hole: tuple[float, float], seconds: float = 6.0) -
     return write(nwb, path)
 
 
-def test_two_sessions_chunks_map_to_samples_across_shards(tmp_path):
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_two_sessions_chunks_map_to_samples_across_shards(tmp_path, compression):
     files = [simple_session(tmp_path / "a.nwb", seconds=4.0, seed=0),
              simple_session(tmp_path / "b.nwb", t0=100.25, seconds=3.0, seed=1)]
-    manifest = convert(tmp_path / "out", files, chunk_seconds=0.5, shard_size=3)
+    manifest = convert(tmp_path / "out", files, chunk_seconds=0.5, shard_size=3, compression=compression)
     timeline = manifest["extra"]["timeline"]
     assert timeline["chunk_s"] == 0.5 and timeline["bin_s"] == 0.01
     assert manifest["extra"]["conversion"]["sequence_length"] == 50
@@ -145,3 +146,20 @@ def test_cli_contradiction_names_the_flags(tmp_path):
     assert done.returncode != 0
     assert "--chunk-seconds" in done.stderr and "--overlap 0.5 contradicts" in done.stderr
     assert not (tmp_path / "out" / "dataset_metadata.json").exists()
+
+
+def test_metadata_read_alone_equals_full_read_and_is_checked(tmp_path):
+    from neurocodec.errors import ShardError
+    from neurocodec.nwb.timeline import part_metadata
+
+    path = simple_session(tmp_path / "a.nwb", seconds=2.0)
+    convert(tmp_path / "out", [path], chunk_seconds=0.5, shard_size=3, compression="gz")
+    with Dataset(tmp_path / "out") as ds:
+        assert list(part_metadata(tmp_path / "out")) == [s["metadata"] for s in ds]
+        offset = int(ds.shard(1).rows[0, -1, 0])
+        shard = tmp_path / "out" / ds.shards[1].name
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="metadata CRC-32 mismatch"):
+        list(part_metadata(tmp_path / "out"))

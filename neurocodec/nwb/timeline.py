@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from neurocodec.dataset.reader import Dataset
-from neurocodec.errors import DatasetError
+from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout
+from neurocodec.format.checksum import crc32
+from neurocodec.format.compression import decompress
+from neurocodec.format.fetch import ShardFile
 
 
 def is_chunked(sequence_length: int, step: int) -> bool:
@@ -36,23 +39,38 @@ def is_chunked(sequence_length: int, step: int) -> bool:
     return step == sequence_length
 
 
+def part_metadata(part_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Every sample's metadata in a local part, in sample order, reading only the metadata
+    members (through the shard index, each payload checked against its CRC-32): the chunks
+    themselves (long signals) are not read again."""
+    with Dataset(part_dir) as ds:
+        column = [f.name for f in ds.manifest.fields].index(layout.METADATA_FIELD)
+        for number, entry in enumerate(ds.shards):
+            rows = ds.shard(number).rows[:, column, :].tolist()  # the index, validated on opening
+            shard = ShardFile(ds.path / entry.name, entry.name)
+            try:
+                for offset, stored, raw, crc in rows:
+                    payload = shard.read(offset, stored)
+                    if crc32(payload) != crc:
+                        raise ShardError("metadata CRC-32 mismatch (corrupted)", shard=entry.name)
+                    if ds.manifest.compression != "none":
+                        payload = bytes(decompress(ds.manifest.compression, payload, raw))
+                    yield json.loads(payload)
+            finally:
+                shard.close()
+
+
 def part_chunks(part_dir: str | Path) -> tuple[str | None, list[list[float]]]:
     """(session key, [[start_s, stop_s], ...]) of a part's samples, in sample order, from each
     sample's metadata. DatasetError if the part holds more than one session or its windows are
     not in increasing time order (a timeline needs both)."""
     chunks: list[list[float]] = []
     key = None
-    with Dataset(part_dir) as ds:
-        names = [f.name for f in ds.manifest.fields]
-        column = names.index(layout.METADATA_FIELD)
-        for number, entry in enumerate(ds.shards):
-            reader = ds.shard(number)
-            for local in range(entry.samples):
-                meta = json.loads(bytes(reader.read_payload(local, column)))
-                if key is not None and meta["session"] != key:
-                    raise DatasetError(f"{part_dir}: holds sessions {key!r} and {meta['session']!r}")
-                key = meta["session"]
-                chunks.append([float(meta["start_time"]), float(meta["stop_time"])])
+    for meta in part_metadata(part_dir):
+        if key is not None and meta["session"] != key:
+            raise DatasetError(f"{part_dir}: holds sessions {key!r} and {meta['session']!r}")
+        key = meta["session"]
+        chunks.append([float(meta["start_time"]), float(meta["stop_time"])])
     if any(b[0] < a[0] for a, b in zip(chunks, chunks[1:])):
         raise DatasetError(f"{part_dir}: windows are not in increasing start time")
     return key, chunks
