@@ -424,7 +424,7 @@ class NWBToWebDatasetConverter:
                  "sources": [str(p) for p in done], "skipped_files": self._failures}
         window = settings.window
         if is_chunked(window.sequence_length, window.step):  # the order merge_datasets keeps
-            extra["timeline"] = build_timeline(parts, window.duration, window.bin_size)
+            extra["timeline"] = build_timeline(parts, window.duration, window.bin_size, self.registry)
         writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
                   "converter": "nwb"}
         manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,

@@ -31,6 +31,7 @@ from neurocodec.format import layout
 from neurocodec.format.checksum import crc32
 from neurocodec.format.compression import decompress
 from neurocodec.format.fetch import ShardFile
+from neurocodec.plugin.registry import Registry
 
 
 def is_chunked(sequence_length: int, step: int) -> bool:
@@ -39,11 +40,12 @@ def is_chunked(sequence_length: int, step: int) -> bool:
     return step == sequence_length
 
 
-def part_metadata(part_dir: str | Path) -> Iterator[dict[str, Any]]:
+def part_metadata(part_dir: str | Path, registry: Registry | None = None) -> Iterator[dict[str, Any]]:
     """Every sample's metadata in a local part, in sample order, reading only the metadata
     members (through the shard index, each payload checked against its CRC-32): the chunks
-    themselves (long signals) are not read again."""
-    with Dataset(part_dir) as ds:
+    themselves (long signals) are not read again. `registry`: the plugins whose codecs the part
+    uses (default the installed ones)."""
+    with Dataset(part_dir, registry=registry) as ds:
         column = [f.name for f in ds.manifest.fields].index(layout.METADATA_FIELD)
         for number, entry in enumerate(ds.shards):
             rows = ds.shard(number).rows[:, column, :].tolist()  # the index, validated on opening
@@ -60,13 +62,13 @@ def part_metadata(part_dir: str | Path) -> Iterator[dict[str, Any]]:
                 shard.close()
 
 
-def part_chunks(part_dir: str | Path) -> tuple[str | None, list[list[float]]]:
+def part_chunks(part_dir: str | Path, registry: Registry | None = None) -> tuple[str | None, list[list[float]]]:
     """(session key, [[start_s, stop_s], ...]) of a part's samples, in sample order, from each
     sample's metadata. DatasetError if the part holds more than one session or its windows are
     not in increasing time order (a timeline needs both)."""
     chunks: list[list[float]] = []
     key = None
-    for meta in part_metadata(part_dir):
+    for meta in part_metadata(part_dir, registry):
         if key is not None and meta["session"] != key:
             raise DatasetError(f"{part_dir}: holds sessions {key!r} and {meta['session']!r}")
         key = meta["session"]
@@ -76,12 +78,13 @@ def part_chunks(part_dir: str | Path) -> tuple[str | None, list[list[float]]]:
     return key, chunks
 
 
-def build_timeline(parts: Sequence[str | Path], chunk_s: float, bin_s: float) -> dict[str, Any]:
+def build_timeline(parts: Sequence[str | Path], chunk_s: float, bin_s: float,
+                   registry: Registry | None = None) -> dict[str, Any]:
     """The timeline of the dataset merged from `parts` in this order (see the module doc)."""
     sessions: dict[str, Any] = {}
     first = 0
     for part in parts:
-        key, chunks = part_chunks(part)
+        key, chunks = part_chunks(part, registry)
         if key is None:
             continue
         if key in sessions:
