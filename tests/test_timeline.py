@@ -163,3 +163,16 @@ def test_metadata_read_alone_equals_full_read_and_is_checked(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="metadata CRC-32 mismatch"):
         list(part_metadata(tmp_path / "out"))
+
+
+@pytest.mark.multiprocess
+def test_timeline_same_for_any_worker_count(tmp_path):
+    files = [simple_session(tmp_path / f"{name}.nwb", t0=t0, seconds=2.0, seed=i)
+             for i, (name, t0) in enumerate((("c", 5.0), ("a", 0.0), ("b", 1.25)))]
+    one = convert(tmp_path / "one", files, chunk_seconds=0.5, shard_size=3)["extra"]["timeline"]
+    two = convert(tmp_path / "two", files, chunk_seconds=0.5, shard_size=3, workers=2)["extra"]["timeline"]
+    assert one == two
+    in_order = sorted(one["sessions"].values(), key=lambda r: r["first_sample"])  # JSON keys are sorted
+    assert [r["first_sample"] for r in in_order] == [0, 4, 8]
+    assert [r["chunks"][0][0] for r in in_order] == [5.0, 0.0, 1.25]  # input order, not name order
+    assert timeline_samples(two) == dict(enumerate(sample_times(tmp_path / "two")))
