@@ -274,3 +274,44 @@ def test_real_conversion_slots_read_back(tmp_path):
         hole = (where.start_s < 3.1) & (where.stop_s > 2.0) & (where.session == timeline.keys.index(
             next(m["session"] for m in meta if m["source_file"] == "holed.nwb")))
         assert not hole.any()  # nothing read across the gap
+
+
+def test_field_rows_stay_in_the_chunks_a_window_reads():
+    from neurocodec.loader.window_slots import field_rows
+
+    for chunk_bins in (1, 3, 10, 12):
+        for rows in (1, 2, 3, 7, 10, 30, 36):
+            for window in range(1, chunk_bins + 1):
+                offsets = np.arange(chunk_bins)
+                first, count = field_rows(offsets, window, chunk_bins, rows)
+                assert count == int(np.floor(window * rows / chunk_bins + 0.5))
+                ends_inside = offsets + window <= chunk_bins
+                assert (first + count <= rows)[ends_inside].all()
+                assert (first + count <= 2 * rows).all() and (first >= 0).all() and (first < rows).all()
+                if rows % chunk_bins == 0:  # whole rows per bin: exact times
+                    per_bin = rows // chunk_bins
+                    assert (first == offsets * per_bin).all() and count == window * per_bin
+
+
+def test_field_rows_on_a_real_lfp_chunk(tmp_path):
+    """LFP at 500 Hz in 0.5 s chunks (250 rows, 50 bins): the rows a slot names hold exactly the
+    samples of its window, across a chunk edge too (checked against the source file with h5py)."""
+    import h5py
+
+    from neurocodec.loader.window_slots import field_rows
+
+    path = simple_session(tmp_path / "a.nwb", seconds=3.0, lfp_rate=500.0)
+    manifest = convert(tmp_path / "out", [path], chunk_seconds=0.5, shard_size=4)
+    with h5py.File(path, "r") as f:
+        source = f["/processing/ecephys/LFP/lfp/data"][:]
+    slots = WindowSlots(Timeline.from_manifest(manifest), window_s=0.37, seed=3, epoch=1)
+    where = slots.locate(np.arange(len(slots)))
+    first, count = field_rows(where.offset_bins, slots.window_bins, 50, 250)
+    assert count == 185 and where.crosses.any() and not where.crosses.all()
+    with Dataset(tmp_path / "out") as ds:
+        for n, row, start, crosses in zip(where.sample, first, where.start_s, where.crosses):
+            rows = ds.read(int(n))["lfp"]
+            if crosses:
+                rows = np.concatenate([rows, ds.read(int(n) + 1)["lfp"]])
+            at = round(start * 500)
+            np.testing.assert_array_equal(rows[row:row + count], source[at:at + count])
