@@ -143,11 +143,13 @@ def eeg_file(path: Path, seconds: float) -> Path:
 
 def written_rows(label: str, frames: np.ndarray, field: str, work: Path, configs: dict[str, dict | None],
                  repeat: int, window: int, compression_for: Callable[[str], str] = lambda n: "none",
-                 value: Callable[[str, np.ndarray], Any] = lambda n, w: w) -> list[dict]:
-    """Windows of `frames` written with each codec config (None: the modality's own npy)."""
+                 value: Callable[[str, slice], Any] | None = None) -> list[dict]:
+    """Windows of `frames` written with each codec config (None: the modality's own npy);
+    `value(name, rows)` gives what codec `name` is given for the window `frames[rows]`."""
     rows = []
-    windows = [frames[i:i + window] for i in range(0, len(frames) - window + 1, window)]
-    raw_mb = sum(w.nbytes for w in windows) / 1e6
+    spans = [slice(i, i + window) for i in range(0, len(frames) - window + 1, window)]
+    value = value or (lambda name, span: frames[span])
+    raw_mb = sum(frames[s].nbytes for s in spans) / 1e6
     for name, config in configs.items():
         out = work / f"{label}~{name}"
         codecs = {} if config is None else {field: config}
@@ -155,8 +157,8 @@ def written_rows(label: str, frames: np.ndarray, field: str, work: Path, configs
         def write() -> None:
             with WebDatasetWriter(out, 1000, compression_for(name), codecs=codecs, fsync=False,
                                   overwrite=True) as writer:
-                for w in windows:
-                    writer.write_sample({field: value(name, w)})
+                for span in spans:
+                    writer.write_sample({field: value(name, span)})
         rows.append(row(label, out, field, _timed(write), repeat, raw_mb))
     return rows
 
@@ -240,18 +242,10 @@ def fmri_rows(work: Path, repeat: int, count: int) -> list[dict]:
                "scaled-int (no filters)": {"id": "scaled-int", "raw_dtype": "<i2", "order": "C"},
                "scaled-int": scaled_codec("<i2", order="C")}
 
-    def value(name: str, window: np.ndarray) -> Any:
-        if name.startswith("scaled"):
-            return ScaledSignal(raw=raw[_rows_of(window, physical)], conversion=conversion)
-        return window
+    def value(name: str, span: slice) -> Any:
+        return ScaledSignal(raw=raw[span], conversion=conversion) if name.startswith("scaled") else physical[span]
     return written_rows("fMRI int16", physical, "fmri", work, configs, repeat, 10,
                         compression_for=lambda n: "zstd" if n == "npy+zstd" else "none", value=value)
-
-
-def _rows_of(window: np.ndarray, whole: np.ndarray) -> slice:
-    """The rows of `whole` that `window` is a view of."""
-    start = (window.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // whole[0].nbytes
-    return slice(start, start + len(window))
 
 
 if __name__ == "__main__":

@@ -48,11 +48,7 @@ class Codec(abc.ABC):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Codec":
         """Build the codec from a config returned by `get_config()`."""
-        params = {k: v for k, v in config.items() if k != "id"}
-        try:
-            return cls(**params)
-        except TypeError as exc:
-            raise CodecError(f"codec {cls.codec_id!r} does not take config {dict(config)}: {exc}") from None
+        return construct(cls, config, f"codec {cls.codec_id!r}")
 
     @abc.abstractmethod
     def encode(self, value: Any) -> bytes:
@@ -96,6 +92,16 @@ class Codec(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.get_config()})"
+
+
+def construct(cls: type, config: Mapping[str, Any], what: str) -> Any:
+    """`cls(**config)` without its "id" (a codec's or filter's parameters); CodecError naming
+    `what` for parameters the class does not take."""
+    params = {k: v for k, v in config.items() if k != "id"}
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise CodecError(f"{what} does not take config {dict(config)}: {exc}") from None
 
 
 def check_array(array: np.ndarray, field: FieldSpec) -> np.ndarray:

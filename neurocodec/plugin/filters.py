@@ -27,7 +27,7 @@ import numpy as np
 from neurocodec import npy
 from neurocodec.errors import UnknownCodecError
 from neurocodec.format import compression
-from neurocodec.plugin.codecs import CodecError
+from neurocodec.plugin.codecs import CodecError, construct
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
@@ -56,11 +56,7 @@ class Filter(abc.ABC):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Filter":
         """Build the filter from its config; CodecError for unknown or invalid parameters."""
-        params = {k: v for k, v in config.items() if k != "id"}
-        try:
-            return cls(**params)
-        except TypeError as exc:
-            raise CodecError(f"filter {cls.filter_id!r} does not take config {dict(config)}: {exc}") from None
+        return construct(cls, config, f"filter {cls.filter_id!r}")
 
     def get_config(self) -> dict[str, Any]:
         """The filter's id and parameters, stored in the manifest."""
