@@ -277,7 +277,7 @@ def test_real_conversion_slots_read_back(tmp_path):
 
 
 def test_field_rows_stay_in_the_chunks_a_window_reads():
-    from neurocodec.loader.window_slots import field_rows
+    from neurocodec.plugin.windowing import field_rows
 
     for chunk_bins in (1, 3, 10, 12):
         for rows in (1, 2, 3, 7, 10, 30, 36):
@@ -298,7 +298,7 @@ def test_field_rows_on_a_real_lfp_chunk(tmp_path):
     samples of its window, across a chunk edge too (checked against the source file with h5py)."""
     import h5py
 
-    from neurocodec.loader.window_slots import field_rows
+    from neurocodec.plugin.windowing import field_rows
 
     path = simple_session(tmp_path / "a.nwb", seconds=3.0, lfp_rate=500.0)
     manifest = convert(tmp_path / "out", [path], chunk_seconds=0.5, shard_size=4)

@@ -15,9 +15,11 @@ import attrs
 
 from neurocodec import npy
 from neurocodec.errors import DatasetError
+from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.plugin.codecs import Codec, CodecError
 from neurocodec.plugin.registry import Registry
+from neurocodec.plugin.windowing import WindowGrid
 
 Decoder = Callable[[bytes | memoryview], Any]
 _UINT64_MAX = 2**64 - 1
@@ -32,18 +34,25 @@ class DecodePlan:
     options: tuple[Mapping[str, Any], ...]
     decoders: tuple[Decoder, ...]
     fields: tuple[FieldSpec, ...]
+    cuts: tuple[Callable[..., Any] | None, ...] = ()
+    """With a window grid: per field, how a window's value is cut from its chunks' decoded values
+    (None for the metadata, which the loader joins itself)."""
 
 
 def decode_plan(fields: tuple[FieldSpec, ...], registry: Registry, source: str,
-                decode: Mapping[str, Mapping[str, Any]] | None = None) -> DecodePlan:
+                decode: Mapping[str, Mapping[str, Any]] | None = None, window: WindowGrid | None = None
+                ) -> DecodePlan:
     """Build every field's codec from `fields` (the manifest's) and apply `decode`, the
     load-time options by field name. UnknownCodecError for a codec no plugin provides,
     DatasetError for a codec that does not fit its field, ValueError for options that name no
-    field or that the field's codec does not take."""
+    field or that the field's codec does not take. With `window`, the plan decodes chunks to cut
+    windows of that grid from (`fields` then describes a window's values; see `window_plan`)."""
     codecs = tuple(registry.codec(f.codec, field=f.name, plugin_hint=f.install_hint, source=source)
                    for f in fields)
     check_codecs(fields, codecs, source)
     chosen = field_options(fields, codecs, decode)
+    if window is not None:
+        return window_plan(fields, codecs, chosen, window)
     decoders, decoded = [], []
     for field, codec, options in zip(fields, codecs, chosen):
         if not options:
@@ -60,6 +69,28 @@ def decode_plan(fields: tuple[FieldSpec, ...], registry: Registry, source: str,
         except (CodecError, ValueError, TypeError) as exc:
             raise ValueError(f"decode[{field.name!r}]: {exc}") from None
     return DecodePlan(codecs, chosen, tuple(decoders), tuple(decoded))
+
+
+def window_plan(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...], chosen: tuple[Mapping[str, Any], ...],
+                window: WindowGrid) -> DecodePlan:
+    """Each field as its codec reads it in windows (`Codec.windowed`); the metadata is decoded as
+    usual and joined by the loader. ValueError naming the field that cannot be cut."""
+    decoders, decoded, cuts = [], [], []
+    for field, codec, options in zip(fields, codecs, chosen):
+        if field.name == layout.METADATA_FIELD:
+            decoders.append(codec.decoder(field))
+            decoded.append(field)
+            cuts.append(None)
+            continue
+        try:
+            windowed = codec.windowed(field, options, window)
+        except (CodecError, ValueError, TypeError) as exc:
+            raise ValueError(f"field {field.name!r} cannot be read in windows of {window.window_bins} bins: "
+                             f"{exc}") from None
+        decoders.append(windowed.decoder)
+        decoded.append(windowed.field)
+        cuts.append(windowed.cut)
+    return DecodePlan(codecs, chosen, tuple(decoders), tuple(decoded), tuple(cuts))
 
 
 def field_options(fields: tuple[FieldSpec, ...], codecs: tuple[Codec, ...],

@@ -30,6 +30,7 @@ __all__ = ["KEY", "Dataset", "ShardReader", "open_remote", "read_manifest"]
 from neurocodec.dataset.decode import decode_plan
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
+from neurocodec.plugin.windowing import WindowGrid
 from neurocodec.storage.location import dataset_path, is_remote
 
 class Dataset:
@@ -55,13 +56,18 @@ class Dataset:
     5}}` bins stored spike events at 5 ms, `{"lfp": {"raw": True}}` gives stored integers
     unscaled; see each codec's `decode_options` and docs/format.md). `fields` then describes the
     values as decoded; `manifest.fields` as stored.
+
+    `window` (a `neurocodec.plugin.windowing.WindowGrid`) opens a chunked dataset for cutting
+    load-time windows: `read` then gives every field's chunk value in the form its codec cuts
+    windows from, `cuts[i]` cuts field i, and `fields` describes a window's values. Loaders with
+    `window_ms=` do this; a user reads windows through them.
     """
 
     def __init__(self, path: str | os.PathLike, *, registry: Registry | None = None,
                  verify: str = "crc", max_open_shards: int = 64,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None,
-                 decode: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 decode: Mapping[str, Mapping[str, Any]] | None = None, window: WindowGrid | None = None) -> None:
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.max_member_bytes = limits.max_member_bytes(max_member_bytes)
@@ -70,8 +76,9 @@ class Dataset:
         self.manifest = read_manifest(self.path, storage_options=storage_options,
                                       max_member_bytes=self.max_member_bytes)
         self.registry = registry or default_registry()
-        decoding = decode_plan(self.manifest.fields, self.registry, f"{self.path}/{layout.MANIFEST}", decode)
+        decoding = decode_plan(self.manifest.fields, self.registry, f"{self.path}/{layout.MANIFEST}", decode, window)
         self.codecs = decoding.codecs
+        self.cuts = decoding.cuts
         self.decode_options = decoding.options
         # The fields as decoded: dtype and shape of what `read` returns (the manifest's, unless a
         # decode option changes them, as a load-time bin size does).

@@ -197,7 +197,8 @@ def create_webdataset_dataloader(
     registry: Registry | None = None, epoch: int = 0,
     storage_options: Mapping[str, Any] | None = None, cache: Any = None,
     max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
-    transform: Transform | None = None,
+    transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
+    window_mode: str | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -231,7 +232,7 @@ def create_webdataset_dataloader(
         drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
-        transform=transform,
+        transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

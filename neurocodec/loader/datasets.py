@@ -67,7 +67,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         on_error: str = "raise", verify: str = "crc", registry: Registry | None = None, epoch: int = 0,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
-        transform: Transform | None = None,
+        transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
+        window_mode: str | None = None,
     ) -> None:
         super().__init__()
         self.stream = EpochStream(
@@ -75,7 +76,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
-            transform=transform,
+            transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
         )
         self.shard_dir = self.stream.path
 

@@ -7,6 +7,8 @@ Used only for URL datasets: a local dataset never builds one.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from neurocodec.loader.order import EpochOrder
@@ -17,11 +19,13 @@ LOOKAHEAD_SAMPLES = 512
 
 class ShardLookahead:
     """Shard numbers of this worker's batches from batch `k` on, about `samples` samples ahead,
-    computed incrementally (each batch's shards once)."""
+    computed incrementally (each batch's shards once). `stored` maps the order's ids to the
+    stored samples they read, when those differ (load-time windows)."""
 
     def __init__(self, order: EpochOrder, plan: StepPlan, worker: int, workers: int,
-                 starts: np.ndarray, samples: int = LOOKAHEAD_SAMPLES) -> None:
-        self.order, self.plan, self.starts = order, plan, starts
+                 starts: np.ndarray, samples: int = LOOKAHEAD_SAMPLES,
+                 stored: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.order, self.plan, self.starts, self.stored = order, plan, starts, stored
         self.batches = range(worker, len(plan), workers)
         self.window = max(1, -(-samples // plan.batch_size))
         self.every = max(1, self.window // 4)  # refresh the wish list every few batches
@@ -32,6 +36,8 @@ class ShardLookahead:
         shards = self._shards.get(k)
         if shards is None:
             ids = self.order.take(self.plan.positions(k))
+            if self.stored is not None:  # load-time windows: the chunks the slots read
+                ids = self.stored(ids)
             numbers = np.searchsorted(self.starts, ids, side="right") - 1
             _, first = np.unique(numbers, return_index=True)
             shards = self._shards[k] = numbers[np.sort(first)]

@@ -54,17 +54,10 @@ class SampleSource:
     def read(self, ids: np.ndarray, epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """(i, decoded and transformed sample ids[i]) in order, leaving out bad ones when skipping."""
         ds = self.dataset
+        context = self._prepare(ids, epoch)
         for i, sample_id in enumerate(ids.tolist()):
-            number, local = ds.locate(sample_id)
             try:
-                if number in self._bad_shards:
-                    raise self._bad_shards[number]
-                try:
-                    ds.shard(number)
-                except ShardError as exc:
-                    self._bad_shards[number] = exc
-                    raise
-                sample = ds.read_local(number, local)
+                sample = self._read_one(ds, i, sample_id, context)
                 if self.transform is not None:
                     sample = apply_transform(self.transform, sample, seed=self.seed, epoch=epoch,
                                              sample_id=sample_id, dataset=self.path)
@@ -75,12 +68,36 @@ class SampleSource:
                 continue
             except ShardError as exc:
                 if self.on_error == "raise":
-                    err = ShardError(f"{exc} (reading sample {sample_id} of {self.path})")
+                    err = ShardError(f"{exc} (reading {self._what(i, sample_id, context)} of {self.path})")
                     err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
                     raise err from exc
                 self._skip(sample_id, exc)
                 continue
             yield i, sample
+
+    def _prepare(self, ids: np.ndarray, epoch: int) -> Any:
+        """What `_read_one` needs to know about a batch of ids besides each id (nothing here)."""
+        return None
+
+    def _read_one(self, ds: Dataset, i: int, sample_id: int, context: Any) -> dict[str, Any]:
+        """Decoded sample `sample_id` (`i`: its place in the batch)."""
+        return self.read_sample(ds, sample_id)
+
+    def _what(self, i: int, sample_id: int, context: Any) -> str:
+        """What was being read, for error messages."""
+        return f"sample {sample_id}"
+
+    def read_sample(self, ds: Dataset, sample_id: int) -> dict[str, Any]:
+        """Decoded stored sample `sample_id`; a shard found bad once fails again at once."""
+        number, local = ds.locate(sample_id)
+        if number in self._bad_shards:
+            raise self._bad_shards[number]
+        try:
+            ds.shard(number)
+        except ShardError as exc:
+            self._bad_shards[number] = exc
+            raise
+        return ds.read_local(number, local)
 
     def _skip(self, sample_id: int, exc: Exception) -> None:
         self.skipped += 1

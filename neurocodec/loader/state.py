@@ -2,7 +2,8 @@
 
 The state is where the training loop is, `(epoch, position)` with position counting the epoch's
 samples consumed by all ranks together, plus the settings that define the order (seed, shuffle,
-buffer and chunk size, dataset size). Restoring into a loader whose order settings differ is an
+buffer and chunk size, the epoch's size and, for load-time windows, the window and a
+fingerprint of the timeline). Restoring into a loader whose order settings differ is an
 error, because the position would point into another order.
 """
 
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 import attrs
 
 STATE_VERSION = 1
-_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples")
+_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows")
 
 
 @attrs.frozen(slots=True)
@@ -28,10 +29,15 @@ class LoaderState:
     chunk_size: int
     total_samples: int
     skipped: int = 0
+    windows: str | None = None
+    """Load-time windows: "mode:window bins:timeline SHA-256" (absent for stored samples)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"version": STATE_VERSION, **attrs.asdict(self)}
+        doc = {"version": STATE_VERSION, **attrs.asdict(self)}
+        if doc["windows"] is None:
+            del doc["windows"]  # states of loaders over stored samples keep their old form
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "LoaderState":
@@ -45,6 +51,8 @@ class LoaderState:
             value = doc.get(field.name, field.default if field.default is not attrs.NOTHING else None)
             if field.name == "shuffle":
                 ok = isinstance(value, bool)
+            elif field.name == "windows":
+                ok = value is None or isinstance(value, str)
             else:
                 ok = type(value) is int and value >= 0
             if not ok:

@@ -16,6 +16,7 @@ from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.transform import Transform
+from neurocodec.loader.windows import SlotCache, WindowSettings, WindowSource
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
@@ -37,7 +38,8 @@ class EpochStream:
         chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
-        transform: Transform | None = None,
+        transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
+        window_mode: str | None = None,
     ) -> None:
         self.path = dataset_path(shard_dir)
         max_member_bytes = limits.max_member_bytes(max_member_bytes)
@@ -64,14 +66,24 @@ class EpochStream:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         self.rank, self.world_size = rank, world_size
+        self.windows = WindowSettings.choose(self.manifest, window_ms=window_ms, window_bins=window_bins,
+                                             window_mode=window_mode, shuffle=self.shuffle)
         # The fields as decoded (load-time options checked here, before any worker starts).
         self._fields = decode_plan(self.manifest.fields, registry or default_registry(),
-                                   f"{self.path}/{layout.MANIFEST}", decode).fields
-        self.source = SampleSource(self.path, verify=verify, on_error=on_error, registry=registry,
-                                   storage_options=storage_options, cache=cache,
-                                   max_member_bytes=max_member_bytes, decode=decode,
-                                   transform=transform, seed=self.seed)
-        self.epoch, self.position, self.skipped = int(epoch), 0, 0
+                                   f"{self.path}/{layout.MANIFEST}", decode,
+                                   None if self.windows is None else self.windows.grid).fields
+        source_options = dict(verify=verify, on_error=on_error, registry=registry, storage_options=storage_options,
+                              cache=cache, max_member_bytes=max_member_bytes, decode=decode, transform=transform,
+                              seed=self.seed)
+        if self.windows is None:
+            self.slots = None
+            self.source = SampleSource(self.path, **source_options)
+        else:
+            self.slots = SlotCache(self.windows, self.seed)
+            self.source = WindowSource(self.path, slots=self.slots, **source_options)
+        if type(epoch) is not int or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch, self.position, self.skipped = epoch, 0, 0
 
     @property
     def fields(self):
@@ -80,16 +92,22 @@ class EpochStream:
 
     @property
     def total_samples(self) -> int:
-        """Samples in one epoch of the dataset."""
-        return self.manifest.total_samples
+        """Samples in the current epoch: the dataset's, or with load-time windows the epoch's
+        window slots (which jitter changes from epoch to epoch)."""
+        return self.epoch_samples(self.epoch)
+
+    def epoch_samples(self, epoch: int) -> int:
+        """Samples in `epoch`."""
+        return self.manifest.total_samples if self.slots is None else len(self.slots(epoch))
 
     def order(self, epoch: int | None = None) -> EpochOrder:
-        """The order of `epoch` (default: the current one)."""
-        return EpochOrder(
-            [s.samples for s in self.manifest.shards], seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch, shuffle=self.shuffle,
-            buffer_size=self.buffer_size, chunk_size=self.chunk_size,
-        )
+        """The order of `epoch` (default: the current one). With load-time windows it permutes
+        the epoch's slots, each session in the place of a shard."""
+        epoch = self.epoch if epoch is None else epoch
+        sizes = [s.samples for s in self.manifest.shards] if self.slots is None \
+            else self.slots(epoch).session_counts()
+        return EpochOrder(sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                          buffer_size=self.buffer_size, chunk_size=self.chunk_size)
 
     def plan(self, start: int | None = None) -> StepPlan:
         """This rank's batches from `start` (default: the current position) to the epoch's end."""
@@ -115,21 +133,28 @@ class EpochStream:
         from neurocodec.loader.lookahead import ShardLookahead
 
         starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
-        return ShardLookahead(order, plan, worker, workers, starts)
+        stored = None if self.slots is None else _window_chunks(self.slots(order.epoch))
+        return ShardLookahead(order, plan, worker, workers, starts, stored=stored)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> LoaderState:
         """The current state."""
+        return self._state_at(self.epoch, self.position, self.skipped)
+
+    def _state_at(self, epoch: int, position: int, skipped: int) -> LoaderState:
         return LoaderState(
-            epoch=self.epoch, position=self.position, seed=self.seed, shuffle=self.shuffle,
+            epoch=epoch, position=position, seed=self.seed, shuffle=self.shuffle,
             buffer_size=self.buffer_size, chunk_size=self.chunk_size,
-            total_samples=self.total_samples, skipped=self.skipped,
+            total_samples=self.epoch_samples(epoch), skipped=skipped,
+            windows=None if self.windows is None else self.windows.describe(),
         )
 
     def restore(self, state: Mapping[str, Any] | LoaderState) -> None:
         """Continue from `state` (from `state()`, possibly of a loader with other workers or ranks)."""
         loaded = state if isinstance(state, LoaderState) else LoaderState.from_dict(state)
-        loaded.check_compatible(self.state())
+        if (loaded.windows is None) != (self.windows is None):
+            loaded.check_compatible(self._state_at(self.epoch, 0, 0))  # says which: the windows differ
+        loaded.check_compatible(self._state_at(loaded.epoch, 0, 0))
         self.epoch, self.position, self.skipped = loaded.epoch, loaded.position, loaded.skipped
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,6 +166,14 @@ class EpochStream:
     def end_epoch(self) -> None:
         """Move to the start of the next epoch."""
         self.epoch, self.position = self.epoch + 1, 0
+
+
+def _window_chunks(slots: Any) -> Any:
+    """Slot numbers -> the stored samples (chunks) their windows read, for prefetching."""
+    def stored(ids: np.ndarray) -> np.ndarray:
+        where = slots.locate(ids)
+        return np.concatenate([where.sample, where.sample[where.crosses] + 1])
+    return stored
 
 
 def worker_slot() -> tuple[int, int]:

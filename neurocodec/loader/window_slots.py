@@ -165,7 +165,7 @@ class WindowSlots:
         if type(seed) is not int or type(epoch) is not int or seed < 0 or epoch < 0:
             raise ValueError(f"seed and epoch must be non-negative integers, got {seed!r} and {epoch!r}")
         self.timeline, self.seed, self.epoch, self.mode = timeline, seed, epoch, mode
-        self.window_bins = _window_bins(timeline, window_s, window_bins)
+        self.window_bins = window_length_bins(timeline, window_s, window_bins)
         self.phases = np.array([0 if mode == "grid" else session_phase(key, seed, epoch, self.window_bins)
                                 for key in timeline.keys], dtype=np.int64)
         self._stretches()
@@ -219,24 +219,9 @@ class WindowSlots:
         return np.stack([start, start + self.counts * self.window_bins * t.bin_s], axis=1)
 
 
-def field_rows(offset_bins: Any, window_bins: int, chunk_bins: int, rows_per_chunk: int) -> tuple[np.ndarray, int]:
-    """(first row, row count) of a field stored with `rows_per_chunk` rows per chunk (a native-rate
-    series, or one row per bin) for windows starting `offset_bins` into their chunk: rows counted
-    from the chunk's first row, running on into the next chunk's rows when the window crosses.
-
-    The count is the same for every window, `round(window_bins * rows / chunk_bins)` (halves up,
-    as the converter sizes a window); the first row is `floor(offset_bins * rows / chunk_bins)`.
-    Exact integer arithmetic; when rows are a whole multiple of bins both are exact times. A
-    window that ends inside its chunk needs no row of the next chunk (first + count <= rows), and
-    one that crosses needs none beyond the next (first + count <= 2 * rows): floor(a) + round(b)
-    <= round(a + b)."""
-    offset = np.asarray(offset_bins, dtype=np.int64)
-    count = (2 * window_bins * rows_per_chunk + chunk_bins) // (2 * chunk_bins)
-    return offset * rows_per_chunk // chunk_bins, int(count)
-
-
-def _window_bins(timeline: Timeline, window_s: float | None, window_bins: int | None) -> int:
-    """The window length in bins from exactly one of `window_s`, `window_bins`; ValueError in plain words."""
+def window_length_bins(timeline: Timeline, window_s: float | None, window_bins: int | None) -> int:
+    """The window length in bins from exactly one of `window_s`, `window_bins`; ValueError in plain
+    words when it is not a whole number of the timeline's bins or is longer than a chunk."""
     if (window_s is None) == (window_bins is None):
         raise ValueError("give exactly one of window_s and window_bins")
     if window_s is not None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from neurocodec import npy
 from neurocodec.format.manifest import FieldSpec
+from neurocodec.plugin.windowing import WindowGrid, Windowed, rows_windowed
 
 
 class CodecError(ValueError):
@@ -34,12 +35,12 @@ class Codec(abc.ABC):
     kind: ClassVar[str]
     extension: ClassVar[str]
     decode_options: ClassVar[Mapping[str, str]] = {}
+    """The load-time decode options this codec takes (`Dataset(decode={field: {...}})`): each
+    option's name and a one-line description. Codecs with options override `decoder(field, options)`."""
     declares_value_bytes: ClassVar[bool] = True
     """Whether the writer records `max_value_bytes` for this codec's fields when decoded arrays
     outgrow their payloads (a compressing codec must, so that decoding stays bounded by what the
     manifest declares). False only for `npy`, whose version-1 layout bounds values by itself."""
-    """The load-time decode options this codec takes (`Dataset(decode={field: {...}})`): each
-    option's name and a one-line description. Codecs with options override `decoder(field, options)`."""
 
     def get_config(self) -> dict[str, Any]:
         """The codec's id and parameters, stored in the manifest."""
@@ -75,6 +76,13 @@ class Codec(abc.ABC):
         """The field as `decoder(field, options)` gives it: dtype, shape and `max_value_bytes` of
         the decoded values, which loaders batch and size their buffers by. Unchanged by default."""
         return field
+
+    def windowed(self, field: FieldSpec, options: Mapping[str, Any], grid: WindowGrid) -> Windowed:
+        """How this field is read in load-time windows of `grid` cut from consecutive chunks (see
+        `neurocodec.plugin.windowing`), with load-time `options` as for `decoder`. By default the
+        chunk is decoded as usual and the window's rows taken along the first axis; ValueError
+        (in plain words) for a field that cannot be cut."""
+        return rows_windowed(self, field, options, grid)
 
     def describe_value(self, value: Any) -> tuple[np.dtype, tuple[int, ...]] | None:
         """The dtype and shape of the array a value given to the writer decodes to by default, for

@@ -16,6 +16,8 @@ from neurocodec import npy
 from neurocodec.format import limits
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.plugin.codecs import Codec, CodecError
+from neurocodec.plugin.windowing import WindowGrid, Windowed
+from neurocodec.plugin.event_windows import events_windowed, interval_mask, observed_throughout, observed_windowed
 from neurocodec.plugin.events import (
     AS_VALUES, EVENTS_MAGIC, HEADER, HEADER_BYTES, MAX_TICKS, OBSERVED_MAGIC, VERSION, Binning, ObservedIntervals,
     SpikeEvents, check_units, choose_grid, exact_ms, ms_text, read_header, refusing, sealed, shuffled,
@@ -169,7 +171,7 @@ class SpikeEventsCodec(BinnedCodec):
             return attrs.evolve(field, kind="events", dtype=None, shape=None, max_value_bytes=0)
         return super().decoded_field(field, options)
 
-    def _parse(self, data: bytes | memoryview, field: FieldSpec, stored: Binning) -> tuple[int, int, np.ndarray,
+    def parse_payload(self, data: bytes | memoryview, field: FieldSpec, stored: Binning) -> tuple[int, int, np.ndarray,
                                                                                             np.ndarray]:
         """(tick_hz, window, spikes per unit, ticks grouped by unit) after checking every header
         count against the payload's length and the field (`stored`: its config's binning)."""
@@ -209,8 +211,12 @@ class SpikeEventsCodec(BinnedCodec):
                 raise CodecError(f"a spike at tick {int(ticks.max())} lies beyond the window of {window} ticks")
         return hz, window, counts, ticks
 
+    def windowed(self, field: FieldSpec, options: Mapping[str, Any], grid: WindowGrid) -> Windowed:
+        """Counts or events of each window, cut from its chunks' ticks (see `event_windows`)."""
+        return events_windowed(self, field, options, grid)
+
     def _counts(self, data: bytes | memoryview, field: FieldSpec, stored: Binning, binning: Binning) -> np.ndarray:
-        hz, window, counts, ticks = self._parse(data, field, stored)
+        hz, window, counts, ticks = self.parse_payload(data, field, stored)
         units = len(counts)
         flat = ticks // binning.ticks(hz, window)  # the same window, in bins of the size asked for
         flat *= units
@@ -221,7 +227,7 @@ class SpikeEventsCodec(BinnedCodec):
         return binned.astype(self.dtype)
 
     def _events(self, data: bytes | memoryview, field: FieldSpec, stored: Binning) -> SpikeEvents:
-        hz, _, counts, ticks = self._parse(data, field, stored)
+        hz, _, counts, ticks = self.parse_payload(data, field, stored)
         order = np.argsort(ticks, kind="stable")  # ties keep unit order
         units = np.repeat(np.arange(len(counts), dtype=np.int64), counts.astype(np.intp))
         return SpikeEvents.from_ticks(ticks[order], units[order], len(counts), hz)
@@ -276,6 +282,16 @@ class SpikeObservedCodec(BinnedCodec):
         return lambda data: self._mask(data, field, stored, binning)
 
     def _mask(self, data: bytes | memoryview, field: FieldSpec, stored: Binning, binning: Binning) -> np.ndarray:
+        hz, window, units, intervals = self.parse_intervals(data, field, stored)
+        per_bin = binning.ticks(hz, window)
+        if intervals is None:
+            return observed_throughout(binning.bins, units)  # units without obs_intervals: the usual case
+        return interval_mask(*intervals, units, per_bin, binning.bins)
+
+    def parse_intervals(self, data: bytes | memoryview, field: FieldSpec, stored: Binning
+                        ) -> tuple[int, int, int, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """(tick_hz, window ticks, units, (unit, start, stop) of the intervals in ticks) after
+        checking the payload; None for the intervals when every unit is observed throughout."""
         view, (width, zero1, zero2, hz, window, units, count, grid) = read_header(data, OBSERVED_MAGIC)
         if (width, zero1, zero2, grid) != (4, 0, 0, 1):
             raise CodecError(f"payload declares widths {width}/{zero1}/{zero2} and step {grid}, not 4/0/0 and 1")
@@ -284,20 +300,18 @@ class SpikeObservedCodec(BinnedCodec):
         if len(view) != HEADER_BYTES + 12 * count:
             raise CodecError(f"payload holds {len(view)} bytes before its CRC-32; its header ({count} intervals) "
                              f"says {HEADER_BYTES + 12 * count}")
-        per_bin = binning.ticks(hz, window)
         if count == units and view[HEADER_BYTES:] == _whole_windows(units, window):
-            return _observed_throughout(binning.bins, units)  # units without obs_intervals: the usual case
+            return hz, window, units, None
         rows = np.frombuffer(view, dtype="<u4", offset=HEADER_BYTES).reshape(3, count).astype(np.int64)
         unit, start, stop = rows
         if count and (unit.max() >= units or np.any(start >= stop) or stop.max() > window):
             raise CodecError(f"an interval has a unit outside 0..{units - 1} or bounds outside 0 <= start < "
                              f"stop <= {window}")
-        first, end = -(-start // per_bin), stop // per_bin  # bins wholly inside [start, stop)
-        whole = end > first
-        size = (binning.bins + 1) * units
-        edges = np.bincount(first[whole] * units + unit[whole], minlength=size) \
-            - np.bincount(end[whole] * units + unit[whole], minlength=size)
-        return np.cumsum(edges.reshape(binning.bins + 1, units), axis=0)[:binning.bins] > 0
+        return hz, window, units, (unit, start, stop)
+
+    def windowed(self, field: FieldSpec, options: Mapping[str, Any], grid: WindowGrid) -> Windowed:
+        """The mask of each window, from the intervals of its chunks (see `event_windows`)."""
+        return observed_windowed(self, field, options, grid)
 
 
 @functools.lru_cache(maxsize=64)
@@ -305,11 +319,3 @@ def _whole_windows(units: int, window: int) -> bytes:
     """The body of a payload in which every unit is observed over the whole window."""
     rows = np.stack([np.arange(units), np.zeros(units, np.int64), np.full(units, window)])
     return rows.astype("<u4").tobytes()
-
-
-@functools.lru_cache(maxsize=64)
-def _observed_throughout(bins: int, units: int) -> np.ndarray:
-    """A read-only all-True (bins, units) mask, shared: decoded values are read-only views."""
-    mask = np.ones((bins, units), dtype=bool)
-    mask.flags.writeable = False
-    return mask
