@@ -7,9 +7,9 @@ through a forward cursor in blocks (windows arrive in time order), so memory hol
 per unit, never the whole table.
 
 Units with `obs_intervals` are observed only inside them: `spikes_observed[bin, unit]` is True
-when the bin lies wholly inside one of the unit's intervals (always True for units without
-intervals). The counts themselves are not masked: every spike time the file holds in a bin is
-counted, observed or not. In a bin that is not observed (or only partly) the count is whatever
+when the bin lies wholly inside the union of the unit's intervals (always True for units without
+intervals; intervals that touch or overlap count as one). The counts themselves are not masked:
+every spike time the file holds in a bin is counted, observed or not. In a bin that is not observed (or only partly) the count is whatever
 spikes the file has there, usually 0 because recordings keep no spikes outside their
 observation intervals; such a 0 means "not observed", not "silent", so read counts together
 with the mask. The spikes cover the extent of the observation intervals (the earliest start to
@@ -93,7 +93,7 @@ class UnitsReader(ModalityReader):
         ends = np.asarray(units.obs_intervals_index.data[:], dtype=np.int64)
         data = np.asarray(units.obs_intervals.data[:], dtype=np.float64).reshape(-1, 2)
         starts = np.concatenate(([0], ends[:-1]))
-        return [data[a:b] for a, b in zip(starts, ends)]
+        return [merged(data[a:b]) for a, b in zip(starts, ends)]
 
     def _check_sorted(self) -> None:
         for unit, (lo, hi) in zip(self.unit_ids, self.bounds):
@@ -232,3 +232,18 @@ class UnitsExtractor(NWBExtractor):
         # it, or with codecs="npy", the reader bins counts as before.
         window = (getattr(options, "window", None) or self.window) if options.codecs == "neural" else None
         return UnitsReader(tables[0], options.path, window=window, clocks=tuple(declared_clocks(tables[0], nwbfile)))
+
+
+def merged(intervals: np.ndarray) -> np.ndarray:
+    """One unit's observation intervals (n, 2) as the fewest disjoint ones with the same union,
+    by start: intervals that overlap or touch (within the 2 * EPS the mask's rule allows between
+    them) are one, so that a bin across two of them is observed, as it is by the codec's rule."""
+    if len(intervals) < 2:
+        return intervals
+    out: list[list[float]] = []
+    for a, z in intervals[np.argsort(intervals[:, 0], kind="stable")].tolist():
+        if out and a <= out[-1][1] + 2 * EPS:
+            out[-1][1] = max(out[-1][1], z)
+        else:
+            out.append([a, z])
+    return np.array(out, dtype=np.float64)

@@ -117,12 +117,12 @@ def observed_windows(rng, count):
 
 
 def mask(bounds, unit, per_bin, bins):
-    """The rule by numpy: bin k of unit u is observed when [k*b, (k+1)*b) lies inside one of u's intervals."""
-    out = np.zeros((bins, UNITS), bool)
-    edges = np.arange(bins + 1) * per_bin
+    """The rule tick by tick: bin k of unit u is observed when every tick of [k*b, (k+1)*b) lies in
+    one of u's intervals (so in their union: touching or overlapping intervals count as one)."""
+    covered = np.zeros((bins * per_bin, UNITS), bool)
     for (a, z), u in zip(bounds, unit):
-        out[:, u] |= (edges[:-1] >= a) & (edges[1:] <= z)
-    return out
+        covered[max(a, 0):max(z, 0), u] = True
+    return covered.reshape(bins, per_bin, UNITS).all(axis=1)
 
 
 def test_observed_mask_follows_the_spikes_bin_size(tmp_path, windows):

@@ -67,7 +67,8 @@ def clocked(times) -> np.ndarray:
 @pytest.fixture(scope="module")
 def edge_file(tmp_path_factory):
     """4 units from T0: spikes on a 30 kHz clock, at every 10 ms edge of unit 0's first second,
-    at 0.5 s window ends, and obs_intervals on and off the bin edges (unit 2: two)."""
+    at 0.5 s window ends, and obs_intervals on and off the bin edges (unit 2: two apart, unit 1
+    two overlapping, unit 3 two touching inside a bin)."""
     rng = np.random.default_rng(11)
     edges = T0 + np.arange(0, 101) * 0.01
     ends = T0 + np.arange(0, 25) * 0.5
@@ -75,8 +76,8 @@ def edge_file(tmp_path_factory):
               np.sort(clocked(rng.uniform(T0, T0 + 12, 150))),
               np.sort(np.concatenate([ends[::3], clocked(rng.uniform(T0, T0 + 12, 400))])),
               np.sort(clocked(rng.uniform(T0 + 2, T0 + 9, 80)))]
-    intervals = [[[T0, T0 + 12]], [[T0 + 0.5033, T0 + 11.2]], [[T0, T0 + 4.0], [T0 + 5.0, T0 + 12]],
-                 [[T0 + 1.96, T0 + 9.0]]]
+    intervals = [[[T0, T0 + 12]], [[T0 + 0.5033, T0 + 7.0], [T0 + 6.5, T0 + 11.2]],
+                 [[T0, T0 + 4.0], [T0 + 5.0, T0 + 12]], [[T0 + 1.96, T0 + 4.005], [T0 + 4.005, T0 + 9.0]]]
     nwb = nf.new_file("edges")
     nf.add_units(nwb, spikes, intervals, ids=[7, 3, 12, 40])
     return nf.write(nwb, tmp_path_factory.mktemp("edges") / "edges.nwb")
@@ -115,6 +116,17 @@ def test_events_decode_to_the_dense_conversion(tmp_path, request, which, bin_ms,
     with Dataset(dense) as ds:
         assert ds.manifest.fields[0].codec["id"] == "npy"
     assert_same_windows(samples(events), samples(dense))
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_touching_or_overlapping_intervals_are_observed_as_one(tmp_path, edge_file, events):
+    """Unit 3 is observed over [1.96, 4.005) and [4.005, 9.0): the bin [4.0, 4.01) is observed
+    (the union's rule); unit 2's gap [4.0, 5.0) is not."""
+    out = convert(tmp_path / "out", [edge_file], 10, 50, events=events)
+    masks = {round(s["metadata"]["start_time"] - T0, 6): s["spikes_observed"] for s in samples(out)}
+    window = masks[4.0]  # the window [4.0, 4.5) from the session's start
+    assert window[:, 3].all() and not window[:, 2].any() and window[:, 1].all()
+    assert masks[6.5][:, 1].all()  # the overlap of unit 1's intervals
 
 
 @pytest.mark.parametrize("which", ["edge_file", "float_file"])

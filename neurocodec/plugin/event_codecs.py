@@ -235,7 +235,7 @@ class SpikeEventsCodec(BinnedCodec):
 
 class SpikeObservedCodec(BinnedCodec):
     """`ObservedIntervals` in ticks, decoded to the boolean (bins, units) mask: bin k of unit u
-    is True when [k*b, (k+1)*b) lies wholly inside one of u's intervals. `follows` names the
+    is True when [k*b, (k+1)*b) lies wholly inside the union of u's intervals. `follows` names the
     spikes field whose `bin_size_ms` it takes at load time."""
 
     codec_id = "spike-observed"

@@ -6,11 +6,10 @@ length; then bins them from the window's start at the bin size asked for (any si
 window, a whole number of ticks) or hands them out as `SpikeEvents` (times from the window's
 start). Counts are therefore exactly those of the same window converted directly.
 
-Observation intervals are cut the same way. An interval that runs to its chunk's end and one of
-the same unit that starts the next chunk are one interval of the recording cut in two by the
-conversion: they are joined again before the mask is made, so that a bin across the chunk
-boundary is observed when the recording observed it. The mask follows the codec's rule: bin k of
-unit u is True when it lies wholly inside one of u's intervals.
+Observation intervals are cut the same way, and the mask follows the codec's rule: bin k of unit
+u is True when it lies wholly inside the union of u's intervals. An interval that the conversion
+cut in two at a chunk's end is therefore one again: a bin across the chunk boundary is observed
+when the recording observed it.
 """
 
 from __future__ import annotations
@@ -130,7 +129,10 @@ def observed_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], 
             return observed_throughout(binning.bins, count)
         per_bin = _bin_ticks(values[0], grid)
         start, stop = offset_bins * per_bin, (offset_bins + grid.window_bins) * per_bin
-        unit, first, end = _joined([_intervals(v) for v in values], chunk, count)
+        parts = [_intervals(v) for v in values]
+        unit = np.concatenate([p[0] for p in parts])
+        first = np.concatenate([p[1] + shift for p, shift in zip(parts, (0, chunk))])
+        end = np.concatenate([p[2] + shift for p, shift in zip(parts, (0, chunk))])
         first, end = np.maximum(first, start) - start, np.minimum(end, stop) - start
         keep = end > first
         return interval_mask(unit[keep], first[keep], end[keep], count,
@@ -147,36 +149,38 @@ def _intervals(value: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.arange(units, dtype=np.int64), np.zeros(units, np.int64), np.full(units, chunk, np.int64)
 
 
-def _joined(chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], chunk: int, units: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The intervals of one or two neighbouring chunks in the first's ticks, with each unit's
-    interval running to the first chunk's end joined to the one starting the second."""
-    unit, start, stop = (a.copy() for a in chunks[0])
-    if len(chunks) == 1:
-        return unit, start, stop
-    unit2, start2, stop2 = chunks[1]
-    opening = start2 == 0
-    reach = np.full(units, -1, dtype=np.int64)
-    np.maximum.at(reach, unit2[opening], stop2[opening])  # how far each unit's opening interval runs
-    ending = (stop == chunk) & (reach[unit] >= 0)
-    stop[ending] = chunk + reach[unit[ending]]
-    joined = np.zeros(units, dtype=bool)
-    joined[unit[ending]] = True
-    kept = ~(opening & joined[unit2])
-    return (np.concatenate([unit, unit2[kept]]), np.concatenate([start, start2[kept] + chunk]),
-            np.concatenate([stop, stop2[kept] + chunk]))
-
-
 def interval_mask(unit: np.ndarray, start: np.ndarray, stop: np.ndarray, units: int, per_bin: int,
                   bins: int) -> np.ndarray:
     """The (bins, units) mask: bin k of unit u is True when ticks [k*per_bin, (k+1)*per_bin) lie
-    wholly inside one of u's intervals [start, stop)."""
+    wholly inside the union of u's intervals [start, stop) (intervals that touch or overlap
+    count as one)."""
+    unit, start, stop = merged_intervals(unit, start, stop)
     first, end = -(-start // per_bin), np.minimum(stop // per_bin, bins)  # bins wholly inside [start, stop)
     whole = end > first
     size = (bins + 1) * units
     edges = np.bincount(first[whole] * units + unit[whole], minlength=size) \
         - np.bincount(end[whole] * units + unit[whole], minlength=size)
     return np.cumsum(edges.reshape(bins + 1, units), axis=0)[:bins] > 0
+
+
+def merged_intervals(unit: np.ndarray, start: np.ndarray, stop: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each unit's intervals (ticks, start < stop) as the fewest disjoint, non-touching ones
+    covering the same ticks, by unit then start."""
+    if len(unit) < 2:
+        return unit, start, stop
+    order = np.lexsort((start, unit))
+    unit, start, stop = unit[order], start[order], stop[order]
+    span = int(stop.max()) + 1
+    if int(unit[-1]) * span < 2**62:  # a running maximum per unit in one pass: units apart by `span`
+        lifted = unit * span
+        reach = np.maximum.accumulate(stop + lifted) - lifted
+    else:  # pragma: no cover - more than 2**30 units or windows of more than 2**32 ticks
+        reach = np.array([max(stop[i] for i in range(j + 1) if unit[i] == unit[j]) for j in range(len(unit))])
+    new = np.ones(len(unit), dtype=bool)
+    new[1:] = (unit[1:] != unit[:-1]) | (start[1:] > reach[:-1])
+    firsts = np.flatnonzero(new)
+    return unit[firsts], start[firsts], np.maximum.reduceat(stop, firsts)
 
 
 @functools.lru_cache(maxsize=64)

@@ -9,7 +9,7 @@ built-in spikes plugin):
   codec config or at any `bin_size_ms` given at load time, or back to events (`as="events"`).
 - `ObservedIntervals`: when each unit was observed, as [start, stop) intervals in seconds from
   the window's start. Codec `spike-observed` stores them in ticks and decodes to the boolean
-  (bins, units) mask: bin k of unit u is observed when it lies wholly inside one of u's
+  (bins, units) mask: bin k of unit u is observed when it lies wholly inside the union of u's
   intervals. Its config says `"follows": "<spikes field>"`, so the reader bins it at the bin
   size chosen for the spikes.
 
