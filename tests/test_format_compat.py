@@ -103,7 +103,8 @@ def test_the_readme_codecs_block_runs_as_written(tmp_path, monkeypatch):
     import re
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S) if "recording.nwb" in b]
+    [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
+               if "recording.nwb" in b and "./neural" in b]
     shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
     monkeypatch.chdir(tmp_path)
     scope = {"__name__": "readme"}
@@ -127,7 +128,7 @@ def test_the_readme_sampling_block_runs_after_the_codecs_block(tmp_path, monkeyp
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
-    [codecs] = [b for b in blocks if "recording.nwb" in b]
+    [codecs] = [b for b in blocks if "recording.nwb" in b and "./neural" in b]
     [sampling] = [b for b in blocks if "SpikeTokens(" in b and "Vocabulary.build" in b]
     shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
     monkeypatch.chdir(tmp_path)
@@ -138,3 +139,19 @@ def test_the_readme_sampling_block_runs_after_the_codecs_block(tmp_path, monkeyp
     assert batch["spikes_unit_index"].shape == batch["spikes_mask"].shape and batch["spikes_mask"].shape[1] % 8 == 0
     assert len(vocabulary) == 3 and vocabulary.ids[0] == "v1ref/units/0"
     assert tuple(batch["lfp"].data.shape) == (4, 125, 4)
+
+
+def test_the_readme_windows_block_runs_as_written(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S) if "window_ms=" in b]
+    shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "readme"}
+    exec(compile(block, "README.md", "exec"), scope)
+    starts = scope["starts"]
+    assert starts == sorted(starts) and np.allclose(np.diff(starts), 0.25)  # the grid: 4 s in 0.25 s windows
+    assert len(starts) == 16 and starts[0] == pytest.approx(1.2345)
+    batch = next(iter(scope["train"]))
+    assert tuple(batch["spikes"].data.shape) == (4, 25, 3) and tuple(batch["lfp"].data.shape) == (4, 63, 4)  # 62.5 rows, halves up

@@ -275,3 +275,30 @@ def test_errors_speak_the_arguments(tmp_path, sessions):
                   WebDatasetLoader(chunked, window_ms=300, window_mode="grid")):
         with pytest.raises(ValueError, match="windows"):
             other.load_state_dict(state)
+
+
+@pytest.mark.multiprocess
+def test_tokens_of_windows_are_their_events(tmp_path, sessions):
+    """SpikeTokens (varlen, vocabulary indices) over jittered windows, in workers, against the
+    same windows' events read by a second loader with the same seed."""
+    from neurocodec import SpikeTokens, Vocabulary
+
+    chunked = convert(tmp_path / "chunks", sessions, chunk_seconds=0.5)
+    vocabulary = Vocabulary.build(chunked)
+    options = dict(window_ms=300, batch_size=6, seed=4, decode={"spikes": {"as": "events"}})
+    tokens = create_webdataset_dataloader(chunked, num_workers=2, **options,
+                                          collate_fn=SpikeTokens(mode="varlen", unit_index=vocabulary.unit_index))
+    events = WebDatasetLoader(chunked, **options)
+    samples = iter(events)
+    count = 0
+    for batch in tokens:
+        starts = batch["spikes_cu_seqlens"].tolist()
+        for b in range(len(starts) - 1):
+            sample = next(samples)
+            ev, session = sample["spikes"], sample["metadata"]["session"]
+            lo, hi = starts[b], starts[b + 1]
+            np.testing.assert_array_equal(batch["spikes_timestamps"][lo:hi].numpy(), ev.times.astype(np.float32))
+            np.testing.assert_array_equal(batch["spikes_unit_index"][lo:hi].numpy(),
+                                          vocabulary.unit_index(session)[ev.units])
+            count += 1
+    assert count == events.stream.epoch_samples(0) > 10
