@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from neurocodec import Dataset, NWBToWebDatasetConverter, WebDatasetLoader, create_webdataset_dataloader
+from neurocodec import (
+    Dataset, NWBToWebDatasetConverter, RandomAccessWebDataset, WebDatasetLoader, create_webdataset_dataloader,
+)
 from neurocodec.errors import DatasetError
 from neurocodec.loader.window_slots import Timeline
 
@@ -302,3 +304,21 @@ def test_tokens_of_windows_are_their_events(tmp_path, sessions):
                                           vocabulary.unit_index(session)[ev.units])
             count += 1
     assert count == events.stream.epoch_samples(0) > 10
+
+
+def test_random_access_windows_are_the_loaders(tmp_path, sessions):
+    chunked = convert(tmp_path / "chunks", sessions, chunk_seconds=0.5)
+    grid = RandomAccessWebDataset(chunked, window_ms=300)
+    loader = WebDatasetLoader(chunked, window_ms=300, shuffle=False)
+    assert len(grid) == len(loader) == 23
+    for i, sample in enumerate(loader):
+        mine = grid[i]
+        assert mine["__key__"] == sample["__key__"] and mine["metadata"]["window"]["slot"] == i
+        assert torch.equal(mine["lfp"], sample["lfp"]) and torch.equal(mine["spikes"], sample["spikes"])
+    assert grid[-1]["__key__"] == grid[22]["__key__"]
+    with pytest.raises(IndexError, match="23 windows"):
+        grid[23]
+    jitter = RandomAccessWebDataset(chunked, window_ms=300, window_mode="jitter", seed=3, epoch=1)
+    shuffled = WebDatasetLoader(chunked, window_ms=300, seed=3, epoch=1)
+    by_slot = {s["metadata"]["window"]["slot"]: s["__key__"] for s in shuffled}
+    assert [jitter[i]["__key__"] for i in range(len(jitter))] == [by_slot[i] for i in range(len(by_slot))]

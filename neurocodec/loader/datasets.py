@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch.utils.data
 
 from neurocodec.format.manifest import check_local_shards
@@ -18,6 +19,7 @@ from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.loader.order import DEFAULT_SEED
 from neurocodec.loader.transform import Transform, apply_transform, check_transform
+from neurocodec.loader.windows import SlotCache, WindowSettings, WindowSource
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
@@ -174,13 +176,20 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
     `epoch`, i) as in `WebDatasetLoader`. This dataset has no epochs of its own: `epoch` is 0
     unless `set_epoch` changes it; call it before each epoch's DataLoader iteration (workers get
     a copy of the dataset when an iteration starts, so with `persistent_workers=True` they keep
-    the epoch they started with). A transform that raises is a `TransformError` naming sample i."""
+    the epoch they started with). A transform that raises is a `TransformError` naming sample i.
+
+    With `window_ms=` or `window_bins=` (a chunked dataset; see docs/sampling.md section 4),
+    `ds[i]` is window slot i of `epoch`, on a fixed grid by default (`window_mode="grid"`: the
+    same windows every epoch, for evaluation); with `"jitter"`, `set_epoch` moves them and
+    `len(ds)` is that epoch's count."""
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
                  registry: Registry | None = None, tensors: bool = True,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
-                 transform: Transform | None = None, seed: int | None = None, epoch: int = 0) -> None:
+                 transform: Transform | None = None, seed: int | None = None, epoch: int = 0,
+                 window_ms: float | None = None, window_bins: int | None = None,
+                 window_mode: str | None = None) -> None:
         self.transform = check_transform(transform)
         self.seed = DEFAULT_SEED if seed is None else seed
         if type(self.seed) is not int or self.seed < 0:
@@ -191,10 +200,19 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
         self._verify, self._registry, self.tensors = verify, registry, tensors
         self._storage_options, self._cache, self._max_member_bytes = storage_options, cache, max_member_bytes
         self._dataset: PerProcess[Dataset] = PerProcess()
+        manifest = self._open().manifest
         self._len = len(self._open())
         if not is_remote(self.shard_dir):
             # A sampler sizes its permutation by len(self): check the counts against the files.
-            check_local_shards(self.shard_dir, self._open().manifest)
+            check_local_shards(self.shard_dir, manifest)
+        settings = WindowSettings.choose(manifest, window_ms=window_ms, window_bins=window_bins,
+                                         window_mode=window_mode, shuffle=False)
+        self._windows = None if settings is None else WindowSource(
+            self.shard_dir, slots=SlotCache(settings, self.seed), verify=verify, on_error="raise", registry=registry,
+            storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
+            transform=transform, seed=self.seed)
+        if self._windows is not None:
+            self._windows.dataset  # opened now: a window that cannot be cut is an error here, not at ds[0]
 
     def _open(self) -> Dataset:
         return self._dataset.get(lambda: Dataset(
@@ -202,9 +220,11 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
             cache=self._cache, max_member_bytes=self._max_member_bytes, decode=self._decode))
 
     def __len__(self) -> int:
-        return self._len
+        return self._len if self._windows is None else len(self._windows.slots(self.epoch))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._windows is not None:
+            return self._window(index)
         sample = self._open()[index]
         if self.transform is not None:
             index = index + self._len if index < 0 else index  # a sample's id is its place, counted from 0
@@ -212,13 +232,22 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
                                      sample_id=int(index), dataset=self.shard_dir)
         return sample_to_tensors(sample) if self.tensors else sample
 
+    def _window(self, index: int) -> dict[str, Any]:
+        count = len(self)
+        if not -count <= index < count:
+            raise IndexError(f"epoch {self.epoch} has {count} windows, index {index} is out of range")
+        ids = np.array([index % count], dtype=np.int64)
+        [(_, sample)] = list(self._windows.read(ids, self.epoch))  # transformed there, seeded by the slot
+        return sample_to_tensors(sample) if self.tensors else sample
+
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the transform's generators are seeded with from now on."""
+        """The epoch the transform's generators are seeded with from now on (and, with jittered
+        windows, the windows)."""
         if type(epoch) is not int or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = epoch
 
     @property
     def fields(self):
-        """The dataset's fields as decoded (see `neurocodec.Dataset.fields`)."""
-        return self._open().fields
+        """The dataset's fields as decoded (see `neurocodec.Dataset.fields`), or a window's."""
+        return (self._open() if self._windows is None else self._windows.dataset).fields
