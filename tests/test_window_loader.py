@@ -322,3 +322,39 @@ def test_random_access_windows_are_the_loaders(tmp_path, sessions):
     shuffled = WebDatasetLoader(chunked, window_ms=300, seed=3, epoch=1)
     by_slot = {s["metadata"]["window"]["slot"]: s["__key__"] for s in shuffled}
     assert [jitter[i]["__key__"] for i in range(len(jitter))] == [by_slot[i] for i in range(len(by_slot))]
+
+
+def spike_field(codec) -> "FieldSpec":
+    from neurocodec.format.manifest import FieldSpec
+
+    return FieldSpec(name="spikes", modality="spikes", kind="array", codec=codec.get_config(), extension="bin",
+                     plugin="spikes", plugin_version="0", dtype="<i4", shape=(50, None), max_raw_bytes=10**6,
+                     max_stored_bytes=10**6, max_value_bytes=10**6)
+
+
+def test_chunks_that_do_not_fit_together_are_refused_in_words():
+    """Each field's own checks, for chunks a timeline puts side by side that differ (the loader
+    first checks that the chunks are the timeline's; these catch what that cannot)."""
+    from fractions import Fraction
+
+    from neurocodec.plugin import SpikeEvents
+    from neurocodec.plugin.codecs import CodecError
+    from neurocodec.plugin.event_codecs import SpikeEventsCodec
+    from neurocodec.plugin.windowing import WindowGrid, cut_rows
+
+    with pytest.raises(ValueError, match=r"neighbouring chunks hold float32 \(10, 4\) and float32 \(10, 2\)"):
+        cut_rows([np.zeros((10, 4), np.float32), np.zeros((10, 2), np.float32)], 5, 8, 10)
+    with pytest.raises(ValueError, match="not 10 rows"):
+        cut_rows([np.zeros((9, 4), np.float32)], 0, 5, 10)
+    codec = SpikeEventsCodec(bins=50, bin_size_ms=10)
+    field = spike_field(codec)
+    windowed = codec.windowed(field, {}, WindowGrid(30, 50, Fraction(10)))
+    three = windowed.decoder(codec.encode(SpikeEvents([0.1, 0.45], [0, 2], 3)))
+    five = windowed.decoder(codec.encode(SpikeEvents([0.01], [4], 5)))
+    other_clock = windowed.decoder(codec.encode(SpikeEvents([0.01], [1], 3, tick_hz=30000)))
+    counts = windowed.cut([three, three], 40)  # [0.4, 0.7) s: 0.45 s of the first chunk, 0.1 s of the next
+    assert counts.shape == (30, 3) and counts.sum() == 2 and counts[5, 2] == counts[20, 0] == 1
+    with pytest.raises(CodecError, match="neighbouring chunks hold 3 and 5 units"):
+        windowed.cut([three, five], 40)
+    with pytest.raises(CodecError, match="stored at 1000000 and 30000 ticks/s"):
+        windowed.cut([three, other_clock], 40)

@@ -61,7 +61,10 @@ class WindowSettings:
         timeline = Timeline.from_manifest(manifest)
         if window_ms is not None:
             window_bins = _ms_to_bins(window_ms, timeline)
-        bins = window_length_bins(timeline, None, window_bins)
+        try:
+            bins = window_length_bins(timeline, None, window_bins)
+        except ValueError as exc:
+            raise ValueError(f"window_ms={window_ms!r}: {exc}" if window_ms is not None else str(exc)) from None
         doc = json.dumps(manifest.extra["timeline"], sort_keys=True, separators=(",", ":"))
         return cls(timeline, bins, mode, hashlib.sha256(doc.encode()).hexdigest())
 
@@ -140,6 +143,8 @@ class WindowSource(SampleSource):
         if where.crosses[i]:
             chunks.append(self.read_sample(ds, first + 1))
         offset = int(where.offset_bins[i])
+        self._check_chunks(chunks, first, self.slots.settings.timeline.keys[int(where.session[i])],
+                           float(where.start_s[i]) - offset * self.slots.settings.timeline.bin_s)
         window: dict[str, Any] = {"__key__": f"{chunks[0]['__key__']}+{offset}"}
         for field, cut in zip(ds.manifest.fields, ds.cuts):
             if cut is None:
@@ -147,12 +152,34 @@ class WindowSource(SampleSource):
             try:
                 window[field.name] = cut([c[field.name] for c in chunks], offset)
             except ValueError as exc:  # CodecError too: chunks at odds with each other or the manifest
-                raise ShardError(f"field {field.name!r}: {exc}", sample=first) from None
+                raise ShardError(f"field {field.name!r}: {exc}") from None  # the window and its chunks: see SampleSource
         window[layout.METADATA_FIELD] = window_metadata(
             [c[layout.METADATA_FIELD] for c in chunks], float(where.start_s[i]), float(where.stop_s[i]),
             {"slot": sample_id, "epoch": epoch, "mode": self.slots.settings.mode,
              "chunks": [first + n for n in range(len(chunks))], "offset_bins": offset})
         return window
+
+
+    @staticmethod
+    def _check_chunks(chunks: list[dict[str, Any]], first: int, session: str, start: float) -> None:
+        """The stored samples must be the chunks the timeline says (a crafted or stale timeline
+        would otherwise cut windows across sessions): ShardError naming the sample."""
+        expected = [(session, start)]
+        if len(chunks) > 1:
+            expected.append((session, _time(chunks[0], "stop_time")))
+        for n, (chunk, (key, at)) in enumerate(zip(chunks, expected)):
+            meta = chunk.get(layout.METADATA_FIELD)
+            got = (meta.get("session") if isinstance(meta, Mapping) else None, _time(chunk, "start_time"))
+            if got[0] != key or got[1] is None or at is None or abs(got[1] - at) > 1e-6:
+                raise ShardError(f"stored sample {first + n} holds session {got[0]!r} from {got[1]!r} s; the "
+                                 f"manifest's timeline says session {key!r} from {at!r} s (timeline and shards "
+                                 "do not match)", sample=first + n)
+
+
+def _time(chunk: Mapping[str, Any], name: str) -> float | None:
+    meta = chunk.get(layout.METADATA_FIELD)
+    value = meta.get(name) if isinstance(meta, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 SESSION_KEYS = ("session", "source_file", "session_id", "subject_id", "source")

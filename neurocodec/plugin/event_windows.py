@@ -31,8 +31,8 @@ def window_binning(codec: Any, field: FieldSpec, options: Mapping[str, Any], gri
     codec's chunk is not the timeline's or the size does not divide the window."""
     stored = codec.binning()
     if stored.bins != grid.chunk_bins or stored.bin_ms != grid.bin_ms:
-        raise ValueError(f"field {field.name!r} stores windows of {stored.bins} bins of {stored.bin_ms} ms, the "
-                         f"timeline's chunks are {grid.chunk_bins} bins of {grid.bin_ms} ms")
+        raise ValueError(f"its codec stores windows of {stored.bins} bins of {stored.bin_ms} ms, the timeline's "
+                         f"chunks are {grid.chunk_bins} bins of {grid.bin_ms} ms")
     return Binning.of(grid.window_bins, grid.bin_ms, options.get("bin_size_ms"))
 
 
@@ -63,7 +63,7 @@ def events_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], gr
         return codec.parse_payload(data, field, stored)
 
     def cut(values: Sequence[Any], offset_bins: int) -> Any:
-        hz, units, ticks, unit = _cut_ticks(values, offset_bins, grid, field.name)
+        hz, units, ticks, unit = _cut_ticks(values, offset_bins, grid)
         if form == "events":
             order = np.argsort(ticks, kind="stable")  # ties keep unit order, as the codec decodes
             return SpikeEvents.from_ticks(ticks[order], unit[order], units, hz)
@@ -82,27 +82,27 @@ def _bin_ticks(value: tuple[Any, ...], grid: WindowGrid) -> int:
     return value[1] // grid.chunk_bins
 
 
-def _same_clock(values: Sequence[tuple[Any, ...]], name: str) -> tuple[int, int]:
+def _same_clock(values: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
     hz, window = values[0][0], values[0][1]
     for other in values[1:]:
         if other[0] != hz or other[1] != window:
-            raise CodecError(f"field {name!r}: neighbouring chunks are stored at {hz} and {other[0]} ticks/s; "
+            raise CodecError(f"neighbouring chunks are stored at {hz} and {other[0]} ticks/s; "
                              "a window cannot run across them")
     return hz, window
 
 
-def _cut_ticks(values: Sequence[tuple[Any, ...]], offset_bins: int, grid: WindowGrid,
-               name: str) -> tuple[int, int, np.ndarray, np.ndarray]:
+def _cut_ticks(values: Sequence[tuple[Any, ...]], offset_bins: int, grid: WindowGrid
+               ) -> tuple[int, int, np.ndarray, np.ndarray]:
     """(tick_hz, units, ticks from the window's start, unit of each), grouped chunk by chunk and
     by unit inside each chunk."""
-    hz, chunk = _same_clock(values, name)
+    hz, chunk = _same_clock(values)
     per_bin = _bin_ticks(values[0], grid)
     start, stop = offset_bins * per_bin, (offset_bins + grid.window_bins) * per_bin
     units = len(values[0][2])
     ticks, unit = [], []
     for shift, (_, _, counts, chunk_ticks) in zip((0, chunk), values):
         if len(counts) != units:
-            raise CodecError(f"field {name!r}: neighbouring chunks hold {units} and {len(counts)} units")
+            raise CodecError(f"neighbouring chunks hold {units} and {len(counts)} units")
         at = chunk_ticks.astype(np.int64) + shift
         keep = (at >= start) & (at < stop)
         ticks.append(at[keep] - start)
@@ -121,10 +121,10 @@ def observed_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], 
         return codec.parse_intervals(data, field, stored)
 
     def cut(values: Sequence[Any], offset_bins: int) -> np.ndarray:
-        hz, chunk = _same_clock(values, field.name)
+        hz, chunk = _same_clock(values)
         count = values[0][2]
         if any(v[2] != count for v in values):
-            raise CodecError(f"field {field.name!r}: neighbouring chunks hold {count} and {values[-1][2]} units")
+            raise CodecError(f"neighbouring chunks hold {count} and {values[-1][2]} units")
         if all(v[3] is None for v in values):
             return observed_throughout(binning.bins, count)
         per_bin = _bin_ticks(values[0], grid)

@@ -77,34 +77,37 @@ def rows_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], grid
     decoder = codec.decoder(field, options) if options else codec.decoder(field)
     shape = decoded.shape
     if decoded.kind != "array" or not shape or type(shape[0]) is not int or shape[0] < 1:
-        raise ValueError(f"field {field.name!r} ({decoded.kind}, shape {shape}) cannot be cut into windows: "
-                         "only arrays with a fixed number of rows per chunk can")
+        raise ValueError(f"it is {decoded.kind} of shape {shape}: only arrays with a fixed number of rows per chunk "
+                         "can be cut")
     rows = shape[0]
     count = field_rows(0, grid.window_bins, grid.chunk_bins, rows)[1]
     if count < 1:
-        raise ValueError(f"field {field.name!r} holds {rows} rows per chunk of {grid.chunk_bins} bins: a window "
-                         f"of {grid.window_bins} bins would hold none of them; choose a longer window")
+        raise ValueError(f"it holds {rows} rows per chunk of {grid.chunk_bins} bins: a window of {grid.window_bins} "
+                         "bins would hold none of them; choose a longer window")
     # A window holds count/rows of a chunk's rows: of its bytes too, rounded up.
     window_field = attrs.evolve(decoded, shape=(count, *shape[1:]),
                                 max_value_bytes=-(-decoded.value_bound * count // rows))
 
     def cut(values: Sequence[Any], offset_bins: int) -> np.ndarray:
-        return cut_rows(values, int(field_rows(offset_bins, grid.window_bins, grid.chunk_bins, rows)[0]), count,
-                        rows, field.name)
+        return cut_rows(values, int(field_rows(offset_bins, grid.window_bins, grid.chunk_bins, rows)[0]), count, rows)
 
     return Windowed(decoder, window_field, cut)
 
 
-def cut_rows(values: Sequence[Any], first: int, count: int, rows: int, name: str) -> np.ndarray:
+def cut_rows(values: Sequence[Any], first: int, count: int, rows: int) -> np.ndarray:
     """Rows [first, first + count) of the chunks' arrays laid end to end (each must have `rows`
-    rows); a view of the first chunk's array when the window ends inside it."""
+    rows, all the same shape); a view of the first chunk's array when the window ends inside it.
+    ValueError in the library's words when the chunks do not fit together."""
     for value in values:
         if not isinstance(value, np.ndarray) or value.ndim < 1 or value.shape[0] != rows:
             what = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise ValueError(f"field {name!r}: a chunk holds {what}, not {rows} rows as its manifest says")
+            raise ValueError(f"a chunk holds {what}, not {rows} rows as its manifest says")
     if first + count <= rows:
         return values[0][first:first + count]
     if len(values) < 2:
-        raise ValueError(f"field {name!r}: the window needs rows of the next chunk, which was not read")
+        raise ValueError("the window needs rows of the next chunk, which was not read")
+    if values[1].shape != values[0].shape or values[1].dtype != values[0].dtype:
+        raise ValueError(f"neighbouring chunks hold {values[0].dtype} {values[0].shape} and {values[1].dtype} "
+                         f"{values[1].shape}: a window cannot run across them")
     head = values[0][first:]
     return np.concatenate([head, values[1][:count - len(head)]])
