@@ -7,7 +7,8 @@ Targets, each fed raw bytes (a dataset file, or a part of one):
                                                                   validate returns, never raises
     tar           neurocodec.format.tar.parse_header              may raise HeaderError
     npy           neurocodec.npy.decode                           may raise NpyError
-    ndarray       the ndarray codec's decoder (filter chains)     may raise CodecError
+    ndarray       the ndarray codec's decoder (filter chains,     may raise CodecError
+                  bodies in row blocks and their row ranges)
     scaled-int    the scaled-int codec's decoders                 may raise CodecError
     spike-events  the spike-events / spike-observed decoders      may raise CodecError
     video         the av-video codec's decoder (PyAV)             may raise CodecError
@@ -147,8 +148,8 @@ def target_ndarray(data: bytes) -> bool:
     if len(data) < NDARRAY_PREFIX.size:
         return False
     chain, dtype = NDARRAY_PREFIX.unpack_from(data)
-    for order in ("F", "C"):
-        codec = ArrayCodec(NDARRAY_CHAINS[chain % len(NDARRAY_CHAINS)], order)
+    for order, block_rows in (("F", None), ("C", None), ("F", NDARRAY_BLOCK), ("C", NDARRAY_BLOCK)):
+        codec = ArrayCodec(NDARRAY_CHAINS[chain % len(NDARRAY_CHAINS)], order, block_rows)
         field = FieldSpec("x", "array", "array", codec.get_config(), "nda", "fuzz", "0",
                           dtype=npy.DTYPES[dtype % len(npy.DTYPES)], shape=(None, None), max_raw_bytes=NDARRAY_BOUND)
         try:
@@ -159,8 +160,23 @@ def target_ndarray(data: bytes) -> bool:
         assert array.nbytes <= NDARRAY_BOUND and not array.flags.writeable
         again = codec.decoder(field)(codec.encode(array))
         assert again.tobytes() == array.tobytes(), "ndarray does not round-trip"
+        if block_rows is not None:
+            _check_row_ranges(codec, field, data[NDARRAY_PREFIX.size:], array)
         return True
     return False
+
+
+NDARRAY_BLOCK = 4
+"""Rows per block of the blocked configs the ndarray target also tries."""
+
+
+def _check_row_ranges(codec, field, payload: bytes, array) -> None:
+    """Any row range of an accepted blocked payload decodes to those rows of the whole."""
+    body = codec._body_parser(field)(payload)
+    rows = array.shape[0]
+    for first, stop in ((0, rows), (rows // 2, rows), (max(0, rows - 5), max(0, rows - 1)), (1, min(rows, 6))):
+        if first <= stop:
+            assert body.rows(first, stop).tobytes() == array[first:stop].tobytes(), "row range differs"
 
 
 TARGETS["ndarray"] = target_ndarray
@@ -347,8 +363,8 @@ TARGETS["spike-events"] = target_spike_events
 # -- scaled-int (neurocodec/plugin/scaled.py, issue 14) -----------------------------------------
 
 SCALED_PREFIX = struct.Struct("<BB")
-"""A scaled-int input starts with two bytes: the config (signal preset or no filters, C or F order;
-modulo 4) and the raw dtype (an index in SCALED_DTYPES); the rest is the payload."""
+"""A scaled-int input starts with two bytes: the config (signal preset or no filters, C or F order,
+in one piece or in blocks of NDARRAY_BLOCK rows; modulo 8) and the raw dtype (an index in SCALED_DTYPES); the rest is the payload."""
 SCALED_DTYPES = ("|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8")
 SCALED_BOUND = 1 << 20
 
@@ -371,6 +387,8 @@ def target_scaled(data: bytes) -> bool:
     raw_dtype = SCALED_DTYPES[dtype % len(SCALED_DTYPES)]
     config = scaled_codec(raw_dtype, order="CF"[which % 2]) if which % 4 < 2 else \
         {"id": "scaled-int", "raw_dtype": raw_dtype, "filters": [], "order": "CF"[which % 2]}
+    if which % 8 >= 4:
+        config["block_rows"] = NDARRAY_BLOCK
     codec = ScaledIntCodec.from_config(config)
     field = FieldSpec("x", "lfp", "array", codec.get_config(), "sci", "fuzz", "0", dtype="<f4",
                       shape=(None, None), max_raw_bytes=SCALED_BOUND)

@@ -28,13 +28,14 @@ WINDOW = 30  # bins of 10 ms: 0.3 s windows over 0.5 s chunks, so many windows c
 
 def rich_session(path: Path, *, t0: float, seconds: float, seed: int) -> Path:
     """Spikes (unit 1 observed only over part of the session, so masks change inside chunks),
-    a 500 Hz LFP, a 30 Hz behavior series (rows per chunk not a multiple of bins) and trials."""
+    a 500 Hz LFP of scaled integers, a 30 Hz behavior series (rows per chunk not a multiple of bins) and trials."""
     rng = np.random.default_rng(seed)
     nwb = nwbfiles.new_file(identifier=f"rich{seed}", session_id=f"rich{seed}", subject_id=f"rat{seed}")
     observed = [[[t0, t0 + seconds]], [[t0 + 0.72, t0 + 2.93]], [[t0, t0 + 1.0], [t0 + 1.0, t0 + seconds]]]
     nwbfiles.add_units(nwb, nwbfiles.random_spikes(rng, 3, t0, t0 + seconds, mean=60), observed)
-    lfp = rng.standard_normal((int(seconds * 500), 4)).astype(np.float32)
-    nwbfiles.add_lfp(nwb, nwbfiles.electrical_series(nwb, "lfp", lfp, rate=500.0, starting_time=t0))
+    lfp = rng.integers(-2000, 2000, (int(seconds * 500), 4)).astype(np.int16)  # stored as integers, blocked
+    nwbfiles.add_lfp(nwb, nwbfiles.electrical_series(nwb, "lfp", lfp, rate=500.0, starting_time=t0, conversion=2.5e-6,
+                                                     channel_conversion=[1.0, 0.5, 2.0, 1.25]))
     speed = rng.random((int(seconds * 30), 2)).astype(np.float32)
     nwbfiles.behavior_module(nwb).add(nwbfiles.behavioral_timeseries("speed", speed, rate=30.0, starting_time=t0))
     for start in np.arange(t0 + 0.2, t0 + seconds - 0.5, 0.7):
@@ -103,7 +104,8 @@ def test_grid_windows_equal_a_direct_conversion(converted, decode):
 
 
 def test_jittered_windows_hold_the_recordings_values(tmp_path, sessions):
-    """LFP rows and spike times of jittered windows, against the NWB files read with h5py."""
+    """LFP rows (the stored integers, decoded from the blocks the window overlaps) and spike
+    times of jittered windows, against the NWB files read with h5py."""
     chunked = convert(tmp_path / "chunks", sessions, chunk_seconds=0.5)
     sources = {}
     for path in sessions:
@@ -112,7 +114,7 @@ def test_jittered_windows_hold_the_recordings_values(tmp_path, sessions):
             units = f["/units"]
             spikes = np.split(units["spike_times"][:], units["spike_times_index"][:][:-1])
             sources[path.name] = (float(lfp["starting_time"][()]), lfp["data"][:], spikes)
-    loader = WebDatasetLoader(chunked, window_ms=370, seed=3, decode={"spikes": {"as": "events"}})
+    loader = WebDatasetLoader(chunked, window_ms=370, seed=3, decode={"spikes": {"as": "events"}, "lfp": {"raw": True}})
     for epoch in range(2):
         seen = 0
         for sample in loader:
@@ -342,7 +344,7 @@ def test_chunks_that_do_not_fit_together_are_refused_in_words():
     from neurocodec.plugin.event_codecs import SpikeEventsCodec
     from neurocodec.plugin.windowing import WindowGrid, cut_rows
 
-    with pytest.raises(ValueError, match=r"neighbouring chunks hold float32 \(10, 4\) and float32 \(10, 2\)"):
+    with pytest.raises(ValueError, match=r"neighbouring chunks hold float32 rows of \(4,\) and float32 rows of \(2,\)"):
         cut_rows([np.zeros((10, 4), np.float32), np.zeros((10, 2), np.float32)], 5, 8, 10)
     with pytest.raises(ValueError, match="not 10 rows"):
         cut_rows([np.zeros((9, 4), np.float32)], 0, 5, 10)

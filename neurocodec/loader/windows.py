@@ -25,7 +25,7 @@ import attrs
 import numpy as np
 
 from neurocodec.dataset.reader import Dataset
-from neurocodec.errors import ShardError
+from neurocodec.errors import NeurocodecError, ShardError
 from neurocodec.format import layout
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.window_slots import MODES, Located, Timeline, WindowSlots, window_length_bins
@@ -151,8 +151,11 @@ class WindowSource(SampleSource):
                 continue
             try:
                 window[field.name] = cut([c[field.name] for c in chunks], offset)
-            except ValueError as exc:  # CodecError too: chunks at odds with each other or the manifest
-                raise ShardError(f"field {field.name!r}: {exc}") from None  # the window and its chunks: see SampleSource
+            except NeurocodecError:
+                raise
+            except Exception as exc:  # chunks at odds with each other or the manifest, a damaged block
+                # the window and its chunks are named by SampleSource.read
+                raise ShardError(f"field {field.name!r}: {type(exc).__name__}: {exc}") from None
         window[layout.METADATA_FIELD] = window_metadata(
             [c[layout.METADATA_FIELD] for c in chunks], float(where.start_s[i]), float(where.stop_s[i]),
             {"slot": sample_id, "epoch": epoch, "mode": self.slots.settings.mode,

@@ -75,6 +75,37 @@ def rows_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], grid
     first axis. ValueError for a field that is not an array with a fixed number of rows per chunk."""
     decoded = codec.decoded_field(field, options) if options else field
     decoder = codec.decoder(field, options) if options else codec.decoder(field)
+    window_field, rows, count = rows_plan(decoded, grid)
+
+    def cut(values: Sequence[Any], offset_bins: int) -> np.ndarray:
+        return cut_rows(values, int(field_rows(offset_bins, grid.window_bins, grid.chunk_bins, rows)[0]), count, rows)
+
+    return Windowed(decoder, window_field, cut)
+
+
+def lazy_rows_windowed(decoded: FieldSpec, grid: WindowGrid, parse: Callable[[bytes | memoryview], Any]) -> Windowed:
+    """For codecs that can decode a few rows of a chunk: `parse(payload)` checks the payload and
+    returns an object with `shape` (the chunk's array's) and `rows(first, stop)`, which decodes
+    only what those rows need; `decoded` is the field as a whole chunk decodes to."""
+    window_field, rows, count = rows_plan(decoded, grid)
+
+    def cut(values: Sequence[Any], offset_bins: int) -> np.ndarray:
+        first = int(field_rows(offset_bins, grid.window_bins, grid.chunk_bins, rows)[0])
+        for value in values:
+            if tuple(value.shape[:1]) != (rows,):
+                raise ValueError(f"a chunk holds shape {tuple(value.shape)}, not {rows} rows as its manifest says")
+        if first + count <= rows:
+            return values[0].rows(first, first + count)
+        if len(values) < 2:
+            raise ValueError("the window needs rows of the next chunk, which was not read")
+        return joined(values[0].rows(first, rows), values[1].rows(0, count - (rows - first)))
+
+    return Windowed(parse, window_field, cut)
+
+
+def rows_plan(decoded: FieldSpec, grid: WindowGrid) -> tuple[FieldSpec, int, int]:
+    """(a window's field, rows per chunk, rows per window) of a field decoded to `decoded`;
+    ValueError unless it is an array with a fixed number of rows per chunk."""
     shape = decoded.shape
     if decoded.kind != "array" or not shape or type(shape[0]) is not int or shape[0] < 1:
         raise ValueError(f"it is {decoded.kind} of shape {shape}: only arrays with a fixed number of rows per chunk "
@@ -87,11 +118,16 @@ def rows_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], grid
     # A window holds count/rows of a chunk's rows: of its bytes too, rounded up.
     window_field = attrs.evolve(decoded, shape=(count, *shape[1:]),
                                 max_value_bytes=-(-decoded.value_bound * count // rows))
+    return window_field, rows, count
 
-    def cut(values: Sequence[Any], offset_bins: int) -> np.ndarray:
-        return cut_rows(values, int(field_rows(offset_bins, grid.window_bins, grid.chunk_bins, rows)[0]), count, rows)
 
-    return Windowed(decoder, window_field, cut)
+def joined(head: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """Rows of one chunk followed by rows of the next; ValueError in the library's words when
+    they are not arrays of one dtype and row shape."""
+    if head.shape[1:] != tail.shape[1:] or head.dtype != tail.dtype:
+        raise ValueError(f"neighbouring chunks hold {head.dtype} rows of {head.shape[1:]} and {tail.dtype} rows of "
+                         f"{tail.shape[1:]}: a window cannot run across them")
+    return np.concatenate([head, tail])
 
 
 def cut_rows(values: Sequence[Any], first: int, count: int, rows: int) -> np.ndarray:
@@ -106,8 +142,4 @@ def cut_rows(values: Sequence[Any], first: int, count: int, rows: int) -> np.nda
         return values[0][first:first + count]
     if len(values) < 2:
         raise ValueError("the window needs rows of the next chunk, which was not read")
-    if values[1].shape != values[0].shape or values[1].dtype != values[0].dtype:
-        raise ValueError(f"neighbouring chunks hold {values[0].dtype} {values[0].shape} and {values[1].dtype} "
-                         f"{values[1].shape}: a window cannot run across them")
-    head = values[0][first:]
-    return np.concatenate([head, values[1][:count - len(head)]])
+    return joined(values[0][first:], values[1][:count - (rows - first)])
