@@ -15,9 +15,11 @@ codec (`Codec.windowed`), the metadata joined here (`window_metadata`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from fractions import Fraction
 from typing import Any, Mapping
 
@@ -28,6 +30,7 @@ from neurocodec.dataset.reader import Dataset
 from neurocodec.errors import NeurocodecError, ShardError
 from neurocodec.format import layout
 from neurocodec.loader.source import SampleSource
+from neurocodec.process import PerProcess
 from neurocodec.loader.window_slots import MODES, Located, Timeline, WindowSlots, window_length_bins
 from neurocodec.plugin.windowing import WindowGrid
 
@@ -114,13 +117,30 @@ class SlotCache:
         self.__init__(state["settings"], state["seed"])
 
 
+CHUNK_CACHE_BYTES = 128 << 20
+"""The most bytes of read chunks a loader process keeps for the next windows that read them (a
+chunk of 10 s holds about ten 1 s windows, which an epoch's order spreads over its shuffle
+buffer): their stored bytes and the arrays parsed from them, counted as the chunk is cached."""
+
+
 class WindowSource(SampleSource):
     """Reads window slots (by number, in an epoch) instead of stored samples: the chunks each
-    lies in, cut field by field, with joined metadata. Errors name the window and its chunks."""
+    lies in, cut field by field, with joined metadata. Errors name the window and its chunks.
+    Chunks read are kept, least recently used first out, up to CHUNK_CACHE_BYTES per process."""
 
     def __init__(self, path: Any, *, slots: SlotCache, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.slots = slots
+        self._chunks: PerProcess[ChunkCache] = PerProcess()
+
+    def read_sample(self, ds: Dataset, sample_id: int) -> dict[str, Any]:
+        """The chunk stored as sample `sample_id`, from this process's cache when it holds it."""
+        cache = self._chunks.get(ChunkCache)
+        chunk = cache.get(sample_id)
+        if chunk is None:
+            chunk = super().read_sample(ds, sample_id)
+            cache.put(sample_id, chunk)
+        return chunk
 
     def _open(self) -> Dataset:
         self._bad_shards = {}
@@ -185,6 +205,55 @@ def _time(chunk: Mapping[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+class ChunkCache:
+    """Chunks by stored sample id, least recently used first out, within CHUNK_CACHE_BYTES."""
+
+    def __init__(self, limit: int = CHUNK_CACHE_BYTES) -> None:
+        self.limit, self.used = limit, 0
+        self._entries: OrderedDict[int, tuple[dict[str, Any], int]] = OrderedDict()
+
+    def get(self, sample_id: int) -> dict[str, Any] | None:
+        entry = self._entries.get(sample_id)
+        if entry is None:
+            return None
+        self._entries.move_to_end(sample_id)
+        return entry[0]
+
+    def put(self, sample_id: int, chunk: dict[str, Any]) -> None:
+        size = _footprint(chunk)
+        if size > self.limit:
+            return
+        while self._entries and self.used + size > self.limit:
+            self.used -= self._entries.popitem(last=False)[1][1]
+        self._entries[sample_id] = (chunk, size)
+        self.used += size
+
+
+def _footprint(value: Any, seen: set[int] | None = None) -> int:
+    """Bytes a chunk's values hold on to: the buffers of its arrays and memoryviews (each once:
+    the payloads of one chunk are views of one read), walking tuples, lists, dicts and objects'
+    attributes one level down."""
+    seen = set() if seen is None else seen
+    if isinstance(value, np.ndarray):
+        base = value
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if id(base) in seen:
+            return 0
+        seen.add(id(base))
+        return base.nbytes + (_footprint(base.base, seen) if base.base is not None else 0)
+    if isinstance(value, memoryview):
+        return _footprint(value.obj, seen) if isinstance(value.obj, np.ndarray) else value.nbytes
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_footprint(v, seen) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_footprint(v, seen) for v in value)
+    attributes = getattr(value, "__dict__", None)
+    return 0 if attributes is None else sum(_footprint(v, seen) for v in attributes.values())
+
+
 SESSION_KEYS = ("session", "source_file", "session_id", "subject_id", "source")
 
 
@@ -194,14 +263,16 @@ def window_metadata(chunks: list[Mapping[str, Any]], start: float, stop: float,
     interval rows of either chunk overlapping [start, stop) (once each, by start time), the
     trials overlapping it, the fields either chunk lacked, and `window` (slot, epoch, mode,
     chunks, offset)."""
-    meta = {key: chunks[0][key] for key in SESSION_KEYS if key in chunks[0]}
+    # copies: the chunks may be cached for the next windows, which a transform must not change
+    meta = {key: copy.deepcopy(chunks[0][key]) for key in SESSION_KEYS if key in chunks[0]}
     meta.update(start_time=start, stop_time=stop)
     tables: dict[str, list[Any]] = {}
     for chunk in chunks:
         for table, rows in (chunk.get("intervals") or {}).items():
             kept = tables.setdefault(table, [])
             seen = {json.dumps(r, sort_keys=True) for r in kept}
-            kept.extend(r for r in rows if _overlaps(r, start, stop) and json.dumps(r, sort_keys=True) not in seen)
+            kept.extend(copy.deepcopy(r) for r in rows
+                        if _overlaps(r, start, stop) and json.dumps(r, sort_keys=True) not in seen)
     for rows in tables.values():
         rows.sort(key=lambda r: r.get("start_time"))
     meta["intervals"] = tables

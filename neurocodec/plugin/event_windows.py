@@ -59,14 +59,13 @@ def events_windowed(codec: Any, field: FieldSpec, options: Mapping[str, Any], gr
         units, value = _bound(codec, field, binning.bins)
         window_field = attrs.evolve(field, shape=(binning.bins, units), max_value_bytes=value)
 
-    def decode(data: bytes | memoryview) -> tuple[int, int, np.ndarray, np.ndarray]:
-        return codec.parse_payload(data, field, stored)
+    def decode(data: bytes | memoryview) -> tuple[int, int, int, np.ndarray, np.ndarray]:
+        return _time_ordered(*codec.parse_payload(data, field, stored))
 
     def cut(values: Sequence[Any], offset_bins: int) -> Any:
         hz, units, ticks, unit = _cut_ticks(values, offset_bins, grid)
         if form == "events":
-            order = np.argsort(ticks, kind="stable")  # ties keep unit order, as the codec decodes
-            return SpikeEvents.from_ticks(ticks[order], unit[order], units, hz)
+            return SpikeEvents.from_ticks(ticks, unit, units, hz)
         per_bin = binning.ticks(hz, grid.window_bins * _bin_ticks(values[0], grid))
         flat = ticks // per_bin * units + unit
         counts = np.bincount(flat, minlength=binning.bins * units).reshape(binning.bins, units)
@@ -91,22 +90,30 @@ def _same_clock(values: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
     return hz, window
 
 
+def _time_ordered(hz: int, window: int, counts: np.ndarray, ticks: np.ndarray
+                  ) -> tuple[int, int, int, np.ndarray, np.ndarray]:
+    """A parsed chunk (ticks grouped by unit) as (tick_hz, window ticks, units, ticks, unit of
+    each) in time order, simultaneous spikes by unit (the order the codec decodes events in):
+    sorted once per chunk read, so that each window of it is two binary searches."""
+    unit = np.repeat(np.arange(len(counts), dtype=np.int64), counts.astype(np.intp))
+    order = np.argsort(ticks, kind="stable")
+    return hz, window, len(counts), ticks[order].astype(np.int64), unit[order]
+
+
 def _cut_ticks(values: Sequence[tuple[Any, ...]], offset_bins: int, grid: WindowGrid
                ) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """(tick_hz, units, ticks from the window's start, unit of each), grouped chunk by chunk and
-    by unit inside each chunk."""
+    """(tick_hz, units, ticks from the window's start, unit of each), in time order."""
     hz, chunk = _same_clock(values)
     per_bin = _bin_ticks(values[0], grid)
     start, stop = offset_bins * per_bin, (offset_bins + grid.window_bins) * per_bin
-    units = len(values[0][2])
+    units = values[0][2]
     ticks, unit = [], []
-    for shift, (_, _, counts, chunk_ticks) in zip((0, chunk), values):
-        if len(counts) != units:
-            raise CodecError(f"neighbouring chunks hold {units} and {len(counts)} units")
-        at = chunk_ticks.astype(np.int64) + shift
-        keep = (at >= start) & (at < stop)
-        ticks.append(at[keep] - start)
-        unit.append(np.repeat(np.arange(units, dtype=np.int64), counts.astype(np.intp))[keep])
+    for shift, (_, _, count, chunk_ticks, chunk_unit) in zip((0, chunk), values):
+        if count != units:
+            raise CodecError(f"neighbouring chunks hold {units} and {count} units")
+        lo, hi = np.searchsorted(chunk_ticks, (start - shift, stop - shift))
+        ticks.append(chunk_ticks[lo:hi] + (shift - start))
+        unit.append(chunk_unit[lo:hi])
     return hz, units, np.concatenate(ticks), np.concatenate(unit)
 
 
