@@ -360,3 +360,47 @@ def test_chunks_that_do_not_fit_together_are_refused_in_words():
         windowed.cut([three, five], 40)
     with pytest.raises(CodecError, match="stored at 1000000 and 30000 ticks/s"):
         windowed.cut([three, other_clock], 40)
+
+
+def test_chunk_cache_holds_what_its_bytes_allow():
+    from neurocodec.loader.windows import ChunkCache, _footprint
+
+    buffer = np.zeros(1000, dtype=np.uint8)
+    chunk = {"a": buffer[:10], "b": memoryview(buffer)[500:], "m": {"x": [buffer[3:4]]}}
+    assert _footprint(chunk) == 1000  # views of one read count once
+    cache = ChunkCache(limit=2500)
+    for n in range(3):
+        cache.put(n, {"x": np.zeros(1000, np.uint8)})
+    assert cache.get(0) is None and cache.get(1) is not None and cache.used == 2000
+    cache.put(3, {"x": np.zeros(1000, np.uint8)})  # 1 was used last: 2 goes
+    assert cache.get(2) is None and cache.get(1) is not None and cache.get(3) is not None
+    cache.put(9, {"x": np.zeros(5000, np.uint8)})  # larger than the whole cache: not kept
+    assert cache.get(9) is None and cache.used == 2000
+
+
+class Scribbler:
+    """A transform that records the metadata it is given, then changes it in place."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        import copy
+
+        self.seen.append(copy.deepcopy(sample["metadata"]))
+        for rows in sample["metadata"]["intervals"].values():
+            for row in rows:
+                row["start_time"] = -1.0
+        sample["metadata"]["source"]["path"] = "changed"
+        return sample
+
+
+def test_transforms_cannot_change_the_chunks_later_windows_read(tmp_path, sessions):
+    """Windows of 0.1 s: five from every cached chunk, each changed by the transform before the
+    next is cut from the same chunk; each still gets the metadata it would get alone."""
+    chunked = convert(tmp_path / "chunks", sessions, chunk_seconds=0.5)
+    plain = [s["metadata"] for s in WebDatasetLoader(chunked, window_ms=100, shuffle=False)]
+    scribbler = Scribbler()
+    changed = [s["metadata"] for s in WebDatasetLoader(chunked, window_ms=100, shuffle=False, transform=scribbler)]
+    assert scribbler.seen == plain and all(m["source"]["path"] == "changed" for m in changed)
+    assert sum(bool(rows) for m in plain for rows in m["intervals"].values()) > 10  # trials overlap windows
