@@ -91,3 +91,28 @@ def child_env(**extra: str) -> dict[str, str]:
     env.update(extra)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def run_ranks(script: Path, cfg: dict[str, Any], world: int, out: Path, timeout: float = 180) -> list[dict]:
+    """Run `python script <cfg as JSON> <rank>` in `world` processes, one gloo group (cfg gains
+    `world`, a free `port` and `out`); each writes its report to `<out>.<rank>`. The reports by
+    rank; an AssertionError with the log of a rank that failed."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = dict(cfg, world=world, port=free_port(), out=str(out))
+    procs = [subprocess.Popen([sys.executable, str(script), json.dumps(cfg), str(r)], env=child_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(world)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout)[0].decode(errors="replace"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]

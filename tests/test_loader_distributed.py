@@ -10,18 +10,15 @@ min / max count. A mid-epoch state saved by rank 0 of the 2-process group is res
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from loader_util import (
-    child_env,
     flat_ids,
-    free_port,
     key_id,
+    run_ranks,
     shard_sizes,
     write_ids_dataset,
 )
@@ -89,21 +86,7 @@ def launch(tmp: Path, world: int, **cfg) -> list[dict]:
     """Run the rank script in `world` processes of one gloo group; their reports by rank."""
     script = tmp / "rank.py"
     script.write_text(RANK_SCRIPT)
-    cfg = dict(cfg, world=world, port=free_port(), b=B, buffer=BUFFER, seed=SEED, out=str(tmp / f"out{world}"))
-    procs = [subprocess.Popen([sys.executable, str(script), json.dumps(cfg), str(r)], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(world)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=180)[0].decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    return [json.loads(Path(f"{cfg['out']}.{r}").read_text()) for r in range(world)]
+    return run_ranks(script, dict(cfg, b=B, buffer=BUFFER, seed=SEED), world, tmp / f"out{world}")
 
 
 def ids_of(report: dict) -> list[list[int]]:

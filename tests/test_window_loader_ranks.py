@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from loader_util import child_env, free_port
+from loader_util import run_ranks
 from storage_servers import BUCKET, moto_server, s3_options
 from window_util import (
     WINDOW_BINS, WINDOW_MS, chunked_dataset, convert, epoch_records, flat, holed_session, records, run_epochs,
@@ -83,21 +81,7 @@ def reference(chunked, seed) -> list[list[list[dict]]]:
 
 def launch(tmp: Path, **cfg) -> list[dict]:
     """Run WORLD rank processes of one gloo group; their reports by rank."""
-    cfg = dict(cfg, world=WORLD, port=free_port(), out=str(tmp / "report"))
-    procs = [subprocess.Popen([sys.executable, str(RANK_MAIN), json.dumps(cfg), str(r)], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(WORLD)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0].decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    return [json.loads(Path(f"{cfg['out']}.{r}").read_text()) for r in range(WORLD)]
+    return run_ranks(RANK_MAIN, cfg, WORLD, tmp / "report", timeout=240)
 
 
 def stepped(runs: list[dict], expected: list[dict], whole: bool = True) -> None:
