@@ -20,8 +20,12 @@ What a plugin can provide, and the names it uses for each:
 - array filters: `ArrayCodec` (id `ndarray`) stores an array through a lossless `FilterChain`
   (configs with ids: delta, shuffle, zstd, lz4, zlib; `signal_codec(dtype)` is the preset for
   signals); a plugin adds a filter by subclassing `Filter` and registering the class with
-  `neurocodec_register_codecs`. `encode_array_body` / `decode_array_body` encode an array body
-  for codecs with a header of their own.
+  `neurocodec_register_codecs`. `encode_array_body` / `decode_array_body` / `array_body` encode
+  and decode an array body (in row blocks with `block_rows`) for codecs with a header of their own.
+- windows cut at load time from consecutive chunks: a codec's `windowed(field, options,
+  WindowGrid)` returns a `Windowed(decoder, field, cut)`; by default `rows_windowed` (decode the
+  chunk, take rows), `lazy_rows_windowed` for codecs that can decode a row range alone;
+  `field_rows`, `rows_plan` and `cut_rows` are the arithmetic they share.
 - a collate rule (`CollateRule`): values of one field -> `Collated(data, mask)`; `collate_arrays`
   (stack, or pad with a mask) and `collate_list` are the built-in ones. The decoded values a
   rule receives are read-only views: copy before changing one. A rule allocates its output
@@ -61,7 +65,12 @@ from neurocodec.plugin.filters import (
     BUILTIN_FILTERS, DeltaFilter, Filter, FilterChain, LZ4Filter, ShuffleFilter, ZlibFilter, ZstdFilter,
     signal_filters,
 )
-from neurocodec.plugin.arrays import ArrayCodec, decode_array_body, encode_array_body, signal_codec
+from neurocodec.plugin.arrays import ArrayCodec, array_body, decode_array_body, encode_array_body, signal_codec
+
+# Windows cut at load time from consecutive chunks (Codec.windowed)
+from neurocodec.plugin.windowing import (
+    WindowGrid, Windowed, cut_rows, field_rows, lazy_rows_windowed, rows_plan, rows_windowed,
+)
 
 # Collate rules
 from neurocodec.plugin.collate import Collated, CollateRule, allocate_batch_tensor, collate_arrays, collate_list
@@ -96,7 +105,10 @@ __all__ = [
     "smallest_integer_dtype",
     # Array filter chains
     "ArrayCodec", "BUILTIN_FILTERS", "DeltaFilter", "Filter", "FilterChain", "LZ4Filter", "ShuffleFilter",
-    "ZlibFilter", "ZstdFilter", "decode_array_body", "encode_array_body", "signal_codec", "signal_filters",
+    "ZlibFilter", "ZstdFilter", "array_body", "decode_array_body", "encode_array_body", "signal_codec",
+    "signal_filters",
+    # Windows cut at load time
+    "WindowGrid", "Windowed", "cut_rows", "field_rows", "lazy_rows_windowed", "rows_plan", "rows_windowed",
     # Collate rules
     "CollateRule", "Collated", "allocate_batch_tensor", "collate_arrays", "collate_list",
     # NWB extractors
