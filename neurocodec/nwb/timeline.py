@@ -21,16 +21,11 @@ choose between samples holding the same time; each window's metadata still holds
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from neurocodec.dataset.reader import Dataset
-from neurocodec.errors import DatasetError, ShardError
-from neurocodec.format import layout
-from neurocodec.format.checksum import crc32
-from neurocodec.format.compression import decompress
-from neurocodec.format.fetch import ShardFile
+from neurocodec.dataset.metadata import sample_metadata as part_metadata
+from neurocodec.errors import DatasetError
 from neurocodec.plugin.registry import Registry
 
 
@@ -38,28 +33,6 @@ def is_chunked(sequence_length: int, step: int) -> bool:
     """Whether windows of `sequence_length` bins, `step` bins apart, tile the recording
     without overlap (the only conversions given a timeline)."""
     return step == sequence_length
-
-
-def part_metadata(part_dir: str | Path, registry: Registry | None = None) -> Iterator[dict[str, Any]]:
-    """Every sample's metadata in a local part, in sample order, reading only the metadata
-    members (through the shard index, each payload checked against its CRC-32): the chunks
-    themselves (long signals) are not read again. `registry`: the plugins whose codecs the part
-    uses (default the installed ones)."""
-    with Dataset(part_dir, registry=registry) as ds:
-        column = [f.name for f in ds.manifest.fields].index(layout.METADATA_FIELD)
-        for number, entry in enumerate(ds.shards):
-            rows = ds.shard(number).rows[:, column, :].tolist()  # the index, validated on opening
-            shard = ShardFile(ds.path / entry.name, entry.name)
-            try:
-                for offset, stored, raw, crc in rows:
-                    payload = shard.read(offset, stored)
-                    if crc32(payload) != crc:
-                        raise ShardError("metadata CRC-32 mismatch (corrupted)", shard=entry.name)
-                    if ds.manifest.compression != "none":
-                        payload = bytes(decompress(ds.manifest.compression, payload, raw))
-                    yield json.loads(payload)
-            finally:
-                shard.close()
 
 
 def part_chunks(part_dir: str | Path, registry: Registry | None = None) -> tuple[str | None, list[list[float]]]:
