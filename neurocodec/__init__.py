@@ -27,6 +27,8 @@ _EXPORTS = {
     "Dataset": "neurocodec.dataset.reader",
     "ShardedDatasetInfo": "neurocodec.dataset.info",
     "Vocabulary": "neurocodec.dataset.vocab",
+    "make_split": "neurocodec.dataset.splits",
+    "read_split": "neurocodec.dataset.splits",
     # object storage
     "ShardCache": "neurocodec.storage.cache",
     "RetryPolicy": "neurocodec.storage.retry",

@@ -198,7 +198,7 @@ def create_webdataset_dataloader(
     storage_options: Mapping[str, Any] | None = None, cache: Any = None,
     max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
     transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
-    window_mode: str | None = None,
+    window_mode: str | None = None, split: str | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -221,6 +221,10 @@ def create_webdataset_dataloader(
     `load_state_dict`, and differ between epochs. With a spawn or forkserver
     `multiprocessing_context` it must be picklable (checked here). One that raises is a
     `TransformError` naming the sample; with `on_error="skip"` the sample is left out.
+
+    `window_ms=` / `window_bins=` / `window_mode=` read windows cut at load time from a chunked
+    dataset (docs/sampling.md section 4); `split="train"` (or `"<split name>/<part>"`) reads only
+    that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
@@ -232,7 +236,7 @@ def create_webdataset_dataloader(
         drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
-        transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
+        transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode, split=split,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

@@ -60,6 +60,10 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     any number of workers or ranks and after `set_state`, and differently each epoch. With
     workers started by spawn or forkserver it must be picklable. A transform that raises is a
     `TransformError` naming the sample (left out and counted as `skipped` with `on_error="skip"`).
+
+    `window_ms=` / `window_bins=` / `window_mode=` read windows cut at load time from a chunked
+    dataset (docs/sampling.md section 4); `split="train"` (or `"<split name>/<part>"`) reads only
+    that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
     """
 
     def __init__(
@@ -70,7 +74,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
         transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
-        window_mode: str | None = None,
+        window_mode: str | None = None, split: str | None = None,
     ) -> None:
         super().__init__()
         self.stream = EpochStream(
@@ -79,6 +83,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
             transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
+            split=split,
         )
         self.shard_dir = self.stream.path
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import attrs
 
 STATE_VERSION = 1
-_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows")
+_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows", "split")
 
 
 @attrs.frozen(slots=True)
@@ -31,12 +31,15 @@ class LoaderState:
     skipped: int = 0
     windows: str | None = None
     """Load-time windows: "mode:window bins:timeline SHA-256" (absent for stored samples)."""
+    split: str | None = None
+    """A split's part: "<split name>/<part>:<SHA-256 of the split>" (absent without one)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         doc = {"version": STATE_VERSION, **attrs.asdict(self)}
-        if doc["windows"] is None:
-            del doc["windows"]  # states of loaders over stored samples keep their old form
+        for key in ("windows", "split"):
+            if doc[key] is None:
+                del doc[key]  # states of loaders without them keep their old form
         return doc
 
     @classmethod
@@ -51,7 +54,7 @@ class LoaderState:
             value = doc.get(field.name, field.default if field.default is not attrs.NOTHING else None)
             if field.name == "shuffle":
                 ok = isinstance(value, bool)
-            elif field.name == "windows":
+            elif field.name in ("windows", "split"):
                 ok = value is None or isinstance(value, str)
             else:
                 ok = type(value) is int and value >= 0

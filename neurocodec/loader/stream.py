@@ -11,6 +11,7 @@ from neurocodec.dataset.decode import decode_plan
 from neurocodec.format import layout, limits
 from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import read_manifest
+from neurocodec.dataset.splits import Split, parse_split_arg, read_split
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
@@ -39,7 +40,7 @@ class EpochStream:
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
         transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
-        window_mode: str | None = None,
+        window_mode: str | None = None, split: str | None = None,
     ) -> None:
         self.path = dataset_path(shard_dir)
         max_member_bytes = limits.max_member_bytes(max_member_bytes)
@@ -68,6 +69,7 @@ class EpochStream:
         self.rank, self.world_size = rank, world_size
         self.windows = WindowSettings.choose(self.manifest, window_ms=window_ms, window_bins=window_bins,
                                              window_mode=window_mode, shuffle=self.shuffle)
+        self.split, self.selection = self._split(split)
         # The fields as decoded (load-time options checked here, before any worker starts).
         self._fields = decode_plan(self.manifest.fields, registry or default_registry(),
                                    f"{self.path}/{layout.MANIFEST}", decode,
@@ -79,7 +81,8 @@ class EpochStream:
             self.slots = None
             self.source = SampleSource(self.path, **source_options)
         else:
-            self.slots = SlotCache(self.windows, self.seed)
+            ranges = None if self.split is None else self.split[0].ranges[self.split[1]]
+            self.slots = SlotCache(self.windows, self.seed, ranges)
             self.source = WindowSource(self.path, slots=self.slots, **source_options)
         if type(epoch) is not int or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
@@ -98,14 +101,33 @@ class EpochStream:
 
     def epoch_samples(self, epoch: int) -> int:
         """Samples in `epoch`."""
-        return self.manifest.total_samples if self.slots is None else len(self.slots(epoch))
+        if self.slots is not None:
+            return len(self.slots(epoch))
+        return self.manifest.total_samples if self.selection is None else len(self.selection)
+
+    def _split(self, split: str | None) -> tuple[tuple[Split, str] | None, np.ndarray | None]:
+        """The split part named by `split=` and, for stored samples, the sample ids it holds."""
+        named = parse_split_arg(split)
+        if named is None:
+            return None, None
+        if is_remote(self.path):
+            raise ValueError("split= needs a local dataset (its splits/ directory is read from disk)")
+        chosen = read_split(self.path, named[0], self.manifest.total_samples)
+        part = chosen.part(named[1])
+        return (chosen, part), (None if self.windows is not None else chosen.sample_ids(part))
 
     def order(self, epoch: int | None = None) -> EpochOrder:
         """The order of `epoch` (default: the current one). With load-time windows it permutes
         the epoch's slots, each session in the place of a shard."""
         epoch = self.epoch if epoch is None else epoch
-        sizes = [s.samples for s in self.manifest.shards] if self.slots is None \
-            else self.slots(epoch).session_counts()
+        if self.slots is not None:
+            sizes = self.slots(epoch).session_counts()
+        elif self.selection is not None:  # a split's samples, shard by shard
+            starts = [s.first_sample for s in self.manifest.shards]
+            sizes = np.bincount(np.searchsorted(starts, self.selection, side="right") - 1,
+                                minlength=len(starts))
+        else:
+            sizes = [s.samples for s in self.manifest.shards]
         return EpochOrder(sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                           buffer_size=self.buffer_size, chunk_size=self.chunk_size)
 
@@ -127,13 +149,18 @@ class EpochStream:
             positions = plan.positions(k)
             if ahead is not None and ahead.due():
                 self.source.dataset.prefetch(ahead.shards_from(k))
-            yield k, positions, list(self.source.read(order.take(positions), order.epoch))
+            yield k, positions, list(self.source.read(self._ids(order.take(positions)), order.epoch))
+
+    def _ids(self, indices: np.ndarray) -> np.ndarray:
+        """The ids an order's indices stand for: a split's selected samples, else themselves."""
+        return indices if self.selection is None else self.selection[indices]
 
     def _lookahead(self, order: EpochOrder, plan: StepPlan, worker: int, workers: int):
         from neurocodec.loader.lookahead import ShardLookahead
 
         starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
-        stored = None if self.slots is None else _window_chunks(self.slots(order.epoch))
+        stored = _window_chunks(self.slots(order.epoch)) if self.slots is not None \
+            else (None if self.selection is None else self._ids)
         return ShardLookahead(order, plan, worker, workers, starts, stored=stored)
 
     # -- state -------------------------------------------------------------------------------
@@ -147,6 +174,7 @@ class EpochStream:
             buffer_size=self.buffer_size, chunk_size=self.chunk_size,
             total_samples=self.epoch_samples(epoch), skipped=skipped,
             windows=None if self.windows is None else self.windows.describe(),
+            split=None if self.split is None else self.split[0].fingerprint(self.split[1]),
         )
 
     def restore(self, state: Mapping[str, Any] | LoaderState) -> None:

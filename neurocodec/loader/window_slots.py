@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -159,7 +159,8 @@ class WindowSlots:
     """The window slots of one epoch (see the module documentation); `len()` slots, `locate(n)`."""
 
     def __init__(self, timeline: Timeline, *, window_s: float | None = None, window_bins: int | None = None,
-                 seed: int = 0, epoch: int = 0, mode: str = "jitter") -> None:
+                 seed: int = 0, epoch: int = 0, mode: str = "jitter",
+                 ranges: Mapping[str, Sequence[Sequence[float]]] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if type(seed) is not int or type(epoch) is not int or seed < 0 or epoch < 0:
@@ -168,20 +169,26 @@ class WindowSlots:
         self.window_bins = window_length_bins(timeline, window_s, window_bins)
         self.phases = np.array([0 if mode == "grid" else session_phase(key, seed, epoch, self.window_bins)
                                 for key in timeline.keys], dtype=np.int64)
-        self._stretches()
+        self._stretches(ranges)
 
-    def _stretches(self) -> None:
-        """Stretch arrays (first chunk, chunk count, session) and the slot prefix sums, vectorised."""
+    def _stretches(self, ranges: Mapping[str, Sequence[Sequence[float]]] | None) -> None:
+        """Stretch arrays (first chunk, bins into it where the stretch starts, length in bins,
+        session) and the slot prefix sums, vectorised; with `ranges`, each stretch cut to them."""
         t, n = self.timeline, len(self.timeline.starts)
         boundary = np.ones(n, dtype=bool)
         boundary[1:] = t.starts[1:] - t.stops[:-1] > TOLERANCE_BINS * t.bin_s
         boundary[t.offsets[:-1][t.offsets[:-1] < n]] = True  # every session starts a stretch
         first = np.flatnonzero(boundary).astype(np.int64)
-        self.stretch_first = first
-        self.stretch_chunks = np.diff(np.append(first, n)).astype(np.int64)
-        self.stretch_session = (np.searchsorted(t.offsets, first, side="right") - 1).astype(np.int64)
+        chunks = np.diff(np.append(first, n)).astype(np.int64)
+        session = (np.searchsorted(t.offsets, first, side="right") - 1).astype(np.int64)
+        start, length = np.zeros(len(first), dtype=np.int64), chunks * t.chunk_bins
+        if ranges is not None:
+            first, start, length, session = self._within(ranges, first, length, session)
+        self.stretch_first, self.stretch_start, self.stretch_bins = first, start, length
+        self.stretch_session = session
+        self.stretch_chunks = -(-(start + length) // t.chunk_bins)
         phase = self.phases[self.stretch_session]
-        self.counts = np.maximum(0, (self.stretch_chunks * t.chunk_bins - phase) // self.window_bins)
+        self.counts = np.maximum(0, (length - phase) // self.window_bins)
         self.slot_first = np.cumsum(self.counts) - self.counts  # first slot of each stretch
         self._nonempty = np.flatnonzero(self.counts)  # searched: a stretch with no slot owns none
         self._nonempty_first = self.slot_first[self._nonempty]
@@ -203,7 +210,7 @@ class WindowSlots:
         stretch = self._nonempty[np.searchsorted(self._nonempty_first, slots, side="right") - 1]
         k = slots - self.slot_first[stretch]
         session = self.stretch_session[stretch]
-        at = self.phases[session] + k * size  # bins from the stretch start
+        at = self.stretch_start[stretch] + self.phases[session] + k * size  # bins from its first chunk's start
         chunk = self.stretch_first[stretch] + at // t.chunk_bins
         offset = at % t.chunk_bins
         start = t.starts[chunk] + offset * t.bin_s
@@ -215,8 +222,25 @@ class WindowSlots:
     def covered(self) -> np.ndarray:
         """Per stretch, [from_s, to_s): the time its windows tile this epoch (empty when from == to)."""
         t = self.timeline
-        start = t.starts[self.stretch_first] + self.phases[self.stretch_session] * t.bin_s
+        start = t.starts[self.stretch_first] + (self.stretch_start + self.phases[self.stretch_session]) * t.bin_s
         return np.stack([start, start + self.counts * self.window_bins * t.bin_s], axis=1)
+
+    def _within(self, ranges: Mapping[str, Sequence[Sequence[float]]], first: np.ndarray, length: np.ndarray,
+                session: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The stretches cut to each session's `ranges` (seconds, a split's part): whole bins
+        inside both, as (first chunk, start bins, length bins, session). One Python step per
+        stretch and range, none per chunk."""
+        t, tol = self.timeline, TOLERANCE_BINS
+        out: list[tuple[int, int, int, int]] = []
+        for f, m, s in zip(first.tolist(), length.tolist(), session.tolist()):
+            origin = float(t.starts[f])
+            for a, b in ranges.get(t.keys[s], ()):
+                lo = max(0, math.ceil((a - origin) / t.bin_s - tol))
+                hi = min(m, math.floor((b - origin) / t.bin_s + tol))
+                if hi > lo:
+                    out.append((f + lo // t.chunk_bins, lo % t.chunk_bins, hi - lo, s))
+        columns = np.array(out, dtype=np.int64).reshape(-1, 4)
+        return tuple(columns[:, i].copy() for i in range(4))
 
 
 def window_length_bins(timeline: Timeline, window_s: float | None, window_bins: int | None) -> int:

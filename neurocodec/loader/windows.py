@@ -94,27 +94,29 @@ def _ms_to_bins(window_ms: Any, timeline: Timeline) -> int:
 
 
 class SlotCache:
-    """The slots of the last few epochs (building them hashes every session once)."""
+    """The slots of the last few epochs (building them hashes every session once), inside a
+    split's time `ranges` when given."""
 
-    def __init__(self, settings: WindowSettings, seed: int) -> None:
-        self.settings, self.seed = settings, seed
+    def __init__(self, settings: WindowSettings, seed: int, ranges: Mapping[str, Any] | None = None) -> None:
+        self.settings, self.seed, self.ranges = settings, seed, ranges
         self._slots: dict[int, WindowSlots] = {}
 
     def __call__(self, epoch: int) -> WindowSlots:
         slots = self._slots.get(epoch)
         if slots is None:
             s = self.settings
-            slots = WindowSlots(s.timeline, window_bins=s.window_bins, seed=self.seed, epoch=epoch, mode=s.mode)
+            slots = WindowSlots(s.timeline, window_bins=s.window_bins, seed=self.seed, epoch=epoch, mode=s.mode,
+                                ranges=self.ranges)
             if len(self._slots) >= CACHED_EPOCHS:
                 self._slots.pop(next(iter(self._slots)))
             self._slots[epoch] = slots
         return slots
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"settings": self.settings, "seed": self.seed}  # workers build their own
+        return {"settings": self.settings, "seed": self.seed, "ranges": self.ranges}  # workers build their own
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["settings"], state["seed"])
+        self.__init__(state["settings"], state["seed"], state["ranges"])
 
 
 CHUNK_CACHE_BYTES = 128 << 20
