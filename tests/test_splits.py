@@ -181,3 +181,24 @@ def test_errors_in_words(datasets, tmp_path):
     target.write_text("{not json")
     with pytest.raises(DatasetError, match="not a valid split file"):
         WebDatasetLoader(path, split="words/train")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neurocodec", "split", *args], capture_output=True, text=True)
+
+
+@pytest.mark.multiprocess
+def test_the_command_line_speaks_flags(datasets):
+    path = str(datasets["overlapping"])
+    done = run_cli(path, "--by", "time", "--fractions", "train=0.6,valid=0.2,test=0.2", "--name", "cli",
+                   "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert "train:" in done.stdout and "splits/cli.json" in done.stdout
+    assert read_split(path, "cli").rule.fractions == (("train", 0.6), ("valid", 0.2), ("test", 0.2))
+    for args, words in [(("--name", "cli"), "pass --overwrite"),
+                        (("--by", "time", "--guard-s", "0.01", "--name", "g"), "--guard-s 0.01 is shorter"),
+                        (("--fractions", "train=0.5,test=0.4", "--name", "f"), "--fractions must add up to 1"),
+                        (("--fractions", "train:1", "--name", "f"), "--fractions train:1: give PART=FRACTION"),
+                        (("--folds", "3", "--fold", "3", "--name", "k"), "--folds must be an integer >= 2 and --fold")]:
+        done = run_cli(path, *args)
+        assert done.returncode == 1 and words in done.stderr and "=True" not in done.stderr, (args, done.stderr)
