@@ -202,3 +202,17 @@ def test_the_command_line_speaks_flags(datasets):
                         (("--folds", "3", "--fold", "3", "--name", "k"), "--folds must be an integer >= 2 and --fold")]:
         done = run_cli(path, *args)
         assert done.returncode == 1 and words in done.stderr and "=True" not in done.stderr, (args, done.stderr)
+
+
+def test_random_access_reads_a_part(datasets):
+    from neurocodec import RandomAccessWebDataset
+
+    path = datasets["chunks"]
+    make_split(path, by="time", name="ra", overwrite=True)
+    for kwargs in ({}, {"window_ms": 300}):
+        part = RandomAccessWebDataset(path, split="ra/valid", **kwargs)
+        loader = WebDatasetLoader(path, split="ra/valid", shuffle=False, **kwargs)
+        keys = [s["__key__"] for s in loader]
+        assert len(part) == len(keys) > 0 and [part[i]["__key__"] for i in range(len(part))] == keys
+        with pytest.raises(IndexError):
+            part[len(part)]

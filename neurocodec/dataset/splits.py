@@ -331,3 +331,17 @@ def parse_split_arg(split: Any) -> tuple[str, str] | None:
         raise ValueError(f"split must be a part name such as 'train' or '<split name>/<part>', got {split!r}")
     name, _, part = split.rpartition("/")
     return (name or "default", part)
+
+
+def chosen_part(path: Any, split: Any, total_samples: int) -> tuple[Split, str] | None:
+    """The split and part a loader's `split=` names, read from the local dataset at `path`; None
+    for None. ValueError for a URL dataset or an unknown part, DatasetError for a bad file."""
+    from neurocodec.storage.location import is_remote
+
+    named = parse_split_arg(split)
+    if named is None:
+        return None
+    if is_remote(path):
+        raise ValueError("split= needs a local dataset (its splits/ directory is read from disk)")
+    chosen = read_split(path, named[0], total_samples)
+    return chosen, chosen.part(named[1])

@@ -20,6 +20,7 @@ from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.loader.order import DEFAULT_SEED
 from neurocodec.loader.transform import Transform, apply_transform, check_transform
 from neurocodec.loader.windows import SlotCache, WindowSettings, WindowSource
+from neurocodec.dataset.splits import chosen_part
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
@@ -186,7 +187,8 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
     With `window_ms=` or `window_bins=` (a chunked dataset; see docs/sampling.md section 4),
     `ds[i]` is window slot i of `epoch`, on a fixed grid by default (`window_mode="grid"`: the
     same windows every epoch, for evaluation); with `"jitter"`, `set_epoch` moves them and
-    `len(ds)` is that epoch's count."""
+    `len(ds)` is that epoch's count. `split="train"` (or `"<split name>/<part>"`) keeps only that
+    part of a split stored with the dataset: `ds[i]` is its i-th sample (or window)."""
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
                  registry: Registry | None = None, tensors: bool = True,
@@ -194,7 +196,7 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
                  max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
                  transform: Transform | None = None, seed: int | None = None, epoch: int = 0,
                  window_ms: float | None = None, window_bins: int | None = None,
-                 window_mode: str | None = None) -> None:
+                 window_mode: str | None = None, split: str | None = None) -> None:
         self.transform = check_transform(transform)
         self.seed = DEFAULT_SEED if seed is None else seed
         if type(self.seed) is not int or self.seed < 0:
@@ -212,8 +214,12 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
             check_local_shards(self.shard_dir, manifest)
         settings = WindowSettings.choose(manifest, window_ms=window_ms, window_bins=window_bins,
                                          window_mode=window_mode, shuffle=False)
+        chosen = chosen_part(self.shard_dir, split, manifest.total_samples)
+        self._selection = None if chosen is None or settings is not None else chosen[0].sample_ids(chosen[1])
+        ranges = None if chosen is None else chosen[0].ranges[chosen[1]]
         self._windows = None if settings is None else WindowSource(
-            self.shard_dir, slots=SlotCache(settings, self.seed), verify=verify, on_error="raise", registry=registry,
+            self.shard_dir, slots=SlotCache(settings, self.seed, ranges), verify=verify, on_error="raise",
+            registry=registry,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
             transform=transform, seed=self.seed)
         if self._windows is not None:
@@ -225,11 +231,17 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
             cache=self._cache, max_member_bytes=self._max_member_bytes, decode=self._decode))
 
     def __len__(self) -> int:
-        return self._len if self._windows is None else len(self._windows.slots(self.epoch))
+        if self._windows is not None:
+            return len(self._windows.slots(self.epoch))
+        return self._len if self._selection is None else len(self._selection)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self._windows is not None:
             return self._window(index)
+        if self._selection is not None:  # i-th sample of the split's part
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"the split's part has {len(self)} samples, index {index} is out of range")
+            index = int(self._selection[index])
         sample = self._open()[index]
         if self.transform is not None:
             index = index + self._len if index < 0 else index  # a sample's id is its place, counted from 0

@@ -11,7 +11,7 @@ from neurocodec.dataset.decode import decode_plan
 from neurocodec.format import layout, limits
 from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import read_manifest
-from neurocodec.dataset.splits import Split, parse_split_arg, read_split
+from neurocodec.dataset.splits import Split, chosen_part
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
@@ -107,14 +107,10 @@ class EpochStream:
 
     def _split(self, split: str | None) -> tuple[tuple[Split, str] | None, np.ndarray | None]:
         """The split part named by `split=` and, for stored samples, the sample ids it holds."""
-        named = parse_split_arg(split)
-        if named is None:
+        chosen = chosen_part(self.path, split, self.manifest.total_samples)
+        if chosen is None:
             return None, None
-        if is_remote(self.path):
-            raise ValueError("split= needs a local dataset (its splits/ directory is read from disk)")
-        chosen = read_split(self.path, named[0], self.manifest.total_samples)
-        part = chosen.part(named[1])
-        return (chosen, part), (None if self.windows is not None else chosen.sample_ids(part))
+        return chosen, (None if self.windows is not None else chosen[0].sample_ids(chosen[1]))
 
     def order(self, epoch: int | None = None) -> EpochOrder:
         """The order of `epoch` (default: the current one). With load-time windows it permutes
