@@ -145,7 +145,8 @@ def test_the_readme_windows_block_runs_as_written(tmp_path, monkeypatch):
     import re
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S) if "window_ms=" in b]
+    [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
+               if "window_ms=" in b and "make_split" not in b]
     shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
     monkeypatch.chdir(tmp_path)
     scope = {"__name__": "readme"}
@@ -155,3 +156,22 @@ def test_the_readme_windows_block_runs_as_written(tmp_path, monkeypatch):
     assert len(starts) == 16 and starts[0] == pytest.approx(1.2345)
     batch = next(iter(scope["train"]))
     assert tuple(batch["spikes"].data.shape) == (4, 25, 3) and tuple(batch["lfp"].data.shape) == (4, 63, 4)  # 62.5 rows, halves up
+
+
+def test_the_readme_splits_block_runs_after_the_windows_block(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
+    [windows] = [b for b in blocks if "window_ms=" in b and "make_split" not in b]
+    [splits] = [b for b in blocks if "make_split(" in b]
+    shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "readme"}
+    exec(compile(windows, "README.md", "exec"), scope)
+    exec(compile(splits, "README.md", "exec"), scope)
+    train = [m for batch in scope["train"] for m in batch["metadata"]]
+    test = [m for batch in scope["test"] for m in batch["metadata"]]
+    # 4 s: train up to 2.5 s, a 1 s guard, test from 3.5 s; jittered: one window fewer unless the phase is 0
+    assert len(train) in (9, 10) and len(test) in (1, 2)
+    assert max(m["stop_time"] for m in train) + 1.0 <= min(m["start_time"] for m in test) + 1e-9
