@@ -21,6 +21,7 @@ from neurocodec.plugin.collate import allocating_from
 from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
 from neurocodec.loader.heap import forks, frozen_heap
 from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
+from neurocodec.loader.mix import open_stream
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.loader.transform import Transform, check_picklable, check_transform
 from neurocodec.plugin.manager import default_registry
@@ -198,7 +199,8 @@ def create_webdataset_dataloader(
     storage_options: Mapping[str, Any] | None = None, cache: Any = None,
     max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
     transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
-    window_mode: str | None = None, split: str | None = None,
+    window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
+    weight_by: str = "samples", epoch_samples: int | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -225,14 +227,20 @@ def create_webdataset_dataloader(
     `window_ms=` / `window_bins=` / `window_mode=` read windows cut at load time from a chunked
     dataset (docs/sampling.md section 4); `split="train"` (or `"<split name>/<part>"`) reads only
     that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
+
+    `shard_dir` may be a list of datasets, mixed by `weights` (shares of an epoch's samples, or
+    with `weight_by="hours"` of its recording time; default: in proportion to their sizes) into
+    epochs of `epoch_samples` (default: all their samples), a small source repeated and a large
+    one subsampled as the shares ask; order, state and resume as for one dataset (see
+    `neurocodec.loader.mix`).
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     check_transform(transform)
     if num_workers and not forks(multiprocessing_context):
         check_picklable(transform, multiprocessing_context)
-    stream = EpochStream(
-        shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
+    stream = open_stream(
+        shard_dir, weights=weights, weight_by=weight_by, epoch_samples=epoch_samples, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
         drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch.utils.data
@@ -16,7 +16,8 @@ from neurocodec.dataset.reader import Dataset
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.process import PerProcess
 from neurocodec.loader.batch import sample_to_tensors
-from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
+from neurocodec.loader.mix import open_stream
+from neurocodec.loader.stream import StreamState, worker_slot
 from neurocodec.loader.order import DEFAULT_SEED
 from neurocodec.loader.transform import Transform, apply_transform, check_transform
 from neurocodec.loader.windows import SlotCache, WindowSettings, WindowSource
@@ -65,6 +66,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     `window_ms=` / `window_bins=` / `window_mode=` read windows cut at load time from a chunked
     dataset (docs/sampling.md section 4); `split="train"` (or `"<split name>/<part>"`) reads only
     that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
+
+    `shard_dir` may be a list of datasets mixed by `weights` (see `create_webdataset_dataloader`).
     """
 
     def __init__(
@@ -75,11 +78,12 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
         transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
-        window_mode: str | None = None, split: str | None = None,
+        window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
+        weight_by: str = "samples", epoch_samples: int | None = None,
     ) -> None:
         super().__init__()
-        self.stream = EpochStream(
-            shard_dir, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
+        self.stream = open_stream(
+            shard_dir, weights=weights, weight_by=weight_by, epoch_samples=epoch_samples, shuffle=shuffle, buffer_size=buffer_size, seed=seed, batch_size=batch_size,
             drop_last=drop_last, rank=rank, world_size=world_size, chunk_size=chunk_size,
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,

@@ -51,16 +51,20 @@ class SampleSource:
         return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
                        cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode)
 
-    def read(self, ids: np.ndarray, epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(i, decoded and transformed sample ids[i]) in order, leaving out bad ones when skipping."""
+    def read(self, ids: np.ndarray, epoch: int = 0,
+             transform_ids: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(i, decoded and transformed sample ids[i]) in order, leaving out bad ones when skipping.
+        `transform_ids`: the ids the transform's generators are seeded with (default `ids`; a
+        mix of datasets seeds them with its own numbering)."""
         ds = self.dataset
         context = self._prepare(ids, epoch)
         for i, sample_id in enumerate(ids.tolist()):
             try:
                 sample = self._read_one(ds, i, sample_id, context)
                 if self.transform is not None:
+                    seeded = sample_id if transform_ids is None else int(transform_ids[i])
                     sample = apply_transform(self.transform, sample, seed=self.seed, epoch=epoch,
-                                             sample_id=sample_id, dataset=self.path)
+                                             sample_id=seeded, dataset=self.path)
             except TransformError as exc:
                 if self.on_error == "raise":
                     raise

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import attrs
 
 STATE_VERSION = 1
-_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows", "split")
+_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows", "split", "mix")
 
 
 @attrs.frozen(slots=True)
@@ -33,11 +33,13 @@ class LoaderState:
     """Load-time windows: "mode:window bins:timeline SHA-256" (absent for stored samples)."""
     split: str | None = None
     """A split's part: "<split name>/<part>:<SHA-256 of the split>" (absent without one)."""
+    mix: str | None = None
+    """A mix of datasets: SHA-256 of its sources, counts and rule (absent for one dataset)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         doc = {"version": STATE_VERSION, **attrs.asdict(self)}
-        for key in ("windows", "split"):
+        for key in ("windows", "split", "mix"):
             if doc[key] is None:
                 del doc[key]  # states of loaders without them keep their old form
         return doc
@@ -54,7 +56,7 @@ class LoaderState:
             value = doc.get(field.name, field.default if field.default is not attrs.NOTHING else None)
             if field.name == "shuffle":
                 ok = isinstance(value, bool)
-            elif field.name in ("windows", "split"):
+            elif field.name in ("windows", "split", "mix"):
                 ok = value is None or isinstance(value, str)
             else:
                 ok = type(value) is int and value >= 0

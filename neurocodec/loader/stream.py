@@ -140,12 +140,16 @@ class EpochStream:
         """(k, positions, [(i, sample at positions[i]), ...]) for this worker's batches
         k = worker, worker + workers, ...; bad samples are left out when skipping."""
         order = self.order()
-        ahead = self._lookahead(order, plan, worker, workers) if is_remote(self.path) else None
+        ahead = self._prefetcher(order, plan, worker, workers)
         for k in range(worker, len(plan), workers):
             positions = plan.positions(k)
             if ahead is not None and ahead.due():
                 self.source.dataset.prefetch(ahead.shards_from(k))
             yield k, positions, list(self.source.read(self._ids(order.take(positions)), order.epoch))
+
+    def _prefetcher(self, order: Any, plan: StepPlan, worker: int, workers: int) -> Any:
+        """What prefetches the shards of this worker's next batches: only for URL datasets."""
+        return self._lookahead(order, plan, worker, workers) if is_remote(self.path) else None
 
     def _ids(self, indices: np.ndarray) -> np.ndarray:
         """The ids an order's indices stand for: a split's selected samples, else themselves."""
@@ -173,8 +177,9 @@ class EpochStream:
             split=None if self.split is None else self.split[0].fingerprint(self.split[1]),
         )
 
-    def restore(self, state: Mapping[str, Any] | LoaderState) -> None:
-        """Continue from `state` (from `state()`, possibly of a loader with other workers or ranks)."""
+    def restore(self, state: Mapping[str, Any] | LoaderState, allow_new_mix: bool = False) -> None:
+        """Continue from `state` (from `state()`, possibly of a loader with other workers or
+        ranks). `allow_new_mix` matters only to mixes of datasets (`neurocodec.loader.mix`)."""
         loaded = state if isinstance(state, LoaderState) else LoaderState.from_dict(state)
         if (loaded.windows is None) != (self.windows is None):
             loaded.check_compatible(self._state_at(self.epoch, 0, 0))  # says which: the windows differ
@@ -217,9 +222,11 @@ class StreamState:
         """Where the loader is (everything handed out so far counted), as a small JSON-ready dict."""
         return self.stream.state().to_dict()
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """Continue exactly after the last sample or batch handed out when `state` was taken."""
-        self.stream.restore(state)
+    def set_state(self, state: Mapping[str, Any], allow_new_mix: bool = False) -> None:
+        """Continue exactly after the last sample or batch handed out when `state` was taken. A
+        loader over a mix of datasets refuses a state of another mix unless `allow_new_mix`,
+        which starts that state's epoch again from its beginning with this mix."""
+        self.stream.restore(state, allow_new_mix=allow_new_mix)
 
     state_dict = get_state
     load_state_dict = set_state

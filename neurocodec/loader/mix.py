@@ -1,0 +1,218 @@
+"""A loader over several datasets mixed by weights (`create_webdataset_dataloader([a, b],
+weights=[0.7, 0.3])`): the epoch order of `neurocodec.loader.mix_order`, the same plan, state
+and resume as one dataset.
+
+A mixed loader numbers the samples of its sources one after another (source i's sample k is
+`offsets[i] + k`): transforms are seeded by that number, and the batches are built from the
+sources' samples by the same collate rules, fields whose shapes differ between sources (unit or
+channel counts) padded with a mask. The state records a fingerprint of the mix: every source's
+path, sample count and shard checksums, the epoch's counts per source and how they were chosen.
+Restoring a state of another mix is a ValueError unless `allow_new_mix=True`, which starts the
+state's epoch again from its beginning with the new mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterator, Mapping, Sequence
+
+import attrs
+import numpy as np
+
+from neurocodec.dataset.decode import decode_plan
+from neurocodec.dataset.reader import read_manifest
+from neurocodec.format import layout, limits
+from neurocodec.format.manifest import FieldSpec, check_local_shards
+from neurocodec.loader.mix_order import MixedOrder, epoch_counts
+from neurocodec.loader.order import DEFAULT_SEED, default_chunk_size
+from neurocodec.loader.plan import detect_rank_world
+from neurocodec.loader.source import SampleSource
+from neurocodec.loader.state import LoaderState
+from neurocodec.loader.stream import EpochStream
+from neurocodec.plugin.manager import default_registry
+from neurocodec.storage.location import dataset_path, is_remote
+
+
+class MixedOrderIds:
+    """A mixed epoch's order as the stream reads it: `take(positions)` gives the mixed ids."""
+
+    def __init__(self, order: MixedOrder, offsets: np.ndarray) -> None:
+        self.order, self.offsets, self.epoch = order, offsets, order.epoch
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Mixed sample ids (source offset + the source's sample id) at epoch `positions`."""
+        source, ids = self.order.locate(np.asarray(positions, dtype=np.int64))
+        return self.offsets[source] + ids
+
+
+class MixedSource:
+    """Reads mixed ids through each source's own `SampleSource`, in the order asked."""
+
+    def __init__(self, sources: Sequence[SampleSource], offsets: np.ndarray) -> None:
+        self.sources, self.offsets = list(sources), offsets
+        self.registry = self.sources[0].registry
+        self.transform, self.seed = self.sources[0].transform, self.sources[0].seed
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples left out in this process, all sources together."""
+        return sum(s.skipped for s in self.sources)
+
+    def read(self, ids: np.ndarray, epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(i, sample ids[i]) in order, each read from its source (transforms seeded by the mixed id)."""
+        source = np.searchsorted(self.offsets, ids, side="right") - 1
+        for i, (which, mixed) in enumerate(zip(source.tolist(), ids.tolist())):
+            local = np.array([mixed - int(self.offsets[which])], dtype=np.int64)
+            for _, sample in self.sources[which].read(local, epoch, transform_ids=[mixed]):
+                yield i, sample
+
+
+class MixedEpochStream(EpochStream):
+    """An `EpochStream` over several datasets mixed by weights (see the module documentation)."""
+
+    def __init__(self, shard_dirs: Sequence[Any], *, weights: Sequence[float] | None = None,
+                 weight_by: str = "samples", epoch_samples: int | None = None, **options: Any) -> None:
+        if not shard_dirs:
+            raise ValueError("a mixed loader needs at least one dataset")
+        for name in ("window_ms", "window_bins", "window_mode", "split"):
+            if options.get(name) is not None:
+                raise ValueError(f"{name}= is not available yet when mixing several datasets")
+        self._init_common(options)
+        self.paths = [dataset_path(d) for d in shard_dirs]
+        max_member = limits.max_member_bytes(options.get("max_member_bytes"))
+        self.manifests = [read_manifest(p, storage_options=options.get("storage_options"),
+                                        max_member_bytes=max_member) for p in self.paths]
+        for path, manifest in zip(self.paths, self.manifests):
+            if not is_remote(path):
+                check_local_shards(path, manifest)
+        sizes = [m.total_samples for m in self.manifests]
+        self.counts = epoch_counts(sizes, weights, epoch_samples, weight_by,
+                                   _seconds_per_sample(self.manifests) if weight_by == "hours" else None)
+        self.mix_rule = {"weights": None if weights is None else [float(w) for w in weights],
+                         "weight_by": weight_by, "epoch_samples": epoch_samples}
+        self.offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        registry = options.get("registry") or default_registry()
+        self._fields = merged_fields([decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}",
+                                                  options.get("decode")).fields
+                                      for p, m in zip(self.paths, self.manifests)], self.paths)
+        self.source = MixedSource([SampleSource(p, **self._source_options) for p in self.paths], self.offsets)
+        self.path = list(self.paths)
+        self.windows, self.slots, self.split, self.selection = None, None, None, None
+
+    def _init_common(self, options: Mapping[str, Any]) -> None:
+        """The settings every stream checks (batch, buffer, seed, ranks, epoch), as EpochStream does."""
+        batch_size, buffer_size = options["batch_size"], options["buffer_size"]
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if type(buffer_size) is not int or buffer_size < 1:
+            raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
+        seed = DEFAULT_SEED if options.get("seed") is None else options["seed"]
+        if type(seed) is not int or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        chunk_size = options.get("chunk_size")
+        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        self.shuffle, self.buffer_size, self.seed = bool(options["shuffle"]), buffer_size, seed
+        self.chunk_size = chunk_size or default_chunk_size(buffer_size)
+        self.batch_size, self.drop_last = batch_size, bool(options["drop_last"])
+        rank, world = options.get("rank"), options.get("world_size")
+        if rank is None or world is None:
+            detected_rank, detected_world = detect_rank_world()
+            rank = detected_rank if rank is None else rank
+            world = detected_world if world is None else world
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in range for world_size {world}")
+        self.rank, self.world_size = rank, world
+        epoch = options.get("epoch", 0)
+        if type(epoch) is not int or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch, self.position, self.skipped = epoch, 0, 0
+        self._source_options = dict(verify=options["verify"], on_error=options["on_error"],
+                                    registry=options.get("registry"), storage_options=options.get("storage_options"),
+                                    cache=options.get("cache"), max_member_bytes=options.get("max_member_bytes"),
+                                    decode=options.get("decode"), transform=options.get("transform"), seed=seed)
+
+    def epoch_samples(self, epoch: int) -> int:
+        """Samples in an epoch of the mix (the same every epoch)."""
+        return sum(self.counts)
+
+    def order(self, epoch: int | None = None) -> MixedOrderIds:
+        """The mixed order of `epoch` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        return MixedOrderIds(MixedOrder([[s.samples for s in m.shards] for m in self.manifests], seed=self.seed,
+                                        epoch=epoch, counts=self.counts, shuffle=self.shuffle,
+                                        buffer_size=self.buffer_size, chunk_size=self.chunk_size), self.offsets)
+
+    def _prefetcher(self, order: Any, plan: Any, worker: int, workers: int) -> Any:
+        return None  # remote sources are read through their caches, shard by shard as needed
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the sources (paths, sample counts, shard checksums), the counts and the rule."""
+        doc = {"sources": [[str(p), m.total_samples, [s.sha256 for s in m.shards]]
+                           for p, m in zip(self.paths, self.manifests)],
+               "counts": self.counts, "rule": self.mix_rule, "version": 1}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def _state_at(self, epoch: int, position: int, skipped: int) -> LoaderState:
+        return attrs.evolve(super()._state_at(epoch, position, skipped), mix=self.fingerprint())
+
+    def restore(self, state: Mapping[str, Any] | LoaderState, allow_new_mix: bool = False) -> None:
+        """Continue from `state`; with `allow_new_mix`, a state of another mix starts its epoch
+        again from the beginning with this mix (otherwise that is a ValueError)."""
+        loaded = state if isinstance(state, LoaderState) else LoaderState.from_dict(state)
+        if allow_new_mix and loaded.mix != self.fingerprint():
+            self.epoch, self.position, self.skipped = loaded.epoch, 0, loaded.skipped
+            return
+        super().restore(loaded)
+
+
+def merged_fields(per_source: Sequence[Sequence[FieldSpec]], paths: Sequence[Any]) -> tuple[FieldSpec, ...]:
+    """The fields of a mix: every source must have the same field names, kinds and dtypes; an
+    axis whose length differs between sources becomes variable (None: padded with a mask)."""
+    first = {f.name: f for f in per_source[0]}
+    for path, fields in zip(paths[1:], per_source[1:]):
+        names = {f.name for f in fields}
+        if names != set(first):
+            raise ValueError(f"the datasets of a mix must have the same fields: {paths[0]} has {sorted(first)}, "
+                             f"{path} has {sorted(names)}")
+    out = []
+    for name, field in first.items():
+        others = [next(f for f in fields if f.name == name) for fields in per_source]
+        if any(o.kind != field.kind or o.dtype != field.dtype for o in others):
+            raise ValueError(f"field {name!r} is {[(o.kind, o.dtype) for o in others]} in the datasets of the "
+                             "mix; it must be one kind and dtype in all of them")
+        shapes = [o.shape for o in others]
+        shape = field.shape
+        if shape is not None and any(s is None or len(s) != len(shape) for s in shapes):
+            raise ValueError(f"field {name!r} has shapes {shapes} in the datasets of the mix")
+        if shape is not None:
+            shape = tuple(a if all(s[i] == a for s in shapes) else None for i, a in enumerate(shape))
+        out.append(attrs.evolve(field, shape=shape, max_raw_bytes=max(o.max_raw_bytes for o in others),
+                                max_stored_bytes=max(o.max_stored_bytes for o in others),
+                                max_value_bytes=max(o.max_value_bytes for o in others)))
+    return tuple(out)
+
+
+def _seconds_per_sample(manifests: Sequence[Any]) -> list[float]:
+    """Each dataset's window length in seconds, from its conversion record."""
+    out = []
+    for manifest in manifests:
+        conversion = manifest.extra.get("conversion", {}) if isinstance(manifest.extra, Mapping) else {}
+        try:
+            out.append(float(conversion["sequence_length"]) * float(conversion["bin_size_ms"]) / 1000)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("weight_by='hours' needs datasets converted from NWB (their manifests record the "
+                             "window length)") from None
+    return out
+
+
+def open_stream(shard_dir: Any, *, weights: Sequence[float] | None = None, weight_by: str = "samples",
+                epoch_samples: int | None = None, **options: Any) -> EpochStream:
+    """The stream of a loader: over one dataset, or over a list (or tuple) of datasets mixed."""
+    if isinstance(shard_dir, (list, tuple)):
+        return MixedEpochStream(shard_dir, weights=weights, weight_by=weight_by, epoch_samples=epoch_samples,
+                                **options)
+    if weights is not None or epoch_samples is not None or weight_by != "samples":
+        raise ValueError("weights=, weight_by= and epoch_samples= mix several datasets: give a list of them")
+    return EpochStream(shard_dir, **options)
