@@ -116,3 +116,26 @@ def run_ranks(script: Path, cfg: dict[str, Any], world: int, out: Path, timeout:
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
     return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+
+
+def line_events(module: Any, call: Any) -> int:
+    """Lines of `module`'s source file run by `call()`: the Python work it does there, a measure
+    that does not depend on the machine's speed."""
+    import sys
+
+    count = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename == module.__file__:
+            if event == "line":
+                count += 1
+            return tracer
+        return None
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count

@@ -10,12 +10,16 @@ import subprocess
 import sys
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from neurocodec.loader import mix_order
 from neurocodec.loader.mix_order import MixedOrder, apportion, epoch_counts
+
+sys.path.insert(0, str(Path(__file__).parent))
+from loader_util import line_events  # noqa: E402
 
 
 def brute_force(counts: list[int]) -> list[tuple[int, int]]:
@@ -91,32 +95,12 @@ def test_orders_differ_by_epoch_and_seed_and_agree_in_another_process():
     assert json.loads(done.stdout) == [a[0].tolist(), a[1].tolist()]
 
 
-def line_events(call) -> int:
-    """Lines of neurocodec/loader/mix_order.py run by `call()`."""
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if frame.f_code.co_filename == mix_order.__file__:
-            if event == "line":
-                count += 1
-            return tracer
-        return None
-
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return count
-
-
 def test_the_end_of_a_long_epoch_costs_what_its_start_costs():
     counts = [700_000_000, 250_000_000, 50_000_000]
     order = MixedOrder([[c] for c in counts], counts=counts, shuffle=False)
     start = np.arange(0, 32)
     end = np.arange(int(order.total * 0.9), int(order.total * 0.9) + 32)
-    work = [line_events(lambda p=p: order.items(p)) for p in (start, end)]
+    work = [line_events(mix_order, lambda p=p: order.items(p)) for p in (start, end)]
     assert abs(work[0] - work[1]) <= 0.05 * work[0]
     source, item = order.items(end)
     back = [int(order.position_of(int(s), np.array([j]))[0]) for s, j in zip(source, item)]

@@ -19,6 +19,7 @@ from neurocodec.loader import window_slots
 from neurocodec.loader.window_slots import Timeline, WindowSlots, session_phase
 
 sys.path.insert(0, str(Path(__file__).parent))
+from loader_util import line_events  # noqa: E402
 from test_timeline import convert, holed_session  # noqa: E402
 from nwbfiles import simple_session  # noqa: E402
 
@@ -180,36 +181,17 @@ def test_coverage_is_exact():
             assert s0 - 1e-9 <= start[0] < s0 + 0.37 and end - 0.37 < stop[-1] <= end + 1e-9
 
 
-def line_events(call) -> int:
-    """Lines of neurocodec/loader/window_slots.py run by `call()`: the Python work it does."""
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if frame.f_code.co_filename == window_slots.__file__:
-            if event == "line":
-                count += 1
-            return tracer
-        return None
-
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return count
-
-
 def test_large_timelines_without_per_chunk_or_per_slot_python_work():
     big = synthetic({"s": (0, 0.0, [7] * (100_000 // 7))})
     small = synthetic({"s": (0, 0.0, [7] * 2)})
     tl_big, tl_small = Timeline.from_dict(big), Timeline.from_dict(small)
     assert len(tl_big.starts) >= 99_995
-    build = [line_events(lambda t=t: WindowSlots(t, window_bins=30, seed=1, epoch=1)) for t in (tl_small, tl_big)]
+    build = [line_events(window_slots, lambda t=t: WindowSlots(t, window_bins=30, seed=1, epoch=1))
+             for t in (tl_small, tl_big)]
     assert build[0] == build[1]  # building costs the same Python work for 14 chunks and 10^5
     slots = WindowSlots(tl_big, window_bins=30, seed=1, epoch=1)
     assert len(slots) > 300_000
-    lookups = [line_events(lambda n=n: slots.locate(np.arange(n))) for n in (10, len(slots))]
+    lookups = [line_events(window_slots, lambda n=n: slots.locate(np.arange(n))) for n in (10, len(slots))]
     assert lookups[0] == lookups[1]
     last = slots.locate(len(slots) - 1)
     assert int(last.sample[0]) == len(tl_big.starts) - 1 or bool(last.crosses[0])

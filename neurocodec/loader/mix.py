@@ -22,11 +22,9 @@ import numpy as np
 
 from neurocodec.dataset.decode import decode_plan
 from neurocodec.dataset.reader import read_manifest
-from neurocodec.format import layout, limits
+from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec, check_local_shards
 from neurocodec.loader.mix_order import MixedOrder, epoch_counts
-from neurocodec.loader.order import DEFAULT_SEED, default_chunk_size
-from neurocodec.loader.plan import detect_rank_world
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.stream import EpochStream
@@ -76,13 +74,13 @@ class MixedEpochStream(EpochStream):
         if not shard_dirs:
             raise ValueError("a mixed loader needs at least one dataset")
         for name in ("window_ms", "window_bins", "window_mode", "split"):
-            if options.get(name) is not None:
+            if options.pop(name, None) is not None:
                 raise ValueError(f"{name}= is not available yet when mixing several datasets")
-        self._init_common(options)
+        self._settings(**options)
+        opened = self._source_options
         self.paths = [dataset_path(d) for d in shard_dirs]
-        max_member = limits.max_member_bytes(options.get("max_member_bytes"))
-        self.manifests = [read_manifest(p, storage_options=options.get("storage_options"),
-                                        max_member_bytes=max_member) for p in self.paths]
+        self.manifests = [read_manifest(p, storage_options=opened["storage_options"],
+                                        max_member_bytes=opened["max_member_bytes"]) for p in self.paths]
         for path, manifest in zip(self.paths, self.manifests):
             if not is_remote(path):
                 check_local_shards(path, manifest)
@@ -92,46 +90,12 @@ class MixedEpochStream(EpochStream):
         self.mix_rule = {"weights": None if weights is None else [float(w) for w in weights],
                          "weight_by": weight_by, "epoch_samples": epoch_samples}
         self.offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        registry = options.get("registry") or default_registry()
-        self._fields = merged_fields([decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}",
-                                                  options.get("decode")).fields
+        registry = opened["registry"] or default_registry()
+        self._fields = merged_fields([decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}", opened["decode"]).fields
                                       for p, m in zip(self.paths, self.manifests)], self.paths)
         self.source = MixedSource([SampleSource(p, **self._source_options) for p in self.paths], self.offsets)
         self.path = list(self.paths)
         self.windows, self.slots, self.split, self.selection = None, None, None, None
-
-    def _init_common(self, options: Mapping[str, Any]) -> None:
-        """The settings every stream checks (batch, buffer, seed, ranks, epoch), as EpochStream does."""
-        batch_size, buffer_size = options["batch_size"], options["buffer_size"]
-        if type(batch_size) is not int or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if type(buffer_size) is not int or buffer_size < 1:
-            raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
-        seed = DEFAULT_SEED if options.get("seed") is None else options["seed"]
-        if type(seed) is not int or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        chunk_size = options.get("chunk_size")
-        if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-        self.shuffle, self.buffer_size, self.seed = bool(options["shuffle"]), buffer_size, seed
-        self.chunk_size = chunk_size or default_chunk_size(buffer_size)
-        self.batch_size, self.drop_last = batch_size, bool(options["drop_last"])
-        rank, world = options.get("rank"), options.get("world_size")
-        if rank is None or world is None:
-            detected_rank, detected_world = detect_rank_world()
-            rank = detected_rank if rank is None else rank
-            world = detected_world if world is None else world
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in range for world_size {world}")
-        self.rank, self.world_size = rank, world
-        epoch = options.get("epoch", 0)
-        if type(epoch) is not int or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch, self.position, self.skipped = epoch, 0, 0
-        self._source_options = dict(verify=options["verify"], on_error=options["on_error"],
-                                    registry=options.get("registry"), storage_options=options.get("storage_options"),
-                                    cache=options.get("cache"), max_member_bytes=options.get("max_member_bytes"),
-                                    decode=options.get("decode"), transform=options.get("transform"), seed=seed)
 
     def epoch_samples(self, epoch: int) -> int:
         """Samples in an epoch of the mix (the same every epoch)."""

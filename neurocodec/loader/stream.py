@@ -33,21 +33,40 @@ class EpochStream:
     each sample as it is read (see `neurocodec.loader.transform`), seeded by (seed, epoch, id).
     """
 
-    def __init__(
-        self, shard_dir: str | os.PathLike, *, shuffle: bool, buffer_size: int, seed: int | None,
-        batch_size: int, drop_last: bool, rank: int | None, world_size: int | None,
-        chunk_size: int | None, on_error: str, verify: str, registry: Registry | None, epoch: int,
-        storage_options: Mapping[str, Any] | None = None, cache: Any = None,
-        max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
-        transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
-        window_mode: str | None = None, split: str | None = None,
-    ) -> None:
+    def __init__(self, shard_dir: str | os.PathLike, *, window_ms: float | None = None,
+                 window_bins: int | None = None, window_mode: str | None = None, split: str | None = None,
+                 **settings: Any) -> None:
+        self._settings(**settings)
         self.path = dataset_path(shard_dir)
-        max_member_bytes = limits.max_member_bytes(max_member_bytes)
-        self.manifest = read_manifest(self.path, storage_options=storage_options, max_member_bytes=max_member_bytes)
+        self.manifest = read_manifest(self.path, storage_options=self._source_options["storage_options"],
+                                      max_member_bytes=self._source_options["max_member_bytes"])
         if not is_remote(self.path):
             # Sample counts size the epoch's order: check them against the files first.
             check_local_shards(self.path, self.manifest)
+        self.windows = WindowSettings.choose(self.manifest, window_ms=window_ms, window_bins=window_bins,
+                                             window_mode=window_mode, shuffle=self.shuffle)
+        self.split, self.selection = self._split(split)
+        # The fields as decoded (load-time options checked here, before any worker starts).
+        self._fields = decode_plan(self.manifest.fields, self._source_options["registry"] or default_registry(),
+                                   f"{self.path}/{layout.MANIFEST}", self._source_options["decode"],
+                                   None if self.windows is None else self.windows.grid).fields
+        if self.windows is None:
+            self.slots = None
+            self.source = SampleSource(self.path, **self._source_options)
+        else:
+            ranges = None if self.split is None else self.split[0].ranges[self.split[1]]
+            self.slots = SlotCache(self.windows, self.seed, ranges)
+            self.source = WindowSource(self.path, slots=self.slots, **self._source_options)
+
+    def _settings(
+        self, *, shuffle: bool, buffer_size: int, seed: int | None, batch_size: int, drop_last: bool,
+        rank: int | None, world_size: int | None, chunk_size: int | None, on_error: str, verify: str,
+        registry: Registry | None, epoch: int, storage_options: Mapping[str, Any] | None = None, cache: Any = None,
+        max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        """Check and keep the settings every stream has (one dataset or a mix): order, batches,
+        ranks, epoch, and what each dataset's `SampleSource` is opened with."""
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if type(buffer_size) is not int or buffer_size < 1:
@@ -67,26 +86,13 @@ class EpochStream:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         self.rank, self.world_size = rank, world_size
-        self.windows = WindowSettings.choose(self.manifest, window_ms=window_ms, window_bins=window_bins,
-                                             window_mode=window_mode, shuffle=self.shuffle)
-        self.split, self.selection = self._split(split)
-        # The fields as decoded (load-time options checked here, before any worker starts).
-        self._fields = decode_plan(self.manifest.fields, registry or default_registry(),
-                                   f"{self.path}/{layout.MANIFEST}", decode,
-                                   None if self.windows is None else self.windows.grid).fields
-        source_options = dict(verify=verify, on_error=on_error, registry=registry, storage_options=storage_options,
-                              cache=cache, max_member_bytes=max_member_bytes, decode=decode, transform=transform,
-                              seed=self.seed)
-        if self.windows is None:
-            self.slots = None
-            self.source = SampleSource(self.path, **source_options)
-        else:
-            ranges = None if self.split is None else self.split[0].ranges[self.split[1]]
-            self.slots = SlotCache(self.windows, self.seed, ranges)
-            self.source = WindowSource(self.path, slots=self.slots, **source_options)
         if type(epoch) is not int or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch, self.position, self.skipped = epoch, 0, 0
+        self._source_options = dict(verify=verify, on_error=on_error, registry=registry,
+                                    storage_options=storage_options, cache=cache,
+                                    max_member_bytes=limits.max_member_bytes(max_member_bytes), decode=decode,
+                                    transform=transform, seed=seed)
 
     @property
     def fields(self):
