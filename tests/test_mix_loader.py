@@ -123,7 +123,23 @@ def test_mixing_errors_in_words(sources, tmp_path):
         WebDatasetLoader(sources[:2], weights=[1, 1, 1])
     with pytest.raises(ValueError, match="window_ms= is not available yet"):
         WebDatasetLoader(sources, window_ms=100)
-    convert(tmp_path / "lfp-only", [simple_session(tmp_path / "x.nwb", seconds=2.0)], modalities=["lfp"],
+    with pytest.raises(ValueError, match="decode names fields no dataset of the mix has"):
+        WebDatasetLoader(sources, decode={"eeg": {}})
+
+
+@pytest.mark.multiprocess
+def test_a_field_only_some_sources_have_is_present_where_it_is(sources, tmp_path):
+    convert(tmp_path / "lfp-only", [simple_session(tmp_path / "x.nwb", seconds=3.0, seed=9)], modalities=["lfp"],
             sequence_length=50, overlap=0.0)
-    with pytest.raises(ValueError, match="must have the same fields"):
-        WebDatasetLoader([sources[0], tmp_path / "lfp-only"])
+    mix = [sources[0], tmp_path / "lfp-only"]
+    loader = create_webdataset_dataloader(mix, batch_size=8, num_workers=2, weights=[1, 1], epoch_samples=24, seed=1)
+    seen = Counter()
+    for batch in loader:
+        present = batch["spikes_present"].tolist()
+        assert "lfp_present" not in batch  # every source has lfp
+        assert tuple(batch["spikes"].shape[1:]) == (50, 3)  # one source's fixed shape: zeros where absent
+        for m, has in zip(batch["metadata"], present):
+            seen[m["source_file"]] += 1
+            assert has == (m["source_file"] == "a.nwb")
+        assert not batch["spikes"][~batch["spikes_present"]].any()
+    assert seen == {"a.nwb": 12, "x.nwb": 12}

@@ -5,7 +5,8 @@ and resume as one dataset.
 A mixed loader numbers the samples of its sources one after another (source i's sample k is
 `offsets[i] + k`): transforms are seeded by that number, and the batches are built from the
 sources' samples by the same collate rules, fields whose shapes differ between sources (unit or
-channel counts) padded with a mask. The state records a fingerprint of the mix: every source's
+channel counts) padded with a mask; a field only some sources have is zeros (an empty axis
+where its length varies) in the others' samples, and `<field>_present` says which samples have it. The state records a fingerprint of the mix: every source's
 path, sample count and shard checksums, the epoch's counts per source and how they were chosen.
 Restoring a state of another mix is a ValueError unless `allow_new_mix=True`, which starts the
 state's epoch again from its beginning with the new mix.
@@ -32,6 +33,10 @@ from neurocodec.plugin.manager import default_registry
 from neurocodec.storage.location import dataset_path, is_remote
 
 
+PRESENT_SUFFIX = "_present"
+"""`<field>_present`: in a mix whose sources do not all have `<field>`, whether a sample has it."""
+
+
 class MixedOrderIds:
     """A mixed epoch's order as the stream reads it: `take(positions)` gives the mixed ids."""
 
@@ -45,10 +50,15 @@ class MixedOrderIds:
 
 
 class MixedSource:
-    """Reads mixed ids through each source's own `SampleSource`, in the order asked."""
+    """Reads mixed ids through each source's own `SampleSource`, in the order asked. A field
+    that some sources lack is filled in their samples (`absent`, per source) and every sample
+    says whether it has it (`<field>_present`, a bool)."""
 
-    def __init__(self, sources: Sequence[SampleSource], offsets: np.ndarray) -> None:
+    def __init__(self, sources: Sequence[SampleSource], offsets: np.ndarray,
+                 absent: Sequence[Mapping[str, Any]] = (), partial: Sequence[str] = ()) -> None:
         self.sources, self.offsets = list(sources), offsets
+        self.absent = list(absent) or [{} for _ in self.sources]
+        self.partial = list(partial)
         self.registry = self.sources[0].registry
         self.transform, self.seed = self.sources[0].transform, self.sources[0].seed
 
@@ -63,6 +73,10 @@ class MixedSource:
         for i, (which, mixed) in enumerate(zip(source.tolist(), ids.tolist())):
             local = np.array([mixed - int(self.offsets[which])], dtype=np.int64)
             for _, sample in self.sources[which].read(local, epoch, transform_ids=[mixed]):
+                missing = self.absent[which]
+                for name in self.partial:
+                    sample[f"{name}{PRESENT_SUFFIX}"] = np.array(name not in missing)
+                sample.update(missing)
                 yield i, sample
 
 
@@ -91,9 +105,18 @@ class MixedEpochStream(EpochStream):
                          "weight_by": weight_by, "epoch_samples": epoch_samples}
         self.offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         registry = opened["registry"] or default_registry()
-        self._fields = merged_fields([decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}", opened["decode"]).fields
-                                      for p, m in zip(self.paths, self.manifests)], self.paths)
-        self.source = MixedSource([SampleSource(p, **self._source_options) for p in self.paths], self.offsets)
+        known = {f.name for m in self.manifests for f in m.fields}
+        unknown = sorted(set(opened["decode"] or {}) - known) if isinstance(opened["decode"], Mapping) else []
+        if unknown:
+            raise ValueError(f"decode names fields no dataset of the mix has: {unknown} (fields: {sorted(known)})")
+        per_source = [decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}", _own(opened["decode"], m)).fields
+                      for p, m in zip(self.paths, self.manifests)]
+        self._fields = merged_fields(per_source, self.paths)
+        names = [[f.name for f in fields] for fields in per_source]
+        partial = [f.name for f in self._fields if any(f.name not in n for n in names)]
+        sources = [SampleSource(p, **{**opened, "decode": _own(opened["decode"], m)})
+                   for p, m in zip(self.paths, self.manifests)]
+        self.source = MixedSource(sources, self.offsets, [absent_values(self._fields, n) for n in names], partial)
         self.path = list(self.paths)
         self.windows, self.slots, self.split, self.selection = None, None, None, None
 
@@ -132,30 +155,44 @@ class MixedEpochStream(EpochStream):
 
 
 def merged_fields(per_source: Sequence[Sequence[FieldSpec]], paths: Sequence[Any]) -> tuple[FieldSpec, ...]:
-    """The fields of a mix: every source must have the same field names, kinds and dtypes; an
-    axis whose length differs between sources becomes variable (None: padded with a mask)."""
-    first = {f.name: f for f in per_source[0]}
-    for path, fields in zip(paths[1:], per_source[1:]):
-        names = {f.name for f in fields}
-        if names != set(first):
-            raise ValueError(f"the datasets of a mix must have the same fields: {paths[0]} has {sorted(first)}, "
-                             f"{path} has {sorted(names)}")
+    """The fields of a mix: every field of any source (in the first source's order, then the
+    others'), of one kind and dtype wherever it is; an axis whose length differs between sources
+    becomes variable (None: padded with a mask)."""
+    names = list(dict.fromkeys(f.name for fields in per_source for f in fields))
     out = []
-    for name, field in first.items():
-        others = [next(f for f in fields if f.name == name) for fields in per_source]
-        if any(o.kind != field.kind or o.dtype != field.dtype for o in others):
-            raise ValueError(f"field {name!r} is {[(o.kind, o.dtype) for o in others]} in the datasets of the "
-                             "mix; it must be one kind and dtype in all of them")
-        shapes = [o.shape for o in others]
+    for name in names:
+        found = [(path, f) for path, fields in zip(paths, per_source) for f in fields if f.name == name]
+        field = found[0][1]
+        if any(f.kind != field.kind or f.dtype != field.dtype for _, f in found):
+            raise ValueError(f"field {name!r} is " + ", ".join(f"{f.kind} {f.dtype} in {p}" for p, f in found)
+                             + ": a mix needs one kind and dtype per field")
+        shapes = [f.shape for _, f in found]
         shape = field.shape
         if shape is not None and any(s is None or len(s) != len(shape) for s in shapes):
             raise ValueError(f"field {name!r} has shapes {shapes} in the datasets of the mix")
         if shape is not None:
             shape = tuple(a if all(s[i] == a for s in shapes) else None for i, a in enumerate(shape))
-        out.append(attrs.evolve(field, shape=shape, max_raw_bytes=max(o.max_raw_bytes for o in others),
-                                max_stored_bytes=max(o.max_stored_bytes for o in others),
-                                max_value_bytes=max(o.max_value_bytes for o in others)))
+        out.append(attrs.evolve(field, shape=shape, max_raw_bytes=max(f.max_raw_bytes for _, f in found),
+                                max_stored_bytes=max(f.max_stored_bytes for _, f in found),
+                                max_value_bytes=max(f.max_value_bytes for _, f in found)))
     return tuple(out)
+
+
+def absent_values(fields: Sequence[FieldSpec], present: Sequence[str]) -> dict[str, Any]:
+    """What a sample of a source without some of the mix's fields holds in their place: zeros
+    (an empty axis where the length varies, so a batch pads it and masks it), None for fields
+    that are not arrays."""
+    out: dict[str, Any] = {}
+    for field in fields:
+        if field.name in present:
+            continue
+        if field.kind == "array" and field.shape is not None and field.dtype is not None:
+            value = np.zeros(tuple(0 if a is None else a for a in field.shape), dtype=np.dtype(field.dtype))
+            value.flags.writeable = False
+            out[field.name] = value
+        else:
+            out[field.name] = None
+    return out
 
 
 def _seconds_per_sample(manifests: Sequence[Any]) -> list[float]:
@@ -169,6 +206,14 @@ def _seconds_per_sample(manifests: Sequence[Any]) -> list[float]:
             raise ValueError("weight_by='hours' needs datasets converted from NWB (their manifests record the "
                              "window length)") from None
     return out
+
+
+def _own(decode: Mapping[str, Any] | None, manifest: Any) -> dict[str, Any] | None:
+    """The decode options of the fields a source has (a mix's options name any source's fields)."""
+    if decode is None:
+        return None
+    names = {f.name for f in manifest.fields}
+    return {k: v for k, v in decode.items() if k in names}
 
 
 def open_stream(shard_dir: Any, *, weights: Sequence[float] | None = None, weight_by: str = "samples",
