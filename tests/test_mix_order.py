@@ -35,6 +35,10 @@ def test_the_interleave_is_the_exact_merge(counts):
     assert list(zip(source.tolist(), item.tolist())) == brute_force(counts)
     for i, c in enumerate(counts):
         np.testing.assert_array_equal(order.position_of(i, np.arange(c)), np.flatnonzero(source == i))
+    scattered = np.random.default_rng(len(counts)).permutation(order.total)  # not a run: the other search
+    s2, j2 = order.items(scattered)
+    np.testing.assert_array_equal(s2, source[scattered])
+    np.testing.assert_array_equal(j2, item[scattered])
 
 
 def test_every_prefix_holds_each_share_within_one():
@@ -101,7 +105,7 @@ def test_the_end_of_a_long_epoch_costs_what_its_start_costs():
     start = np.arange(0, 32)
     end = np.arange(int(order.total * 0.9), int(order.total * 0.9) + 32)
     work = [line_events(mix_order, lambda p=p: order.items(p)) for p in (start, end)]
-    assert abs(work[0] - work[1]) <= 0.05 * work[0]
+    assert work[1] <= 2 * work[0] < 2000  # a few hundred lines of Python either way, not a replay
     source, item = order.items(end)
     back = [int(order.position_of(int(s), np.array([j]))[0]) for s, j in zip(source, item)]
     assert back == end.tolist()

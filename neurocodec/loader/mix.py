@@ -68,16 +68,22 @@ class MixedSource:
         return sum(s.skipped for s in self.sources)
 
     def read(self, ids: np.ndarray, epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(i, sample ids[i]) in order, each read from its source (transforms seeded by the mixed id)."""
+        """(i, sample ids[i]) in order, each read from its source (transforms seeded by the mixed
+        id); a source's samples of the batch are read in one call."""
         source = np.searchsorted(self.offsets, ids, side="right") - 1
-        for i, (which, mixed) in enumerate(zip(source.tolist(), ids.tolist())):
-            local = np.array([mixed - int(self.offsets[which])], dtype=np.int64)
-            for _, sample in self.sources[which].read(local, epoch, transform_ids=[mixed]):
+        found: dict[int, dict[str, Any]] = {}
+        for which in np.unique(source).tolist():
+            places = np.flatnonzero(source == which)
+            mixed = ids[places]
+            for n, sample in self.sources[which].read(mixed - self.offsets[which], epoch,
+                                                      transform_ids=mixed.tolist()):
                 missing = self.absent[which]
                 for name in self.partial:
                     sample[f"{name}{PRESENT_SUFFIX}"] = np.array(name not in missing)
                 sample.update(missing)
-                yield i, sample
+                found[int(places[n])] = sample
+        for i in sorted(found):
+            yield i, found[i]
 
 
 class MixedEpochStream(EpochStream):

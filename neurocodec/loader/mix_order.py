@@ -39,6 +39,8 @@ MIX_STREAM = 4
 """Second seed word of the sources' own seeds: apart from the order's (0, 1), transforms' (2)
 and window phases' (3)."""
 WEIGHT_BY = ("samples", "hours")
+SMALL_RUN = 256
+"""Runs of positions up to this long are placed in Python ints, longer ones with numpy."""
 
 
 def source_seed(seed: int, source: int) -> int:
@@ -143,6 +145,72 @@ class MixedOrder:
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) and (positions.min() < 0 or positions.max() >= self.total):
             raise IndexError(f"position out of range: the epoch has {self.total} samples")
+        if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+            return self._run(int(positions[0]), int(positions[0]) + len(positions))
+        return self._searched(positions)
+
+    def _run(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items at the consecutive positions [start, stop) (a batch): each source's items before
+        `start` counted once, then the next few of each placed by their positions (in Python ints
+        for a batch's few positions, where numpy's per-call cost would dominate)."""
+        if stop - start <= SMALL_RUN:
+            placed = []
+            for i, c in enumerate(self.counts):
+                j = self.before(i, start) if c else c
+                while j < c:
+                    at = self._position(i, j)
+                    if at >= stop:
+                        break
+                    placed.append((at, i, j))
+                    j += 1
+            placed.sort()
+            return (np.array([p[1] for p in placed], dtype=np.int64), np.array([p[2] for p in placed], dtype=np.int64))
+        sources, items, places = [], [], []
+        for i, c in enumerate(self.counts):
+            if not c:
+                continue
+            first = self.before(i, start)
+            j = np.arange(first, min(c, first + stop - start), dtype=np.int64)
+            at = self.position_of(i, j)
+            keep = at < stop
+            sources.append(np.full(int(keep.sum()), i, dtype=np.int64))
+            items.append(j[keep])
+            places.append(at[keep])
+        at = np.concatenate(places)
+        order = np.argsort(at, kind="stable")
+        return np.concatenate(sources)[order], np.concatenate(items)[order]
+
+    def before(self, source: int, position: int) -> int:
+        """How many items of `source` lie before `position`. Every prefix holds the source's
+        share to within one item, so the answer is within 2 of `position * c / total`: a few
+        positions are tried there (a binary search over the source only if that ever failed)."""
+        c = self.counts[source]
+        guess = position * c // self.total
+        lo, hi = max(0, guess - 2), min(c, guess + 3)
+        if (lo == 0 or self._position(source, lo - 1) < position) and (hi == c or self._position(source, hi) >= position):
+            while lo < hi and self._position(source, lo) < position:
+                lo += 1
+            return lo
+        lo, hi = 0, c
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._position(source, mid) < position:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _position(self, source: int, j: int) -> int:
+        c_i, at = self.counts[source], j
+        for k, c_k in enumerate(self.counts):
+            if k == source or not c_k:
+                continue
+            a = (2 * j + 1) * c_k
+            at += min(c_k, (a // c_i + 1) // 2 if k < source else (-(-a // c_i)) // 2)
+        return at
+
+    def _searched(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items at any positions, by a vectorised binary search per source."""
         source = np.full(len(positions), -1, dtype=np.int64)
         item = np.zeros(len(positions), dtype=np.int64)
         for i, c in enumerate(self.counts):
@@ -161,13 +229,16 @@ class MixedOrder:
         """(source, the source's global sample id) at epoch `positions`."""
         source, item = self.items(positions)
         ids = np.zeros(len(item), dtype=np.int64)
-        for i in np.unique(source).tolist():
-            mine = source == i
-            n = self.sizes[i]
-            repeats = max(1, -(-self.counts[i] // n))
+        for i, (c, n) in enumerate(zip(self.counts, self.sizes)):
+            mine = np.flatnonzero(source == i)
+            if not len(mine):
+                continue
+            repeats = max(1, -(-c // n))
+            if repeats == 1:  # a source once or a subset of it: its order of this epoch
+                ids[mine] = self._source_order(i, self.epoch).take(item[mine])
+                continue
             sub = item[mine] // n
             for r in np.unique(sub).tolist():
-                take = mine.copy()
-                take[mine] = sub == r
+                take = mine[sub == r]
                 ids[take] = self._source_order(i, self.epoch * repeats + r).take(item[take] % n)
         return source, ids
