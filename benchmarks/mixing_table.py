@@ -42,10 +42,11 @@ def write_datasets(work: Path, samples: int) -> dict[str, Any]:
     sources = []
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         path = work / f"source{i}"
-        create_shards_from_arrays({"spikes": spikes[a:b], "behavior": behavior[a:b]}, path, shard_size=1000)
+        create_shards_from_arrays(path, {"spikes": spikes[a:b], "behavior": behavior[a:b]}, shard_size=1000,
+                                  progress=False)
         sources.append(str(path))
     single = work / "single"
-    create_shards_from_arrays({"spikes": spikes, "behavior": behavior}, single, shard_size=1000)
+    create_shards_from_arrays(single, {"spikes": spikes, "behavior": behavior}, shard_size=1000, progress=False)
     return {"sources": sources, "single": str(single), "sizes": np.diff(edges).tolist()}
 
 

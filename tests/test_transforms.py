@@ -452,3 +452,21 @@ def test_built_in_augmentations_pickle_and_compare_by_parameters():
               TimeCrop("lfp", window_s=1.0, length_s=0.5), AUGMENT):
         assert pickle.loads(pickle.dumps(t)) == t
     assert UnitDropout("spikes").fields == ("spikes",)
+
+
+@pytest.mark.multiprocess
+def test_a_worker_s_error_stops_the_workers_at_once(dataset):
+    """The error reaches the training loop with the workers already stopped: before, the
+    DataLoader's iterator stayed alive in the traceback and torch stopped its workers (5 s each)
+    only when the garbage collector reached it, in whatever test ran next."""
+    import gc
+    import multiprocessing
+
+    gc.disable()
+    try:
+        with pytest.raises(TransformError):
+            list(create_webdataset_dataloader(dataset, batch_size=BATCH, num_workers=2, shuffle=False,
+                                              transform=FailOn({13})))
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()

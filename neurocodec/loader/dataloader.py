@@ -151,14 +151,15 @@ class WebDatasetDataLoader(StreamState):
 
     def _from_workers(self, plan: Any) -> Iterator[Any]:
         stream = self.stream
-        delivered = 0
+        delivered, batches = 0, None
         context = self._kwargs["multiprocessing_context"]
         forked = self.num_workers > 0 and forks(context)
         pool = self.dataset.pool = pool_for(batch_bytes(stream.fields, stream.batch_size), self.num_workers,
                                             self._kwargs["prefetch_factor"] or 0, context)
         try:
             with frozen_heap(forked):
-                for batch in torch.utils.data.DataLoader(self.dataset, **self._kwargs):
+                batches = iter(torch.utils.data.DataLoader(self.dataset, **self._kwargs))
+                for batch in batches:
                     number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
                     if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
                         raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
@@ -170,6 +171,17 @@ class WebDatasetDataLoader(StreamState):
                     yield _unwrapped(batch)
         finally:
             self.dataset.pool = None
+            if batches is not None:
+                _stop_workers(batches)
+
+
+def _stop_workers(batches: Any) -> None:
+    """Stop the DataLoader's workers now: a loop left by an exception (a worker's error, the
+    training loop's `break`) keeps its iterator alive in the traceback, and torch would stop
+    them only when the garbage collector reaches it, waiting for each worker then."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _unwrapped(batch: dict[str, Any]) -> Any:
