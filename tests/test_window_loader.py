@@ -153,13 +153,12 @@ def window_spans(loader) -> list[tuple[str, float, float, int]]:
              s["metadata"]["window"]["slot"]) for s in loader]
 
 
-@pytest.mark.multiprocess
 def test_jitter_tiles_each_epoch_and_covers_every_position_over_epochs(tmp_path, sessions):
     holed = nwbfiles_holed(tmp_path / "holed.nwb")
     chunked = convert(tmp_path / "chunks", [*sessions, holed], chunk_seconds=0.5, modalities=["spikes", "lfp"])
     timeline = Timeline.from_manifest(Dataset(chunked).manifest)
     bins = 5
-    loader = create_webdataset_dataloader(chunked, window_bins=bins, batch_size=7, num_workers=2, seed=11)
+    loader = create_webdataset_dataloader(chunked, window_bins=bins, batch_size=7, num_workers=0, seed=11)
     covered = {key: set() for key in timeline.keys}
     stretches = stretch_bounds(timeline)
     for epoch in range(30):
