@@ -143,3 +143,27 @@ def test_a_field_only_some_sources_have_is_present_where_it_is(sources, tmp_path
             assert has == (m["source_file"] == "a.nwb")
         assert not batch["spikes"][~batch["spikes_present"]].any()
     assert seen == {"a.nwb": 12, "x.nwb": 12}
+
+
+@pytest.mark.multiprocess
+def test_a_mix_on_gloo_ranks_and_resumed_on_one(sources, tmp_path):
+    """Two real gloo ranks read a mix (its natural proportions) as one process does, step by
+    step; stopped after 2 steps, one process with workers reads exactly the rest."""
+    from test_loader_distributed import B, BUFFER, SEED, launch
+
+    paths = [str(s) for s in sources]
+    single = keyed_keys(create_webdataset_dataloader(paths, batch_size=B, buffer_size=BUFFER, seed=SEED,
+                                                     num_workers=0))
+    state_path = tmp_path / "state.json"
+    ranks = launch(tmp_path, 2, path=paths, workers=[0, 2], stop=2, state_path=str(state_path))
+    for workers in ("0", "2"):
+        steps = zip(*(r["epochs"][workers]["keys"] for r in ranks))
+        assert [k for step in steps for batch in step for k in batch] == single
+    [resumed] = launch(tmp_path, 1, path=paths, workers=[], resume=True, resume_workers=2,
+                       state_path=str(state_path))
+    stopped = [k for step in zip(*(r["stopped"]["keys"] for r in ranks)) for batch in step for k in batch]
+    assert stopped + [k for batch in resumed["resumed"]["keys"] for k in batch] == single
+
+
+def keyed_keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch["__key__"]]
