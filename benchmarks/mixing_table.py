@@ -15,9 +15,7 @@ import argparse
 import gc
 import json
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import run_child  # noqa: E402
 
 BATCH, WORKERS = 32, 2
 SHARES = (3, 2, 1)
@@ -52,7 +53,6 @@ def write_datasets(work: Path, samples: int) -> dict[str, Any]:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: an epoch's samples/s after the first batch, or the cost of resuming."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from libs import LIBRARIES
     from neurocodec.loader.dataloader import create_webdataset_dataloader
 
@@ -84,24 +84,14 @@ def resume_cost(spec: dict[str, Any], create: Any) -> dict[str, Any]:
     state["position"] = int(state["total_samples"] * spec["fraction"]) // BATCH * BATCH
     loader.load_state_dict(state)
     next(iter(loader))
-    return {"seconds": time.perf_counter() - start, "peak_rss_kb": _peak_kb()}
+    from child import _own_peak_kb
 
-
-def _peak_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": time.perf_counter() - start, "peak_rss_kb": _own_peak_kb()}
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """`child(spec)` in a fresh Python process."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {spec} failed:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(str(Path(__file__).resolve()), spec)
 
 
 def check_same_samples(data: dict[str, Any]) -> bool:

@@ -348,3 +348,17 @@ def _cpu() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def run_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """`python script --child <spec as JSON>` in a fresh Python process: the dict it prints last
+    (a measurement script's own child mode); RuntimeError with its output when it fails."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {spec} failed:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from filter_chains import UV_PER_BIT, eeg_like  # noqa: E402
-from report import _cpu  # noqa: E402
+from report import _cpu, run_child  # noqa: E402
 
 MODALITIES = ("spikes", "lfp", "behavior")
 LFP_PATH = "processing/ecephys/LFP/lfp/data"
@@ -223,12 +222,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run `child(spec)` in a fresh Python process."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {spec['row']} failed:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """`child(spec)` in a fresh Python process."""
+    return run_child(str(Path(__file__).resolve()), spec)
 
 
 def summarize(row: str, dataset: str, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -236,15 +236,9 @@ def create_webdataset_dataloader(
     `multiprocessing_context` it must be picklable (checked here). One that raises is a
     `TransformError` naming the sample; with `on_error="skip"` the sample is left out.
 
-    `window_ms=` / `window_bins=` / `window_mode=` read windows cut at load time from a chunked
-    dataset (docs/sampling.md section 4); `split="train"` (or `"<split name>/<part>"`) reads only
-    that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
-
-    `shard_dir` may be a list of datasets, mixed by `weights` (shares of an epoch's samples, or
-    with `weight_by="hours"` of its recording time; default: in proportion to their sizes) into
-    epochs of `epoch_samples` (default: all their samples), a small source repeated and a large
-    one subsampled as the shares ask; order, state and resume as for one dataset (see
-    `neurocodec.loader.mix`).
+    `window_ms=` / `window_bins=` / `window_mode=`: windows cut at load time (docs/sampling.md 4);
+    `split=`: one part of a stored split (docs/splits.md); a list as `shard_dir`: datasets mixed
+    by `weights` (`weight_by`, `epoch_samples`; docs/mixing.md).
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")

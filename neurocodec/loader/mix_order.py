@@ -182,23 +182,13 @@ class MixedOrder:
 
     def before(self, source: int, position: int) -> int:
         """How many items of `source` lie before `position`. Every prefix holds the source's
-        share to within one item, so the answer is within 2 of `position * c / total`: a few
-        positions are tried there (a binary search over the source only if that ever failed)."""
+        share to within one item, so counting on from two below `position * c / total` takes a
+        few steps."""
         c = self.counts[source]
-        guess = position * c // self.total
-        lo, hi = max(0, guess - 2), min(c, guess + 3)
-        if (lo == 0 or self._position(source, lo - 1) < position) and (hi == c or self._position(source, hi) >= position):
-            while lo < hi and self._position(source, lo) < position:
-                lo += 1
-            return lo
-        lo, hi = 0, c
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._position(source, mid) < position:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        j = max(0, position * c // self.total - 2)
+        while j < c and self._position(source, j) < position:
+            j += 1
+        return j
 
     def _position(self, source: int, j: int) -> int:
         c_i, at = self.counts[source], j

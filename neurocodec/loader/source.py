@@ -49,7 +49,12 @@ class SampleSource:
     def _open(self) -> Dataset:
         self._bad_shards = {}
         return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
-                       cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode)
+                       cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode,
+                       window=self._window_grid())
+
+    def _window_grid(self) -> Any:
+        """The window grid the dataset decodes chunks for (None: stored samples as they are)."""
+        return None
 
     def read(self, ids: np.ndarray, epoch: int = 0,
              transform_ids: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -144,11 +144,8 @@ class WindowSource(SampleSource):
             cache.put(sample_id, chunk)
         return chunk
 
-    def _open(self) -> Dataset:
-        self._bad_shards = {}
-        return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
-                       cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode,
-                       window=self.slots.settings.grid)
+    def _window_grid(self) -> WindowGrid:
+        return self.slots.settings.grid
 
     def _prepare(self, ids: np.ndarray, epoch: int) -> tuple[int, Located]:
         return epoch, self.slots(epoch).locate(ids)
