@@ -29,6 +29,8 @@ _EXPORTS = {
     "Vocabulary": "neurocodec.dataset.vocab",
     "make_split": "neurocodec.dataset.splits",
     "read_split": "neurocodec.dataset.splits",
+    "refresh_splits": "neurocodec.dataset.splits",
+    "append_datasets": "neurocodec.dataset.append",
     # object storage
     "ShardCache": "neurocodec.storage.cache",
     "RetryPolicy": "neurocodec.storage.retry",

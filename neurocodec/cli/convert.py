@@ -29,7 +29,7 @@ from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
 from neurocodec.cli.options import CommandLineError, add_storage_arguments, cache_from_args, storage_options_from_args
 from neurocodec.nwb.source import URLPath
-from neurocodec.storage.location import dataset_path, file_url_path, is_url
+from neurocodec.storage.location import dataset_path, file_url_path, is_remote, is_url
 
 
 def _inputs(patterns: list[str]) -> list[Path | URLPath]:
@@ -146,9 +146,10 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
     if len(paths) == 1:
         data = _load_npz(paths[0])
         return create_shards_from_arrays(output, data, args.shard_size, args.compression,
-                                         overwrite=args.overwrite, progress=False if args.no_progress else None,
+                                         overwrite=args.overwrite, append=args.append,
+                                         progress=False if args.no_progress else None,
                                          storage_options=storage_options_from_args(args), modalities=modalities)
-    with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite,
+    with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite, append=args.append,
                           storage_options=storage_options_from_args(args), modalities=modalities) as writer:
         for path in paths:
             data = _load_npz(path)
@@ -173,7 +174,8 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
         sequence_length=args.sequence_length, overlap=args.overlap, chunk_seconds=args.chunk_seconds,
         compression=args.compression,
         workers=args.workers, series=_series(args.series), coverage=args.coverage, nan_policy=args.nan_policy,
-        on_error=args.on_error, overwrite=args.overwrite, progress=False if args.no_progress else None,
+        on_error=args.on_error, overwrite=args.overwrite, append=args.append,
+        progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
         input_storage_options=storage_options_from_args(args, "input-") or None, codecs=args.codec,
         field_codecs=_field_codecs(args.field_codec) or None,
@@ -195,9 +197,15 @@ def run_convert(args: argparse.Namespace) -> int:
     paths = _inputs(args.input)
     output = dataset_path(args.output)
     fmt = _format(args, paths)
+    if args.append and (args.overwrite or is_remote(output)):
+        raise CommandLineError("--append adds samples to a local dataset: not with --overwrite, nor to a URL "
+                               f"(--output {args.output})")
     summary = convert_nwb(paths, output, args) if fmt == "nwb" else convert_npz(paths, output, args)
     print(f"wrote {summary['samples']:,} samples in {summary['shards']} shards "
           f"({summary['bytes'] / 2**20:.1f} MiB, compression {summary['compression']}) to {output}")
+    if summary.get("version", 1) > 1:
+        print(f"appended: {output} is now version {summary['version']} with {summary['total_samples']:,} samples "
+              f"(version {summary['version'] - 1} stays readable: version={summary['version'] - 1} in the loaders)")
     print(f"modalities: {', '.join(summary['modalities'])}")
     for skipped in summary.get("skipped_files", []):
         print(f"skipped {skipped['file']}: {skipped['error']}")
@@ -231,6 +239,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--compression", choices=COMPRESSIONS, default="none", help="per-member compression")
     p.add_argument("--validate", action="store_true", help="re-read every shard against the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+    p.add_argument("--append", action="store_true", help="add the samples (sessions) to the dataset in --output "
+                   "as its next version, without rewriting it (the old version stays readable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     nwb = p.add_argument_group("NWB options")
     p.add_argument("--modalities", nargs="+", metavar="[FIELD=]MODALITY",

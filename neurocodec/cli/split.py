@@ -33,6 +33,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--name", default="default", help="the split's name (default: default; loaders then take "
                    "split='train', else split='<name>/train')")
     p.add_argument("--overwrite", action="store_true", help="replace a split of that name")
+    p.add_argument("--refresh", action="store_true", help="make every stored split again by its own rule for "
+                   "the dataset as it is now (after an append): sessions keep their parts, new ones get theirs")
     p.set_defaults(func=run_split)
 
 
@@ -40,6 +42,8 @@ def run_split(args: argparse.Namespace) -> int:
     """The `split` subcommand: make the split, then print each part's sessions and samples."""
     from neurocodec.dataset.splits import make_split
 
+    if args.refresh:
+        return _refresh(args)
     fractions = _fractions(args.fractions)
     try:
         split = make_split(args.path, by=args.by, fractions=fractions, seed=args.seed, folds=args.folds,
@@ -52,6 +56,18 @@ def run_split(args: argparse.Namespace) -> int:
         runs = split.samples[part]
         count = int((runs[:, 1] - runs[:, 0]).sum()) if len(runs) else 0
         print(f"  {part}: {len(split.ranges[part])} sessions, {count} stored samples")
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from neurocodec.dataset.splits import refresh_splits
+
+    given = [flag for flag, value in (("--fractions", args.fractions), ("--folds", args.folds), ("--fold", args.fold),
+                                      ("--guard-s", args.guard_s), ("--overwrite", args.overwrite)) if value]
+    if given:
+        raise CommandLineError(f"--refresh re-applies each split's stored rule: drop {' '.join(given)}")
+    names = refresh_splits(args.path)
+    print(f"refreshed {len(names)} split(s) of {args.path}: {', '.join(names) or '(none stored)'}")
     return 0
 
 

@@ -22,7 +22,8 @@ class ShardedDatasetInfo:
 
     def get_summary(self) -> dict[str, Any]:
         """A dict with total_samples, total_shards, modalities, shapes, dtypes, codecs, bytes,
-        compression, format_version, fields (kinds) and the writer's settings.
+        compression, format_version, fields (kinds), the writer's settings and the dataset's
+        version (1 until samples are appended; docs/versions.md).
 
         Shapes list None for axes whose length varies between samples.
         """
@@ -42,6 +43,7 @@ class ShardedDatasetInfo:
             "bytes": sum(s.bytes + s.index_bytes for s in m.shards),
             "compression": m.compression,
             "writer": dict(m.writer),
+            "version": m.version,
         }
 
     def print_summary(self, file: TextIO | None = None) -> None:
@@ -51,6 +53,8 @@ class ShardedDatasetInfo:
         print(f"Dataset: {s['path']}  (neurocodec format v{s['format_version']})", file=out)
         print(f"  samples: {s['total_samples']:,}  shards: {s['total_shards']:,}  "
               f"size: {_human(s['bytes'])}  compression: {s['compression']}", file=out)
+        if s["version"] > 1:
+            print(f"  version: {s['version']} (samples appended; earlier versions readable with version=N)", file=out)
         print("  modalities:", file=out)
         for name in s["modalities"]:
             shape = s["shapes"][name]

@@ -78,7 +78,7 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
         # A local output commits each shard in the background while the next is copied.
         shards = ShardSequence(output.directory, shard_size, fsync=fsync and not output.remote,
                                background=not output.remote, on_commit=output.shard_done)
-        _copy_samples(datasets, fields, shards)
+        copy_samples(datasets, fields, shards)
         entries = shards.finish()
     except BaseException:
         if shards is not None:
@@ -103,7 +103,7 @@ def merge_datasets(sources: Sequence[str | os.PathLike], output_dir: str | os.Pa
     return manifest
 
 
-def _copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shards: ShardSequence) -> None:
+def copy_samples(datasets: Sequence[Dataset], fields: Sequence[FieldSpec], shards: ShardSequence) -> None:
     """Every sample of `datasets`, in order, into `shards`: the stored payloads unchanged, the
     member names renumbered. A shard that would come out byte for byte as it is in its source
     (the first part's full shards, when the parts' shard size is the output's) is hard-linked

@@ -61,20 +61,24 @@ class Dataset:
     load-time windows: `read` then gives every field's chunk value in the form its codec cuts
     windows from, `cuts[i]` cuts field i, and `fields` describes a window's values. Loaders with
     `window_ms=` do this; a user reads windows through them.
+
+    `version` opens an earlier version of a dataset that samples were appended to (exactly the
+    samples it held; docs/versions.md); None the current one. `version` is the one opened.
     """
 
     def __init__(self, path: str | os.PathLike, *, registry: Registry | None = None,
                  verify: str = "crc", max_open_shards: int = 64,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None,
-                 decode: Mapping[str, Mapping[str, Any]] | None = None, window: WindowGrid | None = None) -> None:
+                 decode: Mapping[str, Mapping[str, Any]] | None = None, window: WindowGrid | None = None,
+                 version: int | None = None) -> None:
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         self.max_member_bytes = limits.max_member_bytes(max_member_bytes)
         self.path = dataset_path(path)
         self.verify = verify
         self.manifest = read_manifest(self.path, storage_options=storage_options,
-                                      max_member_bytes=self.max_member_bytes)
+                                      max_member_bytes=self.max_member_bytes, version=version)
         self.registry = registry or default_registry()
         decoding = decode_plan(self.manifest.fields, self.registry, f"{self.path}/{layout.MANIFEST}", decode, window)
         self.codecs = decoding.codecs
@@ -96,6 +100,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return self.manifest.total_samples
+
+    @property
+    def version(self) -> int:
+        """The version of the dataset opened (1 until samples are appended)."""
+        return self.manifest.version
 
     @property
     def shards(self) -> tuple[ShardEntry, ...]:
@@ -203,24 +212,46 @@ class Dataset:
 
 
 def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None = None,
-                  max_member_bytes: int | None = None) -> Manifest:
+                  max_member_bytes: int | None = None, version: int | None = None) -> Manifest:
     """Read and validate `dataset_metadata.json` of the dataset at `path` (a directory, or an
     fsspec URL opened with `storage_options`). A manifest larger than MAX_MANIFEST_BYTES is
     refused by its size, unread; a field declaring members above the per-member ceiling
-    (`max_member_bytes`, default `neurocodec.format.limits.max_member_bytes()`) is refused."""
+    (`max_member_bytes`, default `neurocodec.format.limits.max_member_bytes()`) is refused.
+
+    `version` reads an earlier version of an appended dataset (kept as
+    `versions/<n>/dataset_metadata.json`, docs/versions.md); None reads the current one."""
     path = dataset_path(path)
+    current = _read_manifest_file(path, layout.MANIFEST, storage_options, max_member_bytes)
+    if version is None or version == current.version:
+        return current
+    if type(version) is not int or not 1 <= version < current.version:
+        raise DatasetError(f"{path} has versions 1 to {current.version}, not {version!r}")
+    name = f"{layout.version_dir(version)}/{layout.MANIFEST}"
+    try:
+        earlier = _read_manifest_file(path, name, storage_options, max_member_bytes)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: version {version} cannot be read: {exc}") from None
+    if earlier.version != version or earlier.shards != current.shards[: len(earlier.shards)]:
+        raise DatasetError(f"{path}/{name}: not version {version} of this dataset (its version number or "
+                           "shards are not the current manifest's first ones)")
+    return earlier
+
+
+def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[str, Any] | None,
+                        max_member_bytes: int | None) -> Manifest:
+    """The manifest stored as `name` in the dataset at `path`, read within the size cap and parsed."""
     if is_remote(path):
         from neurocodec.storage.location import Location
         from neurocodec.storage.remote import read_remote_bytes
 
         try:
-            text = read_remote_bytes(Location(path, storage_options), layout.MANIFEST, MAX_MANIFEST_BYTES)
+            text = read_remote_bytes(Location(path, storage_options), name, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             raise DatasetError(
-                f"{path} has no {layout.MANIFEST}: not a neurocodec dataset, or its writer did not finish"
+                f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish"
             ) from None
-        return Manifest.from_json(text, source=f"{path}/{layout.MANIFEST}", max_member_bytes=max_member_bytes)
-    manifest_path = path / layout.MANIFEST
+        return Manifest.from_json(text, source=f"{path}/{name}", max_member_bytes=max_member_bytes)
+    manifest_path = path / name
     if not path.is_dir():
         raise DatasetError(f"{path} is not a directory")
     try:
@@ -234,7 +265,7 @@ def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None
             text = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
     except FileNotFoundError:
         raise DatasetError(
-            f"{path} has no {layout.MANIFEST}: not a neurocodec dataset, or its writer did not finish"
+            f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish"
         ) from None
     except OSError as exc:
         raise DatasetError(f"{manifest_path}: cannot read ({exc.strerror or exc})") from None

@@ -32,6 +32,7 @@ import attrs
 import numpy as np
 
 from neurocodec.dataset.metadata import sample_metadata
+from neurocodec.dataset.versions import version_files
 from neurocodec.errors import DatasetError
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.format import layout
@@ -206,14 +207,47 @@ def make_split(path: str | Path, by: str = "session", fractions: Mapping[str, fl
     return split
 
 
+def refresh_splits(path: str | Path) -> list[str]:
+    """Make every split stored with the local dataset at `path` again, by its own rule, for the
+    dataset as it is now (after an append); return their names. Sessions already assigned keep
+    their parts (the rule depends only on each session or subject, its id and the seed); new
+    sessions get theirs. DatasetError if an existing assignment would change (a time split
+    whose guard band is now shorter than the dataset's longest window, say)."""
+    path = Path(path)
+    names = sorted(p.stem for p in (path / SPLIT_DIR).glob("*.json")) if (path / SPLIT_DIR).is_dir() else []
+    if not names:
+        return []
+    samples, sha = _samples(path), _manifest_sha256(path)
+    longest = _longest_window(path, samples)
+    for name in names:
+        old = read_split(path, name)
+        if old.rule.by == "time" and old.rule.guard_s < longest - 1e-9:
+            raise DatasetError(f"{path}: split {name!r} leaves {old.rule.guard_s} s between parts, less than the "
+                               f"longest window now in the dataset ({longest} s); make it again with --overwrite")
+        new = _assign(name, old.rule, samples, sha)
+        _check_kept(path, old, new)
+        atomic_write_bytes(path / SPLIT_DIR / f"{name}.json",
+                           (json.dumps(new.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    return names
+
+
+def _check_kept(path: Path, old: Split, new: Split) -> None:
+    """DatasetError unless every session of `old` has the same part (or time ranges) in `new`."""
+    moved = [k for k, part in old.sessions.items() if new.sessions.get(k) != part]
+    moved += [k for p in old.rule.names for k, spans in old.ranges[p].items() if new.ranges[p].get(k) != spans]
+    if moved:
+        raise DatasetError(f"{path}: split {old.name!r} would move session(s) {sorted(set(moved))[:5]} to another "
+                           "part; existing assignments never change: make a new split instead")
+
+
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) \
             or name.startswith("."):
         raise ValueError(f"a split's name must be letters, digits, '-', '_' or '.', got {name!r}")
 
 
-def _manifest_sha256(path: Path) -> str:
-    return hashlib.sha256((path / layout.MANIFEST).read_bytes()).hexdigest()
+def _manifest_sha256(directory: Path) -> str:
+    return hashlib.sha256((directory / layout.MANIFEST).read_bytes()).hexdigest()
 
 
 @attrs.frozen
@@ -279,11 +313,13 @@ def _runs(inside: np.ndarray) -> np.ndarray:
     return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1).astype(np.int64)
 
 
-def read_split(path: str | Path, name: str = "default", total_samples: int | None = None) -> Split:
+def read_split(path: str | Path, name: str = "default", total_samples: int | None = None,
+               version: int | None = None) -> Split:
     """The split `name` of the dataset at `path` (a local directory), checked as untrusted input:
-    DatasetError saying what is wrong, naming the file."""
+    DatasetError saying what is wrong, naming the file. `version`: the split as made for that
+    version of an appended dataset (default: the current one)."""
     _check_name(name)
-    target = Path(path) / SPLIT_DIR / f"{name}.json"
+    target = (Path(path) if version is None else version_files(path, version)) / SPLIT_DIR / f"{name}.json"
     try:
         size = target.stat().st_size
     except FileNotFoundError:
@@ -333,9 +369,10 @@ def parse_split_arg(split: Any) -> tuple[str, str] | None:
     return (name or "default", part)
 
 
-def chosen_part(path: Any, split: Any, total_samples: int) -> tuple[Split, str] | None:
-    """The split and part a loader's `split=` names, read from the local dataset at `path`; None
-    for None. ValueError for a URL dataset or an unknown part, DatasetError for a bad file."""
+def chosen_part(path: Any, split: Any, total_samples: int, version: int = 1) -> tuple[Split, str] | None:
+    """The split and part a loader's `split=` names, read from the local dataset at `path` as made
+    for `version`; None for None. ValueError for a URL dataset or an unknown part, DatasetError
+    for a bad file or a split made for another state of the dataset (stale)."""
     from neurocodec.storage.location import is_remote
 
     named = parse_split_arg(split)
@@ -343,5 +380,10 @@ def chosen_part(path: Any, split: Any, total_samples: int) -> tuple[Split, str] 
         return None
     if is_remote(path):
         raise ValueError("split= needs a local dataset (its splits/ directory is read from disk)")
-    chosen = read_split(path, named[0], total_samples)
+    chosen = read_split(path, named[0], total_samples, version)
+    directory = version_files(path, version)
+    if chosen.manifest_sha256 != _manifest_sha256(directory):
+        raise DatasetError(f"{directory / SPLIT_DIR / (named[0] + '.json')}: split {named[0]!r} was made for "
+                           f"another state of the dataset (its manifest changed since); run `neurocodec split "
+                           f"{path} --refresh` (or neurocodec.refresh_splits) to assign the samples it has now")
     return chosen, chosen.part(named[1])

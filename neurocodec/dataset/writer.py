@@ -17,6 +17,7 @@ from neurocodec.format.shardfile import ShardSequence
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.dataset.schema import Schema, check_field_codecs, check_field_modalities
+from neurocodec.dataset.append import staging_for_append
 from neurocodec.storage.output import DatasetOutput
 
 
@@ -56,6 +57,12 @@ class WebDatasetWriter:
     `output_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`:
     shards are then staged in a local temp directory, each uploaded when finished, and the
     manifest uploaded last (see `neurocodec.storage.output`; a URL cannot be locked).
+
+    `append=True` adds the samples to the local dataset already in `output_dir` as its next
+    version, without rewriting it (docs/versions.md): they are written into a staging directory
+    inside it and appended by `finalize()` (fields and codecs must be the dataset's; its lock is
+    held until then). Keys returned by `write_sample` are the samples' keys in the dataset. With
+    no dataset there yet, the writer writes one as usual.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class WebDatasetWriter:
         dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
         storage_options: Mapping[str, Any] | None = None, max_member_bytes: int | None = None,
         modalities: Mapping[str, str] | None = None, codecs: Mapping[str, Mapping[str, Any]] | None = None,
+        append: bool = False,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
@@ -84,11 +92,20 @@ class WebDatasetWriter:
         self._shard_entry_bytes = 0  # what the shard entries will take in the manifest
         self._count = 0
         self._closed = False
-        self._output = DatasetOutput(output_dir, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
+        if append and overwrite:
+            raise ValueError("append=True adds samples to the dataset and overwrite=True replaces it: give one")
+        self._append = staging_for_append(output_dir) if append else None
+        target = output_dir if self._append is None else self._append.directory
+        try:
+            self._output = DatasetOutput(target, storage_options=storage_options, overwrite=overwrite, fsync=fsync)
+        except BaseException:
+            if self._append is not None:
+                self._append.abort()
+            raise
         # A URL output uploads each shard as it is closed, in order: no background commits.
         self._shards = ShardSequence(self._output.directory, shard_size, fsync=fsync and not self._output.remote,
                                      background=not self._output.remote, on_commit=self._record)
-        self.output_dir = self._output.target  # a Path, or the URL string
+        self.output_dir = self._output.target if self._append is None else self._append.target
 
     # -- writing ------------------------------------------------------------------------------
     def write_sample(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
@@ -123,7 +140,7 @@ class WebDatasetWriter:
             self.abort()
             raise
         self._count += 1
-        return key
+        return key if self._append is None else layout.sample_key(self._append.first_sample + index)
 
     def _encode(self, sample: Mapping[str, Any], metadata: Mapping[str, Any] | None, index: int, key: str,
                 prepared: bool = False):
@@ -218,6 +235,8 @@ class WebDatasetWriter:
         )
         try:
             self._output.write_manifest(manifest)
+            if self._append is not None:
+                manifest = self._append.commit(fsync=self.fsync, registry=self.registry)
         except BaseException:
             self.abort()
             raise
@@ -228,6 +247,8 @@ class WebDatasetWriter:
             "modalities": [f.name for f in manifest.modalities],
             "compression": self.compression, "output_dir": str(self.output_dir),
         }
+        if self._append is not None:
+            self._summary.update(version=manifest.version, total_samples=manifest.total_samples)
         return self._summary
 
     def settings(self) -> dict[str, Any]:
@@ -243,6 +264,8 @@ class WebDatasetWriter:
             self._shards.abort()
         if self._output is not None:
             self._output.abort()
+        if getattr(self, "_append", None) is not None:
+            self._append.abort()
         self._closed = True
         self._summary = None
 

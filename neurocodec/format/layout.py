@@ -19,6 +19,8 @@ neural codecs and the field entry `max_value_bytes`; a dataset that uses neither
 written as version 1, so readers that know only version 1 keep reading it."""
 V1_CODECS = frozenset({"npy", "json", "text", "bytes"})
 MANIFEST = "dataset_metadata.json"
+VERSIONS = "versions"
+"""Where earlier versions of an appended dataset keep their manifests (and splits, statistics)."""
 METADATA_FIELD = "metadata"
 KEY_DIGITS = 9
 MAX_SAMPLES = 10**KEY_DIGITS - 1
@@ -45,6 +47,11 @@ def is_shard_name(name: str) -> bool:
 def sample_key(global_index: int) -> str:
     """Key of the sample at 0-based position `global_index` in the dataset (keys start at 1)."""
     return "sample_" + str(global_index + 1).zfill(KEY_DIGITS)  # twice as fast as an f-string
+
+
+def version_dir(number: int) -> str:
+    """The directory, relative to the dataset, that keeps version `number`: `versions/<number>`."""
+    return f"{VERSIONS}/{number}"
 
 
 def member_name(key: str, field: str, extension: str) -> str:

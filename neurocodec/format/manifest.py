@@ -27,6 +27,8 @@ A shard entry takes about 350 bytes, so this holds about 24,000 shards (2.4 TB o
 shards). JSON parsing costs up to ~24 bytes of Python objects per byte of text (`[[],[],...]`),
 so a hostile manifest at the cap costs at most ~200 MiB and well under a second to refuse."""
 KINDS = ("array", "json", "text", "bytes")
+MAX_VERSION = 10**6
+"""The most appends a dataset records (its version numbers name directories)."""
 
 
 @attrs.frozen(slots=True)
@@ -118,6 +120,9 @@ class Manifest:
     created_with: Mapping[str, str] = attrs.field(factory=dict)
     format_version: int = attrs.field(default=attrs.Factory(lambda m: needed_version(m.fields), takes_self=True))
     """As read; for a new manifest, the lowest version that describes its fields."""
+    version: int = 1
+    """The dataset's version: 1 as first written, one more with every append (docs/versions.md).
+    Earlier versions' manifests are kept under `versions/<n>/` (`neurocodec.dataset.versions`)."""
 
     @property
     def modalities(self) -> tuple[FieldSpec, ...]:
@@ -142,6 +147,8 @@ class Manifest:
             "writer": dict(self.writer),
             "extra": dict(self.extra),
         }
+        if self.version != 1:
+            doc["version"] = self.version  # written only once appended: first versions stay as they were
         # compact: per-session records (units, electrodes) must not spend the size cap on indentation
         return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n"
 
@@ -221,10 +228,13 @@ def _parse(doc: Any, source: str, ceiling: int) -> Manifest:
         _check_shard_sizes(shard, len(fields), source, f"shards[{i}].", ceiling)
     for key in ("writer", "extra", "created_with"):
         _need(isinstance(doc.get(key, {}), dict), source, f"{key} must be an object")
+    number = doc.get("version", 1)
+    _need(type(number) is int and 1 <= number <= MAX_VERSION, source,
+          f"version must be an integer from 1 to {MAX_VERSION}")
     return Manifest(
         compression=compression, total_samples=total, fields=fields, shards=shards,
         writer=doc.get("writer", {}), extra=doc.get("extra", {}),
-        created_with=doc.get("created_with", {}), format_version=version,
+        created_with=doc.get("created_with", {}), format_version=version, version=number,
     )
 
 

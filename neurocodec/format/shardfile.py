@@ -178,13 +178,18 @@ class ShardSequence:
     else at once (an upload must follow each shard in order). Each committed shard's entry is
     appended to `entries` and handed to `on_commit`, in shard order; what `on_commit` raises
     stops the sequence like a failed commit. After a failure call `abort`.
+
+    `first_shard` and `first_sample` continue a dataset (an append): shards are numbered, and
+    samples keyed, from there; `samples` counts from `first_sample`, `entries` only new shards.
     """
 
     def __init__(self, directory: Path, shard_size: int, *, fsync: bool, background: bool,
-                 on_commit: Callable[[ShardEntry], None] = lambda entry: None) -> None:
+                 on_commit: Callable[[ShardEntry], None] = lambda entry: None,
+                 first_shard: int = 0, first_sample: int = 0) -> None:
         self.directory, self.shard_size, self.fsync = directory, shard_size, fsync
         self.entries: list[ShardEntry] = []
-        self.samples = 0
+        self.first_shard = first_shard
+        self.samples = first_sample
         self._on_commit = on_commit
         self._commits = BackgroundCommits() if background else None
         self._current: ShardFileWriter | None = None
@@ -195,7 +200,7 @@ class ShardSequence:
         `immutable`: nobody changes the payloads afterwards (see `ShardFileWriter.add_sample`)."""
         if self._current is None:
             # Numbered by shards started: the last finished one may still be committing.
-            started = len(self.entries) + (self._commits.in_flight if self._commits else 0)
+            started = self.first_shard + len(self.entries) + (self._commits.in_flight if self._commits else 0)
             self._current = ShardFileWriter(self.directory, started, self.samples, len(payloads), fsync=self.fsync,
                                             threaded=sum(map(len, payloads)) >= THREADED_SAMPLE_BYTES)
         self._current.add_sample(names, payloads, raw_sizes, immutable=immutable)
@@ -213,7 +218,7 @@ class ShardSequence:
         the names its sample `local` must have; its files are checked against both and `entry`
         when committed (`neurocodec.format.adopt`). Returns False, having done nothing, when it
         is not such a shard or the filesystem cannot link; the caller then copies its samples."""
-        number = len(self.entries) + (self._commits.in_flight if self._commits else 0)
+        number = self.first_shard + len(self.entries) + (self._commits.in_flight if self._commits else 0)
         if (self._current is not None or entry.first_sample != self.samples or entry.name != layout.shard_name(number)
                 or entry.index != layout.index_name(entry.name)
                 or not (entry.samples == self.shard_size or (last and 0 < entry.samples < self.shard_size))):

@@ -212,7 +212,7 @@ def create_webdataset_dataloader(
     max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
     transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
     window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
-    weight_by: str = "samples", epoch_samples: int | None = None,
+    weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -238,7 +238,8 @@ def create_webdataset_dataloader(
 
     `window_ms=` / `window_bins=` / `window_mode=`: windows cut at load time (docs/sampling.md 4);
     `split=`: one part of a stored split (docs/splits.md); a list as `shard_dir`: datasets mixed
-    by `weights` (`weight_by`, `epoch_samples`; docs/mixing.md).
+    by `weights` (`weight_by`, `epoch_samples`; docs/mixing.md); `version=n`: an earlier version of
+    a dataset samples were appended to (docs/versions.md; default the current one).
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
@@ -251,6 +252,7 @@ def create_webdataset_dataloader(
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
         transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode, split=split,
+        version=version,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

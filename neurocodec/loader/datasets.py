@@ -68,6 +68,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
 
     `shard_dir` may be a list of datasets mixed by `weights` (see `create_webdataset_dataloader`).
+    `version=n` reads an earlier version of a dataset samples were appended to (docs/versions.md).
     """
 
     def __init__(
@@ -79,7 +80,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
         transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
         window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
-        weight_by: str = "samples", epoch_samples: int | None = None,
+        weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
     ) -> None:
         super().__init__()
         self.stream = open_stream(
@@ -88,7 +89,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
             transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
-            split=split,
+            split=split, version=version,
         )
         self.shard_dir = self.stream.path
 
@@ -192,7 +193,8 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
     `ds[i]` is window slot i of `epoch`, on a fixed grid by default (`window_mode="grid"`: the
     same windows every epoch, for evaluation); with `"jitter"`, `set_epoch` moves them and
     `len(ds)` is that epoch's count. `split="train"` (or `"<split name>/<part>"`) keeps only that
-    part of a split stored with the dataset: `ds[i]` is its i-th sample (or window)."""
+    part of a split stored with the dataset: `ds[i]` is its i-th sample (or window). `version=n`
+    reads an earlier version of a dataset samples were appended to (docs/versions.md)."""
 
     def __init__(self, shard_dir: str | os.PathLike, *, verify: str = "crc",
                  registry: Registry | None = None, tensors: bool = True,
@@ -200,7 +202,7 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
                  max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
                  transform: Transform | None = None, seed: int | None = None, epoch: int = 0,
                  window_ms: float | None = None, window_bins: int | None = None,
-                 window_mode: str | None = None, split: str | None = None) -> None:
+                 window_mode: str | None = None, split: str | None = None, version: int | None = None) -> None:
         self.transform = check_transform(transform)
         self.seed = DEFAULT_SEED if seed is None else seed
         if type(self.seed) is not int or self.seed < 0:
@@ -211,28 +213,31 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
         self._verify, self._registry, self.tensors = verify, registry, tensors
         self._storage_options, self._cache, self._max_member_bytes = storage_options, cache, max_member_bytes
         self._dataset: PerProcess[Dataset] = PerProcess()
+        self._version = version
         manifest = self._open().manifest
+        self._version = manifest.version  # every process opens this one, even after an append
         self._len = len(self._open())
         if not is_remote(self.shard_dir):
             # A sampler sizes its permutation by len(self): check the counts against the files.
             check_local_shards(self.shard_dir, manifest)
         settings = WindowSettings.choose(manifest, window_ms=window_ms, window_bins=window_bins,
                                          window_mode=window_mode, shuffle=False)
-        chosen = chosen_part(self.shard_dir, split, manifest.total_samples)
+        chosen = chosen_part(self.shard_dir, split, manifest.total_samples, manifest.version)
         self._selection = None if chosen is None or settings is not None else chosen[0].sample_ids(chosen[1])
         ranges = None if chosen is None else chosen[0].ranges[chosen[1]]
         self._windows = None if settings is None else WindowSource(
             self.shard_dir, slots=SlotCache(settings, self.seed, ranges), verify=verify, on_error="raise",
             registry=registry,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
-            transform=transform, seed=self.seed)
+            transform=transform, seed=self.seed, version=self._version)
         if self._windows is not None:
             self._windows.dataset  # opened now: a window that cannot be cut is an error here, not at ds[0]
 
     def _open(self) -> Dataset:
         return self._dataset.get(lambda: Dataset(
             self.shard_dir, verify=self._verify, registry=self._registry, storage_options=self._storage_options,
-            cache=self._cache, max_member_bytes=self._max_member_bytes, decode=self._decode))
+            cache=self._cache, max_member_bytes=self._max_member_bytes, decode=self._decode,
+            version=self._version))
 
     def __len__(self) -> int:
         if self._windows is not None:

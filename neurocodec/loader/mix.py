@@ -93,7 +93,7 @@ class MixedEpochStream(EpochStream):
                  weight_by: str = "samples", epoch_samples: int | None = None, **options: Any) -> None:
         if not shard_dirs:
             raise ValueError("a mixed loader needs at least one dataset")
-        for name in ("window_ms", "window_bins", "window_mode", "split"):
+        for name in ("window_ms", "window_bins", "window_mode", "split", "version"):
             if options.pop(name, None) is not None:
                 raise ValueError(f"{name}= is not available yet when mixing several datasets")
         self._settings(**options)
@@ -120,7 +120,8 @@ class MixedEpochStream(EpochStream):
         self._fields = merged_fields(per_source, self.paths)
         names = [[f.name for f in fields] for fields in per_source]
         partial = [f.name for f in self._fields if any(f.name not in n for n in names)]
-        sources = [SampleSource(p, **{**opened, "decode": _own(opened["decode"], m)})
+        # pinned to the versions read here, even if samples are appended while the loader runs
+        sources = [SampleSource(p, **{**opened, "decode": _own(opened["decode"], m), "version": m.version})
                    for p, m in zip(self.paths, self.manifests)]
         self.source = MixedSource(sources, self.offsets, [absent_values(self._fields, n) for n in names], partial)
         self.path = list(self.paths)
@@ -149,6 +150,9 @@ class MixedEpochStream(EpochStream):
 
     def _state_at(self, epoch: int, position: int, skipped: int) -> LoaderState:
         return attrs.evolve(super()._state_at(epoch, position, skipped), mix=self.fingerprint())
+
+    def _version(self) -> int | None:
+        return None  # each source's version is in the fingerprint, through its shards
 
     def restore(self, state: Mapping[str, Any] | LoaderState, allow_new_mix: bool = False) -> None:
         """Continue from `state`; with `allow_new_mix`, a state of another mix starts its epoch

@@ -24,18 +24,19 @@ class SampleSource:
     reads samples by id. With `on_error="skip"` a bad sample is logged and left out instead of
     raising; `skipped` counts them in this process. A URL dataset reads through `cache`.
     `transform(sample, rng)` runs on every sample read, with the generator of (seed, sample's
-    epoch, sample id); one that raises is a bad sample too."""
+    epoch, sample id); one that raises is a bad sample too. `version`: the version of an appended
+    dataset every process opens (the one the loader chose, even if samples are appended meanwhile)."""
 
     def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None,
                  decode: Mapping[str, Mapping[str, Any]] | None = None,
-                 transform: Transform | None = None, seed: int = 0) -> None:
+                 transform: Transform | None = None, seed: int = 0, version: int | None = None) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
         self.storage_options, self.cache, self.max_member_bytes = storage_options, cache, max_member_bytes
-        self.decode = decode
+        self.decode, self.version = decode, version
         self.transform, self.seed = check_transform(transform), seed
         self._dataset: PerProcess[Dataset] = PerProcess()
         self._bad_shards: dict[int, ShardError] = {}
@@ -50,7 +51,7 @@ class SampleSource:
         self._bad_shards = {}
         return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
                        cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode,
-                       window=self._window_grid())
+                       window=self._window_grid(), version=self.version)
 
     def _window_grid(self) -> Any:
         """The window grid the dataset decodes chunks for (None: stored samples as they are)."""

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import attrs
 
 STATE_VERSION = 1
-_ORDER_KEYS = ("seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows", "split", "mix")
+_ORDER_KEYS = ("dataset_version", "seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows", "split", "mix")
+_OPTIONAL = ("windows", "split", "mix", "dataset_version")
 
 
 @attrs.frozen(slots=True)
@@ -35,11 +36,13 @@ class LoaderState:
     """A split's part: "<split name>/<part>:<SHA-256 of the split>" (absent without one)."""
     mix: str | None = None
     """A mix of datasets: SHA-256 of its sources, counts and rule (absent for one dataset)."""
+    dataset_version: int | None = None
+    """The version of an appended dataset the loader reads (absent for version 1)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         doc = {"version": STATE_VERSION, **attrs.asdict(self)}
-        for key in ("windows", "split", "mix"):
+        for key in _OPTIONAL:
             if doc[key] is None:
                 del doc[key]  # states of loaders without them keep their old form
         return doc
@@ -56,7 +59,9 @@ class LoaderState:
             value = doc.get(field.name, field.default if field.default is not attrs.NOTHING else None)
             if field.name == "shuffle":
                 ok = isinstance(value, bool)
-            elif field.name in ("windows", "split", "mix"):
+            elif field.name == "dataset_version":
+                ok = value is None or (type(value) is int and value > 1)
+            elif field.name in _OPTIONAL:
                 ok = value is None or isinstance(value, str)
             else:
                 ok = type(value) is int and value >= 0
@@ -70,6 +75,11 @@ class LoaderState:
 
     def check_compatible(self, other: "LoaderState") -> None:
         """Raise ValueError if `other` (a loader's settings) orders the data differently."""
+        if self.dataset_version != other.dataset_version:
+            mine, theirs = self.dataset_version or 1, other.dataset_version or 1
+            raise ValueError(f"the state was saved reading version {mine} of the dataset and this loader reads "
+                             f"version {theirs}: pass version={mine} to the loader to resume exactly (the "
+                             "dataset's samples changed by an append)")
         diffs = [f"{k}: state {getattr(self, k)!r} vs loader {getattr(other, k)!r}"
                  for k in _ORDER_KEYS if getattr(self, k) != getattr(other, k)]
         if diffs:

@@ -35,11 +35,13 @@ class EpochStream:
 
     def __init__(self, shard_dir: str | os.PathLike, *, window_ms: float | None = None,
                  window_bins: int | None = None, window_mode: str | None = None, split: str | None = None,
-                 **settings: Any) -> None:
+                 version: int | None = None, **settings: Any) -> None:
         self._settings(**settings)
         self.path = dataset_path(shard_dir)
         self.manifest = read_manifest(self.path, storage_options=self._source_options["storage_options"],
-                                      max_member_bytes=self._source_options["max_member_bytes"])
+                                      max_member_bytes=self._source_options["max_member_bytes"], version=version)
+        # Every process reads this version, even if samples are appended while the loader runs.
+        self._source_options["version"] = self.manifest.version
         if not is_remote(self.path):
             # Sample counts size the epoch's order: check them against the files first.
             check_local_shards(self.path, self.manifest)
@@ -113,7 +115,7 @@ class EpochStream:
 
     def _split(self, split: str | None) -> tuple[tuple[Split, str] | None, np.ndarray | None]:
         """The split part named by `split=` and, for stored samples, the sample ids it holds."""
-        chosen = chosen_part(self.path, split, self.manifest.total_samples)
+        chosen = chosen_part(self.path, split, self.manifest.total_samples, self.manifest.version)
         if chosen is None:
             return None, None
         return chosen, (None if self.windows is not None else chosen[0].sample_ids(chosen[1]))
@@ -181,7 +183,12 @@ class EpochStream:
             total_samples=self.epoch_samples(epoch), skipped=skipped,
             windows=None if self.windows is None else self.windows.describe(),
             split=None if self.split is None else self.split[0].fingerprint(self.split[1]),
+            dataset_version=self._version(),
         )
+
+    def _version(self) -> int | None:
+        """The dataset's version for the state: None for version 1 (states keep their old form)."""
+        return self.manifest.version if self.manifest.version > 1 else None
 
     def restore(self, state: Mapping[str, Any] | LoaderState, allow_new_mix: bool = False) -> None:
         """Continue from `state` (from `state()`, possibly of a loader with other workers or

@@ -221,9 +221,11 @@ class NWBToWebDatasetConverter:
         registry: Registry | None = None, intervals: Sequence[str] | None = None,
         fields: Mapping[str, Any] | None = None,
         input_storage_options: Mapping[str, Any] | None = None, codecs: str = "neural",
-        field_codecs: Mapping[str, Mapping[str, Any]] | None = None,
+        field_codecs: Mapping[str, Mapping[str, Any]] | None = None, append: bool = False,
     ) -> None:
         _check_arguments(shard_size, workers, on_error, registry)
+        if append and (overwrite or is_remote(dataset_path(output_dir))):
+            raise ValueError("append=True adds sessions to a local dataset: not with overwrite=True or a URL output")
         self.registry = registry
         field_modalities, chosen = plan_fields(modalities, fields, series, registry or default_registry())
         unknown = sorted(set(modality_options or {}) - set(field_modalities))
@@ -245,13 +247,14 @@ class NWBToWebDatasetConverter:
         # Inputs at URLs are opened with the output's storage options unless given their own.
         self.input_storage_options = dict(self.storage_options if input_storage_options is None
                                           else input_storage_options)
-        self.overwrite = overwrite
+        self.overwrite, self.append = overwrite, append
         self._lock: OutputLock | None = None
         self._hold_lock()
         try:
-            if not overwrite and manifest_exists(self.output_dir, self.storage_options):
+            if not overwrite and not append and manifest_exists(self.output_dir, self.storage_options):
                 raise DatasetExistsError(
-                    f"{self.output_dir} already holds a dataset; pass overwrite=True to replace it")
+                    f"{self.output_dir} already holds a dataset; pass overwrite=True to replace it, or "
+                    "append=True to add these sessions to it")
         except BaseException:
             self.close()
             raise
@@ -409,7 +412,9 @@ class NWBToWebDatasetConverter:
 
     def _finalize(self) -> dict[str, Any]:
         from neurocodec.errors import SampleError
+        from neurocodec.dataset.append import append_datasets
         from neurocodec.dataset.merge import merge_datasets
+        from neurocodec.dataset.reader import read_manifest
 
         done = [p for p in self._files if p in self._results]
         if not done:
@@ -427,14 +432,21 @@ class NWBToWebDatasetConverter:
             extra["timeline"] = build_timeline(parts, window.duration, window.bin_size, self.registry)
         writer = {"shard_size": self.settings.shard_size, "compression": self.settings.compression,
                   "converter": "nwb"}
-        manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,
-                                  storage_options=self.storage_options, lock=self._lock,
-                                  fsync=self.settings.fsync, overwrite=self.overwrite)
+        before = 0
+        if self.append and manifest_exists(self.output_dir):  # the next version, old shards untouched
+            before = read_manifest(self.output_dir).total_samples
+            manifest = append_datasets(self.output_dir, parts, extra=extra, lock=self._lock,
+                                       fsync=self.settings.fsync, registry=self.registry)
+        else:
+            manifest = merge_datasets(parts, self.output_dir, self.settings.shard_size, writer=writer, extra=extra,
+                                      storage_options=self.storage_options, lock=self._lock,
+                                      fsync=self.settings.fsync, overwrite=self.overwrite)
         if not self.keep_parts:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         chosen = {str(p): _objects(sessions[self._results[p]["session"]]["series"]) for p in done}
         summary = {
-            "samples": manifest.total_samples, "shards": len(manifest.shards),
+            "samples": manifest.total_samples - before, "shards": len(manifest.shards),
+            "version": manifest.version, "total_samples": manifest.total_samples,
             "bytes": sum(s.bytes + s.index_bytes for s in manifest.shards),
             "modalities": [f.name for f in manifest.modalities], "compression": manifest.compression,
             "output_dir": str(self.output_dir), "files": [str(p) for p in done],

@@ -10,7 +10,8 @@ replaced atomically when it already holds a dataset.
 * Overwriting writes the new dataset into the hidden `.neurocodec-staging/` subdirectory; the old
   dataset is untouched and readable until the new one is complete, and is then replaced as
   described in `neurocodec.storage.replace`. A staging directory left by an interrupted
-  overwrite is removed by the next writer.
+  overwrite is removed by the next writer. The earlier versions of a replaced dataset
+  (`versions/`, kept by appends) go with it.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class LocalOutput:
         for name in os.listdir(root):
             if is_dataset_file(name) and name not in keep:
                 (root / name).unlink(missing_ok=True)
+        _remove(root / layout.VERSIONS)  # the replaced dataset's earlier versions: their shards are gone
         _remove(staging)
         if fsync:
             fsync_dir(root)
