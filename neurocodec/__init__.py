@@ -31,6 +31,9 @@ _EXPORTS = {
     "read_split": "neurocodec.dataset.splits",
     "refresh_splits": "neurocodec.dataset.splits",
     "append_datasets": "neurocodec.dataset.append",
+    "compute_stats": "neurocodec.dataset.stats_compute",
+    "read_stats": "neurocodec.dataset.stats",
+    "Stats": "neurocodec.dataset.stats",
     # object storage
     "ShardCache": "neurocodec.storage.cache",
     "RetryPolicy": "neurocodec.storage.retry",
@@ -50,6 +53,7 @@ _EXPORTS = {
     "SpikeTimeJitter": "neurocodec.transforms",
     "TimeCrop": "neurocodec.transforms",
     "Compose": "neurocodec.transforms",
+    "Normalize": "neurocodec.transforms",
     "SpikeTokens": "neurocodec.plugin.tokens",
     # installed plugins (the `registry=` argument of the writer, readers and loaders)
     "load_registry": "neurocodec.plugin.manager",

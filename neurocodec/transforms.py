@@ -11,14 +11,14 @@ Time runs along axis 0 of array fields: binned counts are (time, units), continu
 times in seconds from the window's start.
 
 Like a plugin, this module uses only the public plugin API (`neurocodec.plugin`); the loaders
-only call the transform they are given and never import it.
+only call the transform they are given, except `Normalize`, which their `normalize=` builds.
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -226,3 +226,52 @@ class Compose:
         for transform in self.transforms:
             sample = transform(sample, rng)
         return sample
+
+
+NORMALIZE_MODES = ("session", "dataset")
+
+
+@attrs.frozen
+class Normalize:
+    """Scale every array field that `stats` describes to `(x - mean) / std`, float32, per channel
+    (the last axis; one value for 1-D fields and for fields of 3 or more dimensions), where
+    `stats` is a `neurocodec.Stats` (`compute_stats`, `read_stats`): with `mode="session"` the
+    numbers of the sample's session (`metadata["session"]`), or the pooled ones for a session
+    without numbers of its own (a held-out session of a split by session) or a sample without a
+    session; with `mode="dataset"` always the pooled ones. A std of 0 counts as 1 (a constant
+    channel is only shifted), a channel with no finite value is left as it was (as float32).
+    Fields that are not arrays (spike events decoded as events) and fields without statistics
+    are passed through; `fields` limits it to some fields. Draws nothing from `rng`."""
+
+    stats: Any = attrs.field()
+    mode: str = attrs.field(default="session")
+    fields: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _fields(v))
+
+    @stats.validator
+    def _check_stats(self, attribute: Any, value: Any) -> None:
+        if not callable(getattr(value, "mean_std", None)):
+            raise TypeError(f"stats must be a neurocodec.Stats (compute_stats, read_stats), got {type(value).__name__}")
+
+    @mode.validator
+    def _check_mode(self, attribute: Any, value: Any) -> None:
+        if value not in NORMALIZE_MODES:
+            raise ValueError(f"mode must be one of {NORMALIZE_MODES}, got {value!r}")
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """The sample with its fields scaled."""
+        meta = sample.get("metadata")
+        session = meta.get("session") if self.mode == "session" and isinstance(meta, Mapping) else None
+        out = dict(sample)
+        for name, (mean, std) in self.stats.mean_std(session if isinstance(session, str) else None).items():
+            value = sample.get(name)
+            if (self.fields is None or name in self.fields) and isinstance(value, np.ndarray) and value.ndim:
+                out[name] = _scaled(value, mean, std, name, session)
+        return out
+
+
+def _scaled(value: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str, session: Any) -> np.ndarray:
+    width = value.shape[-1] if value.ndim == 2 else 1
+    if len(mean) not in (1, width):
+        raise ValueError(f"field {name!r} has {width} channels but its statistics (session {session!r}) have "
+                         f"{len(mean)}")
+    return ((value - mean) / std).astype(np.float32)

@@ -34,12 +34,13 @@ MAY_IMPORT = {
     "neurocodec.dataset": {"leaf", "neurocodec.format", "nwb-protocol", "neurocodec.plugin", "neurocodec.storage",
                            "neurocodec.dataset", "neurocodec"},
     # The loaders and NWB conversion sit side by side on top of dataset/: neither imports the other.
+    # The loaders build one augmentation themselves: `normalize=` puts `transforms.Normalize` first.
     "neurocodec.loader": {"leaf", "neurocodec.format", "nwb-protocol", "neurocodec.plugin", "neurocodec.storage",
-                          "neurocodec.dataset", "neurocodec.loader", "neurocodec"},
+                          "neurocodec.dataset", "neurocodec.loader", "neurocodec", "neurocodec.transforms"},
     "neurocodec.nwb": {"leaf", "neurocodec.format", "nwb-protocol", "neurocodec.plugin", "neurocodec.storage",
                        "neurocodec.dataset", "neurocodec.nwb", "neurocodec"},
     # The built-in augmentations are written against the plugin API (SpikeEvents), as a user's own
-    # `transform=` would be; the loaders only call the transform they are given.
+    # `transform=` would be; the loaders only call the transform they are given (and Normalize).
     "neurocodec.transforms": {"leaf", "neurocodec.plugin"},
 }
 PENDING: dict[str, set[str]] = {}

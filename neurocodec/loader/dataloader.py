@@ -111,6 +111,12 @@ class WebDatasetDataLoader(StreamState):
         """Batches per epoch on this rank."""
         return len(self.stream.plan(0))
 
+    @property
+    def stats(self) -> Any:
+        """The statistics `normalize=` scales with (a `neurocodec.Stats`; for a mix, a list of
+        them, one per dataset), or None without `normalize=`: hand them to the model."""
+        return self.stream.stats
+
     def __iter__(self) -> Iterator[Any]:
         stream = self.stream
         if self.num_workers:
@@ -212,6 +218,7 @@ def create_webdataset_dataloader(
     max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
     transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
     window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
+    normalize: str | None = None,
     weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
@@ -236,6 +243,12 @@ def create_webdataset_dataloader(
     `multiprocessing_context` it must be picklable (checked here). One that raises is a
     `TransformError` naming the sample; with `on_error="skip"` the sample is left out.
 
+    `normalize="session"` (or `"dataset"`) scales every array field that has statistics stored
+    with the dataset (`neurocodec.compute_stats`) to `(x - mean) / std` per channel, float32, with
+    the numbers of the sample's session (or those pooled over the sessions), in the workers before
+    `transform`. They must come from the first (training) part of the split read (without
+    `split=`: from every sample, `stats/all.json`); `loader.stats` holds them (docs/stats.md).
+
     `window_ms=` / `window_bins=` / `window_mode=`: windows cut at load time (docs/sampling.md 4);
     `split=`: one part of a stored split (docs/splits.md); a list as `shard_dir`: datasets mixed
     by `weights` (`weight_by`, `epoch_samples`; docs/mixing.md); `version=n`: an earlier version of
@@ -252,6 +265,7 @@ def create_webdataset_dataloader(
         on_error=on_error, verify=verify, registry=registry, epoch=epoch,
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
         transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode, split=split,
+        normalize=normalize,
         version=version,
     )
     if pin_memory is None:

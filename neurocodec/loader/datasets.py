@@ -17,6 +17,7 @@ from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.process import PerProcess
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.mix import open_stream
+from neurocodec.loader.normalize import normalizing
 from neurocodec.loader.stream import StreamState, worker_slot
 from neurocodec.loader.order import DEFAULT_SEED
 from neurocodec.loader.transform import Transform, apply_transform, check_transform
@@ -68,6 +69,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     that part of a split stored with the dataset (`neurocodec.make_split`; docs/splits.md).
 
     `shard_dir` may be a list of datasets mixed by `weights` (see `create_webdataset_dataloader`).
+    `normalize="session"` or `"dataset"` scales the fields with the dataset's statistics before
+    `transform` (see `create_webdataset_dataloader`); `.stats` holds them.
     `version=n` reads an earlier version of a dataset samples were appended to (docs/versions.md).
     """
 
@@ -80,6 +83,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
         transform: Transform | None = None, window_ms: float | None = None, window_bins: int | None = None,
         window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
+        normalize: str | None = None,
         weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
     ) -> None:
         super().__init__()
@@ -89,9 +93,15 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
             transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
-            split=split, version=version,
+            normalize=normalize, split=split, version=version,
         )
         self.shard_dir = self.stream.path
+
+    @property
+    def stats(self) -> Any:
+        """The statistics `normalize=` scales with (a `neurocodec.Stats`; for a mix, a list of
+        them, one per dataset), or None without `normalize=`: hand them to the model."""
+        return self.stream.stats
 
     def __len__(self) -> int:
         """Samples this rank yields in a whole epoch."""
@@ -181,7 +191,8 @@ class ResumableWebDatasetLoader(WebDatasetLoader):
 class RandomAccessWebDataset(torch.utils.data.Dataset):
     """Map-style access to the same shards: `len(ds)` and `ds[i]` (sample i of the dataset in
     storage order), for evaluation and debugging. Reads only the shard holding sample i (for a
-    URL dataset, downloading it whole into `cache` first). `decode` as for `neurocodec.Dataset`.
+    URL dataset, downloading it whole into `cache` first). `decode` as for `neurocodec.Dataset`;
+    `normalize=` as for `WebDatasetLoader` (the statistics in `.stats`).
 
     `transform(sample, rng)` runs on sample i as it is read, with `rng` seeded by (`seed`,
     `epoch`, i) as in `WebDatasetLoader`. This dataset has no epochs of its own: `epoch` is 0
@@ -201,7 +212,7 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
                  transform: Transform | None = None, seed: int | None = None, epoch: int = 0,
-                 window_ms: float | None = None, window_bins: int | None = None,
+                 window_ms: float | None = None, window_bins: int | None = None, normalize: str | None = None,
                  window_mode: str | None = None, split: str | None = None, version: int | None = None) -> None:
         self.transform = check_transform(transform)
         self.seed = DEFAULT_SEED if seed is None else seed
@@ -223,13 +234,15 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
         settings = WindowSettings.choose(manifest, window_ms=window_ms, window_bins=window_bins,
                                          window_mode=window_mode, shuffle=False)
         chosen = chosen_part(self.shard_dir, split, manifest.total_samples, manifest.version)
+        self.stats, self.transform = normalizing(self.shard_dir, normalize, split, manifest, decode=decode,
+                                                 registry=registry, transform=self.transform)
         self._selection = None if chosen is None or settings is not None else chosen[0].sample_ids(chosen[1])
         ranges = None if chosen is None else chosen[0].ranges[chosen[1]]
         self._windows = None if settings is None else WindowSource(
             self.shard_dir, slots=SlotCache(settings, self.seed, ranges), verify=verify, on_error="raise",
             registry=registry,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
-            transform=transform, seed=self.seed, version=self._version)
+            transform=self.transform, seed=self.seed, version=self._version)
         if self._windows is not None:
             self._windows.dataset  # opened now: a window that cannot be cut is an error here, not at ds[0]
 

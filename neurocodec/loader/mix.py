@@ -26,6 +26,7 @@ from neurocodec.dataset.reader import read_manifest
 from neurocodec.format import layout
 from neurocodec.format.manifest import FieldSpec, check_local_shards
 from neurocodec.loader.mix_order import MixedOrder, epoch_counts
+from neurocodec.loader.normalize import normalizing, scaled_fields
 from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.stream import EpochStream
@@ -96,6 +97,7 @@ class MixedEpochStream(EpochStream):
         for name in ("window_ms", "window_bins", "window_mode", "split", "version"):
             if options.pop(name, None) is not None:
                 raise ValueError(f"{name}= is not available yet when mixing several datasets")
+        normalize = options.pop("normalize", None)
         self._settings(**options)
         opened = self._source_options
         self.paths = [dataset_path(d) for d in shard_dirs]
@@ -118,11 +120,18 @@ class MixedEpochStream(EpochStream):
         per_source = [decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}", _own(opened["decode"], m)).fields
                       for p, m in zip(self.paths, self.manifests)]
         self._fields = merged_fields(per_source, self.paths)
+        # each dataset scaled by its own statistics (stats/all.json: a mix reads every sample)
+        scaled = [normalizing(p, normalize, None, m, decode=_own(opened["decode"], m), registry=opened["registry"],
+                              transform=opened["transform"]) for p, m in zip(self.paths, self.manifests)]
+        self.stats = None if normalize is None else [stats for stats, _ in scaled]
+        self._fields = scaled_fields(self._fields, self.stats or [])
         names = [[f.name for f in fields] for fields in per_source]
         partial = [f.name for f in self._fields if any(f.name not in n for n in names)]
         # pinned to the versions read here, even if samples are appended while the loader runs
         sources = [SampleSource(p, **{**opened, "decode": _own(opened["decode"], m), "version": m.version})
                    for p, m in zip(self.paths, self.manifests)]
+        for source, (_, transform) in zip(sources, scaled):
+            source.transform = transform
         self.source = MixedSource(sources, self.offsets, [absent_values(self._fields, n) for n in names], partial)
         self.path = list(self.paths)
         self.windows, self.slots, self.split, self.selection = None, None, None, None

@@ -12,6 +12,7 @@ from neurocodec.format import layout, limits
 from neurocodec.format.manifest import check_local_shards
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.dataset.splits import Split, chosen_part
+from neurocodec.loader.normalize import normalizing, scaled_fields
 from neurocodec.loader.order import DEFAULT_SEED, EpochOrder, default_chunk_size
 from neurocodec.loader.plan import StepPlan, detect_rank_world
 from neurocodec.loader.source import SampleSource
@@ -30,11 +31,14 @@ class EpochStream:
     chunk_size); `batch_size`, `world_size` and `rank` only decide who reads which part of it.
     For a URL dataset (`storage_options`, `cache`) the shards of the next batches are
     prefetched into the cache; nothing about the cache enters the state. `transform` runs on
-    each sample as it is read (see `neurocodec.loader.transform`), seeded by (seed, epoch, id).
+    each sample as it is read (see `neurocodec.loader.transform`), seeded by (seed, epoch, id);
+    `normalize` puts `Normalize` with the dataset's statistics before it (`stats`; see
+    `neurocodec.loader.normalize`).
     """
 
     def __init__(self, shard_dir: str | os.PathLike, *, window_ms: float | None = None,
                  window_bins: int | None = None, window_mode: str | None = None, split: str | None = None,
+                 normalize: str | None = None,
                  version: int | None = None, **settings: Any) -> None:
         self._settings(**settings)
         self.path = dataset_path(shard_dir)
@@ -48,10 +52,14 @@ class EpochStream:
         self.windows = WindowSettings.choose(self.manifest, window_ms=window_ms, window_bins=window_bins,
                                              window_mode=window_mode, shuffle=self.shuffle)
         self.split, self.selection = self._split(split)
+        self.stats, self._source_options["transform"] = normalizing(
+            self.path, normalize, split, self.manifest, decode=self._source_options["decode"],
+            registry=self._source_options["registry"], transform=self._source_options["transform"])
         # The fields as decoded (load-time options checked here, before any worker starts).
         self._fields = decode_plan(self.manifest.fields, self._source_options["registry"] or default_registry(),
                                    f"{self.path}/{layout.MANIFEST}", self._source_options["decode"],
                                    None if self.windows is None else self.windows.grid).fields
+        self._fields = scaled_fields(self._fields, [self.stats])
         if self.windows is None:
             self.slots = None
             self.source = SampleSource(self.path, **self._source_options)
