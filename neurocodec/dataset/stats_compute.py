@@ -57,11 +57,11 @@ def compute_stats(path: str | Path, split: str | None = "train", *, overwrite: b
         raise ValueError(f"a split named {ALL!r} cannot have statistics: stats/{ALL}.json holds those of every "
                          "sample (split=None); give the split another name")
     target = stats_path(path, None if named is None else named[0])
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists: pass overwrite=True to compute the statistics again")
-    sha = manifest_sha256(path)
     with Dataset(path) as ds:
+        sha = manifest_sha256(path)
         chosen = None if named is None else _split_part(path, named, len(ds))
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists: pass overwrite=True to compute the statistics again")
         ids = np.arange(len(ds), dtype=np.int64) if chosen is None else chosen[0].sample_ids(chosen[1])
         plan = row_plan(path, ids)
         collector = Collector(_stat_fields(ds))
