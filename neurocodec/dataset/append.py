@@ -5,8 +5,8 @@ fields, codecs and compression), in order, into new shards numbered after the ta
 one and keyed after its last sample; no existing shard is touched. Then, under the target's
 writer lock:
 
-1. the current manifest (byte for byte) and the splits and statistics made for it are kept in
-   `versions/<n>/`, n its version;
+1. the current manifest (byte for byte), the splits and statistics made for it and the other
+   JSON files beside it (a conversion's report) are kept in `versions/<n>/`, n its version;
 2. the new manifest, version n + 1, listing the old shards and then the new ones, replaces
    `dataset_metadata.json` atomically: this is the switch;
 3. every stored split is made again by its own rule for version n + 1
@@ -182,6 +182,10 @@ def _keep_version(path: Path, version: int, manifest_bytes: bytes | None, fsync:
     if manifest_bytes is None:
         raise DatasetError(f"{path} has no {layout.MANIFEST}")
     kept = path / layout.version_dir(version)
+    kept.mkdir(parents=True, exist_ok=True)
+    for item in sorted(path.glob("*.json")):  # a conversion's report, say; not the manifest itself
+        if item.name != layout.MANIFEST and item.is_file():
+            atomic_write_bytes(kept / item.name, item.read_bytes(), fsync=fsync)
     for name in KEPT_WITH_VERSION:
         source = path / name
         if source.is_dir():
@@ -189,7 +193,6 @@ def _keep_version(path: Path, version: int, manifest_bytes: bytes | None, fsync:
             (kept / name).mkdir(parents=True)
             for item in sorted(source.glob("*.json")):
                 atomic_write_bytes(kept / name / item.name, item.read_bytes(), fsync=fsync)
-    kept.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(kept / layout.MANIFEST, manifest_bytes, fsync=fsync)
     if fsync:
         fsync_dir(kept)

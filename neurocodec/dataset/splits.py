@@ -380,10 +380,13 @@ def chosen_part(path: Any, split: Any, total_samples: int, version: int = 1) -> 
         return None
     if is_remote(path):
         raise ValueError("split= needs a local dataset (its splits/ directory is read from disk)")
-    chosen = read_split(path, named[0], total_samples, version)
+    chosen = read_split(path, named[0], None, version)
     directory = version_files(path, version)
+    target = directory / SPLIT_DIR / f"{named[0]}.json"
     if chosen.manifest_sha256 != _manifest_sha256(directory):
-        raise DatasetError(f"{directory / SPLIT_DIR / (named[0] + '.json')}: split {named[0]!r} was made for "
-                           f"another state of the dataset (its manifest changed since); run `neurocodec split "
-                           f"{path} --refresh` (or neurocodec.refresh_splits) to assign the samples it has now")
+        raise DatasetError(f"{target}: split {named[0]!r} was made for another state of the dataset (its "
+                           f"manifest changed since); run `neurocodec split {path} --refresh` (or "
+                           "neurocodec.refresh_splits) to assign the samples it has now")
+    if any(len(runs) and int(runs.max()) > total_samples for runs in chosen.samples.values()):
+        raise DatasetError(f"{target}: not a valid split file: sample runs outside the dataset")
     return chosen, chosen.part(named[1])
