@@ -28,6 +28,8 @@ from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
 from neurocodec.cli.options import CommandLineError, add_storage_arguments, cache_from_args, storage_options_from_args
+from neurocodec.cli.split import parse_fractions
+from neurocodec.dataset.splits import BY
 from neurocodec.nwb.source import URLPath
 from neurocodec.storage.location import dataset_path, file_url_path, is_remote, is_url
 
@@ -178,10 +180,46 @@ def convert_nwb(paths: list[Path], output: Path | str, args: argparse.Namespace)
         progress=False if args.no_progress else None,
         storage_options=storage_options_from_args(args), fields=fields or None, intervals=args.intervals,
         input_storage_options=storage_options_from_args(args, "input-") or None, codecs=args.codec,
-        field_codecs=_field_codecs(args.field_codec) or None,
+        field_codecs=_field_codecs(args.field_codec) or None, split=split_options(args), stats=args.stats,
     ) as converter:
         converter.convert_nwb_files(paths)
         return converter.finalize()
+
+
+def split_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--split-by, --split-fractions and --split-seed as the converter's `split=`."""
+    if args.split_by is None:
+        if args.split_fractions is not None or args.split_seed is not None:
+            raise CommandLineError("--split-fractions and --split-seed describe the split --split-by makes: "
+                                   "give --split-by too")
+        return None
+    options: dict[str, Any] = {"by": args.split_by}
+    if args.split_fractions is not None:
+        options["fractions"] = parse_fractions(args.split_fractions, "--split-fractions")
+    if args.split_seed is not None:
+        options["seed"] = args.split_seed
+    return options
+
+
+_FINISH_FLAGS = (("stats=True", "--stats"), ("split=", "--split-by"), ("fractions must", "--split-fractions must"),
+                 ("fraction of", "--split-fractions: fraction of"), ("seed must", "--split-seed must"),
+                 ("by must", "--split-by must"), ("a local output directory", "a local --output"))
+
+
+def check_finish(args: argparse.Namespace, fmt: str, output: Path | str) -> None:
+    """--split-by, --split-fractions, --split-seed and --stats, checked before converting."""
+    from neurocodec.dataset.finish import Finish
+
+    options = split_options(args)
+    if options is not None and fmt != "nwb":
+        raise CommandLineError("--split-by assigns sessions or stretches of recordings: it needs NWB inputs")
+    try:
+        Finish.of(options, args.stats, append=args.append, remote=is_remote(output))
+    except ValueError as exc:
+        message = str(exc)
+        for words, flag in _FINISH_FLAGS:
+            message = message.replace(words, flag)
+        raise CommandLineError(message) from None
 
 
 CHUNK_FLAGS = {"chunk_seconds": "--chunk-seconds", "sequence_length": "--sequence-length",
@@ -200,7 +238,12 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.append and (args.overwrite or is_remote(output)):
         raise CommandLineError("--append adds samples to a local dataset: not with --overwrite, nor to a URL "
                                f"(--output {args.output})")
+    check_finish(args, fmt, output)
     summary = convert_nwb(paths, output, args) if fmt == "nwb" else convert_npz(paths, output, args)
+    if fmt == "npz" and args.stats:
+        from neurocodec.dataset.finish import Finish
+
+        summary.update(Finish(None, True).run(output))
     print(f"wrote {summary['samples']:,} samples in {summary['shards']} shards "
           f"({summary['bytes'] / 2**20:.1f} MiB, compression {summary['compression']}) to {output}")
     if summary.get("version", 1) > 1:
@@ -215,6 +258,9 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"{source}: " + "; ".join(f"{field} <- {_objects(obj)}" for field, obj in chosen.items()))
     if summary.get("report"):
         print(f"report: {summary['report']}")
+    for what in ("split", "stats"):
+        if summary.get(what):
+            print(f"{what}: {summary[what]}")
     if args.validate:
         from neurocodec.dataset.reader import Dataset
 
@@ -274,6 +320,15 @@ def add_parsers(sub: Any) -> None:
     nwb.add_argument("--field-codec", action="append", default=[], metavar="FIELD=JSON",
                      help="a field's codec config, over --codec (repeatable), e.g. "
                           "'video={\"id\": \"av-video\", \"codec\": \"ffv1\"}'")
+    after = p.add_argument_group("once converted: a split and normalisation statistics (docs/splits.md, "
+                                 "docs/stats.md)")
+    after.add_argument("--split-by", choices=BY, help="NWB: make the split 'default' by session, subject or "
+                       "time (loaders then take split='train')")
+    after.add_argument("--split-fractions", metavar="PART=F,...", help="the split's parts and fractions in "
+                       "order, the first one the training part (default: train=0.8,valid=0.1,test=0.1)")
+    after.add_argument("--split-seed", type=int, default=None, help="seed of the split's assignment (default 0)")
+    after.add_argument("--stats", action="store_true", help="compute normalisation statistics from the "
+                       "split's first (training) part, or from every sample without --split-by")
     add_storage_arguments(p)
     inputs = p.add_argument_group("storage of NWB inputs at URLs (default: the --storage-option(s) above)")
     inputs.add_argument("--input-storage-option", action="append", default=[], metavar="KEY=VALUE",

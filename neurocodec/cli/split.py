@@ -44,7 +44,7 @@ def run_split(args: argparse.Namespace) -> int:
 
     if args.refresh:
         return _refresh(args)
-    fractions = _fractions(args.fractions)
+    fractions = parse_fractions(args.fractions)
     try:
         split = make_split(args.path, by=args.by, fractions=fractions, seed=args.seed, folds=args.folds,
                            fold=args.fold, guard_s=args.guard_s, name=args.name, overwrite=args.overwrite)
@@ -71,7 +71,8 @@ def _refresh(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fractions(text: str | None) -> dict[str, float] | None:
+def parse_fractions(text: str | None, flag: str = "--fractions") -> dict[str, float] | None:
+    """PART=FRACTION,... as make_split's `fractions` (None for None); CommandLineError naming `flag`."""
     if text is None:
         return None
     out = {}
@@ -82,7 +83,7 @@ def _fractions(text: str | None) -> dict[str, float] | None:
         except ValueError:
             sep = ""
         if not sep or not name.strip():
-            raise CommandLineError(f"--fractions {text}: give PART=FRACTION pairs, e.g. train=0.8,valid=0.1,test=0.1")
+            raise CommandLineError(f"{flag} {text}: give PART=FRACTION pairs, e.g. train=0.8,valid=0.1,test=0.1")
     return out
 
 

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import attrs
 
+from neurocodec.dataset.finish import Finish
 from neurocodec.errors import DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.compression import check_compression
@@ -204,6 +205,11 @@ class NWBToWebDatasetConverter:
     UnknownModalityError here. A `registry` cannot be sent to worker processes: with one, use
     `workers=1`, or an executor that runs in this process (threads).
 
+    `split`: make_split's keyword arguments (`{"by": "time", "fractions": {"train": 0.8, "valid":
+    0.1, "test": 0.1}}`), a split made once the dataset is written; `stats=True` then computes the
+    normalisation statistics from its first (training) part, or from every sample without
+    `split` (`neurocodec.compute_stats`; docs/stats.md). The summary names their files.
+
     Use it as a context manager (or call `close()`) to release the output directory's lock
     when not finalizing.
     """
@@ -222,8 +228,10 @@ class NWBToWebDatasetConverter:
         fields: Mapping[str, Any] | None = None,
         input_storage_options: Mapping[str, Any] | None = None, codecs: str = "neural",
         field_codecs: Mapping[str, Mapping[str, Any]] | None = None, append: bool = False,
+        split: Mapping[str, Any] | None = None, stats: bool = False,
     ) -> None:
         _check_arguments(shard_size, workers, on_error, registry)
+        self.finish = Finish.of(split, stats, append=append, remote=is_remote(dataset_path(output_dir)))
         if append and (overwrite or is_remote(dataset_path(output_dir))):
             raise ValueError("append=True adds sessions to a local dataset: not with overwrite=True or a URL output")
         self.registry = registry
@@ -458,4 +466,5 @@ class NWBToWebDatasetConverter:
         summary["report"] = write_report(self.output_dir, report, fsync=self.settings.fsync,
                                          storage_options=self.storage_options)
         self._summary = summary
+        summary.update(self.finish.run(self.output_dir))  # the dataset stands even if this fails
         return summary
