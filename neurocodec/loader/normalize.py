@@ -77,10 +77,10 @@ def _mismatch(stats: Stats, chosen: Split | None, first: str | None, sha: str) -
     elif stats.split != chosen.name or stats.part != first:
         made = "every sample" if stats.split is None else f"part {stats.part!r} of split {stats.split!r}"
         return f"these statistics were made from {made}, not from the first (training) part {first!r}"
-    elif stats.split_fingerprint != chosen.fingerprint(first):
-        return f"these statistics were made for another assignment of split {chosen.name!r} (it changed since)"
-    if stats.manifest_sha256 != sha:
+    if stats.manifest_sha256 != sha:  # (an append changes the split's assignment too: say why)
         return "these statistics were made for another state of the dataset (its manifest changed since)"
+    if chosen is not None and stats.split_fingerprint != chosen.fingerprint(first):
+        return f"these statistics were made for another assignment of split {chosen.name!r} (it changed since)"
     return None
 
 
