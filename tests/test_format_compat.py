@@ -146,7 +146,7 @@ def test_the_readme_windows_block_runs_as_written(tmp_path, monkeypatch):
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     [block] = [b for b in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
-               if "window_ms=" in b and "make_split" not in b]
+               if "window_ms=" in b and "make_split" not in b and "compute_stats" not in b]
     shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
     monkeypatch.chdir(tmp_path)
     scope = {"__name__": "readme"}
@@ -163,7 +163,7 @@ def test_the_readme_splits_block_runs_after_the_windows_block(tmp_path, monkeypa
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)\n```", readme, flags=re.S)
-    [windows] = [b for b in blocks if "window_ms=" in b and "make_split" not in b]
+    [windows] = [b for b in blocks if "window_ms=" in b and "make_split" not in b and "compute_stats" not in b]
     [splits] = [b for b in blocks if "make_split(" in b]
     shutil.copyfile(V1 / "session.nwb", tmp_path / "recording.nwb")
     monkeypatch.chdir(tmp_path)
