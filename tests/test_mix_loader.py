@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from neurocodec import WebDatasetLoader, create_webdataset_dataloader
+from neurocodec.errors import DatasetError
 from neurocodec.loader.mix_order import epoch_counts
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -121,7 +122,9 @@ def test_mixing_errors_in_words(sources, tmp_path):
         WebDatasetLoader(sources[0], weights=[1])
     with pytest.raises(ValueError, match="3 weights for 2 sources"):
         WebDatasetLoader(sources[:2], weights=[1, 1, 1])
-    with pytest.raises(ValueError, match="window_ms= is not available yet"):
+    with pytest.raises(ValueError, match="version= is not available when mixing"):
+        WebDatasetLoader(sources, version=1)
+    with pytest.raises(DatasetError, match="timeline"):  # windows need chunked sources
         WebDatasetLoader(sources, window_ms=100)
     with pytest.raises(ValueError, match="decode names fields no dataset of the mix has"):
         WebDatasetLoader(sources, decode={"eeg": {}})

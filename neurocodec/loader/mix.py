@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterator, Mapping, Sequence
+import math
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
 
-from neurocodec.dataset.decode import decode_plan
 from neurocodec.dataset.reader import read_manifest
-from neurocodec.format import layout
-from neurocodec.format.manifest import FieldSpec, check_local_shards
+from neurocodec.format.manifest import FieldSpec
 from neurocodec.loader.mix_order import MixedOrder, epoch_counts
-from neurocodec.loader.normalize import normalizing, scaled_fields
-from neurocodec.loader.source import SampleSource
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.stream import EpochStream
-from neurocodec.plugin.manager import default_registry
-from neurocodec.storage.location import dataset_path, is_remote
+from neurocodec.storage.location import dataset_path
 
 
 PRESENT_SUFFIX = "_present"
@@ -51,13 +47,15 @@ class MixedOrderIds:
 
 
 class MixedSource:
-    """Reads mixed ids through each source's own `SampleSource`, in the order asked. A field
-    that some sources lack is filled in their samples (`absent`, per source) and every sample
-    says whether it has it (`<field>_present`, a bool)."""
+    """Reads mixed ids through each source's own stream (its `SampleSource`, and its split's
+    selection), in the order asked. A field that some sources lack is filled in their samples
+    (`absent`, per source) and every sample says whether it has it (`<field>_present`, a bool).
+    `offsets(epoch)`: where each source's numbers start in the mix's numbering of that epoch."""
 
-    def __init__(self, sources: Sequence[SampleSource], offsets: np.ndarray,
+    def __init__(self, parts: Sequence[EpochStream], offsets: Callable[[int], np.ndarray],
                  absent: Sequence[Mapping[str, Any]] = (), partial: Sequence[str] = ()) -> None:
-        self.sources, self.offsets = list(sources), offsets
+        self.parts, self.offsets = list(parts), offsets
+        self.sources = [part.source for part in self.parts]
         self.absent = list(absent) or [{} for _ in self.sources]
         self.partial = list(partial)
         self.registry = self.sources[0].registry
@@ -71,13 +69,14 @@ class MixedSource:
     def read(self, ids: np.ndarray, epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """(i, sample ids[i]) in order, each read from its source (transforms seeded by the mixed
         id); a source's samples of the batch are read in one call."""
-        source = np.searchsorted(self.offsets, ids, side="right") - 1
+        offsets = self.offsets(epoch)
+        source = np.searchsorted(offsets, ids, side="right") - 1
         found: dict[int, dict[str, Any]] = {}
         for which in np.unique(source).tolist():
             places = np.flatnonzero(source == which)
             mixed = ids[places]
-            for n, sample in self.sources[which].read(mixed - self.offsets[which], epoch,
-                                                      transform_ids=mixed.tolist()):
+            stored = self.parts[which]._ids(mixed - offsets[which])  # a split's samples, else themselves
+            for n, sample in self.sources[which].read(stored, epoch, transform_ids=mixed.tolist()):
                 missing = self.absent[which]
                 for name in self.partial:
                     sample[f"{name}{PRESENT_SUFFIX}"] = np.array(name not in missing)
@@ -88,73 +87,94 @@ class MixedSource:
 
 
 class MixedEpochStream(EpochStream):
-    """An `EpochStream` over several datasets mixed by weights (see the module documentation)."""
+    """An `EpochStream` over several datasets mixed by weights (see the module documentation).
+    Each source is a stream of its own (`parts`), with the loader's `split=`, windows and
+    `normalize=` applied to it; the mix orders what they hold."""
 
     def __init__(self, shard_dirs: Sequence[Any], *, weights: Sequence[float] | None = None,
                  weight_by: str = "samples", epoch_samples: int | None = None, **options: Any) -> None:
         if not shard_dirs:
             raise ValueError("a mixed loader needs at least one dataset")
-        for name in ("window_ms", "window_bins", "window_mode", "split", "version"):
-            if options.pop(name, None) is not None:
-                raise ValueError(f"{name}= is not available yet when mixing several datasets")
-        normalize = options.pop("normalize", None)
+        if options.pop("version", None) is not None:
+            raise ValueError("version= is not available when mixing several datasets (each is read at its "
+                             "current version; a state records them all)")
+        own = {name: options.pop(name, None) for name in ("window_ms", "window_bins", "window_mode", "split",
+                                                          "normalize")}
         self._settings(**options)
         opened = self._source_options
         self.paths = [dataset_path(d) for d in shard_dirs]
-        self.manifests = [read_manifest(p, storage_options=opened["storage_options"],
-                                        max_member_bytes=opened["max_member_bytes"]) for p in self.paths]
-        for path, manifest in zip(self.paths, self.manifests):
-            if not is_remote(path):
-                check_local_shards(path, manifest)
-        sizes = [m.total_samples for m in self.manifests]
-        self.counts = epoch_counts(sizes, weights, epoch_samples, weight_by,
-                                   _seconds_per_sample(self.manifests) if weight_by == "hours" else None)
-        self.mix_rule = {"weights": None if weights is None else [float(w) for w in weights],
-                         "weight_by": weight_by, "epoch_samples": epoch_samples}
-        self.offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        registry = opened["registry"] or default_registry()
-        known = {f.name for m in self.manifests for f in m.fields}
+        manifests = [read_manifest(p, storage_options=opened["storage_options"],
+                                   max_member_bytes=opened["max_member_bytes"]) for p in self.paths]
+        known = {f.name for m in manifests for f in m.fields}
         unknown = sorted(set(opened["decode"] or {}) - known) if isinstance(opened["decode"], Mapping) else []
         if unknown:
             raise ValueError(f"decode names fields no dataset of the mix has: {unknown} (fields: {sorted(known)})")
-        per_source = [decode_plan(m.fields, registry, f"{p}/{layout.MANIFEST}", _own(opened["decode"], m)).fields
-                      for p, m in zip(self.paths, self.manifests)]
-        self._fields = merged_fields(per_source, self.paths)
-        # each dataset scaled by its own statistics (stats/all.json: a mix reads every sample)
-        scaled = [normalizing(p, normalize, None, m, decode=_own(opened["decode"], m), registry=opened["registry"],
-                              transform=opened["transform"]) for p, m in zip(self.paths, self.manifests)]
-        self.stats = None if normalize is None else [stats for stats, _ in scaled]
-        self._fields = scaled_fields(self._fields, self.stats or [])
-        names = [[f.name for f in fields] for fields in per_source]
+        self.parts = [EpochStream(p, manifest=m, **own, **{**options, "decode": _own(opened["decode"], m)})
+                      for p, m in zip(self.paths, manifests)]
+        self.manifests = manifests
+        self._fields = merged_fields([part.fields for part in self.parts], self.paths)
+        self.stats = None if own["normalize"] is None else [part.stats for part in self.parts]
+        names = [[f.name for f in part.fields] for part in self.parts]
         partial = [f.name for f in self._fields if any(f.name not in n for n in names)]
-        # pinned to the versions read here, even if samples are appended while the loader runs
-        sources = [SampleSource(p, **{**opened, "decode": _own(opened["decode"], m), "version": m.version})
-                   for p, m in zip(self.paths, self.manifests)]
-        for source, (_, transform) in zip(sources, scaled):
-            source.transform = transform
-        self.source = MixedSource(sources, self.offsets, [absent_values(self._fields, n) for n in names], partial)
+        self._rule = (weights, epoch_samples, weight_by,
+                      _seconds_per_sample(self.parts) if weight_by == "hours" else None)
+        self.mix_rule = {"weights": None if weights is None else [float(w) for w in weights],
+                         "weight_by": weight_by, "epoch_samples": epoch_samples}
+        self._counts: dict[int, list[int]] = {}
+        self.counts_of(self.epoch)  # a rule that does not fit the sources fails here
+        self.source = MixedSource(self.parts, self.offsets_of, [absent_values(self._fields, n) for n in names],
+                                  partial)
         self.path = list(self.paths)
         self.windows, self.slots, self.split, self.selection = None, None, None, None
 
+    def counts_of(self, epoch: int) -> list[int]:
+        """Samples each source gives `epoch` (with jittered windows, its sources' sizes vary)."""
+        counts = self._counts.get(epoch)
+        if counts is None:
+            weights, total, weight_by, seconds = self._rule
+            counts = epoch_counts(self._sizes(epoch), weights, total, weight_by, seconds)
+            if len(self._counts) >= 4:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[epoch] = counts
+        return counts
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples each source gives the current epoch."""
+        return self.counts_of(self.epoch)
+
+    def _sizes(self, epoch: int) -> list[int]:
+        return [part.epoch_samples(epoch) for part in self.parts]
+
+    def offsets_of(self, epoch: int) -> np.ndarray:
+        """Where each source's numbers start in the mix's numbering of `epoch`."""
+        return np.concatenate(([0], np.cumsum(self._sizes(epoch))[:-1])).astype(np.int64)
+
     def epoch_samples(self, epoch: int) -> int:
-        """Samples in an epoch of the mix (the same every epoch)."""
-        return sum(self.counts)
+        """Samples in `epoch` of the mix."""
+        return sum(self.counts_of(epoch))
 
     def order(self, epoch: int | None = None) -> MixedOrderIds:
         """The mixed order of `epoch` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
-        return MixedOrderIds(MixedOrder([[s.samples for s in m.shards] for m in self.manifests], seed=self.seed,
-                                        epoch=epoch, counts=self.counts, shuffle=self.shuffle,
-                                        buffer_size=self.buffer_size, chunk_size=self.chunk_size), self.offsets)
+        return MixedOrderIds(MixedOrder([part.unit_sizes(epoch) for part in self.parts], seed=self.seed,
+                                        epoch=epoch, counts=self.counts_of(epoch), shuffle=self.shuffle,
+                                        buffer_size=self.buffer_size, chunk_size=self.chunk_size),
+                             self.offsets_of(epoch))
 
     def _prefetcher(self, order: Any, plan: Any, worker: int, workers: int) -> Any:
         return None  # remote sources are read through their caches, shard by shard as needed
 
     def fingerprint(self) -> str:
-        """SHA-256 of the sources (paths, sample counts, shard checksums), the counts and the rule."""
-        doc = {"sources": [[str(p), m.total_samples, [s.sha256 for s in m.shards]]
-                           for p, m in zip(self.paths, self.manifests)],
-               "counts": self.counts, "rule": self.mix_rule, "version": 1}
+        """SHA-256 of the sources (paths, sample counts, shard checksums), the counts (of epoch 0),
+        the rule, and each source's windows and split part where given."""
+        doc: dict[str, Any] = {"sources": [[str(p), m.total_samples, [s.sha256 for s in m.shards]]
+                                           for p, m in zip(self.paths, self.manifests)],
+                               "counts": self.counts_of(0), "rule": self.mix_rule, "version": 1}
+        for key, of in (("windows", lambda part: part.windows and part.windows.describe()),
+                        ("split", lambda part: part.split and part.split[0].fingerprint(part.split[1]))):
+            if any(of(part) for part in self.parts):  # keys absent otherwise: earlier mixes' states stay valid
+                doc[key] = [of(part) for part in self.parts]
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def _state_at(self, epoch: int, position: int, skipped: int) -> LoaderState:
@@ -167,7 +187,11 @@ class MixedEpochStream(EpochStream):
         """Continue from `state`; with `allow_new_mix`, a state of another mix starts its epoch
         again from the beginning with this mix (otherwise that is a ValueError)."""
         loaded = state if isinstance(state, LoaderState) else LoaderState.from_dict(state)
-        if allow_new_mix and loaded.mix != self.fingerprint():
+        if loaded.mix is not None and loaded.mix != self.fingerprint():
+            if not allow_new_mix:
+                raise ValueError("the state was saved by another mix of datasets (their samples, the weights, the "
+                                 "windows or the split differ): pass allow_new_mix=True to start its epoch again "
+                                 "with this mix")
             self.epoch, self.position, self.skipped = loaded.epoch, 0, loaded.skipped
             return
         super().restore(loaded)
@@ -214,16 +238,23 @@ def absent_values(fields: Sequence[FieldSpec], present: Sequence[str]) -> dict[s
     return out
 
 
-def _seconds_per_sample(manifests: Sequence[Any]) -> list[float]:
-    """Each dataset's window length in seconds, from its conversion record."""
+def _seconds_per_sample(parts: Sequence[EpochStream]) -> list[float]:
+    """Each source's sample length in seconds: its load-time window, else its conversion's window."""
     out = []
-    for manifest in manifests:
+    for part in parts:
+        if part.windows is not None:
+            out.append(part.windows.window_bins * part.windows.timeline.bin_s)
+            continue
+        manifest = part.manifest
         conversion = manifest.extra.get("conversion", {}) if isinstance(manifest.extra, Mapping) else {}
         try:
-            out.append(float(conversion["sequence_length"]) * float(conversion["bin_size_ms"]) / 1000)
+            seconds = float(conversion["sequence_length"]) * float(conversion["bin_size_s"])
         except (KeyError, TypeError, ValueError):
             raise ValueError("weight_by='hours' needs datasets converted from NWB (their manifests record the "
                              "window length)") from None
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"weight_by='hours': a manifest records windows of {seconds!r} s")
+        out.append(seconds)
     return out
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from neurocodec.dataset.decode import decode_plan
 from neurocodec.format import layout, limits
-from neurocodec.format.manifest import check_local_shards
+from neurocodec.format.manifest import Manifest, check_local_shards
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.dataset.splits import Split, chosen_part
 from neurocodec.loader.normalize import normalizing, scaled_fields
@@ -38,12 +38,14 @@ class EpochStream:
 
     def __init__(self, shard_dir: str | os.PathLike, *, window_ms: float | None = None,
                  window_bins: int | None = None, window_mode: str | None = None, split: str | None = None,
-                 normalize: str | None = None,
-                 version: int | None = None, **settings: Any) -> None:
+                 normalize: str | None = None, version: int | None = None, manifest: Manifest | None = None,
+                 **settings: Any) -> None:
+        """`manifest`: the dataset's manifest when already read (a mix reads its sources' first)."""
         self._settings(**settings)
         self.path = dataset_path(shard_dir)
-        self.manifest = read_manifest(self.path, storage_options=self._source_options["storage_options"],
-                                      max_member_bytes=self._source_options["max_member_bytes"], version=version)
+        self.manifest = manifest or read_manifest(
+            self.path, storage_options=self._source_options["storage_options"],
+            max_member_bytes=self._source_options["max_member_bytes"], version=version)
         # Every process reads this version, even if samples are appended while the loader runs.
         self._source_options["version"] = self.manifest.version
         if not is_remote(self.path):
@@ -132,16 +134,18 @@ class EpochStream:
         """The order of `epoch` (default: the current one). With load-time windows it permutes
         the epoch's slots, each session in the place of a shard."""
         epoch = self.epoch if epoch is None else epoch
-        if self.slots is not None:
-            sizes = self.slots(epoch).session_counts()
-        elif self.selection is not None:  # a split's samples, shard by shard
-            starts = [s.first_sample for s in self.manifest.shards]
-            sizes = np.bincount(np.searchsorted(starts, self.selection, side="right") - 1,
-                                minlength=len(starts))
-        else:
-            sizes = [s.samples for s in self.manifest.shards]
-        return EpochOrder(sizes, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+        return EpochOrder(self.unit_sizes(epoch), seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                           buffer_size=self.buffer_size, chunk_size=self.chunk_size)
+
+    def unit_sizes(self, epoch: int) -> Any:
+        """What the order of `epoch` permutes: samples per shard, a split's samples per shard,
+        or load-time window slots per session."""
+        if self.slots is not None:
+            return self.slots(epoch).session_counts()
+        if self.selection is not None:  # a split's samples, shard by shard
+            starts = [s.first_sample for s in self.manifest.shards]
+            return np.bincount(np.searchsorted(starts, self.selection, side="right") - 1, minlength=len(starts))
+        return [s.samples for s in self.manifest.shards]
 
     def plan(self, start: int | None = None) -> StepPlan:
         """This rank's batches from `start` (default: the current position) to the epoch's end."""
