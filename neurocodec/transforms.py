@@ -271,6 +271,8 @@ class Normalize:
 
 def _scaled(value: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str, session: Any) -> np.ndarray:
     width = value.shape[-1] if value.ndim == 2 else 1
+    if value.size == 0:  # no row or no channel (a session without units): nothing to scale
+        return value.astype(np.float32)
     if len(mean) not in (1, width):
         raise ValueError(f"field {name!r} has {width} channels but its statistics (session {session!r}) have "
                          f"{len(mean)}")
