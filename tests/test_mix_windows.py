@@ -96,3 +96,32 @@ def test_a_source_without_the_split_is_named(chunked, tmp_path):
                     chunk_seconds=0.5)
     with pytest.raises(DatasetError, match="plain.*no split 'default'"):
         WebDatasetLoader([chunked[0], plain], split="train")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_url_source_prefetches_the_shards_its_windows_read(chunked, workers):
+    """The wish list a mix builds for each source (as if it were at a URL) names exactly the
+    shards of the chunks that source's windows read in this worker's next batches."""
+    from neurocodec.loader.lookahead import ShardLookahead
+    from neurocodec.loader.mix_lookahead import SourceIds
+
+    batch = 4
+    loader = WebDatasetLoader(chunked, window_ms=300, weights=[0.4, 0.6], epoch_samples=24, seed=5,
+                              batch_size=batch, split="train")
+    stream = loader.stream
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        order, plan = stream.order(), stream.plan()
+        read = [s["metadata"] for s in WebDatasetLoader(chunked, window_ms=300, weights=[0.4, 0.6], epoch_samples=24,
+                                                        seed=5, batch_size=batch, split="train", epoch=epoch)]
+        for i, part in enumerate(stream.parts):
+            starts = np.array([s.first_sample for s in part.manifest.shards])
+            sessions = {k for k in part.manifest.extra["sessions"]}
+            for worker in range(workers):
+                stored = part._lookahead(SourceIds(order, i), plan, worker, workers).stored
+                ahead = ShardLookahead(SourceIds(order, i), plan, worker, workers, starts, samples=batch,
+                                       stored=stored)
+                for k in range(worker, len(plan), workers):
+                    chunks = [c for m in read[k * batch:(k + 1) * batch] if m["session"] in sessions
+                              for c in m["window"]["chunks"]]
+                    assert sorted(ahead.shards_from(k)) == sorted(set(np.searchsorted(starts, chunks, "right") - 1))

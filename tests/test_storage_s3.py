@@ -238,6 +238,18 @@ def test_dataloader_with_two_workers_equals_local(endpoint, dataset, local, tmp_
     assert len(os.listdir(tmp_path / "c" / "entries")) == SHARDS
 
 
+def test_a_mix_with_a_dataset_on_s3_equals_its_local_copy(endpoint, dataset, local, tmp_path):
+    """A mix reads (and prefetches) a URL dataset as it reads the same data on disk."""
+    kw = dict(batch_size=6, weights=[0.7, 0.3], epoch_samples=50, seed=3)
+    other = write_ids_dataset(tmp_path / "other", 20, 6)
+    want = flat_ids(create_webdataset_dataloader([local, other], num_workers=0, **kw))
+    cache = ShardCache(tmp_path / "c", "1G")
+    got = flat_ids(create_webdataset_dataloader([dataset, other], num_workers=2, storage_options=s3_options(endpoint),
+                                                cache=cache, **kw))
+    assert got == want and len(got) == 50
+    assert len(os.listdir(tmp_path / "c" / "entries")) == SHARDS  # every shard of the S3 dataset, once
+
+
 @pytest.mark.multiprocess
 def test_exact_resume_over_s3_equals_local(endpoint, dataset, local, tmp_path):
     kw = dict(batch_size=4, shuffle=True, buffer_size=24, seed=9)

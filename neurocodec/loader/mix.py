@@ -24,10 +24,11 @@ import numpy as np
 
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.format.manifest import FieldSpec
+from neurocodec.loader.mix_lookahead import MixLookahead, SourceIds
 from neurocodec.loader.mix_order import MixedOrder, epoch_counts
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.stream import EpochStream
-from neurocodec.storage.location import dataset_path
+from neurocodec.storage.location import dataset_path, is_remote
 
 
 PRESENT_SUFFIX = "_present"
@@ -163,7 +164,14 @@ class MixedEpochStream(EpochStream):
                              self.offsets_of(epoch))
 
     def _prefetcher(self, order: Any, plan: Any, worker: int, workers: int) -> Any:
-        return None  # remote sources are read through their caches, shard by shard as needed
+        """Per URL source, what prefetches the shards of its samples in this worker's next batches."""
+        aheads = {i: part._lookahead(SourceIds(order, i), plan, worker, workers)
+                  for i, part in enumerate(self.parts) if is_remote(part.path)}
+        return MixLookahead(aheads) if aheads else None
+
+    def _prefetch(self, ahead: Any, k: int) -> None:
+        for i, shards in ahead.shards_from(k).items():
+            self.parts[i].source.dataset.prefetch(shards)
 
     def fingerprint(self) -> str:
         """SHA-256 of the sources (paths, sample counts, shard checksums), the counts (of epoch 0),

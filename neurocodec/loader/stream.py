@@ -164,8 +164,12 @@ class EpochStream:
         for k in range(worker, len(plan), workers):
             positions = plan.positions(k)
             if ahead is not None and ahead.due():
-                self.source.dataset.prefetch(ahead.shards_from(k))
+                self._prefetch(ahead, k)
             yield k, positions, list(self.source.read(self._ids(order.take(positions)), order.epoch))
+
+    def _prefetch(self, ahead: Any, k: int) -> None:
+        """Ask for the shards of this worker's batches from batch `k` on to be downloaded."""
+        self.source.dataset.prefetch(ahead.shards_from(k))
 
     def _prefetcher(self, order: Any, plan: StepPlan, worker: int, workers: int) -> Any:
         """What prefetches the shards of this worker's next batches: only for URL datasets."""
