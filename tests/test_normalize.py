@@ -170,9 +170,12 @@ def test_missing_stale_or_foreign_statistics_are_refused_with_the_command(tmp_pa
         writer.write_sample({k: v[:WINDOW] for k, v in signals(9, WINDOW, 2).items()} | {"label": np.int64(0)},
                             metadata={"session": "s9", "subject_id": "s9", "start_time": 0.0,
                                       "stop_time": WINDOW / RATE})
+    new = WebDatasetLoader(path, split="train", normalize="session")  # the append computed them again
+    old = WebDatasetLoader(path, split="train", normalize="session", version=1)  # the version they were made for
+    assert new.stats.total_samples == len(new) and old.stats.total_samples == len(old)
+    assert new.stats.manifest_sha256 != old.stats.manifest_sha256  # each made for its own version
+    write_windows(path, {"s1": (0.0, signals(2, 120, 2))})  # overwritten: a new dataset
     with pytest.raises(DatasetError, match="another state of the dataset"):
         WebDatasetLoader(path, split="train", normalize="session")
-    old = WebDatasetLoader(path, split="train", normalize="session", version=1)  # the version they were made for
-    assert old.stats.total_samples == len(old)
     with pytest.raises(ValueError, match="normalize must be None or one of"):
         WebDatasetLoader(path, normalize="global")

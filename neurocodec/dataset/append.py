@@ -11,12 +11,14 @@ writer lock:
    `dataset_metadata.json` atomically: this is the switch;
 3. every stored split is made again by its own rule for version n + 1
    (`neurocodec.dataset.splits.refresh_splits`): existing sessions keep their parts, new ones
-   get theirs by the same rule.
+   get theirs by the same rule; then every stored set of normalisation statistics is computed
+   again from its part (`neurocodec.dataset.stats_compute.refresh_stats`).
 
 A reader that opened version n keeps reading exactly its samples (shards never change), and
 `Dataset(path, version=n)` or a loader's `version=n` opens it later. An interruption before the
 switch leaves version n as it was (the new shards are not listed, and the next append replaces
-them); between 2 and 3, loaders refuse the split made for version n and say how to refresh it.
+them); between 2 and 3, loaders refuse the split (and statistics) made for version n and say how
+to refresh them.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def append_datasets(target: str | os.PathLike, sources: Sequence[str | os.PathLi
 def _append(path: Path, sources: Sequence[str | os.PathLike], fsync: bool, registry: Registry | None,
             extra: Mapping[str, Any] | None) -> Manifest:
     from neurocodec.dataset.splits import refresh_splits
+    from neurocodec.dataset.stats_compute import refresh_stats
 
     manifest_bytes = (path / layout.MANIFEST).read_bytes() if (path / layout.MANIFEST).is_file() else None
     current = Dataset(path, registry=registry)
@@ -101,6 +104,7 @@ def _append(path: Path, sources: Sequence[str | os.PathLike], fsync: bool, regis
     _keep_version(path, current.version, manifest_bytes, fsync)
     write_manifest(path, manifest, fsync=fsync)  # the switch
     refresh_splits(path)
+    refresh_stats(path)
     return manifest
 
 

@@ -76,6 +76,20 @@ def compute_stats(path: str | Path, split: str | None = "train", *, overwrite: b
     return stats
 
 
+def refresh_stats(path: str | Path) -> list[str]:
+    """Compute every statistics file stored with the local dataset at `path` again, from the same
+    split part (or every sample), for the dataset as it is now (after an append and its split
+    refresh); return their names. A pass over each part's samples."""
+    from neurocodec.dataset.stats import read_stats
+
+    directory = stats_path(path, None).parent
+    names = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+    for name in names:
+        old = read_stats(path, name)
+        compute_stats(path, None if old.split is None else f"{old.split}/{old.part}", overwrite=True)
+    return names
+
+
 def _split_part(path: Path, named: tuple[str, str], total: int) -> tuple[Any, str]:
     if not (path / SPLIT_DIR / f"{named[0]}.json").exists():
         raise DatasetError(f"{path}: no split {named[0]!r} to take part {named[1]!r} from: make one "
