@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file beside the target, fsync, then rename."""
+"""Atomic file writes (a temp file beside the target, fsync, then rename) and capped reads of small files."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
+
+from neurocodec.errors import DatasetError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -75,3 +77,16 @@ def _flush(f: Any, fsync: bool) -> None:
     if fsync:
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_capped(target: Path, max_bytes: int, missing: str, what: str) -> bytes:
+    """The bytes of the small file `target` (a split, statistics...), refused by its size before
+    it is read: DatasetError "`target`: `missing`" when it does not exist, and one naming `what`
+    the file is when it holds more than `max_bytes`."""
+    try:
+        size = target.stat().st_size
+    except FileNotFoundError:
+        raise DatasetError(f"{target}: {missing}") from None
+    if size > max_bytes:
+        raise DatasetError(f"{target}: {size} bytes, more than {what} may hold ({max_bytes})")
+    return target.read_bytes()

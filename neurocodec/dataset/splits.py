@@ -34,7 +34,7 @@ import numpy as np
 from neurocodec.dataset.metadata import sample_metadata
 from neurocodec.dataset.versions import version_files
 from neurocodec.errors import DatasetError
-from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.fsutil import atomic_write_bytes, read_capped
 from neurocodec.format import layout
 
 SPLIT_DIR = "splits"
@@ -320,15 +320,10 @@ def read_split(path: str | Path, name: str = "default", total_samples: int | Non
     version of an appended dataset (default: the current one)."""
     _check_name(name)
     target = (Path(path) if version is None else version_files(path, version)) / SPLIT_DIR / f"{name}.json"
+    data = read_capped(target, MAX_SPLIT_BYTES, f"no split {name!r} (make one with neurocodec.make_split or "
+                       "`neurocodec split`)", "a split file")
     try:
-        size = target.stat().st_size
-    except FileNotFoundError:
-        raise DatasetError(f"{target}: no split {name!r} (make one with neurocodec.make_split or "
-                           "`neurocodec split`)") from None
-    if size > MAX_SPLIT_BYTES:
-        raise DatasetError(f"{target}: {size} bytes, more than a split file may hold ({MAX_SPLIT_BYTES})")
-    try:
-        doc = json.loads(target.read_bytes())
+        doc = json.loads(data)
         return _parsed(doc, name, total_samples)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise DatasetError(f"{target}: not a valid split file: {exc}") from None

@@ -22,6 +22,7 @@ import numpy as np
 
 from neurocodec import npy
 from neurocodec.errors import DatasetError
+from neurocodec.fsutil import read_capped
 from neurocodec.format import layout
 
 STATS_DIR = "stats"
@@ -142,15 +143,10 @@ def read_stats(path: str | Path, name: str | None = "default") -> Stats:
     (a local directory), checked as untrusted input: DatasetError naming the file and what is
     wrong (missing, too large, not JSON, wrong types or shapes, numbers that are not finite)."""
     target = stats_path(path, None if name == ALL else name)
+    data = read_capped(target, MAX_STATS_BYTES, "no statistics (make them with neurocodec.compute_stats or "
+                       "`neurocodec stats`)", "a statistics file")
     try:
-        size = target.stat().st_size
-    except FileNotFoundError:
-        raise DatasetError(f"{target}: no statistics (make them with neurocodec.compute_stats or "
-                           "`neurocodec stats`)") from None
-    if size > MAX_STATS_BYTES:
-        raise DatasetError(f"{target}: {size} bytes, more than a statistics file may hold ({MAX_STATS_BYTES})")
-    try:
-        return parse_stats(json.loads(target.read_bytes(), parse_constant=_no_constant))
+        return parse_stats(json.loads(data, parse_constant=_no_constant))
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise DatasetError(f"{target}: not a valid statistics file: {exc}") from None
 
