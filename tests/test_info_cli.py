@@ -60,7 +60,8 @@ def test_print_summary(dataset, capsys):
     lines = text.splitlines()
     assert str(dataset) in lines[0] and "format v1" in lines[0]
     assert "samples: 7" in lines[1] and "shards: 3" in lines[1] and "compression: zstd" in lines[1]
-    rows = {line.split()[0]: line for line in lines[3:]}
+    assert lines[2] == "  files: all 3 shards and their index files present with the sizes the manifest lists"
+    rows = {line.split()[0]: line for line in lines[4:]}
     assert set(rows) == {"label", "lfp", "spikes"}
     assert "(10, *)" in rows["spikes"] and "<i4" in rows["spikes"] and "codec npy (spikes 0.1.0)" in rows["spikes"]
     assert "(4, 50)" in rows["lfp"] and "text" in rows["label"]
@@ -125,8 +126,10 @@ def test_cli_verify_reports_a_corrupt_shard(dataset):
     shard.write_bytes(bytes(data))
     result = _cli("verify", str(dataset))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert "shard shard_000001.tar" in result.stderr
-    assert _cli("info", str(dataset)).returncode == 0  # info reads the manifest only
+    assert result.stdout.startswith("bad: shard shard_000001.tar: ") and result.stdout.count("\n") == 1
+    assert result.stderr == (f"neurocodec verify: error: {dataset}: 1 of 3 shards bad (3 of 7 samples in them): "
+                             "shard_000001.tar\n")
+    assert _cli("info", str(dataset)).returncode == 0  # info looks at the files' sizes only
 
 
 def test_cli_usage_errors_and_version():

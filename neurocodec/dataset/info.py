@@ -1,4 +1,5 @@
-"""`ShardedDatasetInfo`: what a dataset holds, from its manifest alone (no shard is read)."""
+"""`ShardedDatasetInfo`: what a dataset holds, from its manifest, and whether its shard files are
+all there with the sizes it lists (by their sizes alone: no shard is read)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import sys
 from typing import Any, Mapping, TextIO
 
+from neurocodec.dataset.file_check import FileCheck, check_files
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.storage.location import dataset_path
 
@@ -13,17 +15,29 @@ from neurocodec.storage.location import dataset_path
 class ShardedDatasetInfo:
     """Summary of the dataset at `path` (a directory, or an fsspec URL opened with
     `storage_options`): samples, shards, modalities, shapes, dtypes, bytes. A manifest declaring
-    members above `max_member_bytes` (see `Dataset`) is refused."""
+    members above `max_member_bytes` (see `Dataset`) is refused. `check_files()` says whether
+    every shard and index file is present with the size the manifest lists (one `stat` per file,
+    or one listing of a URL dataset; `neurocodec verify` reads their bytes)."""
 
     def __init__(self, path: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None,
                  max_member_bytes: int | None = None) -> None:
         self.path = dataset_path(path)
+        self.storage_options = storage_options
         self.manifest = read_manifest(self.path, storage_options=storage_options, max_member_bytes=max_member_bytes)
+        self._files: FileCheck | None = None
+
+    def check_files(self) -> FileCheck:
+        """Whether the shard and index files are all present with the manifest's sizes (looked at
+        once, on the first call); DatasetError if a URL dataset cannot be listed."""
+        if self._files is None:
+            self._files = check_files(self.path, self.manifest, self.storage_options)
+        return self._files
 
     def get_summary(self) -> dict[str, Any]:
         """A dict with total_samples, total_shards, modalities, shapes, dtypes, codecs, bytes,
-        compression, format_version, fields (kinds), the writer's settings and the dataset's
-        version (1 until samples are appended; docs/versions.md).
+        compression, format_version, fields (kinds), the writer's settings, the dataset's
+        version (1 until samples are appended; docs/versions.md) and `files`: the result of
+        `check_files()` (`ok`, `shards`, `bad_shards`, `problems`, `text`).
 
         Shapes list None for axes whose length varies between samples.
         """
@@ -44,6 +58,7 @@ class ShardedDatasetInfo:
             "compression": m.compression,
             "writer": dict(m.writer),
             "version": m.version,
+            "files": self.check_files().to_dict(),
         }
 
     def print_summary(self, file: TextIO | None = None) -> None:
@@ -53,6 +68,7 @@ class ShardedDatasetInfo:
         print(f"Dataset: {s['path']}  (neurocodec format v{s['format_version']})", file=out)
         print(f"  samples: {s['total_samples']:,}  shards: {s['total_shards']:,}  "
               f"size: {_human(s['bytes'])}  compression: {s['compression']}", file=out)
+        print(f"  files: {s['files']['text']}", file=out)
         if s["version"] > 1:
             print(f"  version: {s['version']} (samples appended; earlier versions readable with version=N)", file=out)
         print("  modalities:", file=out)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+import attrs
 import numpy as np
 
 from neurocodec.errors import DatasetError, ShardError
@@ -26,7 +27,7 @@ from neurocodec.format import layout, limits
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.format.shard_reader import KEY, VERIFY_MODES, ReadPlan, ShardReader, open_regular_file
 
-__all__ = ["KEY", "Dataset", "ShardReader", "open_remote", "read_manifest"]
+__all__ = ["KEY", "Dataset", "ShardCheck", "ShardReader", "open_remote", "read_manifest"]
 from neurocodec.dataset.decode import decode_plan
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
@@ -186,16 +187,38 @@ class Dataset:
                 yield sample
 
     def verify_all(self) -> int:
-        """Check every shard fully (see `ShardReader.verify`); return the samples checked."""
-        for number in range(len(self.manifest.shards)):
+        """Check every shard fully (see `ShardReader.verify`); return the samples checked.
+        The first bad shard raises its ShardError (`verify_shards` goes on to the others)."""
+        for check in self.verify_shards():
+            if check.error is not None:
+                raise check.error
+        return len(self)
+
+    def verify_shards(self) -> Iterator["ShardCheck"]:
+        """Check every shard fully (see `ShardReader.verify`), in order, going on past bad ones:
+        one `ShardCheck` per shard, with the ShardError that shard raised, if any."""
+        for number, entry in enumerate(self.manifest.shards):
             self.prefetch(range(number + 1, len(self.manifest.shards)))
+            yield ShardCheck(number, entry, self._verify_one(number))
+
+    def _verify_one(self, number: int) -> ShardError | None:
+        try:
             try:
                 self.shard(number).verify()
             except ShardError:
                 if not self._heal(number):
                     raise
                 self.shard(number).verify()
-        return len(self)
+        except ShardError as exc:
+            self._drop(number)
+            return exc
+        return None
+
+    def _drop(self, number: int) -> None:
+        """Forget shard `number`'s reader (found bad: not kept open)."""
+        reader = self._open.pop(number, None)
+        if reader is not None:
+            reader.close()
 
     def close(self) -> None:
         """Close every open shard."""
@@ -209,6 +232,21 @@ class Dataset:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+@attrs.frozen
+class ShardCheck:
+    """What `Dataset.verify_shards` found for shard `number` (its manifest `entry`): `error` is
+    the ShardError it raised, None when it matches the manifest."""
+
+    number: int
+    entry: ShardEntry
+    error: ShardError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the shard matches the manifest."""
+        return self.error is None
 
 
 def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None = None,
