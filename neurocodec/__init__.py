@@ -34,6 +34,7 @@ _EXPORTS = {
     "compute_stats": "neurocodec.dataset.stats_compute",
     "read_stats": "neurocodec.dataset.stats",
     "Stats": "neurocodec.dataset.stats",
+    "show_sample": "neurocodec.viz.figure",  # a picture of one sample (pip install 'neurocodec[plot]')
     # object storage
     "ShardCache": "neurocodec.storage.cache",
     "RetryPolicy": "neurocodec.storage.retry",
@@ -75,6 +76,8 @@ _EXPORTS = {
     "NWBError": "neurocodec.nwb.extract",
     "ConversionError": "neurocodec.nwb.pool",
     "PickleNotAllowedError": "neurocodec.dataset.legacy",
+    "ShowError": "neurocodec.viz.errors",
+    "MissingExtraError": "neurocodec.viz.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

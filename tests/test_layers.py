@@ -42,6 +42,9 @@ MAY_IMPORT = {
     # The built-in augmentations are written against the plugin API (SpikeEvents), as a user's own
     # `transform=` would be; the loaders only call the transform they are given (and Normalize).
     "neurocodec.transforms": {"leaf", "neurocodec.plugin"},
+    # Pictures read samples as a user does (Dataset; load-time windows through the map-style loader).
+    "neurocodec.viz": {"leaf", "neurocodec.format", "neurocodec.plugin", "neurocodec.dataset", "neurocodec.loader",
+                       "neurocodec.viz"},
 }
 PENDING: dict[str, set[str]] = {}
 

@@ -1,4 +1,4 @@
-"""The `neurocodec` command: `convert`, `info`, `verify`, `split`, `stats`, `plugins` (one module each here).
+"""The `neurocodec` command: `convert`, `info`, `verify`, `split`, `stats`, `show`, `plugins` (one module each here).
 
 Exit status: 0 on success; 1 when the command failed, with one line
 `neurocodec <command>: error: ...` on stderr (a bad or hostile dataset, a bad input file, an
@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from neurocodec import __version__
-from neurocodec.cli import convert, info, plugins, split, stats
+from neurocodec.cli import convert, info, plugins, show, split, stats
 from neurocodec.cli.options import CommandLineError, check_output_arg
 from neurocodec.errors import NeurocodecError
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip())
     parser.add_argument("--version", action="version", version=f"neurocodec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (info, plugins, convert, split, stats):
+    for command in (info, plugins, convert, split, stats, show):
         command.add_parsers(sub)
     return parser
 

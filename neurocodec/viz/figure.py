@@ -1,0 +1,147 @@
+"""One sample as one figure: a panel per field, stacked on a shared time axis, titled with the
+session, subject and window times; written to PNG (or PDF, SVG) atomically.
+
+    fig = neurocodec.show_sample("./shards", index=3)
+    fig.savefig("sample3.png")            # or neurocodec.viz.save_figure(fig, "sample3.png")
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import attrs
+
+from neurocodec.errors import NeurocodecError
+from neurocodec.fsutil import atomic_write_bytes
+from neurocodec.viz.mpl import matplotlib, new_figure
+from neurocodec.viz.panels import PANELS, kind_of
+from neurocodec.viz.sample import FieldView, SampleView, read_sample
+
+WIDTH = 11.0
+"""Default figure width in inches."""
+HEIGHTS = {"raster": 2.2, "counts": 2.2, "traces": 2.8, "calcium": 2.6, "lines": 1.8, "frames": 1.6,
+           "slices": 1.8, "heatmap": 1.8}
+"""Height of each kind of panel in inches."""
+TITLE_HEIGHT = 0.8
+"""Inches for the title and the time axis' labels."""
+FORMATS = ("png", "pdf", "svg")
+
+
+@attrs.frozen(slots=True)
+class Panel:
+    """One panel of the figure: the field it draws and how."""
+
+    kind: str
+    field: FieldView
+
+
+def plan(view: SampleView) -> tuple[list[Panel], list[str]]:
+    """The panels for `view`'s fields in manifest order, and the names of the fields that hold
+    nothing to draw on a time axis (text, JSON, scalars)."""
+    panels, skipped = [], []
+    for field in view.fields:
+        kind = kind_of(field)
+        if kind is None:
+            skipped.append(field.name)
+        else:
+            panels.append(Panel(kind, field))
+    return panels, skipped
+
+
+def span_of(view: SampleView) -> tuple[tuple[float, float], str]:
+    """The x limits and the x axis' label: the window's times in seconds, or, when the
+    metadata does not give them, the window as a fraction."""
+    if view.start is not None and view.stop is not None:
+        return (view.start, view.stop), "time (s)"
+    return (0.0, 1.0), "fraction of the window (the metadata holds no start_time / stop_time)"
+
+
+def title_of(view: SampleView) -> str:
+    """Two lines: session, subject and the window's times; the dataset and the sample."""
+    times = f"{view.start:.3f}–{view.stop:.3f} s" if view.start is not None else "times unknown"
+    first = " · ".join([f"session {view.session or '?'}", f"subject {view.subject or '?'}", times])
+    return f"{first}\n{view.dataset} · {view.key}"
+
+
+def _strip_count(kind: str, field: FieldView, width: float, height: float) -> int:
+    """How many images fit across the panel at about their own aspect ratio (2 to 8)."""
+    value = field.value
+    if kind == "frames":
+        aspect = value.shape[2] / max(value.shape[1], 1)
+    else:
+        x, y, z = value.shape[-3:]
+        aspect = (y + 2 * x + 2) / max(y, z, 1)
+    return max(2, min(8, int(0.85 * width / (height * aspect))))
+
+
+def draw(view: SampleView, *, fig: Any = None, width: float = WIDTH, dpi: float = 100) -> Any:
+    """Draw `view` into `fig` (cleared first) or a new Figure sized to its panels; return it."""
+    panels, skipped = plan(view)
+    if not panels:
+        raise NeurocodecError(f"{view.dataset}: sample {view.key} holds no field to draw "
+                              f"({', '.join(skipped) or 'no fields'})")
+    height = TITLE_HEIGHT + sum(HEIGHTS[p.kind] for p in panels)
+    if fig is None:
+        fig = new_figure(width, height, dpi)
+    else:
+        matplotlib()
+        fig.clear()
+    span, xlabel = span_of(view)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [HEIGHTS[p.kind] for p in panels]})[:, 0]
+    fig_width = fig.get_size_inches()[0]
+    for ax, panel in zip(axes, panels):
+        extra = {}
+        if panel.kind in ("frames", "slices"):
+            extra["wanted"] = _strip_count(panel.kind, panel.field, fig_width, HEIGHTS[panel.kind])
+        PANELS[panel.kind](ax, panel.field, span, **extra)
+        ax.set_label(f"{panel.kind}:{panel.field.name}")
+        ax.tick_params(labelsize=8)
+    axes[0].set_xlim(*span)
+    axes[-1].set_xlabel(xlabel)
+    fig.suptitle(title_of(view), fontsize=10)
+    if skipped:
+        fig.text(0.005, 0.002, f"not drawn (no time axis): {', '.join(skipped)}", fontsize=7, color="0.4")
+    return fig
+
+
+def show_sample(dataset: Any, index: int | None = None, *, key: str | None = None,
+                fields: Sequence[str] | None = None, window_ms: float | None = None,
+                decode: Mapping[str, Mapping[str, Any]] | None = None, fig: Any = None,
+                raster: bool = True, width: float = WIDTH, dpi: float = 100,
+                storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Draw one sample of a dataset as a matplotlib Figure: one panel per field, chosen by the
+    field's modality (spike raster or count heat map, stacked LFP/EEG traces with a scale bar,
+    calcium traces, behavior lines, a strip of video frames, fMRI slices, a heat map for any
+    other array), on a shared time axis from the window's start_time to stop_time, titled with
+    its session, subject and times.
+
+    `dataset` is a dataset path or URL, or an open `neurocodec.Dataset` (read with its own
+    decoding). Choose the sample by `index` (default 0; negative from the end) or `key`
+    (`"sample_000000004"`); `window_ms` shows window `index` of a chunked dataset on the grid
+    of windows of that length (as `RandomAccessWebDataset(window_ms=...)` cuts them). `fields`
+    keeps only those fields; stored spike events are drawn as a raster, or with `raster=False`
+    as a heat map of binned counts; `decode` as for `Dataset` (e.g. `{"spikes": {"as": "counts",
+    "bin_size_ms": 5}}`). `fig` draws into an existing Figure (e.g.
+    `plt.figure()`), cleared first; otherwise a new Figure of `width` inches is made, on the
+    Agg canvas (no display needed). Needs matplotlib: `pip install 'neurocodec[plot]'`."""
+    matplotlib()  # before reading anything: the missing extra is the first thing to say
+    view = read_sample(dataset, index=index, key=key, window_ms=window_ms, decode=decode, fields=fields,
+                       raster=raster, storage_options=storage_options)
+    return draw(view, fig=fig, width=width, dpi=dpi)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: float | None = None) -> Path:
+    """Write `fig` to `path` atomically, in the format its suffix names (png, pdf or svg)."""
+    path = Path(path)
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in FORMATS:
+        raise ValueError(f"cannot tell the picture format from {path.name!r}: end it in "
+                         f"{', '.join('.' + f for f in FORMATS)}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=kind, dpi=dpi or fig.dpi)
+    atomic_write_bytes(path, buffer.getvalue(), fsync=False)
+    return path
