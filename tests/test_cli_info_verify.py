@@ -45,8 +45,10 @@ def dataset(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "ds"))
 
 
-def flip_byte_in_a_member(shard: Path, index: Path) -> None:
-    offset, stored = (int(v) for v in np.load(index)[1, 0, :2])  # sample 1's first member
+def flip_byte_in_a_member(dataset: Path, number: int) -> None:
+    with Dataset(dataset) as ds:
+        offset, stored = (int(v) for v in ds.shard(number).rows[1, 0, :2])  # its sample 1's first member
+        shard = dataset / ds.shards[number].name
     data = bytearray(shard.read_bytes())
     data[offset + stored // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -60,9 +62,10 @@ def test_info_on_a_whole_dataset(pristine):
 
 def test_info_names_every_missing_truncated_or_replaced_file(dataset):
     sizes = {p.name: p.stat().st_size for p in dataset.iterdir()}
+    index = ShardedDatasetInfo(dataset).manifest.shards[3].index  # its name depends on the layout
     with open(dataset / "shard_000001.tar", "r+b") as f:
         f.truncate(sizes["shard_000001.tar"] - 512)
-    (dataset / "shard_000003.idx").unlink()
+    (dataset / index).unlink()
     with open(dataset / "shard_000004.tar", "ab") as f:
         f.write(b"\0" * 512)
     (dataset / "shard_000005.tar").unlink()
@@ -71,7 +74,7 @@ def test_info_names_every_missing_truncated_or_replaced_file(dataset):
     assert not files.ok and files.shards == 6
     assert files.bad_shards == ("shard_000001.tar", "shard_000003.tar", "shard_000004.tar", "shard_000005.tar")
     assert [(p.name, p.kind, p.found) for p in files.problems] == [
-        ("shard_000001.tar", TRUNCATED, sizes["shard_000001.tar"] - 512), ("shard_000003.idx", MISSING, None),
+        ("shard_000001.tar", TRUNCATED, sizes["shard_000001.tar"] - 512), (index, MISSING, None),
         ("shard_000004.tar", LONGER, sizes["shard_000004.tar"] + 512), ("shard_000005.tar", NOT_A_FILE, None)]
     assert [p.expected for p in files.problems] == [sizes[p.name] for p in files.problems]
 
@@ -79,7 +82,7 @@ def test_info_names_every_missing_truncated_or_replaced_file(dataset):
     assert done.returncode == 1
     expected = (f"4 of 6 shards missing or not of the size the manifest lists: shard_000001.tar truncated "
                 f"({sizes['shard_000001.tar'] - 512:,} bytes, the manifest lists {sizes['shard_000001.tar']:,}); "
-                f"shard_000003.idx missing; shard_000004.tar longer ({sizes['shard_000004.tar'] + 512:,} bytes, "
+                f"{index} missing; shard_000004.tar longer ({sizes['shard_000004.tar'] + 512:,} bytes, "
                 f"the manifest lists {sizes['shard_000004.tar']:,}); shard_000005.tar not a regular file")
     assert f"  files: {expected}\n" in done.stdout and "  modalities:" in done.stdout  # the whole summary
     assert done.stderr == f"neurocodec info: error: {dataset}: {expected}\n"
@@ -95,11 +98,12 @@ def test_info_lists_a_url_dataset_once(tmp_path):
         assert ShardedDatasetInfo(url).check_files().ok
         root = url[len("memory://"):]
         fs.rm(f"{root}/shard_000002.tar")
-        fs.pipe(f"{root}/shard_000004.idx", fs.cat(f"{root}/shard_000004.idx")[:-8])
+        index = ShardedDatasetInfo(url).manifest.shards[4].index
+        fs.pipe(f"{root}/{index}", fs.cat(f"{root}/{index}")[:-8])
         summary = ShardedDatasetInfo(url).get_summary()["files"]
         assert summary["bad_shards"] == ["shard_000002.tar", "shard_000004.tar"]
         assert [(p["name"], p["kind"]) for p in summary["problems"]] == [
-            ("shard_000002.tar", MISSING), ("shard_000004.idx", TRUNCATED)]
+            ("shard_000002.tar", MISSING), (index, TRUNCATED)]
     finally:
         fs.rm(url[len("memory://"):].split("/")[0], recursive=True)
 
@@ -107,7 +111,7 @@ def test_info_lists_a_url_dataset_once(tmp_path):
 def test_verify_reports_every_bad_shard(dataset):
     with open(dataset / "shard_000001.tar", "r+b") as f:
         f.truncate(1024)
-    flip_byte_in_a_member(dataset / "shard_000003.tar", dataset / "shard_000003.idx")
+    flip_byte_in_a_member(dataset, 3)
     (dataset / "shard_000005.tar").unlink()
 
     with Dataset(dataset) as ds:
@@ -154,7 +158,7 @@ def test_verify_shows_progress_on_a_terminal_only(pristine):
     finally:
         os.close(main)
     assert done.returncode == 0
-    assert done.stdout == f"ok: 12 samples in 6 shards match {pristine}/dataset_metadata.json\n"
+    assert done.stdout == f"ok: 12 samples in 6 shards match the manifest of {pristine}\n"
     assert b"verifying: 100%" in shown
     piped = cli("verify", pristine)
     assert (piped.returncode, piped.stdout, piped.stderr) == (0, done.stdout, "")

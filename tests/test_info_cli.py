@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurocodec import DatasetError, ShardedDatasetInfo, WebDatasetWriter
+from neurocodec import Dataset, DatasetError, ShardedDatasetInfo, WebDatasetWriter
 
 SCRIPT = shutil.which("neurocodec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
 
@@ -79,7 +79,7 @@ def test_cli_info_and_verify(dataset, how):
     assert info.stdout == _capture_print_summary(dataset)
     verify = _cli("verify", str(dataset), how=how)
     assert verify.returncode == 0, verify.stderr
-    assert verify.stdout.strip() == f"ok: 7 samples in 3 shards match {dataset}/dataset_metadata.json"
+    assert verify.stdout.strip() == f"ok: 7 samples in 3 shards match the manifest of {dataset}"
 
 
 def _capture_print_summary(path: Path) -> str:
@@ -120,7 +120,8 @@ def test_cli_on_a_non_dataset_directory(tmp_path, command, how):
 
 def test_cli_verify_reports_a_corrupt_shard(dataset):
     shard = dataset / "shard_000001.tar"
-    offset, stored = (int(x) for x in np.load(dataset / "shard_000001.idx")[0, 1, :2])  # lfp of its sample 0
+    with Dataset(dataset) as ds:
+        offset, stored = (int(x) for x in ds.shard(1).rows[0, 1, :2])  # lfp of its sample 0
     data = bytearray(shard.read_bytes())
     data[offset + stored // 2] ^= 0xFF
     shard.write_bytes(bytes(data))

@@ -172,10 +172,14 @@ def test_skip_logs_counts_and_keeps_the_rest_exact(pristine, tmp_path, kind, cap
         got = [sample_id(s) for s in loader]
     assert got == [i for i in reference if i not in bad]
     assert loader.get_state()["skipped"] == len(bad)
-    warnings = [r for r in caplog.records if r.name == "neurocodec.loader" and r.levelno == logging.WARNING]
-    assert len(warnings) == len(bad)
-    assert all(BAD_SHARD in r.getMessage() for r in warnings)
-    assert {int(r.getMessage().split()[2]) for r in warnings} == bad  # "skipping sample <id> of ..."
+    warnings = [r.getMessage() for r in caplog.records if r.name == "neurocodec.loader"
+                and r.levelno == logging.WARNING]
+    # the first bad sample of the shard, then the epoch's summary (not one line per sample)
+    assert len(warnings) == 2 and all(BAD_SHARD in text for text in warnings), warnings
+    assert warnings[0].startswith(f"skipping bad samples of shard {BAD_SHARD} of {path} in epoch 0, the first "
+                                  f"sample {next(i for i in reference if i in bad)}: ")
+    assert warnings[1] == (f"skipped {len(bad)} sample{'s' * (len(bad) > 1)} in 1 shard this epoch (epoch 0 of "
+                           f"{path}): {BAD_SHARD} {len(bad)}")
 
 
 @pytest.mark.multiprocess

@@ -47,7 +47,7 @@ def run_verify(args: argparse.Namespace) -> int:
     with Dataset(args.path, storage_options=storage_options_from_args(args), cache=cache_from_args(args)) as ds:
         bad = _verify(ds, progress=not args.no_progress and sys.stderr.isatty())
         if not bad:
-            print(f"ok: {len(ds)} samples in {len(ds.shards)} shards match {args.path}/dataset_metadata.json")
+            print(f"ok: {len(ds)} samples in {len(ds.shards)} shards match the manifest of {args.path}")
             return 0
         samples = sum(check.entry.samples for check in bad)
         names = ", ".join(check.entry.name for check in bad[:_NAMED])

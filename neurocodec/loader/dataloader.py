@@ -27,7 +27,7 @@ from neurocodec.loader.transform import Transform, check_picklable, check_transf
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 
-_BATCH, _SKIPPED, _EMPTY = "__batch__", "__skipped__", "__empty__"
+_BATCH, _SKIPPED, _EMPTY, _SKIPS = "__batch__", "__skipped__", "__empty__", "__skips__"
 # numpy.random is imported above although nothing here uses it: every torch DataLoader worker
 # seeds it on start (`np.random.seed`), and a worker forked before anything imported it pays
 # the import itself, ~50 ms of the first batch on a 2-core machine.
@@ -45,13 +45,14 @@ class BatchStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
         worker, workers = worker_slot()
-        if torch.utils.data.get_worker_info() is not None:
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker:
             # The heap inherited from the parent (torch, numpy, the user's model...) is never
             # garbage here: keep the collector from scanning it, which costs tens of ms on the
             # first batch and unshares copy-on-write pages.
             gc.freeze()
         registry = stream.source.registry or default_registry()
-        pool = self.pool if torch.utils.data.get_worker_info() is not None else None
+        pool = self.pool if in_worker else None
         for k, positions, samples in stream.batches(stream.plan(), worker, workers):
             values = [s for _, s in samples]
             arena = pool.acquire(worker) if pool is not None and values else None
@@ -63,6 +64,8 @@ class BatchStream(torch.utils.data.IterableDataset):
                     pool.give_back(arena.index)
             batch[_BATCH] = k
             batch[_SKIPPED] = len(positions) - len(values)
+            if in_worker:  # its skip counts go to the main process's summary of the epoch
+                batch[_SKIPS] = stream.source.skips.unsent()
             yield batch
 
     def _collate(self, values: list[dict[str, Any]], stream: EpochStream, registry: Registry) -> dict[str, Any]:
@@ -167,6 +170,7 @@ class WebDatasetDataLoader(StreamState):
                 batches = iter(torch.utils.data.DataLoader(self.dataset, **self._kwargs))
                 for batch in batches:
                     number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
+                    stream.source.skips.add(*batch.pop(_SKIPS, (None, {})))
                     if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
                         raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
                     delivered += 1

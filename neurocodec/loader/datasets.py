@@ -137,6 +137,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         if in_main:
             stream.end_epoch()
             self._on_epoch_end()
+        else:  # the main process does not see what a worker skipped: the worker says it
+            stream.source.skips.end_epoch(stream.epoch, who=f"DataLoader worker {worker}: ")
 
     def _before_yield(self) -> None:
         """Called in the main process before each sample is handed out (state = all before it)."""

@@ -26,6 +26,7 @@ from neurocodec.dataset.reader import read_manifest
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.loader.mix_lookahead import MixLookahead, SourceIds
 from neurocodec.loader.mix_order import MixedOrder, epoch_counts
+from neurocodec.loader.skips import SkipLog
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.stream import EpochStream
 from neurocodec.storage.location import dataset_path, is_remote
@@ -57,6 +58,9 @@ class MixedSource:
                  absent: Sequence[Mapping[str, Any]] = (), partial: Sequence[str] = ()) -> None:
         self.parts, self.offsets = list(parts), offsets
         self.sources = [part.source for part in self.parts]
+        self.skips = SkipLog()  # one for the mix: one summary per epoch
+        for source in self.sources:
+            source.skips = self.skips
         self.absent = list(absent) or [{} for _ in self.sources]
         self.partial = list(partial)
         self.registry = self.sources[0].registry

@@ -3,7 +3,6 @@ user's per-sample transform run on each (see `neurocodec.loader.transform`)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -14,15 +13,16 @@ from neurocodec.process import PerProcess
 from neurocodec.loader.transform import Transform, TransformError, apply_transform, check_transform
 from neurocodec.dataset.reader import Dataset
 from neurocodec.plugin.registry import Registry
+from neurocodec.loader.skips import SkipLog
 
-log = logging.getLogger("neurocodec.loader")
 ON_ERROR = ("raise", "skip")
 
 
 class SampleSource:
     """Opens the dataset lazily once per process (shard maps are not shared across a fork) and
-    reads samples by id. With `on_error="skip"` a bad sample is logged and left out instead of
-    raising; `skipped` counts them in this process. A URL dataset reads through `cache`.
+    reads samples by id. With `on_error="skip"` a bad sample is left out instead of raising;
+    `skipped` counts them in this process, and `skips` logs the first of each shard per epoch and
+    keeps the counts for the epoch's summary (`neurocodec.loader.skips`; a mix's sources share one). A URL dataset reads through `cache`.
     `transform(sample, rng)` runs on every sample read, with the generator of (seed, sample's
     epoch, sample id); one that raises is a bad sample too. `version`: the version of an appended
     dataset every process opens (the one the loader chose, even if samples are appended meanwhile)."""
@@ -41,6 +41,7 @@ class SampleSource:
         self._dataset: PerProcess[Dataset] = PerProcess()
         self._bad_shards: dict[int, ShardError] = {}
         self.skipped = 0
+        self.skips = SkipLog()
 
     @property
     def dataset(self) -> Dataset:
@@ -74,14 +75,15 @@ class SampleSource:
             except TransformError as exc:
                 if self.on_error == "raise":
                     raise
-                self._skip(sample_id, exc)
+                self._skip(epoch, None, self._what(i, sample_id, context), exc)
                 continue
             except ShardError as exc:
                 if self.on_error == "raise":
                     err = ShardError(f"{exc} (reading {self._what(i, sample_id, context)} of {self.path})")
                     err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
                     raise err from exc
-                self._skip(sample_id, exc)
+                shard = exc.shard or self._shard_of(ds, self._stored_id(i, sample_id, context))
+                self._skip(epoch, shard, self._what(i, sample_id, context), exc)
                 continue
             yield i, sample
 
@@ -97,6 +99,14 @@ class SampleSource:
         """What was being read, for error messages."""
         return f"sample {sample_id}"
 
+    def _stored_id(self, i: int, sample_id: int, context: Any) -> int:
+        """The stored sample read first for `sample_id` (itself here)."""
+        return sample_id
+
+    @staticmethod
+    def _shard_of(ds: Dataset, stored_id: int) -> str:
+        return ds.shards[ds.locate(stored_id)[0]].name
+
     def read_sample(self, ds: Dataset, sample_id: int) -> dict[str, Any]:
         """Decoded stored sample `sample_id`; a shard found bad once fails again at once."""
         number, local = ds.locate(sample_id)
@@ -109,6 +119,6 @@ class SampleSource:
             raise
         return ds.read_local(number, local)
 
-    def _skip(self, sample_id: int, exc: Exception) -> None:
+    def _skip(self, epoch: int, shard: str | None, what: str, exc: Exception) -> None:
         self.skipped += 1
-        log.warning("skipping sample %d of %s: %s", sample_id, self.path, exc)
+        self.skips.skip(epoch, self.path, shard, what, exc)

@@ -222,7 +222,9 @@ class EpochStream:
         self.epoch, self.position = epoch, 0
 
     def end_epoch(self) -> None:
-        """Move to the start of the next epoch."""
+        """Move to the start of the next epoch, logging how many samples were skipped as bad data
+        in the one that ended (`neurocodec.loader.skips`)."""
+        self.source.skips.end_epoch(self.epoch)
         self.epoch, self.position = self.epoch + 1, 0
 
 

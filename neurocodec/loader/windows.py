@@ -155,6 +155,9 @@ class WindowSource(SampleSource):
         chunks = [int(where.sample[i])] + ([int(where.sample[i]) + 1] if where.crosses[i] else [])
         return f"window {sample_id} of epoch {epoch} (stored samples {chunks})"
 
+    def _stored_id(self, i: int, sample_id: int, context: Any) -> int:
+        return int(context[1].sample[i])
+
     def _read_one(self, ds: Dataset, i: int, sample_id: int, context: Any) -> dict[str, Any]:
         epoch, where = context
         first = int(where.sample[i])
