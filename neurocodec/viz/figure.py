@@ -24,9 +24,11 @@ WIDTH = 11.0
 """Default figure width in inches."""
 HEIGHTS = {"raster": 2.2, "counts": 2.2, "traces": 2.8, "calcium": 2.6, "lines": 1.8, "frames": 1.6,
            "slices": 1.8, "heatmap": 1.8}
-"""Height of each kind of panel in inches."""
-TITLE_HEIGHT = 0.8
-"""Inches for the title and the time axis' labels."""
+"""Height of each kind of panel in inches, its title included."""
+MARGINS = {"left": 0.9, "right": 0.75, "top": 0.65, "bottom": 0.5, "gap": 0.35}
+"""Inches around the panels (row labels left; colour bars and scale bars right; the title on top;
+the time axis below) and between them (each panel's own title). Fixed margins instead of a
+layout engine: drawing stays fast and every panel spans the same times at the same width."""
 FORMATS = ("png", "pdf", "svg")
 
 
@@ -66,6 +68,23 @@ def title_of(view: SampleView) -> str:
     return f"{first}\n{view.dataset} · {view.key}"
 
 
+def figure_height(panels: list[Panel]) -> float:
+    """Inches the panels need, margins included."""
+    return MARGINS["top"] + MARGINS["bottom"] - MARGINS["gap"] + sum(HEIGHTS[p.kind] for p in panels)
+
+
+def _grid(fig: Any, panels: list[Panel]) -> dict[str, Any]:
+    """The grid's placement in `fig` (any size: margins shrink to a third of it at most)."""
+    width, height = fig.get_size_inches()
+    margin = {k: min(v, width / 3 if k in ("left", "right") else height / 3) for k, v in MARGINS.items()}
+    ratios = [HEIGHTS[p.kind] - MARGINS["gap"] for p in panels]
+    room = height - margin["top"] - margin["bottom"]
+    gap = min(MARGINS["gap"] * height / figure_height(panels), room / 2)
+    mean_axes = (room - gap * (len(panels) - 1)) / len(panels)
+    return {"height_ratios": ratios, "left": margin["left"] / width, "right": 1 - margin["right"] / width,
+            "top": 1 - margin["top"] / height, "bottom": margin["bottom"] / height, "hspace": gap / mean_axes}
+
+
 def _strip_count(kind: str, field: FieldView, width: float, height: float) -> int:
     """How many images fit across the panel at about their own aspect ratio (2 to 8)."""
     value = field.value
@@ -74,7 +93,7 @@ def _strip_count(kind: str, field: FieldView, width: float, height: float) -> in
     else:
         x, y, z = value.shape[-3:]
         aspect = (y + 2 * x + 2) / max(y, z, 1)
-    return max(2, min(8, int(0.85 * width / (height * aspect))))
+    return max(2, min(8, int(width / (1.1 * height * aspect))))
 
 
 def draw(view: SampleView, *, fig: Any = None, width: float = WIDTH, dpi: float = 100) -> Any:
@@ -83,26 +102,26 @@ def draw(view: SampleView, *, fig: Any = None, width: float = WIDTH, dpi: float 
     if not panels:
         raise NeurocodecError(f"{view.dataset}: sample {view.key} holds no field to draw "
                               f"({', '.join(skipped) or 'no fields'})")
-    height = TITLE_HEIGHT + sum(HEIGHTS[p.kind] for p in panels)
     if fig is None:
-        fig = new_figure(width, height, dpi)
+        fig = new_figure(width, figure_height(panels), dpi)
     else:
         matplotlib()
         fig.clear()
     span, xlabel = span_of(view)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False,
-                        gridspec_kw={"height_ratios": [HEIGHTS[p.kind] for p in panels]})[:, 0]
-    fig_width = fig.get_size_inches()[0]
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False, gridspec_kw=_grid(fig, panels))[:, 0]
+    fig_width, fig_height = fig.get_size_inches()
+    scale = fig_height / figure_height(panels)
     for ax, panel in zip(axes, panels):
         extra = {}
         if panel.kind in ("frames", "slices"):
-            extra["wanted"] = _strip_count(panel.kind, panel.field, fig_width, HEIGHTS[panel.kind])
+            size = fig_width - MARGINS["left"] - MARGINS["right"], scale * (HEIGHTS[panel.kind] - MARGINS["gap"])
+            extra["wanted"] = _strip_count(panel.kind, panel.field, *size)
         PANELS[panel.kind](ax, panel.field, span, **extra)
         ax.set_label(f"{panel.kind}:{panel.field.name}")
         ax.tick_params(labelsize=8)
     axes[0].set_xlim(*span)
     axes[-1].set_xlabel(xlabel)
-    fig.suptitle(title_of(view), fontsize=10)
+    fig.suptitle(title_of(view), fontsize=10, y=1 - 0.08 / fig_height, va="top")
     if skipped:
         fig.text(0.005, 0.002, f"not drawn (no time axis): {', '.join(skipped)}", fontsize=7, color="0.4")
     return fig

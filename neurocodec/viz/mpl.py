@@ -26,10 +26,10 @@ def matplotlib() -> Any:
 
 
 def new_figure(width: float, height: float, dpi: float) -> Any:
-    """An empty Figure of `width` x `height` inches with constrained layout, on an Agg canvas."""
+    """An empty Figure of `width` x `height` inches, on an Agg canvas."""
     mpl = matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    figure = mpl.figure.Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    figure = mpl.figure.Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
