@@ -6,9 +6,12 @@ one and keyed after its last sample; no existing shard is touched. Then, under t
 writer lock:
 
 1. the current manifest (byte for byte), the splits and statistics made for it and the other
-   JSON files beside it (a conversion's report) are kept in `versions/<n>/`, n its version;
+   JSON files beside it (a conversion's report) are kept in `versions/<n>/` of the dataset's
+   home (`.neurocodec/`, or the top of a dataset of the older layout: `neurocodec.format.home`),
+   n its version;
 2. the new manifest, version n + 1, listing the old shards and then the new ones, replaces
-   `dataset_metadata.json` atomically: this is the switch;
+   `dataset_metadata.json` atomically: this is the switch. The new shards' indexes have hidden
+   names (`.shard_000000.idx`) whatever the layout; an append keeps the layout of the dataset;
 3. every stored split is made again by its own rule for version n + 1
    (`neurocodec.dataset.splits.refresh_splits`): existing sessions keep their parts, new ones
    get theirs by the same rule; then every stored set of normalisation statistics is computed
@@ -34,6 +37,7 @@ from neurocodec.dataset.merge import copy_samples, merged_fields
 from neurocodec.dataset.reader import Dataset
 from neurocodec.errors import DatasetError
 from neurocodec.format import layout
+from neurocodec.format.home import has_manifest, home
 from neurocodec.format.manifest import MAX_VERSION, Manifest
 from neurocodec.format.shardfile import ShardSequence
 from neurocodec.fsutil import atomic_write_bytes, fsync_dir, is_temp_name
@@ -78,7 +82,8 @@ def _append(path: Path, sources: Sequence[str | os.PathLike], fsync: bool, regis
     from neurocodec.dataset.splits import refresh_splits
     from neurocodec.dataset.stats_compute import refresh_stats
 
-    manifest_bytes = (path / layout.MANIFEST).read_bytes() if (path / layout.MANIFEST).is_file() else None
+    where = home(path)
+    manifest_bytes = (where / layout.MANIFEST).read_bytes() if (where / layout.MANIFEST).is_file() else None
     current = Dataset(path, registry=registry)
     news = [Dataset(p, registry=registry) for p in sources]
     try:
@@ -101,8 +106,8 @@ def _append(path: Path, sources: Sequence[str | os.PathLike], fsync: bool, regis
     manifest = Manifest(compression=current.manifest.compression, total_samples=shards.samples, fields=fields,
                         shards=current.shards + tuple(added), writer=dict(current.manifest.writer), extra=merged,
                         created_with={"neurocodec": __version__}, version=current.version + 1)
-    _keep_version(path, current.version, manifest_bytes, fsync)
-    write_manifest(path, manifest, fsync=fsync)  # the switch
+    _keep_version(where, current.version, manifest_bytes, fsync)
+    write_manifest(path, manifest, fsync=fsync, into=where)  # the switch
     refresh_splits(path)
     refresh_stats(path)
     return manifest
@@ -156,7 +161,7 @@ def staging_for_append(target: Any) -> AppendStaging | None:
     path = dataset_path(target)
     if is_remote(path):
         raise ValueError(f"append=True needs a local dataset; {path} is a URL (append locally, then upload)")
-    if not (Path(path) / layout.MANIFEST).is_file():
+    if not has_manifest(path):
         return None
     return AppendStaging(Path(path))
 
@@ -174,15 +179,15 @@ def _clear_unlisted(path: Path, manifest: Manifest) -> None:
     (Every earlier version lists a prefix of the current shards, so none of theirs.)"""
     listed = {name for entry in manifest.shards for name in (entry.name, entry.index)}
     for name in os.listdir(path):
-        ours = layout.is_shard_name(name) or (name.startswith("shard_") and name.endswith(".idx")) \
-            or is_temp_name(name)
+        ours = layout.is_shard_name(name) or layout.is_index_name(name) or is_temp_name(name)
         if ours and name not in listed:
             (path / name).unlink(missing_ok=True)
 
 
 def _keep_version(path: Path, version: int, manifest_bytes: bytes | None, fsync: bool) -> None:
-    """Copy version `version`'s manifest (its exact bytes) and the files made for it into
-    `versions/<version>/`, the manifest last (a directory with it is a complete version)."""
+    """Copy version `version`'s manifest (its exact bytes) and the files made for it, all in the
+    dataset's home `path`, into `versions/<version>/` there, the manifest last (a directory with
+    it is a complete version)."""
     if manifest_bytes is None:
         raise DatasetError(f"{path} has no {layout.MANIFEST}")
     kept = path / layout.version_dir(version)

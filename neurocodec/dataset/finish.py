@@ -12,6 +12,7 @@ import attrs
 from neurocodec.dataset.splits import SPLIT_DIR, SplitRule, make_split
 from neurocodec.dataset.stats import stats_path
 from neurocodec.dataset.stats_compute import compute_stats
+from neurocodec.format.home import home
 
 SPLIT_KEYS = ("by", "fractions", "seed", "folds", "fold", "guard_s", "name")
 """The keys `split=` may hold: `make_split`'s keyword arguments."""
@@ -51,7 +52,7 @@ class Finish:
         chosen = None
         if self.split is not None:
             made = make_split(path, **self.split, overwrite=True)
-            done["split"] = str(path / SPLIT_DIR / f"{made.name}.json")
+            done["split"] = str(home(path) / SPLIT_DIR / f"{made.name}.json")
             chosen = f"{made.name}/{made.rule.names[0]}"
         if self.stats:
             compute_stats(path, chosen, overwrite=True)

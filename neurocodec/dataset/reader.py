@@ -24,6 +24,7 @@ import numpy as np
 
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits
+from neurocodec.format.home import home
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.format.shard_reader import KEY, VERIFY_MODES, ReadPlan, ShardReader, open_regular_file
 
@@ -259,12 +260,12 @@ def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None
     `version` reads an earlier version of an appended dataset (kept as
     `versions/<n>/dataset_metadata.json`, docs/versions.md); None reads the current one."""
     path = dataset_path(path)
-    current = _read_manifest_file(path, layout.MANIFEST, storage_options, max_member_bytes)
+    home, current = _read_current(path, storage_options, max_member_bytes)
     if version is None or version == current.version:
         return current
     if type(version) is not int or not 1 <= version < current.version:
         raise DatasetError(f"{path} has versions 1 to {current.version}, not {version!r}")
-    name = f"{layout.version_dir(version)}/{layout.MANIFEST}"
+    name = f"{home}{layout.version_dir(version)}/{layout.MANIFEST}"
     try:
         earlier = _read_manifest_file(path, name, storage_options, max_member_bytes)
     except DatasetError as exc:
@@ -273,6 +274,28 @@ def read_manifest(path: Path | str, *, storage_options: Mapping[str, Any] | None
         raise DatasetError(f"{path}/{name}: not version {version} of this dataset (its version number or "
                            "shards are not the current manifest's first ones)")
     return earlier
+
+
+def _read_current(path: Path | str, storage_options: Mapping[str, Any] | None, max_member_bytes: int | None
+                  ) -> tuple[str, Manifest]:
+    """The current manifest of the dataset at `path` and where the dataset keeps it, relative
+    to `path` (`.neurocodec/`, or "" for a dataset in the top-level layout written before it)."""
+    if not is_remote(path):
+        prefix = "" if home(path) == path else f"{layout.HOME}/"
+        return prefix, _read_manifest_file(path, prefix + layout.MANIFEST, storage_options, max_member_bytes)
+    try:
+        return f"{layout.HOME}/", _read_manifest_file(path, layout.MANIFEST_PATH, storage_options, max_member_bytes)
+    except _NoManifest:
+        pass
+    try:
+        return "", _read_manifest_file(path, layout.MANIFEST, storage_options, max_member_bytes)
+    except _NoManifest:
+        raise _NoManifest(f"{path} has no {layout.MANIFEST_PATH}: not a neurocodec dataset, or its writer did "
+                          "not finish") from None
+
+
+class _NoManifest(DatasetError):
+    """The manifest file asked for does not exist."""
 
 
 def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[str, Any] | None,
@@ -285,7 +308,7 @@ def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[st
         try:
             text = read_remote_bytes(Location(path, storage_options), name, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
-            raise DatasetError(
+            raise _NoManifest(
                 f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish"
             ) from None
         return Manifest.from_json(text, source=f"{path}/{name}", max_member_bytes=max_member_bytes)
@@ -302,7 +325,7 @@ def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[st
                                    "bytes a manifest may have")
             text = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
     except FileNotFoundError:
-        raise DatasetError(
+        raise _NoManifest(
             f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish"
         ) from None
     except OSError as exc:

@@ -1,8 +1,9 @@
 """Splits stored with the data: which samples (and which stretches of each recording) belong to
 train, valid and test, the same on every machine.
 
-`make_split(path, by=..., ...)` assigns and writes `<dataset>/splits/<name>.json` atomically;
-loaders take `split="train"` (the split named "default") or `split="<name>/<part>"`.
+`make_split(path, by=..., ...)` assigns and writes `<dataset>/.neurocodec/splits/<name>.json`
+atomically (`splits/<name>.json` in a dataset of the older top-level layout); loaders take
+`split="train"` (the split named "default") or `split="<name>/<part>"`.
 
 - `by="session"` or `by="subject"`: whole sessions (or all sessions of a subject) go to one part,
   chosen by `u = unit_hash(id, seed)`, a number in [0, 1) from SHA-256 of the seed and the id
@@ -33,6 +34,7 @@ import numpy as np
 
 from neurocodec.dataset.metadata import sample_metadata
 from neurocodec.dataset.versions import version_files
+from neurocodec.format.home import home, manifest_path
 from neurocodec.errors import DatasetError
 from neurocodec.fsutil import atomic_write_bytes, read_capped
 from neurocodec.format import layout
@@ -186,13 +188,13 @@ def make_split(path: str | Path, by: str = "session", fractions: Mapping[str, fl
                seed: int = 0, folds: int | None = None, fold: int | None = None, guard_s: float | None = None,
                name: str = "default", overwrite: bool = False) -> Split:
     """Assign a local dataset's sessions (or subjects, or stretches of time) to parts and write
-    `<path>/splits/<name>.json` atomically (see the module documentation). `fractions` default to
-    train 0.8, valid 0.1, test 0.1. For `by="time"`, `guard_s` defaults to the longest window a
+    `<path>/.neurocodec/splits/<name>.json` atomically (see the module documentation). `fractions`
+    default to train 0.8, valid 0.1, test 0.1. For `by="time"`, `guard_s` defaults to the longest window a
     loader can read (a chunk for chunked datasets, else the longest stored window) and may not be
     less. FileExistsError for an existing split unless `overwrite`."""
     path = Path(path)
     _check_name(name)
-    target = path / SPLIT_DIR / f"{name}.json"
+    target = home(path) / SPLIT_DIR / f"{name}.json"
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists: pass overwrite=True to replace split {name!r}")
     samples = _samples(path)
@@ -201,7 +203,7 @@ def make_split(path: str | Path, by: str = "session", fractions: Mapping[str, fl
         raise ValueError(f"guard_s={guard_s!r} is shorter than a window ({longest!r} s): a window could "
                          "straddle two parts")
     rule = SplitRule.of(by, fractions, seed, folds, fold, longest if guard_s is None else guard_s)
-    split = _assign(name, rule, samples, _manifest_sha256(path))
+    split = _assign(name, rule, samples, _manifest_sha256(home(path)))
     target.parent.mkdir(exist_ok=True)
     atomic_write_bytes(target, (json.dumps(split.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return split
@@ -214,10 +216,11 @@ def refresh_splits(path: str | Path) -> list[str]:
     sessions get theirs. DatasetError if an existing assignment would change (a time split
     whose guard band is now shorter than the dataset's longest window, say)."""
     path = Path(path)
-    names = sorted(p.stem for p in (path / SPLIT_DIR).glob("*.json")) if (path / SPLIT_DIR).is_dir() else []
+    folder = home(path) / SPLIT_DIR
+    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
     if not names:
         return []
-    samples, sha = _samples(path), _manifest_sha256(path)
+    samples, sha = _samples(path), _manifest_sha256(home(path))
     longest = _longest_window(path, samples)
     for name in names:
         old = read_split(path, name)
@@ -226,7 +229,7 @@ def refresh_splits(path: str | Path) -> list[str]:
                                f"longest window now in the dataset ({longest} s); make it again with --overwrite")
         new = _assign(name, old.rule, samples, sha)
         _check_kept(path, old, new)
-        atomic_write_bytes(path / SPLIT_DIR / f"{name}.json",
+        atomic_write_bytes(folder / f"{name}.json",
                            (json.dumps(new.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return names
 
@@ -274,7 +277,7 @@ def _samples(path: Path) -> _Samples:
 
 
 def _longest_window(path: Path, samples: _Samples) -> float:
-    doc = json.loads((path / layout.MANIFEST).read_text())
+    doc = json.loads(manifest_path(path).read_text())
     timeline = doc.get("extra", {}).get("timeline") if isinstance(doc.get("extra"), Mapping) else None
     chunk = float(timeline["chunk_s"]) if isinstance(timeline, Mapping) and "chunk_s" in timeline else 0.0
     stored = float((samples.stop - samples.start).max()) if len(samples.start) else 0.0
@@ -319,7 +322,7 @@ def read_split(path: str | Path, name: str = "default", total_samples: int | Non
     DatasetError saying what is wrong, naming the file. `version`: the split as made for that
     version of an appended dataset (default: the current one)."""
     _check_name(name)
-    target = (Path(path) if version is None else version_files(path, version)) / SPLIT_DIR / f"{name}.json"
+    target = (home(path) if version is None else version_files(path, version)) / SPLIT_DIR / f"{name}.json"
     data = read_capped(target, MAX_SPLIT_BYTES, f"no split {name!r} (make one with neurocodec.make_split or "
                        "`neurocodec split`)", "a split file")
     try:

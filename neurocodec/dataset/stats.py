@@ -1,5 +1,5 @@
 """Normalisation statistics stored with the data: what `compute_stats` writes to
-`<dataset>/stats/<split name>.json` (or `stats/all.json`, from every sample) and `read_stats`
+`<dataset>/.neurocodec/stats/<split name>.json` (or `stats/all.json`, from every sample) and `read_stats`
 reads back, checked as untrusted input.
 
 Per array field, per session and per channel (the last axis of a (time, channels) field; one
@@ -23,7 +23,7 @@ import numpy as np
 from neurocodec import npy
 from neurocodec.errors import DatasetError
 from neurocodec.fsutil import read_capped
-from neurocodec.format import layout
+from neurocodec.format.home import home, manifest_path
 
 STATS_DIR = "stats"
 STATS_VERSION = 1
@@ -40,13 +40,14 @@ NUMERIC_DTYPES = tuple(d for d in npy.DTYPES if d[1] in "iuf")
 
 
 def stats_path(path: str | Path, split_name: str | None) -> Path:
-    """Where the statistics of split `split_name` (None: every sample) of the dataset at `path` live."""
-    return Path(path) / STATS_DIR / f"{ALL if split_name is None else split_name}.json"
+    """Where the statistics of split `split_name` (None: every sample) of the dataset at `path`
+    (or of the version whose manifest the directory `path` holds) live."""
+    return home(path) / STATS_DIR / f"{ALL if split_name is None else split_name}.json"
 
 
 def manifest_sha256(path: str | Path) -> str:
     """SHA-256 of the dataset's manifest file, as statistics and splits record it."""
-    return hashlib.sha256((Path(path) / layout.MANIFEST).read_bytes()).hexdigest()
+    return hashlib.sha256(manifest_path(path).read_bytes()).hexdigest()
 
 
 @attrs.frozen(eq=False)

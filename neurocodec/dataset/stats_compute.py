@@ -1,5 +1,5 @@
 """`compute_stats`: normalisation statistics of a dataset's training part (or of every sample),
-written to `<dataset>/stats/<split name>.json` atomically (see `neurocodec.dataset.stats`).
+written to `<dataset>/.neurocodec/stats/<split name>.json` atomically (see `neurocodec.dataset.stats`).
 
 How each number is made (docs/stats.md):
 
@@ -37,6 +37,7 @@ from neurocodec.dataset.stats import (ALL, MAX_SUBSAMPLE_ROWS, NUMERIC_DTYPES, Q
                                       Summary, manifest_sha256, stats_path)
 from neurocodec.errors import DatasetError
 from neurocodec.format import layout
+from neurocodec.format.home import home
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.storage.location import dataset_path, is_remote
 
@@ -46,7 +47,7 @@ _ROW_TOLERANCE = 1e-6  # of a row: a window starting where the last one stopped 
 def compute_stats(path: str | Path, split: str | None = "train", *, overwrite: bool = False) -> Stats:
     """Compute the statistics of the local dataset at `path` from the samples of one split part
     (`split="train"`: part train of the split named "default"; `"<name>/<part>"`; None: every
-    sample) and write them to `<path>/stats/<split name, or "all">.json` atomically (see the
+    sample) and write them to `<path>/.neurocodec/stats/<split name, or "all">.json` atomically (see the
     module documentation for how). FileExistsError for an existing file unless `overwrite`;
     DatasetError for a split that does not exist or a dataset that cannot be read."""
     path = dataset_path(path)
@@ -91,7 +92,7 @@ def refresh_stats(path: str | Path) -> list[str]:
 
 
 def _split_part(path: Path, named: tuple[str, str], total: int) -> tuple[Any, str]:
-    if not (path / SPLIT_DIR / f"{named[0]}.json").exists():
+    if not (home(path) / SPLIT_DIR / f"{named[0]}.json").exists():
         raise DatasetError(f"{path}: no split {named[0]!r} to take part {named[1]!r} from: make one "
                            "(neurocodec.make_split, `neurocodec split`), or pass split=None for the statistics of "
                            "every sample")

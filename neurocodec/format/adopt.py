@@ -20,10 +20,11 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+import attrs
 import numpy as np
 
 from neurocodec.errors import ShardError
-from neurocodec.format import tar
+from neurocodec.format import layout, tar
 from neurocodec.format.checksum import crc32, crc32_combine
 from neurocodec.format.fetch import open_regular
 from neurocodec.format.manifest import ShardEntry
@@ -45,8 +46,10 @@ class AdoptedShard:
 
     def __init__(self, directory: Path, source: Path, entry: ShardEntry, rows: np.ndarray,
                  member_names: Callable[[int], Sequence[str]], *, fsync: bool = True) -> None:
-        self.entry, self.rows, self.member_names, self.fsync = entry, rows, member_names, fsync
-        self.files = [(directory / name, temp_path(directory / name)) for name in (entry.index, entry.name)]
+        # The index takes this writer's name (a source in the top-level layout names it `shard_X.idx`).
+        self.entry = attrs.evolve(entry, index=layout.index_name(entry.name))
+        self.rows, self.member_names, self.fsync = rows, member_names, fsync
+        self.files = [(directory / name, temp_path(directory / name)) for name in (self.entry.index, entry.name)]
         try:
             for (final, tmp), origin in zip(self.files, (source / entry.index, source / entry.name)):
                 tmp.unlink(missing_ok=True)
@@ -61,7 +64,8 @@ class AdoptedShard:
     def commit(self) -> ShardEntry:
         """Check both files (ShardError naming the shard if either is not what the source's
         manifest and index describe), fsync them (a source written without fsync becomes
-        durable too) and rename them into place, the index first; return the source's entry."""
+        durable too) and rename them into place, the index first; return the source's entry
+        (the index under this writer's name)."""
         (index_final, index_tmp), (shard_final, shard_tmp) = self.files
         entry = self.entry
         if _read(index_tmp, index_final.name, hashlib.sha256()) != (entry.index_bytes, entry.index_sha256):

@@ -1,8 +1,13 @@
 """Names in a neurocodec dataset: shards, indexes, members, keys and fields.
 
-A dataset directory holds `shard_000000.tar`, `shard_000001.tar`, ..., each with an index
-`shard_000000.idx` beside it, and `dataset_metadata.json` (the manifest), written last.
-Inside a shard every sample is a run of consecutive members that share a key:
+A dataset directory holds `shard_000000.tar`, `shard_000001.tar`, ..., each with a hidden index
+`.shard_000000.idx` beside it, and the hidden directory `.neurocodec/` with the manifest
+`dataset_metadata.json` (written last) and the files made for the dataset (splits,
+statistics, earlier versions, a conversion's report). Only the shards are visible, so tools
+that read every file of a directory as a WebDataset shard (Hugging Face `datasets`, Ray Data)
+read the dataset when pointed at it. Datasets written before this layout keep the manifest,
+`shard_000000.idx` and those files at the top; they are read as they are
+(`neurocodec.format.home`). Inside a shard every sample is a run of consecutive members that share a key:
 `sample_000000001.spikes.npy`, `sample_000000001.behavior.npy`, `sample_000000001.metadata.json`.
 Keys are numbered from 1 across the whole dataset, as in the user guide.
 """
@@ -19,6 +24,11 @@ neural codecs and the field entry `max_value_bytes`; a dataset that uses neither
 written as version 1, so readers that know only version 1 keep reading it."""
 V1_CODECS = frozenset({"npy", "json", "text", "bytes"})
 MANIFEST = "dataset_metadata.json"
+HOME = ".neurocodec"
+"""The hidden directory that holds the manifest and the files made for a dataset; hidden, so
+that readers which take every visible file for a shard skip it."""
+MANIFEST_PATH = f"{HOME}/{MANIFEST}"
+"""The manifest's path in a dataset written today (a URL's object name too)."""
 VERSIONS = "versions"
 """Where earlier versions of an appended dataset keep their manifests (and splits, statistics)."""
 METADATA_FIELD = "metadata"
@@ -27,6 +37,7 @@ MAX_SAMPLES = 10**KEY_DIGITS - 1
 MAX_FIELD_NAME = 48
 _FIELD = re.compile(r"[a-z][a-z0-9_-]{0,%d}" % (MAX_FIELD_NAME - 1))
 _SHARD = re.compile(r"shard_[0-9]{6,}\.tar")
+_INDEX = re.compile(r"\.?shard_[0-9]{6,}\.idx")
 
 
 def shard_name(number: int) -> str:
@@ -35,8 +46,20 @@ def shard_name(number: int) -> str:
 
 
 def index_name(shard: str) -> str:
-    """File name of the index that belongs to shard file `shard`."""
+    """File name of the index that belongs to shard file `shard`: hidden (`.shard_000000.idx`),
+    so that readers which take every visible file for a shard skip it."""
+    return "." + legacy_index_name(shard)
+
+
+def legacy_index_name(shard: str) -> str:
+    """The index name of shard `shard` in datasets written before the hidden layout
+    (`shard_000000.idx`); readers accept it, writers no longer use it."""
     return shard[: -len(".tar")] + ".idx"
+
+
+def is_index_name(name: str) -> bool:
+    """True for an index file name of either layout (`.shard_000000.idx`, `shard_000000.idx`)."""
+    return _INDEX.fullmatch(name) is not None
 
 
 def is_shard_name(name: str) -> bool:

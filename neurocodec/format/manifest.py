@@ -291,7 +291,9 @@ def _parse_shard(doc: Any, source: str, where: str) -> ShardEntry:
     name = _str(doc, "name", source, where)
     _need(layout.is_shard_name(name), source, f"{where}name {name!r} is not a shard file name")
     index = _str(doc, "index", source, where)
-    _need(index == layout.index_name(name), source, f"{where}index must be {layout.index_name(name)!r}")
+    _need(index in (layout.index_name(name), layout.legacy_index_name(name)), source,
+          f"{where}index must be {layout.index_name(name)!r} (or {layout.legacy_index_name(name)!r}, as "
+          "datasets written before the hidden layout name it)")
     entry = ShardEntry(
         name=name, index=index, samples=_int(doc, "samples", source, where),
         first_sample=_int(doc, "first_sample", source, where), bytes=_int(doc, "bytes", source, where),

@@ -220,7 +220,6 @@ class ShardSequence:
         is not such a shard or the filesystem cannot link; the caller then copies its samples."""
         number = self.first_shard + len(self.entries) + (self._commits.in_flight if self._commits else 0)
         if (self._current is not None or entry.first_sample != self.samples or entry.name != layout.shard_name(number)
-                or entry.index != layout.index_name(entry.name)
                 or not (entry.samples == self.shard_size or (last and 0 < entry.samples < self.shard_size))):
             return False
         try:

@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from neurocodec.format import layout
+from neurocodec.format.home import manifest_path
 
 
 def part_codecs(part: Path) -> dict[str, dict[str, Any]]:
     """Each field's codec config in the manifest of the part dataset `part`."""
-    doc = json.loads((part / layout.MANIFEST).read_text(encoding="utf8"))
+    doc = json.loads(manifest_path(part).read_text(encoding="utf8"))
     return {f["name"]: f["codec"] for f in doc["fields"]}
 
 

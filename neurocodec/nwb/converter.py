@@ -49,8 +49,8 @@ import attrs
 
 from neurocodec.dataset.finish import Finish
 from neurocodec.errors import DatasetExistsError
-from neurocodec.format import layout
 from neurocodec.format.compression import check_compression
+from neurocodec.format.home import has_manifest, manifest_path
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.nwb.agree import describe, disagreeing_fields, parts_to_redo
 from neurocodec.nwb.fields import names, plan_fields
@@ -367,7 +367,7 @@ class NWBToWebDatasetConverter:
             return None
         if record.get("source") != fingerprint or record.get("settings") != _settings_hash(self.settings):
             return None
-        if not identifies_version(fingerprint) or not (part / layout.MANIFEST).exists():
+        if not identifies_version(fingerprint) or not has_manifest(part):
             return None
         return record["summary"]
 
@@ -430,7 +430,7 @@ class NWBToWebDatasetConverter:
         parts, settings = self._agreeing_parts(done)
         sessions = {}
         for part in parts:
-            with open(part / layout.MANIFEST, encoding="utf8") as f:
+            with open(manifest_path(part), encoding="utf8") as f:
                 session = json.load(f)["extra"]["session"]
             sessions[session["key"]] = session
         extra = {"sessions": sessions, "conversion": settings.to_dict(),

@@ -1,5 +1,6 @@
-"""The conversion report: `conversion-report.json` in the dataset directory, written by
-`NWBToWebDatasetConverter.finalize()` after the dataset's manifest.
+"""The conversion report: `conversion-report.json` beside the dataset's manifest (in
+`.neurocodec/`, `neurocodec.format.home`), written by `NWBToWebDatasetConverter.finalize()`
+after the manifest.
 
 It lists every file converted (windows written and skipped, the series chosen for each field)
 and every file skipped with `on_error="skip"` and why, with the conversion settings, so a large
@@ -13,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from neurocodec.format import layout
+from neurocodec.format.home import home
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.storage.location import Location, is_remote
 
@@ -34,12 +37,14 @@ def build_report(summary: Mapping[str, Any], parts: Mapping[str, Mapping[str, An
 
 def write_report(output_dir: Path | str, report: Mapping[str, Any], *, fsync: bool = True,
                  storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write `report` as REPORT in `output_dir` (atomically; one PUT for a URL); return where."""
+    """Write `report` as REPORT beside the manifest of the dataset in `output_dir` (atomically;
+    one PUT for a URL); return where."""
     data = (json.dumps(report, indent=1, sort_keys=True, default=str) + "\n").encode()
     if not is_remote(output_dir):
-        target = Path(output_dir) / REPORT
+        target = home(output_dir) / REPORT
         atomic_write_bytes(target, data, fsync=fsync)
         return str(target)
     location = Location(output_dir, storage_options)
-    location.fs.pipe_file(location.path(REPORT), data)
-    return location.url_of(REPORT)
+    name = f"{layout.HOME}/{REPORT}"  # a writer at a URL always writes the hidden layout
+    location.fs.pipe_file(location.path(name), data)
+    return location.url_of(name)

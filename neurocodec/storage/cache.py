@@ -3,7 +3,7 @@
 Layout under `cache_dir`:
 
     entries/<key>/shard_000123.tar   a verified shard ...
-    entries/<key>/shard_000123.idx   ... and its index, under their dataset names
+    entries/<key>/.shard_000123.idx  ... and its index, under their dataset names
     locks/<key>.lock                 per-shard lock file (flock), never deleted
     tmp/<key>.<name>.<pid>.<tid>.part  downloads in progress
     entries/<key>/.reserved          a download's room, reserved until it completes (sparse)

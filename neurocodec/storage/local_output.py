@@ -12,6 +12,9 @@ replaced atomically when it already holds a dataset.
   described in `neurocodec.storage.replace`. A staging directory left by an interrupted
   overwrite is removed by the next writer. The earlier versions of a replaced dataset
   (`versions/`, kept by appends) go with it.
+* The manifest goes to the hidden `.neurocodec/` (`neurocodec.format.home`). Replacing a dataset
+  of the top-level layout moves its splits, statistics and report there too (they are stale, and
+  refused as such, exactly as a replaced dataset's are) and removes its top-level manifest.
 """
 
 from __future__ import annotations
@@ -22,18 +25,24 @@ from pathlib import Path
 
 from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
+from neurocodec.format.home import has_manifest, home, manifest_path
 from neurocodec.format.manifest import Manifest
 from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir
 from neurocodec.storage.lock import OutputLock
 from neurocodec.storage.replace import STAGING, is_dataset_file, listed_names, stand_in_base, stand_in_manifest
 
 
-def write_manifest(directory: Path, manifest: Manifest, *, fsync: bool = True) -> None:
-    """Write `dataset_metadata.json` atomically, after making the shards' renames durable."""
+def write_manifest(directory: Path, manifest: Manifest, *, fsync: bool = True, into: Path | None = None) -> None:
+    """Write the manifest of the dataset in `directory` atomically, after making the shards'
+    renames durable: into `into`, by default where the dataset keeps it (`.neurocodec/` unless
+    it is a dataset of the top-level layout, `neurocodec.format.home`)."""
+    target = home(directory) if into is None else into
     if fsync:
         fsync_dir(directory)
-    atomic_write_bytes(directory / layout.MANIFEST, manifest.to_json().encode(), fsync=fsync)
+    target.mkdir(exist_ok=True)
+    atomic_write_bytes(target / layout.MANIFEST, manifest.to_json().encode(), fsync=fsync)
     if fsync:
+        fsync_dir(target)
         fsync_dir(directory)
 
 
@@ -77,9 +86,14 @@ class LocalOutput:
             if path.is_dir() and not path.is_symlink():
                 raise DatasetError(f"{path} is a directory where the dataset keeps a file of that name; "
                                    "move or remove it (a writer only replaces neurocodec's own files)")
-        if layout.MANIFEST in names:
+        hidden = self.target / layout.HOME
+        if hidden.exists() and not hidden.is_dir():
+            raise DatasetError(f"{hidden} is a file where the dataset keeps its manifest (a directory); "
+                               "move or remove it")
+        if has_manifest(self.target):
             if not overwrite:
-                raise DatasetExistsError(f"{self.target} already holds a dataset ({layout.MANIFEST}); "
+                raise DatasetExistsError(f"{self.target} already holds a dataset "
+                                         f"({manifest_path(self.target).relative_to(self.target)}); "
                                          "pass overwrite=True to replace it")
             return True
         for name in own:  # an unfinished writer's files: not a dataset, start afresh
@@ -104,16 +118,20 @@ class LocalOutput:
         for final, moved in zip(manifest.shards, stand_in.shards):
             os.replace(staging / final.index, root / moved.index)
             os.replace(staging / final.name, root / moved.name)
-        write_manifest(root, stand_in, fsync=fsync)  # the switch: from here on the new dataset
+        hidden = root / layout.HOME
+        top_level = home(root) == root  # the replaced dataset keeps its files at the top
+        write_manifest(root, stand_in, fsync=fsync, into=hidden)  # the switch: from here on the new dataset
         for final, moved in zip(manifest.shards, stand_in.shards):
             atomic_link_or_copy(root / moved.index, root / final.index, fsync=fsync)
             atomic_link_or_copy(root / moved.name, root / final.name, fsync=fsync)
-        write_manifest(root, manifest, fsync=fsync)  # the same dataset under its final names
+        write_manifest(root, manifest, fsync=fsync, into=hidden)  # the same dataset under its final names
         keep = listed_names(manifest)
         for name in os.listdir(root):
-            if is_dataset_file(name) and name not in keep:
+            if is_dataset_file(name) and name not in keep:  # the top-level manifest of an older layout too
                 (root / name).unlink(missing_ok=True)
-        _remove(root / layout.VERSIONS)  # the replaced dataset's earlier versions: their shards are gone
+        if top_level:
+            _move_top_level_files(root, hidden)
+        _remove(hidden / layout.VERSIONS)  # the replaced dataset's earlier versions: their shards are gone
         _remove(staging)
         if fsync:
             fsync_dir(root)
@@ -130,6 +148,23 @@ class LocalOutput:
     def _release(self) -> None:
         if self._own_lock:
             self.lock.release()
+
+
+TOP_LEVEL_FILES = ("splits", "stats", "conversion-report.json")
+"""Files made for a dataset of the top-level layout that a replacement keeps (stale, as a
+replaced dataset's always are) in `.neurocodec/`."""
+
+
+def _move_top_level_files(root: Path, hidden: Path) -> None:
+    """Move the files made for a replaced dataset of the top-level layout into `.neurocodec/`
+    (dropping them where it has its own) and remove its earlier versions."""
+    for name in TOP_LEVEL_FILES:
+        source = root / name
+        if source.exists() and not (hidden / name).exists():
+            os.replace(source, hidden / name)
+        elif source.exists():
+            _remove(source)
+    _remove(root / layout.VERSIONS)
 
 
 def _remove(path: Path) -> None:

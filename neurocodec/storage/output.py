@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
+from neurocodec.format.home import has_manifest
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
 from neurocodec.storage.local_output import LocalOutput
 from neurocodec.storage.location import Location, dataset_path, is_remote
@@ -104,10 +105,13 @@ class DatasetOutput:
 
         names = self._call(listing, f"listing {loc.url}")
         existing = [n for n in names if is_dataset_file(n)]
-        if layout.MANIFEST in existing:
+        hidden = layout.HOME in names and self._call(lambda: fs.exists(loc.path(layout.MANIFEST_PATH)),
+                                                     f"checking {loc.url_of(layout.MANIFEST_PATH)}")
+        if hidden or layout.MANIFEST in existing:
             if not overwrite:
                 raise DatasetExistsError(
-                    f"{loc.url} already holds a dataset ({layout.MANIFEST}); pass overwrite=True to replace it")
+                    f"{loc.url} already holds a dataset ({layout.MANIFEST_PATH if hidden else layout.MANIFEST}); "
+                    "pass overwrite=True to replace it")
             self._stand_in, self._old = stand_in_base(existing), existing
             return
         for name in existing:  # an unfinished writer's objects (no manifest): not a dataset
@@ -137,7 +141,10 @@ class DatasetOutput:
         loc = self.location
         fs, final = loc.fs, loc.path(name)
         atomic = loc.protocol in ATOMIC_PUT
-        target = final if atomic else loc.path(f".{name}.upload.tmp")
+        folder, _, base = name.rpartition("/")
+        target = final if atomic else loc.path(f"{folder}/.{base}.upload.tmp" if folder else f".{base}.upload.tmp")
+        if folder and not atomic:
+            fs.makedirs(loc.path(folder), exist_ok=True)
         write(target)
         if not atomic:
             fs.mv(target, final)
@@ -177,7 +184,7 @@ class DatasetOutput:
     def _put_manifest(self, manifest: Manifest) -> None:
         staged = self.directory / layout.MANIFEST
         staged.write_bytes(manifest.to_json().encode())
-        self.upload(staged, layout.MANIFEST)
+        self.upload(staged, layout.MANIFEST_PATH)
 
     def _replace(self, manifest: Manifest) -> None:
         """Publish a dataset uploaded under stand-in names over the old one (module docs)."""
@@ -221,10 +228,12 @@ def manifest_exists(target: str | os.PathLike, storage_options: Mapping[str, Any
     """True if a dataset manifest is at `target` (a directory or URL)."""
     path = dataset_path(target)
     if not is_remote(path):
-        return (path / layout.MANIFEST).exists()
+        return has_manifest(path)
     loc = Location(path, storage_options)
     loc.fs.invalidate_cache(loc.root)
-    return RetryPolicy.default().call(lambda: loc.fs.exists(loc.path(layout.MANIFEST)), f"checking {loc.url}")
+    return RetryPolicy.default().call(
+        lambda: loc.fs.exists(loc.path(layout.MANIFEST_PATH)) or loc.fs.exists(loc.path(layout.MANIFEST)),
+        f"checking {loc.url}")
 
 
 def local_staging_dir(url: str, kind: str) -> Path:

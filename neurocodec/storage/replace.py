@@ -28,14 +28,15 @@ STAGING = ".neurocodec-staging"
 # Stand-in numbers start at a multiple of this, above every shard number present: a dataset has
 # fewer shards than samples (at most layout.MAX_SAMPLES), so they never meet the final names.
 STAND_IN_STEP = layout.MAX_SAMPLES + 1
-_NUMBERED = re.compile(r"shard_([0-9]{1,30})\.(?:tar|idx)")
+_NUMBERED = re.compile(r"\.?shard_([0-9]{1,30})\.(?:tar|idx)")
 
 
 def is_dataset_file(name: str) -> bool:
-    """True for the names a writer creates in a dataset directory: the manifest, shards,
-    indexes and hidden temp files (the lock file and the staging directory are not)."""
+    """True for the names a writer creates at the top of a dataset directory: shards, indexes
+    (of either layout), hidden temp files and the manifest of the top-level layout (the lock
+    file, the staging directory and `.neurocodec/` are not)."""
     return (name == layout.MANIFEST or layout.is_shard_name(name)
-            or (name.startswith("shard_") and name.endswith(".idx")) or is_temp_name(name))
+            or layout.is_index_name(name) or is_temp_name(name))
 
 
 def stand_in_base(names: Iterable[str]) -> int:
@@ -55,5 +56,6 @@ def stand_in_manifest(manifest: Manifest, base: int) -> Manifest:
 
 
 def listed_names(manifest: Manifest) -> set[str]:
-    """The files a manifest refers to, itself included."""
-    return {layout.MANIFEST, *(s.name for s in manifest.shards), *(s.index for s in manifest.shards)}
+    """The files at the top of the dataset that a manifest refers to: its shards and indexes
+    (the manifest itself is in `.neurocodec/`; one at the top is an older layout's)."""
+    return {*(s.name for s in manifest.shards), *(s.index for s in manifest.shards)}
