@@ -105,7 +105,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, sessions, case):
         expected = f"{sessions[0]}: holds no behavior data"
     elif case == "no_such_input":
         args[1] = tmp_path / "absent.nwb"
-        expected = "no input matches"
+        expected = f"--input {tmp_path / 'absent.nwb'}: no such file or directory"
     elif case == "not_nwb":
         (tmp_path / "text.nwb").write_text("not hdf5")
         args[1] = tmp_path / "text.nwb"
@@ -119,11 +119,11 @@ def test_bad_input_is_a_one_line_error(tmp_path, sessions, case):
         expected = "already holds a dataset"
     elif case == "bad_shard_size":
         args += ["--shard-size", "0"]
-        expected = "shard_size must be a positive integer"
+        expected = "--shard-size must be a positive integer"
     else:
         np.savez(tmp_path / "x.npz", a=np.zeros(3))
         args[1:2] = [sessions[0], tmp_path / "x.npz"]
-        expected = "cannot tell the input format"
+        expected = "--input names both NWB and .npz inputs"
     done = neurocodec("convert", *args)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("neurocodec convert: error: ")

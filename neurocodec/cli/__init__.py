@@ -19,6 +19,7 @@ from typing import Sequence
 from neurocodec import __version__
 from neurocodec.cli import convert, info, plugins, show, split, stats
 from neurocodec.cli.options import CommandLineError, check_output_arg
+from neurocodec.cli.wording import flags_of, in_flags
 from neurocodec.errors import NeurocodecError
 
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (info, plugins, convert, split, stats, show):
         command.add_parsers(sub)
+    for command_parser in sub.choices.values():  # error messages speak of each command's own flags
+        command_parser.set_defaults(cli_flags=flags_of(command_parser))
     return parser
 
 
@@ -50,7 +53,7 @@ def _message(args: argparse.Namespace, exc: BaseException) -> str:
     """The error line's text: the exception's message, naming the dataset if it does not."""
     from neurocodec.storage.location import dataset_path
 
-    text = _one_line(str(exc))
+    text = in_flags(_one_line(str(exc)), getattr(args, "cli_flags", {}))
     if isinstance(exc, MemoryError):
         text = "out of memory" + (f" ({text})" if text else "")
     elif isinstance(exc, SystemError):

@@ -3,6 +3,8 @@
     neurocodec convert --input data/*.nwb --output ./shards --format nwb --shard-size 1000 \\
         --workers 8 --validate [--compression zstd] [--modalities spikes lfp behavior]
 
+`--input` takes files, NWB-Zarr folders, glob patterns and directories, which stand for the
+.nwb and .npz files and NWB-Zarr folders in them and below them (`neurocodec.cli.inputs`).
 `--format` defaults to the inputs' extension. npz inputs are converted as
 `create_shards_from_arrays` does (row i of every array is sample i), several files one after
 the other. `--modalities` takes modality names or FIELD=MODALITY pairs, so two fields can share
@@ -16,48 +18,19 @@ the series by name or HDF5 path; several 1-D series sharing their timing become 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from neurocodec.format.compression import COMPRESSIONS
 from neurocodec.nwb.extract import NAN_POLICIES
 from neurocodec.nwb.part import COVERAGE
+from neurocodec.cli.inputs import input_format, input_paths, load_npz
 from neurocodec.cli.options import CommandLineError, add_storage_arguments, cache_from_args, storage_options_from_args
 from neurocodec.cli.split import parse_fractions
+from neurocodec.cli.wording import in_flags
 from neurocodec.dataset.splits import BY
-from neurocodec.nwb.source import URLPath
-from neurocodec.storage.location import dataset_path, file_url_path, is_remote, is_url
-
-
-def _inputs(patterns: list[str]) -> list[Path | URLPath]:
-    """--input: local files and NWB-Zarr folders (glob patterns expanded), and URLs (s3://,
-    https://, ...: NWB files read in place, taken as given: `?` and `*` may be part of a URL)."""
-    paths: list[Path | URLPath] = []
-    for pattern in patterns:
-        if is_url(pattern) and file_url_path(pattern) is None:
-            paths.append(URLPath(pattern))
-            continue
-        pattern = str(file_url_path(pattern) or pattern)
-        matches = [pattern] if Path(pattern).exists() else sorted(glob.glob(pattern))
-        if not matches:
-            raise FileNotFoundError(f"no input matches {pattern!r}")
-        paths.extend(Path(m) for m in matches)
-    return paths
-
-
-def _format(args: argparse.Namespace, paths: list[Path]) -> str:
-    if args.format:
-        return args.format
-    # an NWB-Zarr folder is NWB whatever its name (it often ends in .zarr)
-    kinds = {"nwb" if isinstance(p, Path) and p.is_dir() else p.suffix.lower().lstrip(".") for p in paths}
-    if len(kinds) == 1 and kinds <= {"nwb", "npz"}:
-        return kinds.pop()
-    raise ValueError(f"cannot tell the input format from {sorted(kinds)}; pass --format nwb or --format npz")
+from neurocodec.storage.location import dataset_path, is_remote
 
 
 def _series_names(text: str) -> str | list[str]:
@@ -124,18 +97,6 @@ def _modalities(entries: list[str] | None, fmt: str) -> list[str] | dict[str, st
     return pairs
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of one .npz file; ValueError naming the file when it is not a readable npz
-    (numpy reads a non-zip file as a pickle or a single .npy instead, and says so confusingly)."""
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not an .npz file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot read as .npz ({exc})") from None
-
-
 def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace) -> dict[str, Any]:
     """Write the rows of the arrays of each .npz file, file after file, as samples."""
     from neurocodec.dataset.writer import WebDatasetWriter, create_shards_from_arrays
@@ -146,7 +107,7 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
         raise CommandLineError(f"--input {remote[0]}: .npz inputs must be local files (URLs are read in place "
                                "only for NWB files)")
     if len(paths) == 1:
-        data = _load_npz(paths[0])
+        data = load_npz(paths[0])
         return create_shards_from_arrays(output, data, args.shard_size, args.compression,
                                          overwrite=args.overwrite, append=args.append,
                                          progress=False if args.no_progress else None,
@@ -154,11 +115,8 @@ def convert_npz(paths: list[Path], output: Path | str, args: argparse.Namespace)
     with WebDatasetWriter(output, args.shard_size, args.compression, overwrite=args.overwrite, append=args.append,
                           storage_options=storage_options_from_args(args), modalities=modalities) as writer:
         for path in paths:
-            data = _load_npz(path)
-            lengths = {k: len(v) for k, v in data.items()}
-            if len(set(lengths.values())) != 1:
-                raise ValueError(f"{path}: arrays differ in their first dimension: {lengths}")
-            for i in range(next(iter(lengths.values()))):
+            data = load_npz(path)
+            for i in range(len(next(iter(data.values()), ()))):
                 writer.write_sample({k: v[i, ...] for k, v in data.items()})
     return writer.finalize()
 
@@ -232,9 +190,9 @@ def _objects(chosen: Any) -> str:
 
 def run_convert(args: argparse.Namespace) -> int:
     """The `convert` subcommand."""
-    paths = _inputs(args.input)
+    paths = input_paths(args.input)
     output = dataset_path(args.output)
-    fmt = _format(args, paths)
+    fmt = input_format(args.format, paths)
     if args.append and (args.overwrite or is_remote(output)):
         raise CommandLineError("--append adds samples to a local dataset: not with --overwrite, nor to a URL "
                                f"(--output {args.output})")
@@ -251,7 +209,7 @@ def run_convert(args: argparse.Namespace) -> int:
               f"(version {summary['version'] - 1} stays readable: version={summary['version'] - 1} in the loaders)")
     print(f"modalities: {', '.join(summary['modalities'])}")
     for skipped in summary.get("skipped_files", []):
-        print(f"skipped {skipped['file']}: {skipped['error']}")
+        print(f"skipped {skipped['file']}: {in_flags(skipped['error'], args.cli_flags)}")
     if summary.get("skipped_windows"):
         print(f"windows not covered by every modality (skipped): {summary['skipped_windows']}")
     for source, chosen in summary.get("series", {}).items():
@@ -276,7 +234,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert NWB files or .npz arrays to shards",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
-                   help="input NWB files, NWB-Zarr folders, .npz files or glob patterns, or URLs of NWB files "
+                   help="input NWB files, NWB-Zarr folders, .npz files, glob patterns or directories (the .nwb "
+                        "and .npz files and NWB-Zarr folders in them and below), or URLs of NWB files "
                         "(s3://, https://: read in place, not globbed)")
     p.add_argument("--output", required=True, help="output dataset directory or URL (s3://, gs://, ...)")
     p.add_argument("--format", choices=("nwb", "npz"), help="input format (default: from the extension)")
