@@ -199,6 +199,15 @@ def test_key_an_open_dataset_and_a_given_figure(arrays):
         show_sample(arrays, fields=["lfp"])
 
 
+def test_a_sample_without_times_is_drawn_over_the_window_as_a_fraction(tmp_path):
+    with WebDatasetWriter(tmp_path / "bare", 2, fsync=False) as writer:
+        writer.write_sample({"spikes": np.eye(4, dtype=np.int32)})
+    fig = show_sample(tmp_path / "bare")
+    assert fig.axes[0].get_xlim() == (0.0, 1.0) and fig.axes[0].get_xlabel().startswith("fraction of the window")
+    assert fig._suptitle.get_text().startswith("session ? · subject ? · times unknown")
+    assert "in 4 bins" in fig.axes[0].get_title(loc="left")  # no bin size in ms: the times are unknown
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk, checking the signature and the chunk's CRC."""
     data = path.read_bytes()
@@ -224,7 +233,7 @@ def test_the_command_writes_a_png(arrays, tmp_path, capsys):
     (["--key", "sample_000000004"], "--key 'sample_000000004' is not a sample of arrays: its keys run "
                                     "sample_000000001 to sample_000000003"),
     (["--field", "lfp"], "--field 'lfp' is not a field of arrays"),
-    (["--window-ms", "100"], "--window-ms 100.0: the dataset has no timeline"),
+    (["--window-ms", "100"], "--window-ms 100: the dataset has no timeline"),
     (["-o", "x.jpg"], "-o x.jpg: the picture's name must end in .png, .pdf, .svg"),
 ])
 def test_command_errors_speak_in_flags(arrays, tmp_path, capsys, monkeypatch, flags, message):

@@ -1,7 +1,7 @@
 """`neurocodec show`: one sample (or load-time window) drawn as a picture (needs matplotlib:
 `pip install 'neurocodec[plot]'`).
 
-    neurocodec show ./shards                            # sample 0 -> ./shards-sample_000000001.png
+    neurocodec show ./shards                            # sample 0 -> ./shards-sample0.png
     neurocodec show ./shards --sample 12 -o s12.png     # by position (negative: from the end)
     neurocodec show ./shards --key sample_000000013     # by key
     neurocodec show ./chunks --window-ms 250 --sample 3 # window 3 of the 250 ms grid of a chunked dataset

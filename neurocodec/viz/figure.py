@@ -17,7 +17,7 @@ import attrs
 from neurocodec.errors import NeurocodecError
 from neurocodec.fsutil import atomic_write_bytes
 from neurocodec.viz.mpl import matplotlib, new_figure
-from neurocodec.viz.panels import PANELS, kind_of
+from neurocodec.viz.panels import PANELS, Span, kind_of
 from neurocodec.viz.sample import FieldView, SampleView, read_sample
 
 WIDTH = 11.0
@@ -53,12 +53,12 @@ def plan(view: SampleView) -> tuple[list[Panel], list[str]]:
     return panels, skipped
 
 
-def span_of(view: SampleView) -> tuple[tuple[float, float], str]:
+def span_of(view: SampleView) -> tuple[Span, str]:
     """The x limits and the x axis' label: the window's times in seconds, or, when the
     metadata does not give them, the window as a fraction."""
     if view.start is not None and view.stop is not None:
-        return (view.start, view.stop), "time (s)"
-    return (0.0, 1.0), "fraction of the window (the metadata holds no start_time / stop_time)"
+        return Span(view.start, view.stop), "time (s)"
+    return Span(0.0, 1.0, seconds=False), "fraction of the window (the metadata holds no start_time / stop_time)"
 
 
 def title_of(view: SampleView) -> str:
@@ -119,7 +119,7 @@ def draw(view: SampleView, *, fig: Any = None, width: float = WIDTH, dpi: float 
         PANELS[panel.kind](ax, panel.field, span, **extra)
         ax.set_label(f"{panel.kind}:{panel.field.name}")
         ax.tick_params(labelsize=8)
-    axes[0].set_xlim(*span)
+    axes[0].set_xlim(span.start, span.stop)
     axes[-1].set_xlabel(xlabel)
     fig.suptitle(title_of(view), fontsize=10, y=1 - 0.08 / fig_height, va="top")
     if skipped:

@@ -10,14 +10,24 @@ its modality's falls back to a heat map). The caller sets the shared x limits.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from neurocodec.plugin.events import SpikeEvents
 from neurocodec.viz.sample import FieldView
 
-Span = tuple[float, float]
+
+
+class Span(NamedTuple):
+    """The window's start and stop on the x axis: seconds, or (`seconds` False) fractions of a
+    window whose times the metadata does not give."""
+
+    start: float
+    stop: float
+    seconds: bool = True
+
+
 MAX_TRACES = 32
 """Most channels or ROIs stacked in one panel (evenly chosen among more)."""
 MAX_LINES = 24
@@ -120,9 +130,9 @@ def counts(ax: Any, field: FieldView, span: Span) -> None:
     bar.ax.tick_params(labelsize=7)
     _label_rows(ax, np.arange(units), field.labels, np.arange(units))
     ax.set_ylabel("unit")
-    width_ms = 1000 * (span[1] - span[0]) / bins
+    size = f"per {1000 * (span[1] - span[0]) / bins:.3g} ms bin" if span.seconds else f"in {bins} bins"
     grey = ", grey: not observed" if observed is not None and not observed.all() else ""
-    _title(ax, field, f"spike counts per {width_ms:.3g} ms bin, {units} units{grey}")
+    _title(ax, field, f"spike counts {size}, {units} units{grey}")
 
 
 # -- stacked traces -------------------------------------------------------------------------------
@@ -247,7 +257,8 @@ def _strip(ax: Any, images: list[np.ndarray], starts: list[float], span: Span, *
     for j, (image, time) in enumerate(zip(images, starts)):
         left, right = span[0] + (j + 0.04) * slot, span[0] + (j + 0.96) * slot
         ax.imshow(image, extent=(left, right, 0.0, 1.0), aspect="auto", interpolation="nearest", **style)
-        ax.text((left + right) / 2, 1.03, f"{time:.3f} s", ha="center", va="bottom", fontsize=7)
+        ax.text((left + right) / 2, 1.03, f"{time:.3f} s" if span.seconds else f"{time:.3f}", ha="center",
+                va="bottom", fontsize=7)
     ax.set_ylim(0.0, 1.16)
     ax.set_yticks([])
 
@@ -301,11 +312,10 @@ def slices(ax: Any, field: FieldView, span: Span, wanted: int = 4) -> None:
     """fMRI: the middle sagittal, coronal and axial slices of the volume at a few times."""
     import matplotlib
 
-    volumes = field.value.astype(np.float64)
-    volumes = volumes[None] if volumes.ndim == 3 else volumes
+    volumes = field.value[None] if field.value.ndim == 3 else field.value
     chosen = picks(len(volumes), wanted)
     times = row_times(len(volumes), span)
-    images = [ortho(volumes[i]) for i in chosen]
+    images = [ortho(volumes[i].astype(np.float64)) for i in chosen]  # only the volumes drawn
     low, high = _limits(np.stack(images))
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="black")
     _strip(ax, [np.ma.masked_invalid(i) for i in images], [float(times[i]) for i in chosen], span, cmap=cmap,

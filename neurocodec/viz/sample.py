@@ -237,7 +237,8 @@ def _read_window(source: Any, manifest: Manifest, index: Any, key: Any, window_m
         if isinstance(exc, DatasetError) and "timeline" not in str(exc):
             raise
         message = str(exc).replace(PYTHON.window, words.window)
-        raise ShowError(message if words.window in message else f"{words.window}{window_ms!r}: {message}") from None
+        asked = f"{window_ms:g}" if isinstance(window_ms, (int, float)) else repr(window_ms)
+        raise ShowError(message if words.window in message else f"{words.window}{asked}: {message}") from None
     grid = f"the {window_ms:g} ms grid"
     number = index_of(len(windows), index, None, f"{name} in windows of {window_ms:g} ms", words, "windows")
     view = describe(windows[number], manifest, name, fields, words)
