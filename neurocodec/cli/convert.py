@@ -12,7 +12,8 @@ one modality (`--modalities pupil_left=behavior pupil_right=behavior`); npz inpu
 pairs, which store an array with a modality other than its name's. NWB fields from any series:
 `--field position=behavior:x,y,z --field running=behavior:running_speed` (NAME=MODALITY, then
 the series by name or HDF5 path; several 1-D series sharing their timing become columns).
-`--validate` re-reads every shard and checks it against the manifest afterwards.
+`--validate` re-reads every shard and checks it against the manifest afterwards (as `neurocodec
+verify` does: every bad shard is named).
 """
 
 from __future__ import annotations
@@ -220,12 +221,13 @@ def run_convert(args: argparse.Namespace) -> int:
         if summary.get(what):
             print(f"{what}: {summary[what]}")
     if args.validate:
+        from neurocodec.cli.info import verify_every_shard
         from neurocodec.dataset.reader import Dataset
 
         with Dataset(output, verify="full", storage_options=storage_options_from_args(args),
                      cache=cache_from_args(args)) as ds:
-            count = ds.verify_all()
-        print(f"validated: {count:,} samples match the manifest")
+            verify_every_shard(ds, str(output), progress=not args.no_progress)
+            print(f"validated: {len(ds):,} samples match the manifest")
     return 0
 
 

@@ -45,19 +45,27 @@ def run_verify(args: argparse.Namespace) -> int:
     (with a progress bar on a terminal), then a summary: "ok: ..." or an error line naming every
     bad shard (status 1)."""
     with Dataset(args.path, storage_options=storage_options_from_args(args), cache=cache_from_args(args)) as ds:
-        bad = _verify(ds, progress=not args.no_progress and sys.stderr.isatty())
-        if not bad:
-            print(f"ok: {len(ds)} samples in {len(ds.shards)} shards match the manifest of {args.path}")
-            return 0
-        samples = sum(check.entry.samples for check in bad)
-        names = ", ".join(check.entry.name for check in bad[:_NAMED])
-        more = f" and {len(bad) - _NAMED:,} more" if len(bad) > _NAMED else ""
-        sys.stdout.flush()
-        raise DatasetError(f"{args.path}: {len(bad):,} of {len(ds.shards):,} shards bad ({samples:,} of "
-                           f"{len(ds):,} samples in them): {names}{more}")
+        verify_every_shard(ds, args.path, progress=not args.no_progress)
+        print(f"ok: {len(ds)} samples in {len(ds.shards)} shards match the manifest of {args.path}")
+    return 0
 
 
 _NAMED = 20  # bad shards named in the summary line (each has its own line above it)
+
+
+def verify_every_shard(ds: Dataset, path: str, progress: bool = True) -> None:
+    """Check every shard of `ds` (opened from `path`), printing each bad one as it is found (with
+    a progress bar if `progress` and stderr is a terminal); DatasetError naming every bad shard
+    if any is."""
+    bad = _verify(ds, progress=progress and sys.stderr.isatty())
+    if not bad:
+        return
+    samples = sum(check.entry.samples for check in bad)
+    names = ", ".join(check.entry.name for check in bad[:_NAMED])
+    more = f" and {len(bad) - _NAMED:,} more" if len(bad) > _NAMED else ""
+    sys.stdout.flush()
+    raise DatasetError(f"{path}: {len(bad):,} of {len(ds.shards):,} shards bad ({samples:,} of "
+                       f"{len(ds):,} samples in them): {names}{more}")
 
 
 def _verify(ds: Dataset, progress: bool) -> list[ShardCheck]:
