@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from neurocodec import Dataset, DatasetError, ShardedDatasetInfo, WebDatasetWriter
 
+NO_MANIFEST = r"has no (\.neurocodec/)?dataset_metadata\.json"  # either layout (docs/format.md)
 SCRIPT = shutil.which("neurocodec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
 
 
@@ -45,7 +47,8 @@ def test_get_summary(dataset):
     assert s["modalities"] == ["label", "lfp", "spikes"]
     assert s["shapes"] == {"label": None, "lfp": [4, 50], "spikes": [10, None]}
     assert s["dtypes"] == {"label": None, "lfp": "<f4", "spikes": "<i4"}
-    assert s["bytes"] == sum(p.stat().st_size for p in dataset.glob("shard_*"))
+    entries = ShardedDatasetInfo(dataset).manifest.shards
+    assert s["bytes"] == sum((dataset / name).stat().st_size for e in entries for name in (e.name, e.index))
     assert s["codecs"]["spikes"] == {"id": "npy", "pack_integers": True}
     assert s["writer"]["shard_size"] == 3
 
@@ -68,7 +71,7 @@ def test_print_summary(dataset, capsys):
 
 
 def test_info_on_a_non_dataset(tmp_path):
-    with pytest.raises(DatasetError, match="no dataset_metadata.json"):
+    with pytest.raises(DatasetError, match=NO_MANIFEST):
         ShardedDatasetInfo(tmp_path)
 
 
@@ -113,7 +116,7 @@ def test_cli_on_a_non_dataset_directory(tmp_path, command, how):
     result = _cli(command, str(tmp_path), how=how)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"neurocodec {command}: error: {tmp_path} has no dataset_metadata.json")
+    assert re.match(f"neurocodec {command}: error: {re.escape(str(tmp_path))} {NO_MANIFEST}", result.stderr)
     missing = _cli(command, str(tmp_path / "nope"), how=how)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "is not a directory" in missing.stderr
 
