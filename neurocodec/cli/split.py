@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 from neurocodec.cli.options import CommandLineError
-from neurocodec.dataset.splits import BY
+from neurocodec.dataset.splits import BY, SPLIT_DIR
+from neurocodec.format.home import home
 
 # make_split's argument names as they appear in its messages -> the flags that set them
 _FLAGS = (("overwrite=True", "--overwrite"), ("guard_s=", "--guard-s "), ("guard_s ", "--guard-s "),
@@ -51,7 +52,7 @@ def run_split(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError) as exc:
         raise CommandLineError(_in_flags(str(exc))) from None
     print(f"split {split.name!r} of {args.path} by {split.rule.by} (seed {split.rule.seed}): "
-          f"{args.path}/splits/{split.name}.json")
+          f"{home(args.path) / SPLIT_DIR / f'{split.name}.json'}")
     for part in split.rule.names:
         runs = split.samples[part]
         count = int((runs[:, 1] - runs[:, 0]).sum()) if len(runs) else 0

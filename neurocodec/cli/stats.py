@@ -39,6 +39,7 @@ def add_parsers(sub: Any) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     """The `stats` subcommand: compute and store the statistics, then print a short summary."""
+    from neurocodec.dataset.stats import stats_path
     from neurocodec.dataset.stats_compute import compute_stats
     from neurocodec.errors import DatasetError
 
@@ -47,8 +48,8 @@ def run_stats(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, DatasetError) as exc:
         raise CommandLineError(_in_flags(str(exc))) from None
     source = "every sample" if stats.split is None else f"part {stats.part!r} of split {stats.split!r}"
-    name = "all" if stats.split is None else stats.split
-    print(f"statistics of {args.path} from {source} ({stats.total_samples} samples): {args.path}/stats/{name}.json")
+    print(f"statistics of {args.path} from {source} ({stats.total_samples} samples): "
+          f"{stats_path(args.path, stats.split)}")
     for field, entry in stats.fields.items():
         pooled = entry.dataset
         print(f"  {field}: {len(entry.sessions)} session(s), {pooled.channels} value(s) pooled; "
