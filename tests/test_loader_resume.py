@@ -69,14 +69,14 @@ def test_sample_level_resume_is_exact(cache, n, shard_size, seed, buffer, shuffl
     it = iter(first)
     assert [sample_id(s) for s in islice(it, k)] == reference[:k]
     state = roundtrip(first.get_state())
-    if k < n:
-        assert (state["epoch"], state["position"]) == (0, k)
-    # A new loader (other batch size) continues exactly.
+    assert (state["epoch"], state["position"]) == (0, k)
+    # A new loader (other batch size) continues exactly; stopped after the epoch's last sample
+    # (k == n, the iterator not exhausted), with the next epoch.
     second = WebDatasetLoader(path, batch_size=data.draw(st.integers(1, 5)), **kw)
     second.set_state(state)
     rest = [sample_id(s) for s in second]
-    assert rest == reference[k:]
-    assert second.get_state()["epoch"] == 1 and second.get_state()["position"] == 0
+    assert rest == (reference[k:] if k < n else [sample_id(s) for s in WebDatasetLoader(path, epoch=1, **kw)])
+    assert second.get_state()["epoch"] == (1 if k < n else 2) and second.get_state()["position"] == 0
 
 
 @REAL
@@ -96,6 +96,10 @@ def test_resume_with_another_world_size_covers_exactly_the_unseen(cache, n, shar
     p = states[0]["position"]
     if steps < len(StepPlan(0, n, 1, world, 0)):
         assert p == steps * world and seen == order[:p]
+    else:  # stopped after the epoch's last sample: a resume reads the next epoch
+        assert (states[0]["epoch"], p) == (0, n)
+        order = EpochOrder(shard_sizes(n, shard_size), seed=seed, buffer_size=16, epoch=1).ids(0, n).tolist()
+        p = 0
     rest = [rank_stream(path, kw, rank=r, world=new_world, start_state=states[0]) for r in range(new_world)]
     # Each new rank's stream is exactly its stripe of the remaining order.
     for r, got in enumerate(rest):

@@ -40,7 +40,10 @@ class BatchStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.stream = stream
         self.collate_fn = collate_fn
-        self.pool: SlotPool | None = None  # set by WebDatasetDataLoader for one iteration
+        self.pool: SlotPool | None = None  # set by WebDatasetDataLoader for its workers
+        # Where the pass starts (epoch, position), set by the main process before each: a
+        # persistent worker's copy of the stream stays where the first pass left it.
+        self.start = torch.zeros(2, dtype=torch.int64).share_memory_()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
@@ -51,6 +54,7 @@ class BatchStream(torch.utils.data.IterableDataset):
             # garbage here: keep the collector from scanning it, which costs tens of ms on the
             # first batch and unshares copy-on-write pages.
             gc.freeze()
+            stream.epoch, stream.position = self.start.tolist()
         registry = stream.source.registry or default_registry()
         pool = self.pool if in_worker else None
         for k, positions, samples in stream.batches(stream.plan(), worker, workers):
@@ -87,32 +91,47 @@ class WebDatasetDataLoader(StreamState):
     """An iterable of batches with `state_dict()` / `load_state_dict()` for exact resume.
 
     Iterating it runs one epoch from the current position; a complete pass moves to the next
-    epoch. With workers, the first batch of each iteration is built in this process before
-    they start (so `collate_fn` runs here for it, and `worker_init_fn` has not run yet): the
+    epoch, and so does the next iteration of a loop that stopped after the epoch's last batch
+    without asking for more (Lightning stops after `len(loader)` batches): the state then,
+    `(epoch, total_samples)`, resumes with the next epoch as `(epoch + 1, 0)` does. With workers, the first
+    batch of each iteration is built in this process before they start (so `collate_fn` runs here for it, and `worker_init_fn` has not run yet): the
     training loop gets it in the time one batch takes to read, while the workers start up.
     Batches then arrive through shared-memory slots (`neurocodec.loader.slots`). The state
     counts batches handed to the training loop only. Restoring works across a
     different `num_workers` and a different world size (the remaining samples of the epoch are
-    then split over the new ranks).
+    then split over the new ranks). With `persistent_workers=True` the workers (and their
+    shared-memory slots) stay up between epochs; only the first iteration builds its first batch
+    here, and each epoch's start is handed to them through shared memory.
     """
 
     def __init__(self, stream: EpochStream, *, num_workers: int, prefetch_factor: int | None,
                  pin_memory: bool, collate_fn: Callable | None, timeout: float,
-                 multiprocessing_context: Any, worker_init_fn: Callable | None) -> None:
+                 multiprocessing_context: Any, worker_init_fn: Callable | None, persistent_workers: bool = False,
+                 generator: Any = None, pin_memory_device: str = "") -> None:
         self.stream = stream
         self.dataset = BatchStream(stream, collate_fn)
         self.batch_size = stream.batch_size
         self.num_workers = num_workers
+        self.persistent_workers = persistent_workers
         self._kwargs = dict(
             batch_size=None, collate_fn=_as_is, num_workers=num_workers, pin_memory=pin_memory,
-            timeout=timeout,
+            timeout=timeout, generator=generator, persistent_workers=persistent_workers,
             worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context if num_workers else None,
             prefetch_factor=prefetch_factor if num_workers else None,
         )
+        if pin_memory_device:
+            self._kwargs["pin_memory_device"] = pin_memory_device
+        self._workers: torch.utils.data.DataLoader | None = None  # the persistent workers' DataLoader
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return len(self.stream.plan(0))
+
+    @property
+    def sampler(self) -> "EpochHook":
+        """What frameworks that call `loader.sampler.set_epoch(epoch)` as each epoch starts find
+        (Lightning does, for every DataLoader): see `EpochHook`."""
+        return EpochHook(self)
 
     @property
     def stats(self) -> Any:
@@ -122,28 +141,32 @@ class WebDatasetDataLoader(StreamState):
 
     def __iter__(self) -> Iterator[Any]:
         stream = self.stream
-        if self.num_workers:
+        stream.settle()
+        plan = stream.plan()
+        epoch = stream.epoch
+        if not len(plan):  # an empty epoch
+            stream.end_epoch()
+            return
+        if self.num_workers and self._workers is None:
             if stream.source.registry is None:
                 default_registry()  # load plugins once here, so forked workers inherit them
             # The first batch is built here, before any worker exists: it is ready in the time
             # one batch takes to read, and the workers start while the training loop uses it.
-            first = self._first_batch()
+            first = self._first_batch(plan)
             if first is not None:
                 yield first
-        plan = stream.plan()  # what is left, exactly as a loader resumed here would read it
-        if self.num_workers and not len(plan):
-            stream.end_epoch()
-            return
+            plan = stream.plan()  # what is left, exactly as a loader resumed here would read it
+            if not len(plan):  # that was the epoch's only batch
+                stream.end_epoch()
+                return
         yield from self._from_workers(plan)
-        stream.end_epoch()
+        if (stream.epoch, stream.position) == (epoch, plan.total):  # (unless a newer iteration moved it)
+            stream.end_epoch()
 
-    def _first_batch(self) -> Any:
-        """Build the next batch in this process and count it as delivered; None when the epoch
-        has no batch left or the batch is empty (every sample skipped)."""
+    def _first_batch(self, plan: Any) -> Any:
+        """Build the first batch of `plan` in this process and count it as delivered; None
+        when every sample of it is skipped."""
         stream = self.stream
-        plan = stream.plan()
-        if not len(plan):
-            return None
         registry = stream.source.registry or default_registry()
         batches = stream.batches(plan, 0, 1)
         _, positions, samples = next(batches)
@@ -160,14 +183,12 @@ class WebDatasetDataLoader(StreamState):
 
     def _from_workers(self, plan: Any) -> Iterator[Any]:
         stream = self.stream
-        delivered, batches = 0, None
-        context = self._kwargs["multiprocessing_context"]
-        forked = self.num_workers > 0 and forks(context)
-        pool = self.dataset.pool = pool_for(batch_bytes(stream.fields, stream.batch_size), self.num_workers,
-                                            self._kwargs["prefetch_factor"] or 0, context)
+        delivered, batches, failed = 0, None, True
+        forked = self.num_workers > 0 and forks(self._kwargs["multiprocessing_context"])
+        self.dataset.start[0], self.dataset.start[1] = stream.epoch, stream.position
         try:
             with frozen_heap(forked):
-                batches = iter(torch.utils.data.DataLoader(self.dataset, **self._kwargs))
+                batches = iter(self._loader())
                 for batch in batches:
                     number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
                     stream.source.skips.add(*batch.pop(_SKIPS, (None, {})))
@@ -179,10 +200,43 @@ class WebDatasetDataLoader(StreamState):
                     if batch.pop(_EMPTY, False):
                         continue
                     yield _unwrapped(batch)
+            failed = False
+        except GeneratorExit:  # the loop stopped early: persistent workers stay for the next iteration
+            failed = False
+            raise
         finally:
-            self.dataset.pool = None
-            if batches is not None:
-                _stop_workers(batches)
+            if self._workers is None or failed:
+                self._workers = self.dataset.pool = None
+                if batches is not None:
+                    _stop_workers(batches)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        """The DataLoader of this iteration's workers: a new one, or the persistent one."""
+        if self._workers is not None:
+            return self._workers
+        stream = self.stream
+        self.dataset.pool = pool_for(batch_bytes(stream.fields, stream.batch_size), self.num_workers,
+                                     self._kwargs["prefetch_factor"] or 0, self._kwargs["multiprocessing_context"])
+        loader = torch.utils.data.DataLoader(self.dataset, **self._kwargs)
+        if self.persistent_workers:
+            self._workers = loader
+        return loader
+
+
+class EpochHook:
+    """`set_epoch(e)` as a training framework calls it at the start of epoch `e` (Lightning, on
+    `loader.sampler`): the loader reads epoch `e` from where it stands if it is in that epoch
+    (a state restored in the middle of it), else from its start. Lightning restores a loader's
+    state only when resuming inside an epoch; from a checkpoint saved at an epoch's end it
+    relies on this call for the order of the next one."""
+
+    def __init__(self, loader: StreamState) -> None:
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read `epoch` next: continue it if the loader is in it, else start it."""
+        if self.loader.epoch != epoch:
+            self.loader.set_epoch(epoch)
 
 
 def _stop_workers(batches: Any) -> None:
@@ -224,6 +278,8 @@ def create_webdataset_dataloader(
     window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
     normalize: str | None = None,
     weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
+    persistent_workers: bool = False, generator: torch.Generator | None = None, in_order: bool = True,
+    pin_memory_device: str = "",
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -253,6 +309,13 @@ def create_webdataset_dataloader(
     `transform`. They must come from the first (training) part of the split read (without
     `split=`: from every sample, `stats/all.json`); `loader.stats` holds them (docs/stats.md).
 
+    torch's DataLoader options keep their meaning: `persistent_workers=True` keeps the workers
+    (and their shared-memory slots) between epochs, each epoch still in its own order and the
+    state exact; `generator` seeds the workers' base seed (torch, `random` and numpy in each
+    worker), never the order, which `seed` alone decides; `pin_memory_device` is passed on
+    (torch deprecates it). `in_order=False` is refused: the order and exact resume need the
+    batches in order. See docs/training.md (Lightning, plain and stateful DataLoaders).
+
     `window_ms=` / `window_bins=` / `window_mode=`: windows cut at load time (docs/sampling.md 4);
     `split=`: one part of a stored split (docs/splits.md); a list as `shard_dir`: datasets mixed
     by `weights` (`weight_by`, `epoch_samples`; docs/mixing.md); `version=n`: an earlier version of
@@ -260,6 +323,7 @@ def create_webdataset_dataloader(
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    _check_torch_options(num_workers, persistent_workers, generator, in_order, pin_memory_device)
     check_transform(transform)
     if num_workers and not forks(multiprocessing_context):
         check_picklable(transform, multiprocessing_context)
@@ -277,5 +341,21 @@ def create_webdataset_dataloader(
     return WebDatasetDataLoader(
         stream, num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory,
         collate_fn=collate_fn, timeout=timeout, multiprocessing_context=multiprocessing_context,
-        worker_init_fn=worker_init_fn,
+        worker_init_fn=worker_init_fn, persistent_workers=bool(persistent_workers), generator=generator,
+        pin_memory_device=pin_memory_device,
     )
+
+
+def _check_torch_options(num_workers: int, persistent_workers: Any, generator: Any, in_order: Any,
+                         pin_memory_device: Any) -> None:
+    """The DataLoader options passed on to torch, checked here (see create_webdataset_dataloader)."""
+    if persistent_workers and not num_workers:
+        raise ValueError("persistent_workers=True needs num_workers > 0 (as for torch's DataLoader)")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if not in_order:
+        raise ValueError("in_order=False is not available: batches would come out of the epoch's order, which then "
+                         "depended on the workers' timing, and the state (the batches handed out) could not resume "
+                         "exactly; the loader hands batches out in order (a slow batch holds back the next ones)")
+    if not isinstance(pin_memory_device, str):
+        raise TypeError(f"pin_memory_device must be a str, got {type(pin_memory_device).__name__}")

@@ -18,10 +18,13 @@ from neurocodec.process import PerProcess
 from neurocodec.loader.batch import sample_to_tensors
 from neurocodec.loader.mix import open_stream
 from neurocodec.loader.normalize import normalizing
-from neurocodec.loader.stream import StreamState, worker_slot
+from neurocodec.loader.stream import StreamState
 from neurocodec.loader.order import DEFAULT_SEED
 from neurocodec.loader.transform import Transform, apply_transform, check_transform
 from neurocodec.loader.windows import SlotCache, WindowSettings, WindowSource
+from neurocodec.loader.worker_passes import (
+    PassRecord, WorkerCursor, restore_worker, start_pass, worker_samples, worker_state,
+)
 from neurocodec.dataset.splits import chosen_part
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
@@ -96,6 +99,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             normalize=normalize, split=split, version=version,
         )
         self.shard_dir = self.stream.path
+        self._passes = PassRecord(self.stream.epoch, 0)  # shared with the copies DataLoader workers read
+        self._cursor: WorkerCursor | None = None  # a worker's position in its pass
 
     @property
     def stats(self) -> Any:
@@ -108,37 +113,86 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         return self.stream.plan(0).sample_count()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # a DataLoader worker's copy: see neurocodec.loader.worker_passes
+            self._cursor = start_pass(self.stream, self._passes, info, self._cursor)
+            return worker_samples(self.stream, self._cursor)
+        read = self._passes.last_read()
+        if read is not None:  # DataLoader workers read epochs since: go on after the last
+            self.set_epoch(read + 1)
+        if self.stream.settle():  # the loop stopped after the epoch's last sample
+            self._on_epoch_end()
+        return self._samples(self.stream.plan())
+
+    def _samples(self, plan: Any) -> Iterator[dict[str, Any]]:
+        """The main process's samples of `plan`, the position counted as each is handed out."""
         stream = self.stream
-        plan = stream.plan()
-        worker, workers = worker_slot()
-        # A single DataLoader worker also reports (0, 1): ask torch whether this is a worker.
-        in_main = torch.utils.data.get_worker_info() is None
-        for k, positions, samples in stream.batches(plan, worker, workers):
+        epoch = stream.epoch
+        for k, positions, samples in stream.batches(plan):
             counted = 0  # bad samples of this batch already in stream.skipped
             for n, (i, sample) in enumerate(samples):
-                if in_main:
-                    self._before_yield()
-                    # State counts this sample as handed out. With several ranks a batch is
-                    # counted once whole: a partial batch is read again after a resume.
-                    # Skipped samples are counted once the position has passed them.
-                    passed = counted
-                    if n == len(samples) - 1:
-                        stream.position = plan.position_after(k + 1)
-                        passed = len(positions) - len(samples)
-                    elif plan.world_size == 1:
-                        stream.position = int(positions[i]) + 1
-                        passed = i - n
-                    stream.skipped += passed - counted
-                    counted = passed
+                self._before_yield()
+                # State counts this sample as handed out. With several ranks a batch is
+                # counted once whole: a partial batch is read again after a resume.
+                # Skipped samples are counted once the position has passed them.
+                passed = counted
+                if n == len(samples) - 1:
+                    stream.position = plan.position_after(k + 1)
+                    passed = len(positions) - len(samples)
+                elif plan.world_size == 1:
+                    stream.position = int(positions[i]) + 1
+                    passed = i - n
+                stream.skipped += passed - counted
+                counted = passed
                 yield sample_to_tensors(sample)
-            if in_main and not samples:
+            if not samples:
                 stream.position = plan.position_after(k + 1)
                 stream.skipped += len(positions)
-        if in_main:
+        if (stream.epoch, stream.position) == (epoch, plan.total):  # (unless a newer iteration moved it)
             stream.end_epoch()
             self._on_epoch_end()
-        else:  # the main process does not see what a worker skipped: the worker says it
-            stream.source.skips.end_epoch(stream.epoch, who=f"DataLoader worker {worker}: ")
+
+    def _worker_only(self, what: str) -> None:
+        """Refuse `what` in the main process once DataLoader workers have read this dataset."""
+        if self._passes.last_read() is not None:
+            raise ValueError(
+                f"cannot {what}: this WebDatasetLoader was read by DataLoader workers, each reading a copy of it, "
+                "so its position is in them. Save the state of torchdata's StatefulDataLoader (it asks each "
+                "worker), or use neurocodec.create_webdataset_dataloader, whose state_dict() is exact with any "
+                "number of workers")
+
+    def get_state(self) -> dict[str, Any]:
+        """Where the loader is (everything handed out so far counted), as a small JSON-ready dict.
+        Inside a DataLoader worker: that worker's position (torchdata's `Stateful` protocol)."""
+        if torch.utils.data.get_worker_info() is not None:
+            return worker_state(self.stream, self._cursor)
+        self._worker_only("take its state")
+        return super().get_state()
+
+    def set_state(self, state: Mapping[str, Any], allow_new_mix: bool = False) -> None:
+        """Continue exactly after the last sample handed out when `state` was taken (see
+        `StreamState.set_state`); inside a DataLoader worker, a state that worker saved."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            self._cursor = restore_worker(self.stream, state, info)
+            return
+        super().set_state(state, allow_new_mix=allow_new_mix)
+        self._passes.reset(self.stream.epoch, self.stream.position)
+
+    state_dict = get_state
+    load_state_dict = set_state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning on the next iteration (also in DataLoader workers,
+        persistent ones included)."""
+        super().set_epoch(epoch)
+        self._passes.reset(self.stream.epoch, 0)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads."""
+        read = self._passes.last_read()
+        return self.stream.epoch if read is None else read + 1
 
     def _before_yield(self) -> None:
         """Called in the main process before each sample is handed out (state = all before it)."""

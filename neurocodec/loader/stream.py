@@ -59,7 +59,7 @@ class EpochStream:
             registry=self._source_options["registry"], transform=self._source_options["transform"])
         # The fields as decoded (load-time options checked here, before any worker starts).
         self._fields = decode_plan(self.manifest.fields, self._source_options["registry"] or default_registry(),
-                                   f"{self.path}/{layout.MANIFEST}", self._source_options["decode"],
+                                   manifest_label(self.path), self._source_options["decode"],
                                    None if self.windows is None else self.windows.grid).fields
         self._fields = scaled_fields(self._fields, [self.stats])
         if self.windows is None:
@@ -155,13 +155,14 @@ class EpochStream:
             drop_last=self.drop_last,
         )
 
-    def batches(self, plan: StepPlan, worker: int = 0, workers: int = 1
+    def batches(self, plan: StepPlan, worker: int = 0, workers: int = 1, first: int | None = None
                 ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, dict[str, Any]]]]]:
         """(k, positions, [(i, sample at positions[i]), ...]) for this worker's batches
-        k = worker, worker + workers, ...; bad samples are left out when skipping."""
+        k = worker, worker + workers, ... (from batch `first`, one of them, when given); bad
+        samples are left out when skipping."""
         order = self.order()
         ahead = self._prefetcher(order, plan, worker, workers)
-        for k in range(worker, len(plan), workers):
+        for k in range(worker if first is None else first, len(plan), workers):
             positions = plan.positions(k)
             if ahead is not None and ahead.due():
                 self._prefetch(ahead, k)
@@ -191,6 +192,10 @@ class EpochStream:
     def state(self) -> LoaderState:
         """The current state."""
         return self._state_at(self.epoch, self.position, self.skipped)
+
+    def state_of(self, epoch: int, position: int, skipped: int) -> LoaderState:
+        """The state of this loader at `position` of `epoch` (a DataLoader worker's, say)."""
+        return self._state_at(epoch, position, skipped)
 
     def _state_at(self, epoch: int, position: int, skipped: int) -> LoaderState:
         return LoaderState(
@@ -226,6 +231,16 @@ class EpochStream:
         in the one that ended (`neurocodec.loader.skips`)."""
         self.source.skips.end_epoch(self.epoch)
         self.epoch, self.position = self.epoch + 1, 0
+
+    def settle(self) -> bool:
+        """At the end of a non-empty epoch (every sample handed out, the loop stopped without
+        asking for more: Lightning stops after `len(loader)` batches), move to the start of the
+        next one (`end_epoch`); say whether it did. Iterating calls it first, so a state saved
+        there, `(epoch, total_samples)`, resumes with the next epoch as `(epoch + 1, 0)` does."""
+        if 0 < self.total_samples <= self.position:
+            self.end_epoch()
+            return True
+        return False
 
 
 def _window_chunks(slots: Any) -> Any:
