@@ -24,7 +24,7 @@ import numpy as np
 
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits
-from neurocodec.format.home import home
+from neurocodec.format.home import home, manifest_label
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.format.shard_reader import KEY, VERIFY_MODES, ReadPlan, ShardReader, open_regular_file
 
@@ -82,7 +82,7 @@ class Dataset:
         self.manifest = read_manifest(self.path, storage_options=storage_options,
                                       max_member_bytes=self.max_member_bytes, version=version)
         self.registry = registry or default_registry()
-        decoding = decode_plan(self.manifest.fields, self.registry, f"{self.path}/{layout.MANIFEST}", decode, window)
+        decoding = decode_plan(self.manifest.fields, self.registry, manifest_label(self.path), decode, window)
         self.codecs = decoding.codecs
         self.cuts = decoding.cuts
         self.decode_options = decoding.options

@@ -42,3 +42,11 @@ def has_manifest(path: str | os.PathLike) -> bool:
 def is_top_level(path: str | os.PathLike) -> bool:
     """True for a local dataset in the layout written before `.neurocodec/` (manifest at the top)."""
     return home(path) == Path(path)
+
+
+def manifest_label(path: str | os.PathLike) -> str:
+    """How errors name the manifest of the dataset at `path`: its file for a local directory
+    (a `Path`), `<url>/.neurocodec/dataset_metadata.json` for a URL (a `str`)."""
+    if isinstance(path, Path):
+        return str(manifest_path(path))
+    return f"{path}/{layout.MANIFEST_PATH}"

@@ -22,7 +22,7 @@ from neurocodec.dataset.splits import Split, parse_split_arg, read_split
 from neurocodec.dataset.stats import Stats, manifest_sha256, read_stats, stats_path
 from neurocodec.dataset.versions import version_files
 from neurocodec.errors import DatasetError
-from neurocodec.format import layout
+from neurocodec.format.home import manifest_label
 from neurocodec.format.manifest import FieldSpec
 from neurocodec.loader.transform import Transform
 from neurocodec.plugin.manager import default_registry
@@ -44,7 +44,7 @@ def normalizing(path: Any, normalize: str | None, split: str | None, manifest: A
     if is_remote(path):
         raise ValueError("normalize= needs a local dataset (its stats/ directory is read from disk)")
     stats = current_stats(Path(path), split, manifest.total_samples, manifest.version)
-    check_decode(stats, manifest, decode, registry, f"{path}/{layout.MANIFEST}")
+    check_decode(stats, manifest, decode, registry, manifest_label(path))
     scale = Normalize(stats, normalize)
     return stats, (scale if transform is None else Compose((scale, transform)))
 

@@ -8,7 +8,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from neurocodec.dataset.decode import decode_plan
-from neurocodec.format import layout, limits
+from neurocodec.format import limits
+from neurocodec.format.home import manifest_label
 from neurocodec.format.manifest import Manifest, check_local_shards
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.dataset.splits import Split, chosen_part

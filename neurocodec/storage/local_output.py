@@ -27,7 +27,7 @@ from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.home import has_manifest, home, manifest_path
 from neurocodec.format.manifest import Manifest
-from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir
+from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.storage.lock import OutputLock
 from neurocodec.storage.replace import STAGING, is_dataset_file, listed_names, stand_in_base, stand_in_manifest
 
@@ -90,6 +90,10 @@ class LocalOutput:
         if hidden.exists() and not hidden.is_dir():
             raise DatasetError(f"{hidden} is a file where the dataset keeps its manifest (a directory); "
                                "move or remove it")
+        if hidden.is_dir():  # a killed writer's unfinished manifest
+            for name in os.listdir(hidden):
+                if is_temp_name(name):
+                    (hidden / name).unlink(missing_ok=True)
         if has_manifest(self.target):
             if not overwrite:
                 raise DatasetExistsError(f"{self.target} already holds a dataset "
