@@ -10,6 +10,10 @@ still running after `watchdog` seconds (a hang becomes a failed job with a stack
 test). What comes back is an `Outcome`: the function's JSON result, the exception it raised, or
 the signal or exit status that ended the process, with its stderr.
 
+`start` returns as soon as the job's process exists (its pid, for a test that kills it from
+outside; with `session=True` it leads its own process group, workers included) and `Job.wait`
+gives its `Outcome`; the kill tests run their training and writer processes this way.
+
 Forking per job costs milliseconds where a fresh interpreter importing torch costs seconds, and
 every job starts from the same clean state (no cache warmed by a previous hostile case).
 """
@@ -84,40 +88,45 @@ class Outcome:
 class ForkServer:
     """A child interpreter that forks one process per job (see the module docstring)."""
 
-    def __init__(self, *preload: str, warmup: str | None = None) -> None:
+    def __init__(self, *preload: str, warmup: str | None = None, env: dict[str, str] | None = None) -> None:
         self.preload, self.warmup = preload, warmup
+        self.env = dict(os.environ if env is None else env)
         self.workdir = Path(tempfile.mkdtemp(prefix="forkserver-"))
         self.proc: subprocess.Popen | None = None
         self.jobs = 0
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+            env = dict(self.env, PYTHONPATH=os.pathsep.join([str(TESTS), self.env.get("PYTHONPATH", "")]))
             args = [sys.executable, str(Path(__file__)), *self.preload] + (["--warmup", self.warmup] if self.warmup else [])
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                          env=env, cwd=str(TESTS))
         return self.proc
 
-    def run(self, call: str, *, headroom: int = 512 * MiB, watchdog: float = 60.0, **kwargs: Any) -> Outcome:
+    def run(self, call: str, *, headroom: int | None = 512 * MiB, watchdog: float = 60.0, **kwargs: Any) -> Outcome:
         """Run `call(**kwargs)` in a fresh forked process; see `Outcome`."""
+        return self.start(call, headroom=headroom, watchdog=watchdog, **kwargs).wait()
+
+    def start(self, call: str, *, headroom: int | None = 512 * MiB, watchdog: float = 60.0, session: bool = False,
+              **kwargs: Any) -> Job:
+        """Fork the process of `call(**kwargs)` and return at once (wait for it with `Job.wait`
+        before starting another). `headroom` None: no address-space cap; `session`: the job
+        leads a new session and process group (so `os.killpg(job.pid, ...)` reaches the
+        processes it starts, and its `os.killpg(0, ...)` spares the server)."""
         proc = self._start()
         self.jobs += 1
         stem = self.workdir / f"job{self.jobs}"
-        job = {"call": call, "kwargs": kwargs, "headroom": headroom, "watchdog": watchdog,
+        job = {"call": call, "kwargs": kwargs, "headroom": headroom, "watchdog": watchdog, "session": session,
                "result": f"{stem}.json", "stderr": f"{stem}.err", "stdout": f"{stem}.out"}
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.flush()
-        line = proc.stdout.readline()
+        return Job(self, job, self._status()["pid"])
+
+    def _status(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the fork server died (status {proc.wait()})")
-        status = json.loads(line)
-        out = Outcome(stderr=_read(job["stderr"]), stdout=_read(job["stdout"]), signal=status["signal"],
-                      exit_code=status["exit_code"])
-        report = _read(job["result"])
-        if report:
-            doc = json.loads(report)
-            out.returned, out.raised, out.reported = doc.get("returned"), doc.get("raised"), True
-        return out
+            raise RuntimeError(f"the fork server died (status {self.proc.wait()})")
+        return json.loads(line)
 
     def close(self) -> None:
         """Stop the server (it exits when its input closes) and remove the job files."""
@@ -129,6 +138,37 @@ class ForkServer:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Job:
+    """A job's process, started by `ForkServer.start`."""
+
+    def __init__(self, server: ForkServer, job: dict[str, Any], pid: int) -> None:
+        self.server, self.job, self.pid = server, job, pid
+
+    @property
+    def stdout_path(self) -> Path:
+        """The file the job's standard output goes to, as it is written."""
+        return Path(self.job["stdout"])
+
+    def alive(self) -> bool:
+        """Whether the job's process still runs (the server reaps it as soon as it ends)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self) -> Outcome:
+        """How the job ended, once it has."""
+        status = self.server._status()
+        out = Outcome(stderr=_read(self.job["stderr"]), stdout=_read(self.job["stdout"]), signal=status["signal"],
+                      exit_code=status["exit_code"])
+        report = _read(self.job["result"])
+        if report:
+            doc = json.loads(report)
+            out.returned, out.raised, out.reported = doc.get("returned"), doc.get("raised"), True
+        return out
 
 
 def _read(path: str) -> str:
@@ -145,6 +185,8 @@ def _resolve(name: str) -> Any:
 
 def _child(job: dict[str, Any]) -> None:
     """The forked process: redirect, cap, run the job, write its report, exit."""
+    if job["session"]:
+        os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
@@ -154,7 +196,8 @@ def _child(job: dict[str, Any]) -> None:
     report: dict[str, Any]
     before = resource.getrlimit(resource.RLIMIT_AS)
     try:
-        cap_address_space(job["headroom"])
+        if job["headroom"] is not None:
+            cap_address_space(job["headroom"])
         report = {"returned": _resolve(job["call"])(**job["kwargs"])}
     except BaseException as exc:  # recorded, whatever it is: the test judges it
         report = {"raised": describe(exc)}
@@ -189,6 +232,8 @@ def serve(argv: list[str]) -> None:
                 traceback.print_exc()
             finally:
                 os._exit(70)
+        sys.stdout.write(json.dumps({"pid": pid}) + "\n")
+        sys.stdout.flush()
         _, status = os.waitpid(pid, 0)
         sig = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
