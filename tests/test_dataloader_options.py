@@ -66,17 +66,18 @@ def test_a_loop_stopped_after_len_items_gets_the_next_epoch_on_its_next_iter(pat
 
 
 @pytest.mark.multiprocess
-def test_persistent_workers_read_each_epoch_and_resume_exactly(path, epochs):
-    loader = create_webdataset_dataloader(path, batch_size=B, num_workers=2, persistent_workers=True, **KW)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_workers_read_each_epoch_and_resume_exactly(path, epochs, persistent):
+    loader = create_webdataset_dataloader(path, batch_size=B, num_workers=2, persistent_workers=persistent, **KW)
     assert flat_ids(loader) == epochs[0]
-    assert _taken(loader, True) == epochs[1]  # stopped at the end: the workers stay, epoch 2 next
+    assert _taken(loader, True) == epochs[1]  # stopped at the end: epoch 2 next (persistent workers stay up)
     it = iter(loader)
     head = flat_ids(islice(it, 3))
     state = loader.state_dict()
     it.close()
     assert head == epochs[2][:3 * B] and (state["epoch"], state["position"]) == (2, 3 * B)
     assert flat_ids(loader) == epochs[2][3 * B:]  # the same loader continues
-    resumed = create_webdataset_dataloader(path, batch_size=B, num_workers=2, persistent_workers=True, **KW)
+    resumed = create_webdataset_dataloader(path, batch_size=B, num_workers=2, persistent_workers=persistent, **KW)
     resumed.load_state_dict(state)
     assert flat_ids(resumed) == epochs[2][3 * B:] and flat_ids(resumed) == epochs[3]
 

@@ -125,7 +125,7 @@ class WebDatasetDataLoader(StreamState):
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
-        return len(self.stream.plan(0))
+        return len(self.stream.epoch_plan())
 
     @property
     def sampler(self) -> "EpochHook":
@@ -230,11 +230,12 @@ class EpochHook:
     state only when resuming inside an epoch; from a checkpoint saved at an epoch's end it
     relies on this call for the order of the next one."""
 
-    def __init__(self, loader: StreamState) -> None:
+    def __init__(self, loader: "WebDatasetDataLoader") -> None:
         self.loader = loader
 
     def set_epoch(self, epoch: int) -> None:
         """Read `epoch` next: continue it if the loader is in it, else start it."""
+        self.loader.stream.settle()  # an epoch whose every batch was handed out is over
         if self.loader.epoch != epoch:
             self.loader.set_epoch(epoch)
 

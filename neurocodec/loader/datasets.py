@@ -39,15 +39,21 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     The order of epoch `e` is a pure function of (dataset, `seed`, `e`, `shuffle`,
     `buffer_size`, `chunk_size`), whatever the number of DataLoader workers or ranks (see
     `neurocodec.loader.order`); `seed` defaults to 0, never the clock. Each complete pass moves to
-    the next epoch; `set_epoch` jumps to one. `get_state()` / `set_state()` (or
+    the next epoch, and so does the next iteration of a loop that stopped after the epoch's last
+    sample (`len(loader)` of them); `set_epoch` jumps to one. `get_state()` / `set_state()` (or
     `state_dict()` / `load_state_dict()`) save and restore the position exactly.
 
     Ranks come from an initialised torch.distributed group or RANK / WORLD_SIZE (or pass
     `rank` and `world_size`); every rank takes its share of each global step. When you wrap this
     in your own DataLoader with workers, pass that DataLoader's batch size as `batch_size` so
     that the stream is the same for any number of workers (with `batch_size=1` workers
-    interleave single samples: still every sample exactly once). For batched training use
-    `create_webdataset_dataloader`, which also tracks the state from the main process.
+    interleave single samples: still every sample exactly once). Each DataLoader iteration then
+    reads the next epoch, its workers agreeing on it through shared memory (`set_epoch` and
+    `load_state_dict` here set the next one's start, persistent workers included); the position
+    lives in the workers: torchdata's `StatefulDataLoader` saves and restores it exactly (this
+    dataset's `state_dict()` answers in each worker), while `state_dict()` here is refused once
+    workers have read it (docs/training.md; `neurocodec.loader.worker_passes`). For batched
+    training use `create_webdataset_dataloader`, which tracks the state from the main process.
 
     `on_error="skip"` logs and leaves out unreadable samples (counted in the state as
     `skipped`) instead of raising `ShardError`.
@@ -110,7 +116,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields in a whole epoch."""
-        return self.stream.plan(0).sample_count()
+        return self.stream.epoch_plan().sample_count()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -190,7 +196,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
 
     @property
     def epoch(self) -> int:
-        """The epoch the next iteration reads."""
+        """The epoch being read (see `StreamState.epoch`); once DataLoader workers have read
+        this dataset, the epoch their next iteration reads."""
         read = self._passes.last_read()
         return self.stream.epoch if read is None else read + 1
 

@@ -156,6 +156,13 @@ class EpochStream:
             drop_last=self.drop_last,
         )
 
+    def epoch_plan(self) -> StepPlan:
+        """This rank's batches of a whole epoch: the one being read, or the next one once every
+        sample of this one is handed out (what `len(loader)` counts)."""
+        ended = 0 < self.total_samples <= self.position
+        return StepPlan(start=0, total=self.epoch_samples(self.epoch + ended), batch_size=self.batch_size,
+                        world_size=self.world_size, rank=self.rank, drop_last=self.drop_last)
+
     def batches(self, plan: StepPlan, worker: int = 0, workers: int = 1, first: int | None = None
                 ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, dict[str, Any]]]]]:
         """(k, positions, [(i, sample at positions[i]), ...]) for this worker's batches
@@ -284,5 +291,7 @@ class StreamState:
 
     @property
     def epoch(self) -> int:
-        """The epoch the next iteration reads."""
+        """The epoch being read, or the next one once a loop has exhausted the last. (A loop that
+        stopped after the epoch's last item without asking for more leaves it at that epoch
+        until the next iteration starts the next one.)"""
         return self.stream.epoch
