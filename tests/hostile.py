@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-MANIFEST = "dataset_metadata.json"
+MANIFEST = ".neurocodec/dataset_metadata.json"  # where writers put it (docs/format.md, section 2)
 BLOCK = 512
 GiB = 1 << 30
 

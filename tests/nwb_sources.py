@@ -46,4 +46,4 @@ def window_metadata(path: str | Path) -> list[dict]:
 
 def manifest_sessions(path: str | Path) -> dict:
     """The manifest's `sessions` (key -> session record)."""
-    return json.loads((Path(path) / layout.MANIFEST).read_text())["extra"]["sessions"]
+    return json.loads((Path(path) / layout.MANIFEST_PATH).read_text())["extra"]["sessions"]

@@ -63,7 +63,8 @@ def appended(sessions, tmp_path_factory) -> dict:
     path = convert(root / "ds", sessions[:2], chunk_seconds=0.5)
     by_session = make_split(path, by="session", seed=3)
     by_time = make_split(path, by="time", fractions={"train": 0.6, "valid": 0.2, "test": 0.2}, name="time")
-    before = {"files": digests(path), "manifest": (path / layout.MANIFEST).read_bytes(),
+    before = {"files": digests(path), "manifest": (path / layout.MANIFEST_PATH).read_bytes(),
+              "report": digests(path / layout.HOME)["conversion-report.json"],
               "samples": values(Dataset(path)), "train": values(WebDatasetLoader(path, split="train", shuffle=False)),
               "windows": values(WebDatasetLoader(path, shuffle=False, window_ms=300)),
               "sessions": by_session.sessions, "time_ranges": by_time.ranges}
@@ -75,14 +76,13 @@ def appended(sessions, tmp_path_factory) -> dict:
 
 def test_old_shards_and_manifest_are_kept_byte_for_byte(appended):
     path, before = appended["path"], appended["before"]
-    now, report = digests(path), "conversion-report.json"
-    assert {k: now[k] for k in before["files"] if k not in (layout.MANIFEST, report)} == \
-        {k: v for k, v in before["files"].items() if k not in (layout.MANIFEST, report)}
-    assert digests(path / "versions" / "1")[report] == before["files"][report]  # this conversion's is new
+    now, kept = digests(path), path / layout.HOME / "versions" / "1"
+    assert {k: now[k] for k in before["files"]} == before["files"]  # the top: shards and indexes only
+    assert digests(kept)["conversion-report.json"] == before["report"]  # this conversion's is new
     assert len([n for n in now if layout.is_shard_name(n)]) > len([n for n in before["files"] if layout.is_shard_name(n)])
-    assert (path / "versions" / "1" / layout.MANIFEST).read_bytes() == before["manifest"]
+    assert (kept / layout.MANIFEST).read_bytes() == before["manifest"]
     assert kept_versions(path) == [1]
-    assert json.loads((path / layout.MANIFEST).read_text())["version"] == 2
+    assert json.loads((path / layout.MANIFEST_PATH).read_text())["version"] == 2
 
 
 def test_the_old_version_reads_exactly_its_samples(appended):
@@ -209,7 +209,7 @@ def test_overwrite_drops_versions_and_a_stale_split_is_refused(tmp_path):
         path, split="train", shuffle=False, version=1))
     create_shards_from_arrays(path, arrays(3, 2), fsync=False, overwrite=True,
                               metadata=[{"session": "u", "start_time": i, "stop_time": i + 1} for i in range(3)])
-    assert not (path / "versions").exists() and Dataset(path).version == 1
+    assert not (path / layout.HOME / "versions").exists() and Dataset(path).version == 1
     with pytest.raises(DatasetError, match="--refresh"):
         WebDatasetLoader(path, split="train")
 
@@ -235,9 +235,9 @@ def test_a_crafted_earlier_version_is_refused(tmp_path):
     path = tmp_path / "ds"
     for seed in (0, 1):
         create_shards_from_arrays(path, arrays(5, seed), shard_size=2, fsync=False, append=True)
-    kept = path / "versions" / "1" / layout.MANIFEST
+    kept = path / layout.HOME / "versions" / "1" / layout.MANIFEST
     other = create_shards_from_arrays(tmp_path / "other", arrays(5, 9), shard_size=2, fsync=False)["output_dir"]
-    kept.write_bytes((Path(other) / layout.MANIFEST).read_bytes())  # version 1 of another dataset
+    kept.write_bytes((Path(other) / layout.MANIFEST_PATH).read_bytes())  # version 1 of another dataset
     with pytest.raises(DatasetError, match="not version 1 of this dataset"):
         Dataset(path, version=1)
     kept.write_text("{not json")
@@ -250,8 +250,8 @@ def test_a_crafted_earlier_version_is_refused(tmp_path):
 @pytest.mark.parametrize("number", [0, -1, "2", 2.0, 10**7, True])
 def test_a_manifest_version_that_is_not_a_number_is_refused(tmp_path, number):
     path = Path(create_shards_from_arrays(tmp_path / "ds", arrays(2, 0), fsync=False)["output_dir"])
-    doc = json.loads((path / layout.MANIFEST).read_text())
+    doc = json.loads((path / layout.MANIFEST_PATH).read_text())
     doc["version"] = number
-    (path / layout.MANIFEST).write_text(json.dumps(doc))
+    (path / layout.MANIFEST_PATH).write_text(json.dumps(doc))
     with pytest.raises(DatasetError, match="version must be an integer"):
         Dataset(path)

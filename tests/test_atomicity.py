@@ -37,6 +37,7 @@ import pytest
 import hostile as h
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import DatasetError, DatasetExistsError, SampleError
+from neurocodec.format import layout
 from neurocodec.storage.lock import LOCK_NAME
 
 pytestmark = pytest.mark.timeout(300)
@@ -90,7 +91,7 @@ exec(SAMPLE_SOURCE, _namespace)
 make_sample = _namespace["make_sample"]
 TEMP = re.compile(r"\..*\.tmp")
 SHARD = re.compile(r"shard_(\d{6})\.tar")
-INDEX = re.compile(r"shard_(\d{6})\.idx")
+INDEX = re.compile(r"\.shard_(\d{6})\.idx")
 FIELDS = ("lfp", "note", "spikes", "metadata")  # the manifest's order: sorted, metadata last
 EXT = {"lfp": "npy", "note": "txt", "spikes": "npy", "metadata": "json"}
 
@@ -120,7 +121,7 @@ def check_complete_shard(root: Path, name: str, seed: int, shard_size: int, comp
     """Assert `name` is a complete shard matching its index and the writer's samples; return
     its sample count. Works without a manifest: the index is the only other witness."""
     number = int(SHARD.fullmatch(name)[1])
-    index = root / f"shard_{number:06d}.idx"
+    index = root / f".shard_{number:06d}.idx"
     assert index.is_file(), f"{name} is in place but its index is not (the index is renamed first)"
     rows = np.load(index, allow_pickle=False)
     assert rows.dtype == np.dtype("<u8") and rows.ndim == 3 and rows.shape[1:] == (len(FIELDS), 4)
@@ -160,16 +161,16 @@ def check_debris(root: Path, seed: int, count: int, shard_size: int, compression
         return "empty"
     names = sorted(p.name for p in root.iterdir())
     for name in names:
-        assert (name == h.MANIFEST or SHARD.fullmatch(name) or INDEX.fullmatch(name)
+        assert (name == layout.HOME or SHARD.fullmatch(name) or INDEX.fullmatch(name)
                 or TEMP.fullmatch(name) or name == LOCK_NAME), f"unexpected file {name}"
         if SHARD.fullmatch(name):
             check_complete_shard(root, name, seed, shard_size, compression)
         if INDEX.fullmatch(name):  # renamed into place whole: always a valid NPY
             np.load(root / name, allow_pickle=False)
-    if h.MANIFEST not in names:
-        with pytest.raises(DatasetError, match="has no dataset_metadata.json"):
+    if not (root / h.MANIFEST).is_file():
+        with pytest.raises(DatasetError, match="has no .neurocodec/dataset_metadata.json"):
             Dataset(root)
-        return "partial" if set(names) - {LOCK_NAME} else "empty"
+        return "partial" if set(names) - {LOCK_NAME, layout.HOME} else "empty"
     with Dataset(root) as ds:
         assert len(ds) == count
         for i, got in enumerate(ds):
@@ -179,8 +180,8 @@ def check_debris(root: Path, seed: int, count: int, shard_size: int, compression
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file of a directory (hidden ones too) by name, with its bytes."""
-    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+    """Every file of a directory and its subdirectories (hidden ones too) by path, with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def write_alone(root: Path, seed: int, count: int, shard_size: int, compression: str, **options) -> None:
@@ -200,7 +201,9 @@ def check_rerun(root: Path, seed: int, count: int, shard_size: int, compression:
     write_alone(root, seed + 1, count, shard_size, compression, overwrite=complete)
     names = sorted(p.name for p in root.iterdir())
     shards = -(-count // shard_size)
-    assert names == sorted([h.MANIFEST] + [f"shard_{n:06d}.{e}" for n in range(shards) for e in ("tar", "idx")])
+    assert names == sorted([layout.HOME] + [name for n in range(shards)
+                                            for name in (f"shard_{n:06d}.tar", f".shard_{n:06d}.idx")])
+    assert sorted(p.name for p in (root / layout.HOME).iterdir()) == [layout.MANIFEST]
     alone = root.with_name(root.name + "-alone")
     write_alone(alone, seed + 1, count, shard_size, compression)
     assert snapshot(root) == snapshot(alone)
@@ -231,14 +234,15 @@ def test_writer_steps_are_what_the_kill_points_assume(tmp_path):
     """A full run (no kill): index renamed before its tar, manifest renamed last, all fsynced."""
     steps = full_run_steps(tmp_path, 5, 2, "none")
     renames = [s.split()[-1] for s in steps if s.startswith("replace")]
-    assert renames == ["shard_000000.idx", "shard_000000.tar", "shard_000001.idx", "shard_000001.tar",
-                       "shard_000002.idx", "shard_000002.tar", h.MANIFEST]
+    assert renames == [".shard_000000.idx", "shard_000000.tar", ".shard_000001.idx", "shard_000001.tar",
+                       ".shard_000002.idx", "shard_000002.tar", layout.MANIFEST]
     for i, step in enumerate(steps):
         if step.startswith("replace"):
             source = step.split()[1]
             assert TEMP.fullmatch(source), f"{step}: renamed from a non-temp name"
             assert "fsync" in steps[:i], f"{step}: nothing was fsynced before it"
-    assert steps[-2].endswith(" " + h.MANIFEST) and steps[-1] == "fsync", "directory not fsynced last"
+    assert steps[-3].endswith(" " + layout.MANIFEST) and steps[-2:] == ["fsync", "fsync"], \
+        ".neurocodec/ and the directory not fsynced last"
 
 
 def test_kill_at_the_critical_steps(tmp_path):
@@ -246,7 +250,7 @@ def test_kill_at_the_critical_steps(tmp_path):
     compression = "zstd"
     steps = full_run_steps(tmp_path, 5, 2, compression)
     critical = [i + 1 for i, s in enumerate(steps)
-                if s.startswith("replace") and s.split()[-1] in ("shard_000000.idx", "shard_000000.tar", h.MANIFEST)]
+                if s.startswith("replace") and s.split()[-1] in (".shard_000000.idx", "shard_000000.tar", layout.MANIFEST)]
     states = set()
     for n in critical:
         for when in ("before", "after"):
@@ -263,7 +267,7 @@ def test_kill_before_and_after_every_step(tmp_path, compression):
               for n in range(1, len(steps) + 1) for when in ("before", "after")]
     assert states[0] in ("partial", "empty") and states[-1] == "complete"
     # Killed before the manifest's rename: no dataset; after it: the whole dataset.
-    manifest_step = next(i for i, s in enumerate(steps) if s.endswith(" " + h.MANIFEST))
+    manifest_step = next(i for i, s in enumerate(steps) if s.endswith(" " + layout.MANIFEST))
     assert states[2 * manifest_step] == "partial" and states[2 * manifest_step + 1] == "complete"
 
 

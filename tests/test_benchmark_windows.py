@@ -65,7 +65,7 @@ def test_quick_run_prints_both_tables_and_checks_the_windows(tmp_path):
         files = Path(d["path"])  # the sizes of the files on disk, counted here
         assert b["shards"] == sum(p.stat().st_size for p in files.glob("shard_*.tar"))
         assert b["index"] == sum(p.stat().st_size for p in files.glob("shard_*.idx"))
-        assert b["manifest"] == (files / "dataset_metadata.json").stat().st_size
+        assert b["manifest"] == (files / ".neurocodec" / "dataset_metadata.json").stat().st_size
         assert b["total"] == b["shards"] + b["index"] + b["manifest"]
     precut = datasets["pre-cut 1 s, overlap 0.5"]["bytes"]["total"]
     assert datasets["chunks 10 s"]["bytes"]["total"] < 0.6 * precut  # each second stored once, not twice

@@ -126,7 +126,7 @@ def written(tmp_path_factory, registry):
 
 
 def test_codec_chosen_at_write_time_is_in_the_manifest_with_the_decoded_form(written, registry):
-    doc = json.loads((written / "dataset_metadata.json").read_text())
+    doc = json.loads((written / ".neurocodec" / "dataset_metadata.json").read_text())
     lfp = next(f for f in doc["fields"] if f["name"] == "lfp")
     assert lfp["codec"] == {"id": "test-repeat"}
     assert (lfp["dtype"], lfp["shape"], lfp["extension"]) == ("<f4", [6, 4], "rep")
@@ -206,7 +206,7 @@ def test_codecs_argument_is_checked_before_writing(tmp_path, registry):
         create_shards_from_arrays(tmp_path / "d", data, codecs={"lfp": {"id": "json"}})
     with pytest.raises(UnknownCodecError, match="rejects its config"):
         create_shards_from_arrays(tmp_path / "e", data, codecs={"lfp": {"id": "npy", "level": 3}})
-    assert not (tmp_path / "d" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "d" / ".neurocodec" / "dataset_metadata.json").exists()
     # a value the chosen codec does not describe as an array is refused with the field named
     with pytest.raises(Exception, match=r"lfp.*codec 'test-repeat' of this field does not store a plain array \(got ndarray\)"):
         with WebDatasetWriter(tmp_path / "f", registry=registry, codecs={"lfp": {"id": "test-repeat"}},

@@ -249,7 +249,7 @@ def test_every_dtype_through_writer_and_dataset(tmp_path, rng):
     with WebDatasetWriter(tmp_path / "ds", shard_size=3, codecs=codecs, compression="none", fsync=False) as w:
         for sample in written:
             w.write_sample(sample)
-    manifest = json.loads((tmp_path / "ds" / "dataset_metadata.json").read_text())
+    manifest = json.loads((tmp_path / "ds" / ".neurocodec" / "dataset_metadata.json").read_text())
     stored = {f["name"]: f for f in manifest["fields"]}
     for field, config in codecs.items():
         assert stored[field]["codec"] == config and stored[field]["extension"] == "nda"

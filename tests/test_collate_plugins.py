@@ -161,7 +161,7 @@ def test_allocate_batch_tensor_takes_memory_from_the_loaders_slot():
 
 def as_installed(path: Path, distribution: str) -> None:
     """Record the fields' plugin as an entry-point plugin would: its distribution and version."""
-    manifest_path = path / "dataset_metadata.json"
+    manifest_path = path / ".neurocodec" / "dataset_metadata.json"
     manifest = json.loads(manifest_path.read_text())
     for field in manifest["fields"]:
         if field["name"] != "metadata":

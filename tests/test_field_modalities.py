@@ -22,7 +22,7 @@ from neurocodec.dataset.writer import WebDatasetWriter, create_shards_from_array
 
 def manifest_fields(path) -> dict[str, dict]:
     """The manifest's field entries by name, read as plain JSON."""
-    doc = json.loads((path / "dataset_metadata.json").read_text())
+    doc = json.loads((path / ".neurocodec" / "dataset_metadata.json").read_text())
     return {f["name"]: f for f in doc["fields"]}
 
 

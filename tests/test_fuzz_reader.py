@@ -67,7 +67,7 @@ def bases(tmp_path_factory) -> dict[str, Base]:
         with WebDatasetWriter(root, shard_size=2, compression=compression, fsync=False) as w:
             for fields, metadata in make_samples():
                 w.write_sample(fields, metadata)
-        files = {p.name: p.read_bytes() for p in root.iterdir()}
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
         hot: dict[str, list[int]] = {name: [] for name in files}
         for shard in (0, 1):
             for offset, stored, _raw, _crc in h.read_index(root, shard).reshape(-1, 4).tolist():
@@ -75,8 +75,8 @@ def bases(tmp_path_factory) -> dict[str, Base]:
                 hot[f"shard_{shard:06d}.tar"] += [start + k for k in (0, 20, 100, 124, 130, 135, 148, 156, 257)]
                 hot[f"shard_{shard:06d}.tar"] += list(range(offset, offset + stored))
                 hot[f"shard_{shard:06d}.tar"] += [offset + stored - 1, offset + stored]
-            idx = files[f"shard_{shard:06d}.idx"]
-            hot[f"shard_{shard:06d}.idx"] = list(range(0, 80)) + list(range(len(idx) - 64, len(idx)))
+            idx = files[f".shard_{shard:06d}.idx"]
+            hot[f".shard_{shard:06d}.idx"] = list(range(0, 80)) + list(range(len(idx) - 64, len(idx)))
         text = files[h.MANIFEST].decode()
         hot[h.MANIFEST] = [text.index(key) + len(key) + 3 for key in (
             '"samples"', '"bytes"', '"dtype"', '"shape"', '"id"', '"name"', '"kind"', '"extension"',
@@ -114,7 +114,7 @@ def write_mutant(base: Base, where: Path, target: str, mutated: bytes, fix: bool
     root = Path(shutil.copytree(base.root, where))
     (root / target).write_bytes(mutated)
     if fix and target != h.MANIFEST:
-        shard = int(target[6:12])
+        shard = int(target.lstrip(".")[6:12])
         (h.fix_index_entry if target.endswith(".idx") else h.fix_shard_entry)(root, shard)
     return root
 
@@ -177,8 +177,8 @@ def check_exact(outcomes: list[Any], originals: list) -> None:
 
 @FUZZ
 @given(data=st.data(), compression=st.sampled_from(COMPRESSIONS),
-       target=st.sampled_from(["shard_000000.tar", "shard_000001.tar", "shard_000000.idx",
-                               "shard_000001.idx"]),
+       target=st.sampled_from(["shard_000000.tar", "shard_000001.tar", ".shard_000000.idx",
+                               ".shard_000001.idx"]),
        fix=st.booleans(), fix_headers=st.booleans(), count=st.integers(1, 3))
 def test_mutated_shards_read_exactly_or_fail_typed(bases, data, compression, target, fix, fix_headers, count):
     """Raw byte mutations; `fix` records the new size and SHA-256 in the manifest, and
@@ -221,7 +221,7 @@ JSON_VALUES = st.one_of(
     st.integers(-3, 3), st.integers(-(2**70), 2**70), st.none(), st.booleans(),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
     st.sampled_from(["npy", "json", "none", "zstd", "<f4", "<i8", "|O", "array", "shard_000001.tar",
-                     "shard_000000.idx", "../x", "metadata", "lfp"]),
+                     ".shard_000000.idx", "../x", "metadata", "lfp"]),
     st.lists(st.integers(-1, 20) | st.none(), max_size=4), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 

@@ -43,7 +43,7 @@ def truncated_index_stale_manifest(root: Path, compression: str) -> Expect:
     """Index cut short, manifest untouched. Check: index size and SHA-256 against the manifest."""
     path = h.index_file(root, 0)
     path.write_bytes(path.read_bytes()[:-9])
-    return Expect(ShardError, r"index shard_000000\.idx does not match the manifest's size and SHA-256")
+    return Expect(ShardError, r"index \.shard_000000\.idx does not match the manifest's size and SHA-256")
 
 
 @case("none", "gz")
@@ -62,7 +62,7 @@ def index_rows_cut_header_padded(root: Path, compression: str) -> Expect:
     fixed. Check: NPY payload size against the header's shape."""
     data = h.index_file(root, 0).read_bytes()
     h.write_index_bytes(root, 0, npy_padded_to(data[:-32], len(data)))
-    return Expect(ShardError, r"index shard_000000\.idx is malformed: NPY header declares shape")
+    return Expect(ShardError, r"index \.shard_000000\.idx is malformed: NPY header declares shape")
 
 
 @case()
@@ -258,7 +258,7 @@ def index_not_npy(root: Path, compression: str) -> Expect:
 def index_missing(root: Path, compression: str) -> Expect:
     """The index file is gone. Check: reading the index."""
     h.index_file(root, 0).unlink()
-    return Expect(ShardError, r"cannot read index shard_000000\.idx")
+    return Expect(ShardError, r"cannot read index \.shard_000000\.idx")
 
 
 @case()
@@ -268,7 +268,7 @@ def index_is_fifo(root: Path, compression: str) -> Expect:
     path = h.index_file(root, 0)
     path.unlink()
     os.mkfifo(path)
-    return Expect(ShardError, r"cannot read index shard_000000\.idx: not a regular file")
+    return Expect(ShardError, r"cannot read index \.shard_000000\.idx: not a regular file")
 
 
 # -- the tests -------------------------------------------------------------------------------------

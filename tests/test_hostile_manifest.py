@@ -46,7 +46,7 @@ def manifest_is_directory(root: Path, compression: str) -> Expect:
 def manifest_missing(root: Path, compression: str) -> Expect:
     """No manifest: a writer that did not finish. Check: the manifest is required."""
     (root / h.MANIFEST).unlink()
-    return Expect(DatasetError, r"has no dataset_metadata\.json", shard=None)
+    return Expect(DatasetError, r"has no \.neurocodec/dataset_metadata\.json", shard=None)
 
 
 # -- the manifest ----------------------------------------------------------------------------------
@@ -132,9 +132,9 @@ MANIFEST_CASES = {
     # Check: shard and index names.
     "shard_name_traversal": (_set("shards.0.name", "../shard_000000.tar"), r"is not a shard file name"),
     "shard_name_absolute": (_set("shards.0.name", "/etc/passwd"), r"is not a shard file name"),
-    "shard_names_repeat": (lambda d: d["shards"][1].update(name=SHARD0, index="shard_000000.idx"),
+    "shard_names_repeat": (lambda d: d["shards"][1].update(name=SHARD0, index=".shard_000000.idx"),
                            r"shard names repeat"),
-    "index_name_of_another_shard": (_set("shards.0.index", "shard_000001.idx"), r"index must be 'shard_000000\.idx'"),
+    "index_name_of_another_shard": (_set("shards.0.index", ".shard_000001.idx"), r"index must be '\.shard_000000\.idx'"),
     "index_name_traversal": (_set("shards.0.index", "../../etc/passwd"), r"index must be"),
     "shards_not_list": (_set("shards", {"0": {}}), r"shards must be a list"),
     "shard_not_object": (_set("shards.0", "shard_000000.tar"), r"shards\[0\] must be an object"),

@@ -287,7 +287,7 @@ def test_millions_of_samples_within_the_ceiling_are_checked_against_the_index_fi
     root = h.copy_dataset(bases["none"], tmp_path / "ds")
     claim_samples(root, 4_000_000, consistent=True)
     assert read_manifest(root).total_samples == 4_000_002
-    match = r"shard shard_000000\.tar: index shard_000000\.idx has \d+ bytes, too few for the 4000000 samples"
+    match = r"shard shard_000000\.tar: index \.shard_000000\.idx has \d+ bytes, too few for the 4000000 samples"
     for build in (lambda: WebDatasetLoader(root), lambda: RandomAccessWebDataset(root),
                   lambda: create_webdataset_dataloader(root, num_workers=0),
                   lambda: create_webdataset_dataloader(root, num_workers=2)):
@@ -307,7 +307,7 @@ def test_missing_shard_files_are_left_to_the_reader(bases, tmp_path):
     skipped) when its samples are read."""
     root = h.copy_dataset(bases["none"], tmp_path / "ds")
     (root / "shard_000001.tar").unlink()
-    (root / "shard_000001.idx").unlink()
+    (root / ".shard_000001.idx").unlink()
     loader = WebDatasetLoader(root, shuffle=False, on_error="skip")
     assert [s["__key__"] for s in loader] == ["sample_000000001", "sample_000000002"]
 
@@ -335,7 +335,7 @@ def test_the_cap_holds_tens_of_thousands_of_shards():
     """The cap's reasoning: a shard entry as the writer writes it takes about 350 bytes."""
     from neurocodec.format.manifest import ShardEntry
 
-    entry = ShardEntry(name="shard_000123.tar", index="shard_000123.idx", samples=1000, first_sample=123000000,
+    entry = ShardEntry(name="shard_000123.tar", index=".shard_000123.idx", samples=1000, first_sample=123000000,
                        bytes=104857600000, sha256="a" * 64, index_bytes=96128, index_sha256="b" * 64)
     per_entry = len(json.dumps({"shards": [entry.to_dict()] * 2}, indent=1, sort_keys=True)) / 2
     assert 300 < per_entry < 400 and MAX_MANIFEST_BYTES / per_entry > 20_000

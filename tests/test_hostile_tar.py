@@ -63,7 +63,7 @@ def _register_truncations() -> None:
                     if cut < 2 * 3 * h.BLOCK + 2 * h.BLOCK:  # 2 samples of 3 members
                         return Expect(DatasetError, rf"shards\[0\]\.bytes is {cut}, too few for 2 samples of "
                                                     r"3 members \(at least 4096\)", shard=None)
-                    return Expect(ShardError, r"index shard_000000\.idx is inconsistent: the index describes")
+                    return Expect(ShardError, r"index \.shard_000000\.idx is inconsistent: the index describes")
                 return Expect(ShardError, r"file has \d+ bytes, the manifest says \d+")
             build.__name__ = f"truncated_{where}{'_manifest_fixed' if fix else ''}"
             for compression in ("none", "zstd"):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from neurocodec import Dataset, append_datasets, compute_stats, create_shards_from_arrays, make_split
+from neurocodec.dataset.info import ShardedDatasetInfo
 from neurocodec.format import layout
 from neurocodec.format.home import home
 
@@ -101,13 +102,13 @@ def test_only_the_shards_are_visible(written, converted):
                          if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
         with Dataset(path) as ds:
             assert visible == [s.name for s in ds.shards]
+            assert sorted(p.name for p in path.glob(".shard_*.idx")) == [f".{s.name[:-4]}.idx" for s in ds.shards]
+        assert ShardedDatasetInfo(path).get_summary()["layout"] == "hidden"
     kept = written / ".neurocodec"
     assert (kept / layout.MANIFEST).is_file() and (kept / "versions" / "1" / layout.MANIFEST).is_file()
     assert (kept / "stats" / "all.json").is_file()
     assert {p.name for p in (converted / ".neurocodec").iterdir()} >= {
         layout.MANIFEST, "splits", "stats", "conversion-report.json"}
-    assert sorted(p.name for p in converted.glob(".shard_*.idx")) == [".shard_000000.idx", ".shard_000001.idx"] or \
-        len(list(converted.glob(".shard_*.idx"))) == len(list(converted.glob("shard_*.tar")))
 
 
 @pytest.mark.parametrize("which", ["written", "converted"])
@@ -156,6 +157,7 @@ def legacy(tmp_path) -> Path:
 
 def test_splits_and_statistics_of_the_top_level_layout_stay_at_the_top(legacy):
     assert home(legacy) == legacy and len(ours(legacy)) > 0
+    assert ShardedDatasetInfo(legacy).get_summary()["layout"] == "top-level"
     make_split(legacy, by="session", seed=1)
     compute_stats(legacy, "train")
     assert (legacy / "splits" / "default.json").is_file() and (legacy / "stats" / "default.json").is_file()

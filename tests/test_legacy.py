@@ -81,7 +81,7 @@ def test_hostile_pickle_is_never_executed_without_opt_in(tmp_path):
     with pytest.raises(PickleNotAllowedError):
         convert_legacy_shards(root, tmp_path / "out")
     assert not marker.exists()
-    assert not (tmp_path / "out" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 def test_links_and_truncation_are_shard_errors(tmp_path):

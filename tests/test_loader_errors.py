@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def corrupt(path: Path, kind: str) -> set[int]:
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
         return SHARD_IDS
     if kind == "index":
-        flip(shard.with_suffix(".idx"), 200)
+        flip(shard.with_name(f".{shard.stem}.idx"), 200)
         return SHARD_IDS
     if kind == "payload":  # a single bit in the last byte of sample 14's array data
         offset, stored = member_span(path, FLIPPED, "x")
@@ -211,7 +212,8 @@ def test_skip_count_survives_resume(pristine, tmp_path, batch_size):
         state = first.get_state()
         second = WebDatasetLoader(path, buffer_size=8, seed=3, on_error="skip", batch_size=batch_size)
         second.set_state(state)
-        assert head + [sample_id(s) for s in second] == expected
+        # (after the epoch's last good sample, iterating on would start the next epoch)
+        assert head + [sample_id(s) for s in islice(second, len(expected) - k)] == expected
         assert second.get_state()["skipped"] == len(bad), (k, state)
 
 

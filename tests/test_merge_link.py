@@ -14,7 +14,7 @@ import pytest
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import ShardError
 from neurocodec.format import tar
-from neurocodec.format.layout import MANIFEST
+from neurocodec.format.layout import HOME, MANIFEST_PATH
 from neurocodec.dataset.merge import merge_datasets
 
 TEMP = re.compile(r"\..*\.tmp")
@@ -28,7 +28,8 @@ def _write(path: Path, ids: range, shard_size: int, compression: str = "none") -
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name != MANIFEST)
+    """The shards and indexes (not `.neurocodec/`, which holds the manifest)."""
+    return sorted(p.name for p in directory.iterdir() if p.name != HOME)
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])
@@ -42,7 +43,7 @@ def test_the_first_parts_full_shards_are_linked_and_the_rest_copied(tmp_path: Pa
         assert (merged / name).read_bytes() == (single / name).read_bytes(), name
     linked = [name for name in _files(merged) if (parts[0] / name).exists() and os.path.samefile(merged / name, parts[0] / name)]
     # a's shards 0 and 1 are full (samples 0-7); its shard 2 (sample 8) continues with b's samples
-    assert linked == ["shard_000000.idx", "shard_000000.tar", "shard_000001.idx", "shard_000001.tar"]
+    assert linked == [".shard_000000.idx", ".shard_000001.idx", "shard_000000.tar", "shard_000001.tar"]
     with Dataset(merged, verify="full") as ds:
         assert [ds[i]["metadata"]["id"] for i in range(len(ds))] == list(range(14))
 
@@ -76,7 +77,7 @@ def test_a_corrupted_shard_is_refused_before_it_is_taken_over(tmp_path: Path, wh
     with pytest.raises(ShardError, match="does not hold the bytes its index") as caught:
         merge_datasets([part], merged, 4)
     assert "shard_000001.tar" in str(caught.value)
-    assert not (merged / MANIFEST).exists()
+    assert not (merged / MANIFEST_PATH).exists()
     assert not [p for p in merged.iterdir() if TEMP.fullmatch(p.name)]
     assert not (merged / "shard_000001.tar").exists()
 

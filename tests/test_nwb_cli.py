@@ -30,7 +30,8 @@ def neurocodec(*args: str, module: bool = False) -> subprocess.CompletedProcess:
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,10 @@ def test_convert_nwb_with_the_guides_flags(tmp_path, sessions):
     assert lines[0].startswith(f"wrote {expected} samples in 2 shards") and "compression zstd" in lines[0]
     assert lines[1] == "modalities: lfp, spikes, spikes_observed"
     assert lines[-1] == f"validated: {expected} samples match the manifest"
-    assert sorted(p.name for p in out.iterdir()) == ["conversion-report.json", "dataset_metadata.json",
-                                                     "shard_000000.idx", "shard_000000.tar",
-                                                     "shard_000001.idx", "shard_000001.tar"]
+    assert sorted(p.name for p in out.iterdir()) == [".neurocodec", ".shard_000000.idx", ".shard_000001.idx",
+                                                     "shard_000000.tar", "shard_000001.tar"]
+    assert sorted(p.name for p in (out / ".neurocodec").iterdir()) == ["conversion-report.json",
+                                                                       "dataset_metadata.json"]
     # the same dataset as the Python API with the CLI's defaults (10 ms bins, 100 bins, overlap 0.5)
     api = NWBToWebDatasetConverter(tmp_path / "api", 12, ["spikes", "lfp"], 10, 100, 0.5, compression="zstd",
                                    progress=False)
@@ -129,7 +131,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, sessions, case):
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("neurocodec convert: error: ")
     assert expected in done.stderr and "Traceback" not in done.stderr
     if case != "existing_output":
-        assert not (out / "dataset_metadata.json").exists()
+        assert not (out / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 def test_on_error_skip_from_the_command_line(tmp_path, sessions):

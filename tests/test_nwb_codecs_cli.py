@@ -28,7 +28,7 @@ def convert(session: Path, out: Path, *flags: str):
 
 
 def codecs_of(out: Path) -> tuple[dict[str, str], int]:
-    doc = json.loads((out / "dataset_metadata.json").read_text())
+    doc = json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
     return {f["name"]: f["codec"]["id"] for f in doc["fields"]}, doc["format_version"]
 
 
@@ -49,7 +49,7 @@ def test_each_choice_stores_what_it_says(converted):
     assert neural["spikes"] == "spike-events" and neural["spikes_observed"] == "spike-observed"
     assert neural["video"] == "npy" and version == 2  # video stays npy unless asked for
     assert codecs_of(converted["ffv1"])[0]["video"] == "av-video"
-    doc = json.loads((converted["ffv1"] / "dataset_metadata.json").read_text())
+    doc = json.loads((converted["ffv1"] / ".neurocodec" / "dataset_metadata.json").read_text())
     assert doc["extra"]["conversion"]["field_codecs"] == {"video": json.loads(FFV1)}
 
 
@@ -76,4 +76,4 @@ def test_bad_codec_flags_are_one_line_errors(session, tmp_path, flags, status, m
     result = convert(session, tmp_path / "bad", *flags)
     assert result.returncode == status and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "bad" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "bad" / ".neurocodec" / "dataset_metadata.json").exists()

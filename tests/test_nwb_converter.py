@@ -123,7 +123,7 @@ def test_resume_after_a_crash_reuses_finished_parts(tmp_path, sessions, referenc
     done = subprocess.run([sys.executable, "-c", CRASH, str(out), *map(str, sessions[:2])],
                           capture_output=True, check=False)
     assert done.returncode == -9
-    assert not (out / "dataset_metadata.json").exists()
+    assert not (out / ".neurocodec" / "dataset_metadata.json").exists()
     before = part_records(out)
     assert len(before) == 2
     c = converter(out)
@@ -174,10 +174,10 @@ def test_on_error_skip_warns_counts_and_converts_the_rest(tmp_path, sessions, re
     ours, theirs = digest(tmp_path / "out"), reference[1]
     assert {k: v for k, v in ours.items() if k.endswith((".tar", ".idx"))} == \
         {k: v for k, v in theirs.items() if k.endswith((".tar", ".idx"))}
-    manifest = json.loads((tmp_path / "out" / "dataset_metadata.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").read_text())
     assert manifest["extra"]["skipped_files"] == summary["skipped_files"]
     # and in the report next to the shards: every skipped file with its reason, every converted one
-    assert summary["report"] == str(tmp_path / "out" / "conversion-report.json")
+    assert summary["report"] == str(tmp_path / "out" / ".neurocodec" / "conversion-report.json")
     report = json.loads(Path(summary["report"]).read_text())
     assert report["skipped_files"] == summary["skipped_files"]
     assert [f["file"] for f in report["files"]] == summary["files"]

@@ -369,7 +369,7 @@ def test_not_nwb_files(tmp_path):
         with pytest.raises(NWBError) as err:
             convert(tmp_path, [path], ["spikes"], name=path.stem)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
-        assert not (tmp_path / path.stem / "dataset_metadata.json").exists()
+        assert not (tmp_path / path.stem / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 def test_non_monotonic_timestamps(tmp_path):
@@ -407,7 +407,7 @@ def test_nan_policies(tmp_path, nan_lfp):
     with pytest.raises(NWBError, match=r"nan\.nwb: /processing/ecephys/LFP/lfp holds NaN in the window \[0\.750000, "
                                        r"1\.250000\) s"):
         convert(tmp_path, [path], ["lfp"], name="error")
-    assert not (tmp_path / "error" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "error" / ".neurocodec" / "dataset_metadata.json").exists()
     summary, ds = convert(tmp_path, [path], ["lfp"], name="skip", nan_policy="skip_window")
     assert summary["skipped_windows"] == 2 and len(ds) == 19 - 2
     assert [round(ds[i]["metadata"]["start_time"], 6) for i in range(5)] == [0.0, 0.25, 0.5, 1.25, 1.5]

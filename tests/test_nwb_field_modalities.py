@@ -46,7 +46,7 @@ def convert(out, files, modalities, **kwargs):
 
 
 def fields_of(out) -> dict[str, dict]:
-    doc = json.loads((out / "dataset_metadata.json").read_text())
+    doc = json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
     return {f["name"]: f for f in doc["fields"]}
 
 
@@ -59,7 +59,7 @@ def test_two_fields_from_one_modality(tmp_path, pupil_file):
     fields = fields_of(out)
     for name in ("pupil_left", "pupil_right"):
         assert (fields[name]["modality"], fields[name]["plugin"], fields[name]["dtype"]) == ("behavior", "behavior", "<f2")
-    doc = json.loads((out / "dataset_metadata.json").read_text())
+    doc = json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
     assert doc["extra"]["conversion"]["modalities"] == {"pupil_left": "behavior", "pupil_right": "behavior"}
     with h5py.File(pupil_file, "r") as f:  # the values, independently of pynwb
         left = f["/processing/behavior/PupilTracking/PupilLeft/data"][:]
@@ -90,7 +90,7 @@ def test_a_list_still_names_fields_after_modalities(tmp_path, pupil_file):
     out = tmp_path / "out"
     convert(out, [pupil_file], ["spikes", "behavior"], series={"behavior": "PupilRight"})
     assert sorted(fields_of(out)) == ["behavior", "metadata", "spikes", "spikes_observed"]
-    doc = json.loads((out / "dataset_metadata.json").read_text())
+    doc = json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
     assert doc["extra"]["conversion"]["modalities"] == ["spikes", "behavior"]
 
 

@@ -101,7 +101,7 @@ def test_three_1d_position_series_become_three_columns(tmp_path):
     assert settings["series"]["position"] == ["x", "y", "z"]
     assert settings["modalities"] == {"position": "behavior", "running": "behavior", "pupil": "behavior",
                                       "head": "behavior"}
-    report = json.loads((tmp_path / "out" / "conversion-report.json").read_text())
+    report = json.loads((tmp_path / "out" / ".neurocodec" / "conversion-report.json").read_text())
     assert report["files"] == [{"file": str(source), "windows": 12, "skipped_windows": 0, "series": expected}]
     assert report["skipped_files"] == []
 
@@ -124,7 +124,7 @@ def test_series_with_different_timing_cannot_be_combined(tmp_path):
     with pytest.raises(NWBError, match=r"tracking.nwb: series /acquisition/Position/x and /acquisition/Position/z"
                                        r".*only series sharing their timing can be combined"):
         converter.convert_nwb_files([source])
-    assert not (tmp_path / "out" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 def test_a_list_of_series_not_in_the_file_is_named(tmp_path):
@@ -160,7 +160,7 @@ def test_cli_fields(tmp_path):
     assert done.returncode == 0, done.stderr
     assert ("position <- /acquisition/Position/x, /acquisition/Position/y, /acquisition/Position/z; "
             "running <- /processing/behavior/BehavioralTimeSeries/running_speed") in done.stdout
-    assert f"report: {tmp_path / 'out' / 'conversion-report.json'}" in done.stdout
+    assert f"report: {tmp_path / 'out' / '.neurocodec' / 'conversion-report.json'}" in done.stdout
     with Dataset(tmp_path / "out") as ds:
         assert {f.name for f in ds.manifest.modalities} == {"position", "running"}
         assert ds[0]["position"].shape == (25, 3)

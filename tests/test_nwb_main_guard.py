@@ -66,7 +66,7 @@ def test_unguarded_workers_say_what_is_wrong(inputs):
     assert 'put the code that converts under `if __name__ == "__main__":`' in last
     assert "BrokenProcessPool" not in done.stderr and "bootstrapping" not in done.stderr
     assert "data1.nwb" not in last
-    assert not (inputs / "shards" / "dataset_metadata.json").exists()
+    assert not (inputs / "shards" / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 @pytest.mark.multiprocess

@@ -63,7 +63,7 @@ def convert(inputs, out, **kw) -> Path:
 
 
 def assert_nothing_written(out: Path, parts: Path) -> None:
-    assert not (out / layout.MANIFEST).exists()
+    assert not (out / layout.MANIFEST_PATH).exists()
     assert not list(parts.rglob(layout.MANIFEST)) if parts.exists() else True
 
 
@@ -240,7 +240,7 @@ def test_s3_from_the_command_line(endpoint, s3_big, local_big, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.strip() == f"neurocodec convert: error: {missing}: no such file"
-    assert not (tmp_path / "bad" / layout.MANIFEST).exists()
+    assert not (tmp_path / "bad" / layout.MANIFEST_PATH).exists()
     # credentials for the input alone: the local output takes no storage options
     inputs = [flag.replace("--storage-option", "--input-storage-option") for flag in flags]
     done = subprocess.run([*cmd[:-len(flags)], *inputs, "--input", s3_big, "--output", str(tmp_path / "own")],
@@ -271,7 +271,7 @@ def test_https_file_changed_during_conversion_is_not_recorded_as_finished(www, t
         url = f"{server.url}/b.nwb"
         with pytest.raises(NWBError, match=rf"^{url}: changed while it was being converted; convert it again"):
             convert([url], out, parts_dir=parts)
-    assert not list(parts.rglob("part.json")) and not (out / layout.MANIFEST).exists()
+    assert not list(parts.rglob("part.json")) and not (out / layout.MANIFEST_PATH).exists()
 
 
 def test_https_not_hdf5_or_no_range_support_is_an_error_naming_the_file(www, tmp_path):
@@ -290,7 +290,7 @@ def test_https_not_hdf5_or_no_range_support_is_an_error_naming_the_file(www, tmp
         with pytest.raises(NWBError, match=rf"^{url}: reading failed for good \(ValueError: The HTTP server "
                                            r"doesn't appear to support range requests"):
             convert([url], tmp_path / "b")
-    assert not (tmp_path / "b" / layout.MANIFEST).exists()
+    assert not (tmp_path / "b" / layout.MANIFEST_PATH).exists()
 
 
 @pytest.mark.slow

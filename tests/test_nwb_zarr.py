@@ -115,7 +115,7 @@ def test_zarr_without_hdmf_zarr_says_what_to_install(session, tmp_path):
     assert "Traceback" not in done.stderr
     assert "is an NWB-Zarr folder, and reading one needs hdmf-zarr: pip install 'neurocodec[zarr]'" in done.stderr
     assert str(folder) in done.stderr
-    assert not (tmp_path / "out" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 def test_zarr_from_the_command_line(session, tmp_path):
@@ -155,4 +155,4 @@ def test_zarr_object_array_naming_other_code_is_refused_and_never_run(session, t
                                        r"unpickle"):
         convert([folder], tmp_path / "out", modalities=["lfp"])
     assert not marker.exists()
-    assert not (tmp_path / "out" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").exists()

@@ -39,7 +39,7 @@ from neurocodec.storage.cache import ShardCache
 from test_atomicity import SAMPLE_SOURCE  # the same samples as the plain writer kill tests
 
 pytestmark = pytest.mark.timeout(600)
-MANIFEST = "dataset_metadata.json"
+MANIFEST = "dataset_metadata.json"  # in .neurocodec/ (docs/format.md, section 2); the steps log base names
 
 WRITER_SOURCE = r'''
 import json, os, signal, sys
@@ -109,7 +109,7 @@ def same(got: dict[str, Any], fields: dict[str, Any], metadata: dict[str, Any]) 
 
 def which(root: Path, runs: dict[str, tuple[int, int]]) -> str:
     """The name of the run (seed, count) whose samples `root` holds exactly; fails otherwise."""
-    assert (root / MANIFEST).is_file(), "no dataset at all"
+    assert (root / ".neurocodec" / MANIFEST).is_file(), "no dataset at all"
     with Dataset(root) as ds:
         got = list(ds)
         assert ds.verify_all() == len(got)
@@ -253,8 +253,8 @@ def test_merging_a_dataset_into_itself_replaces_it_whole(tmp_path):
     with Dataset(first) as ds:
         assert ds.verify_all() == 9
         assert all(same(got, *w) for got, w in zip(ds, want, strict=True))
-    assert sorted(p.name for p in first.iterdir()) == [MANIFEST] + [
-        f"shard_{n:06d}.{e}" for n in range(3) for e in ("idx", "tar")]
+    assert sorted(p.name for p in first.iterdir()) == [".neurocodec"] + [
+        f".shard_{n:06d}.idx" for n in range(3)] + [f"shard_{n:06d}.tar" for n in range(3)]
 
 
 # -- neurocodec convert on .npz, interrupted ------------------------------------------------------
@@ -372,7 +372,7 @@ def test_replacing_a_dataset_at_a_url_is_atomic(tmp_path, monkeypatch):
 
     def objects(url: str) -> dict[str, bytes]:
         root = url[len("memory://"):]
-        return {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in sorted(fs.ls(root, detail=False))}
+        return {p[p.index(root) + len(root):]: fs.cat_file(p) for p in sorted(fs.find(root))}
 
     def old_url() -> str:
         url = f"memory://neurocodec-{uuid.uuid4().hex[:12]}/ds"
@@ -426,9 +426,9 @@ def test_replacing_a_dataset_on_s3_never_removes_the_manifest(tmp_path):
         switch, final = manifest_puts
         assert ("DELETE", MANIFEST) not in log
         assert {name for method, name in log[:switch] if method == "PUT"} == {
-            f"shard_{n}.{e}" for n in (1000000000, 1000000001) for e in ("tar", "idx")}, log
+            name for n in (1000000000, 1000000001) for name in (f"shard_{n}.tar", f".shard_{n}.idx")}, log
         assert {name for method, name in log[switch + 1:final]} == {
-            f"shard_00000{n}.{e}" for n in (0, 1) for e in ("tar", "idx")}, log
+            name for n in (0, 1) for name in (f"shard_00000{n}.tar", f".shard_00000{n}.idx")}, log
         removed = [i for i, (method, _name) in enumerate(log) if method in ("DELETE", "POST")]
         assert removed and min(removed) > final, log
         fs = fsspec.filesystem("s3", **options)
@@ -436,7 +436,7 @@ def test_replacing_a_dataset_on_s3_never_removes_the_manifest(tmp_path):
         def objects(u: str) -> dict[str, bytes]:
             fs.invalidate_cache()
             root = u[len("s3://"):]
-            return {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in sorted(fs.ls(root, detail=False))}
+            return {p[p.index(root) + len(root):]: fs.cat_file(p) for p in sorted(fs.find(root))}
 
         assert objects(url) == objects(fresh)
         with Dataset(url, storage_options=options, cache=ShardCache(tmp_path / "cache")) as ds:

@@ -272,7 +272,7 @@ def test_dataset_with_unknown_codec_says_what_to_install(tmp_path, rng):
     with pytest.raises(UnknownCodecError, match=r"codec 'test-delta' \(field 'photometry'\).*plugin 'photometry'"):
         Dataset(out)  # the installed plugins only
     # As an entry-point plugin would have recorded it: its distribution and version.
-    manifest_path = out / "dataset_metadata.json"
+    manifest_path = out / ".neurocodec" / "dataset_metadata.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["fields"][0].update(distribution="neurocodec-photometry", plugin_version="1.2")
     manifest_path.write_text(json.dumps(manifest))

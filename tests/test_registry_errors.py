@@ -63,10 +63,10 @@ def test_unknown_id_keeps_its_install_hint_after_the_source():
 def bad_config_dataset(tmp_path) -> Path:
     out = tmp_path / "ds"
     create_shards_from_arrays(out, {"x": np.zeros((3, 2), dtype=np.float32)}, progress=False)
-    doc = json.loads((out / "dataset_metadata.json").read_text())
+    doc = json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
     field = next(f for f in doc["fields"] if f["name"] == "x")
     field["codec"]["bogus"] = 1
-    (out / "dataset_metadata.json").write_text(json.dumps(doc))
+    (out / ".neurocodec" / "dataset_metadata.json").write_text(json.dumps(doc))
     return out
 
 

@@ -13,7 +13,7 @@ from test_registry_errors import bad_config_dataset  # noqa: F401
 
 
 def test_dataset_names_its_manifest_and_the_field(bad_config_dataset):  # noqa: F811
-    manifest = re.escape(str(bad_config_dataset / "dataset_metadata.json"))
+    manifest = re.escape(str(bad_config_dataset / ".neurocodec" / "dataset_metadata.json"))
     with pytest.raises(UnknownCodecError, match=rf"^{manifest}: codec 'npy' \(field 'x'\) of plugin 'generic' "
                                                 r"rejects its config"):
         Dataset(bad_config_dataset)

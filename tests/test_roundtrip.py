@@ -325,7 +325,7 @@ def test_variable_shapes_recorded_as_none(tmp_path, rng, compression):
     samples = [{"spikes": rng.poisson(1, (10, units)), "behavior": rng.standard_normal((t, 2)),
                 "lfp": rng.standard_normal((4, 100))} for units, t in ((3, 5), (7, 5), (5, 9))]
     assert_round_trip(samples, tmp_path, compression=compression)
-    manifest = json.loads((next(tmp_path.glob("round-trip-*")) / "dataset_metadata.json").read_text())
+    manifest = json.loads((next(tmp_path.glob("round-trip-*")) / ".neurocodec" / "dataset_metadata.json").read_text())
     shapes = {f["name"]: f["shape"] for f in manifest["fields"]}
     assert shapes == {"spikes": [10, None], "behavior": [None, 2], "lfp": [4, 100], "metadata": None}
 

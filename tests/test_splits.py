@@ -80,7 +80,7 @@ def test_whole_sessions_go_to_one_part(datasets, by):
     path = datasets["overlapping"]
     split = make_split(path, by=by, seed=7, name=f"by-{by}", overwrite=True)
     rule = SplitRule.of(by, None, 7, None, None, 0.0)
-    with open(path / "dataset_metadata.json") as f:
+    with open(path / ".neurocodec" / "dataset_metadata.json") as f:
         keys = sorted(json.load(f)["extra"]["sessions"])
     assert sorted(split.sessions) == keys
     loaders = {p: spans(WebDatasetLoader(path, split=f"by-{by}/{p}", shuffle=False)) for p in split.rule.names}
@@ -116,8 +116,8 @@ def test_the_same_file_in_another_process(datasets, tmp_path):
     for hash_seed in ("1", "4242"):
         subprocess.run([sys.executable, "-c", code, str(path)], check=True,
                        env={**os.environ, "PYTHONHASHSEED": hash_seed})
-        mine = json.loads((path / "splits" / "mine.json").read_text())
-        theirs = json.loads((path / "splits" / "theirs.json").read_text())
+        mine = json.loads((path / ".neurocodec" / "splits" / "mine.json").read_text())
+        theirs = json.loads((path / ".neurocodec" / "splits" / "theirs.json").read_text())
         mine.pop("name"), theirs.pop("name")
         assert mine == theirs
 
@@ -172,7 +172,7 @@ def test_errors_in_words(datasets, tmp_path):
         make_split(path, name="bad", folds=5, fold=5)
     with pytest.raises(ValueError, match="split must be"):
         WebDatasetLoader(path, split="a/b/c")
-    target = path / "splits" / "words.json"
+    target = path / ".neurocodec" / "splits" / "words.json"
     doc = json.loads(target.read_text())
     doc["parts"]["train"]["samples"] = [[5, 3]]
     target.write_text(json.dumps(doc))

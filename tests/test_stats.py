@@ -155,7 +155,7 @@ def test_quantiles_come_from_every_kth_row():
 
 def crafted(windows: Path, edit) -> Path:
     compute_stats(windows, None, overwrite=True)
-    target = windows / "stats" / "all.json"
+    target = windows / ".neurocodec" / "stats" / "all.json"
     doc = json.loads(target.read_text())
     text = edit(doc)
     target.write_text(text if isinstance(text, str) else json.dumps(doc))
@@ -235,7 +235,7 @@ def test_the_converter_makes_the_split_and_the_statistics_of_its_training_part(n
                                   stats=True) as converter:
         converter.convert_nwb_files(nwb)
         summary = converter.finalize()
-    assert summary["stats"] == str(tmp_path / "ds" / "stats" / "default.json")
+    assert summary["stats"] == str(tmp_path / "ds" / ".neurocodec" / "stats" / "default.json")
     stats, split = read_stats(tmp_path / "ds"), read_split(tmp_path / "ds")
     assert stats.split_fingerprint == split.fingerprint("train")
     with Dataset(tmp_path / "ds") as ds:
@@ -272,7 +272,7 @@ def test_the_command_line_speaks_flags(nwb, windows, tmp_path, capsys):
                            "--split-by", "time", "--split-fractions", "train=0.8,test=0.2", "--stats",
                            "--no-progress")
     assert status == 0, err
-    assert f"stats: {tmp_path / 'cli' / 'stats' / 'default.json'}" in out
+    assert f"stats: {tmp_path / 'cli' / '.neurocodec' / 'stats' / 'default.json'}" in out
     assert read_stats(tmp_path / "cli").part == "train"
     status, out, err = run(capsys, "stats", str(tmp_path / "cli"), "--all")
     assert status == 0 and "from every sample" in out and "lfp: 2 session(s), 4 value(s) pooled" in out

@@ -48,7 +48,7 @@ def flip_payload_byte(path: Path, sample: int = 1) -> None:
     """Damage every member of local sample `sample` in place (the file keeps its size)."""
     size = path.stat().st_size
     with open(path, "r+b") as f:
-        for offset, stored in np.load(path.with_suffix(".idx"))[sample, :, :2].tolist():
+        for offset, stored in np.load(path.with_name(f".{path.stem}.idx"))[sample, :, :2].tolist():
             f.seek(offset + stored // 2)
             byte = f.read(1)
             f.seek(offset + stored // 2)
@@ -72,7 +72,7 @@ def test_damaged_cached_index_is_downloaded_again(served, tmp_path):
     with Dataset(url, cache=cache) as ds:
         assert [sample_id(ds[i]) for i in range(SHARD)] == list(range(SHARD))
     assert (cache.downloads, cache.discarded) == (2, 1)
-    assert index.read_bytes() == (served[0] / "shard_000000.idx").read_bytes()
+    assert index.read_bytes() == (served[0] / ".shard_000000.idx").read_bytes()
 
 
 def test_damaged_cached_shard_heals_under_full_verification(served, tmp_path):
@@ -130,7 +130,7 @@ def test_damaged_copy_and_damaged_object_raise(served, tmp_path):
         assert sample_id(ds[1]) == 1
         index = cached_file(cache, ds, 0, ".idx")
     flip_index_byte(index)
-    flip_index_byte(root / "shard_000000.idx")  # the object itself no longer matches the manifest
+    flip_index_byte(root / ".shard_000000.idx")  # the object itself no longer matches the manifest
     with Dataset(url, cache=cache) as ds:
         with pytest.raises(ShardError) as info:
             ds[1]
@@ -144,9 +144,9 @@ def test_an_authentically_bad_shard_is_not_downloaded_again(served, tmp_path):
     the cached copy is intact, so healing drops nothing and the reader's error stands."""
     root, url = served
     flip_payload_byte(root / "shard_000002.tar", sample=0)
-    manifest = json.loads((root / "dataset_metadata.json").read_text())
+    manifest = json.loads((root / ".neurocodec" / "dataset_metadata.json").read_text())
     manifest["shards"][2]["sha256"] = hashlib.sha256((root / "shard_000002.tar").read_bytes()).hexdigest()
-    (root / "dataset_metadata.json").write_text(json.dumps(manifest))
+    (root / ".neurocodec" / "dataset_metadata.json").write_text(json.dumps(manifest))
     cache = new_cache(tmp_path)
     with Dataset(url, cache=cache) as ds:
         for _ in range(2):

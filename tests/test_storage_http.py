@@ -51,7 +51,7 @@ def test_http_info_cli_and_missing_things(served, tmp_path, capsys):
     root, url = served
     assert main(["info", url]) == 0
     assert f"samples: {N}" in capsys.readouterr().out
-    with pytest.raises(DatasetError, match="no dataset_metadata.json"):
+    with pytest.raises(DatasetError, match="no .neurocodec/dataset_metadata.json"):
         Dataset(url + "-missing")
     # a shard the manifest names but the server no longer has
     os.rename(root / "ds" / "shard_000002.tar", root / "ds" / "moved.tar")

@@ -94,14 +94,15 @@ def test_write_uploads_each_shard_then_the_manifest_last(endpoint, local):
             writer.write_sample({"x": np.array([i, 7 * i + 1], dtype=np.int64)}, metadata={"id": i})
         # three shards are uploaded, their local copies gone, and readers find no dataset yet
         assert [p.name.startswith(".shard_000003.tar.") for p in staging.iterdir()] == [True]
-        with pytest.raises(DatasetError, match="no dataset_metadata.json"):
+        with pytest.raises(DatasetError, match="no .neurocodec/dataset_metadata.json"):
             Dataset(url, storage_options=options)
         for i in range(3 * SHARD + 2, N):
             writer.write_sample({"x": np.array([i, 7 * i + 1], dtype=np.int64)}, metadata={"id": i})
         summary = writer.finalize()
         puts = [r[2].rsplit("/", 1)[-1] for r in proxy.requests("PUT")]
     assert summary["output_dir"] == url and summary["shards"] == SHARDS
-    want = [f"shard_{n:06d}.{ext}" for n in range(SHARDS) for ext in ("idx", "tar")] + ["dataset_metadata.json"]
+    want = [name for n in range(SHARDS) for name in (f".shard_{n:06d}.idx", f"shard_{n:06d}.tar")] + [
+        "dataset_metadata.json"]  # in .neurocodec/, uploaded last
     assert puts == want
     assert not staging.exists()
     # byte-identical to the same samples written locally
@@ -134,7 +135,7 @@ def test_info_and_verify_cli(endpoint, dataset, tmp_path, capsys):
     assert f"ok: {N} samples in {SHARDS} shards" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "c" / "entries")) == SHARDS
     assert main(["info", f"s3://{BUCKET}/nothing-here", *opt]) == 1
-    assert "no dataset_metadata.json" in capsys.readouterr().err
+    assert "no .neurocodec/dataset_metadata.json" in capsys.readouterr().err
 
 
 def test_convert_cli_writes_to_s3(endpoint, tmp_path, capsys):
@@ -212,7 +213,7 @@ def test_damaged_cache_entry_is_downloaded_again_once(endpoint, tmp_path):
         _flip_last_bytes(index)  # damaged on local disk after its download was verified
         with Dataset(url, storage_options=options, cache=cache) as ds:
             assert [sample_id(ds[i]) for i in range(4, 8)] == [4, 5, 6, 7]
-        assert len(proxy.requests("GET", "shard_000001.idx")) == 2 and shard_gets(proxy)["shard_000001.tar"] == 2
+        assert len(proxy.requests("GET", ".shard_000001.idx")) == 2 and shard_gets(proxy)["shard_000001.tar"] == 2
     assert (cache.downloads, cache.discarded) == (2, 1)
     # Damaged in the bucket as well: the one download fails its SHA-256, and that is the error.
     fs = fsspec.filesystem("s3", **s3_options(endpoint))

@@ -177,8 +177,10 @@ def test_retry_policy_from_environment(monkeypatch):
 def test_write_and_read_memory_dataset_exactly(tmp_path):
     url = write_ids(mem_url(), 23, 5)
     fs = fsspec.filesystem("memory")
-    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(url[len("memory:/"):], detail=False))
-    assert names == ["dataset_metadata.json"] + [f"shard_{i:06d}.{e}" for i in range(5) for e in ("idx", "tar")]
+    root = url[len("memory:/"):]
+    names = sorted(p[len(root) + 1:] for p in fs.find(root))
+    assert names == sorted([".neurocodec/dataset_metadata.json"] + [
+        name for i in range(5) for name in (f".shard_{i:06d}.idx", f"shard_{i:06d}.tar")])
     cache = ShardCache(tmp_path / "cache", "1G")
     with Dataset(url, cache=cache) as ds:
         assert ds.path == url and len(ds) == 23
@@ -202,12 +204,13 @@ def test_memory_overwrite_semantics():
     fs = fsspec.filesystem("memory")
     root = url[len("memory:/"):]
     # shard_000001 of the old dataset was replaced, nothing of it is left over
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [
-        "dataset_metadata.json", "shard_000000.idx", "shard_000000.tar", "shard_000001.idx", "shard_000001.tar"]
+    assert sorted(p[len(root) + 1:] for p in fs.find(root)) == [
+        ".neurocodec/dataset_metadata.json", ".shard_000000.idx", ".shard_000001.idx", "shard_000000.tar",
+        "shard_000001.tar"]
 
 
 def test_missing_manifest_and_missing_shard(tmp_path):
-    with pytest.raises(DatasetError, match="no dataset_metadata.json"):
+    with pytest.raises(DatasetError, match="no .neurocodec/dataset_metadata.json"):
         Dataset(mem_url())
     url = write_ids(mem_url(), 6, 3)
     fsspec.filesystem("memory").rm(url[len("memory:/"):] + "/shard_000001.tar")

@@ -23,7 +23,7 @@ def convert(out: Path, files: list[Path], **kwargs) -> dict:
     with NWBToWebDatasetConverter(out, progress=False, fsync=False, **kwargs) as converter:
         converter.convert_nwb_files(files)
         converter.finalize()
-    return json.loads((out / "dataset_metadata.json").read_text())
+    return json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
 
 
 def sample_times(out: Path) -> list[tuple[str, float, float]]:
@@ -132,7 +132,7 @@ def test_cli_chunk_seconds(tmp_path):
     done = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--modalities", "spikes", "lfp",
                    "--chunk-seconds", "1")
     assert done.returncode == 0, done.stderr
-    timeline = json.loads((tmp_path / "out" / "dataset_metadata.json").read_text())["extra"]["timeline"]
+    timeline = json.loads((tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").read_text())["extra"]["timeline"]
     assert timeline["chunk_s"] == 1.0
     assert timeline_samples(timeline) == dict(enumerate(sample_times(tmp_path / "out")))
     (record,) = timeline["sessions"].values()
@@ -145,7 +145,7 @@ def test_cli_contradiction_names_the_flags(tmp_path):
                    "--overlap", "0.5")
     assert done.returncode != 0
     assert "--chunk-seconds" in done.stderr and "--overlap 0.5 contradicts" in done.stderr
-    assert not (tmp_path / "out" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").exists()
 
 
 def test_metadata_read_alone_equals_full_read_and_is_checked(tmp_path):

@@ -167,8 +167,9 @@ def remote(endpoint, chunked) -> str:
     """The chunked dataset uploaded file by file (the manifest last)."""
     url = f"s3://{BUCKET}/{uuid.uuid4().hex[:10]}/ds"
     fs = fsspec.filesystem("s3", **s3_options(endpoint))
-    for f in sorted(chunked.iterdir(), key=lambda f: f.name == "dataset_metadata.json"):
-        fs.put_file(str(f), f"{url.removeprefix('s3://')}/{f.name}")
+    files = [f for f in chunked.rglob("*") if f.is_file()]
+    for f in sorted(files, key=lambda f: f.name == "dataset_metadata.json"):
+        fs.put_file(str(f), f"{url.removeprefix('s3://')}/{f.relative_to(chunked).as_posix()}")
     return url
 
 
@@ -279,7 +280,7 @@ def spliced(tmp_path: Path, second) -> Path:
     assert (sessions[first]["first_sample"], sessions[other]["first_sample"]) == (0, 2)
     sessions[first]["chunks"] += [[1.0, 1.5], [1.5, 2.0]]
     del sessions[other]
-    (tmp_path / "out" / "dataset_metadata.json").write_text(json.dumps(doc))  # no checksum over it
+    (tmp_path / "out" / ".neurocodec" / "dataset_metadata.json").write_text(json.dumps(doc))  # no checksum over it
     return tmp_path / "out"
 
 

@@ -38,7 +38,7 @@ def _write(out: Path, samples, *, shard_size=3, compression="none", metadata=Tru
 
 
 def _manifest(out: Path) -> dict:
-    return json.loads((out / "dataset_metadata.json").read_text())
+    return json.loads((out / ".neurocodec" / "dataset_metadata.json").read_text())
 
 
 def _files(out: Path) -> list[str]:
@@ -76,7 +76,7 @@ def test_manifest_contents(tmp_path, rng, compression):
         assert 0 < f["max_raw_bytes"] and 0 < f["max_stored_bytes"]
     first = 0
     for n, shard in enumerate(m["shards"]):
-        tar_path, idx_path = out / f"shard_{n:06d}.tar", out / f"shard_{n:06d}.idx"
+        tar_path, idx_path = out / f"shard_{n:06d}.tar", out / f".shard_{n:06d}.idx"
         assert (shard["name"], shard["index"]) == (tar_path.name, idx_path.name)
         assert shard["samples"] == (3 if n < 2 else 1) and shard["first_sample"] == first
         first += shard["samples"]
@@ -84,7 +84,9 @@ def test_manifest_contents(tmp_path, rng, compression):
         assert shard["sha256"] == hashlib.sha256(tar_path.read_bytes()).hexdigest()
         assert shard["index_bytes"] == idx_path.stat().st_size
         assert shard["index_sha256"] == hashlib.sha256(idx_path.read_bytes()).hexdigest()
-    assert _files(out) == ["dataset_metadata.json"] + [f"shard_{n:06d}.{e}" for n in range(3) for e in ("idx", "tar")]
+    assert _files(out) == sorted([".neurocodec"] + [name for n in range(3)
+                                                    for name in (f".shard_{n:06d}.idx", f"shard_{n:06d}.tar")])
+    assert _files(out / ".neurocodec") == ["dataset_metadata.json"]
 
 
 def test_summary_returned_by_finalize(tmp_path, rng):
@@ -94,7 +96,7 @@ def test_summary_returned_by_finalize(tmp_path, rng):
         w.write_sample(s)
     assert w.samples_written == 9
     summary = w.finalize()
-    on_disk = sum(p.stat().st_size for p in out.glob("shard_*"))
+    on_disk = sum(p.stat().st_size for p in out.glob("*shard_*"))  # shards and their hidden indexes
     assert summary == {"samples": 9, "shards": 3, "bytes": on_disk, "modalities": ["extra", "label", "lfp", "spikes"],
                        "compression": "zstd", "output_dir": str(out)}
     assert w.finalize() == summary  # idempotent
@@ -109,7 +111,7 @@ def test_index_offsets_match_tar_members(tmp_path, rng, compression):
     field_names = [f["name"] for f in _manifest(out)["fields"]]
     ds = Dataset(out)
     for n in range(2):
-        rows = np.load(out / f"shard_{n:06d}.idx", allow_pickle=False)
+        rows = np.load(out / f".shard_{n:06d}.idx", allow_pickle=False)
         samples = 3 if n == 0 else 2
         assert rows.dtype == np.uint64 and rows.shape == (samples, len(field_names), 4)
         data = (out / f"shard_{n:06d}.tar").read_bytes()
@@ -134,7 +136,7 @@ def test_reading_sample_k_touches_no_other_sample(tmp_path, rng):
     out = tmp_path / "ds"
     samples = _samples(rng, 6)
     _write(out, samples, shard_size=6)
-    rows = np.load(out / "shard_000000.idx")
+    rows = np.load(out / ".shard_000000.idx")
     shard = out / "shard_000000.tar"
     data = bytearray(shard.read_bytes())
     keep = 3
@@ -299,7 +301,7 @@ def test_existing_dataset_refused_then_overwritten(tmp_path, rng):
     new = [{"x": np.full(2, 7.0)}]
     summary = _write(out, new, overwrite=True)
     assert summary["samples"] == 1
-    assert _files(out) == ["dataset_metadata.json", "notes.txt", "shard_000000.idx", "shard_000000.tar"]
+    assert _files(out) == [".neurocodec", ".shard_000000.idx", "notes.txt", "shard_000000.tar"]
     with Dataset(out) as ds:
         assert len(ds) == 1 and [f.name for f in ds.fields] == ["x", "metadata"]
         np.testing.assert_array_equal(ds[0]["x"], new[0]["x"])
@@ -314,13 +316,13 @@ def test_leftover_shards_without_manifest_are_not_a_dataset(tmp_path, rng):
             for s in _samples(rng, 5):
                 w.write_sample(s)
             raise RuntimeError("interrupted")
-    assert _files(out) == ["shard_000000.idx", "shard_000000.tar", "shard_000001.idx", "shard_000001.tar"]
-    with pytest.raises(DatasetError, match="no dataset_metadata.json"):
+    assert _files(out) == [".shard_000000.idx", ".shard_000001.idx", "shard_000000.tar", "shard_000001.tar"]
+    with pytest.raises(DatasetError, match="no .neurocodec/dataset_metadata.json"):
         Dataset(out)
     (out / "notes.txt").write_text("mine")
     new = [{"x": np.full(2, 7.0)}]
     assert _write(out, new)["samples"] == 1
-    assert _files(out) == ["dataset_metadata.json", "notes.txt", "shard_000000.idx", "shard_000000.tar"]
+    assert _files(out) == [".neurocodec", ".shard_000000.idx", "notes.txt", "shard_000000.tar"]
     with Dataset(out) as ds:
         assert len(ds) == 1 and ds.verify_all() == 1
         np.testing.assert_array_equal(ds[0]["x"], new[0]["x"])

@@ -170,8 +170,8 @@ def test_racing_writers_never_mix(tmp_path):
             winner = int(ds[0]["x"][0]) // 1000
         assert winner in ok
         check_values_shard3(out, winner)
-        assert sorted(os.listdir(out)) == sorted(["dataset_metadata.json"] + [
-            f"shard_{n:06d}.{e}" for n in range(20) for e in ("tar", "idx")])
+        assert sorted(os.listdir(out)) == sorted([".neurocodec"] + [
+            name for n in range(20) for name in (f"shard_{n:06d}.tar", f".shard_{n:06d}.idx")])
 
 
 def check_values_shard3(out: Path, seed: int) -> None:
@@ -187,7 +187,7 @@ def test_two_writers_in_one_process(tmp_path):
         WebDatasetWriter(out, fsync=False)
     first.write_sample({"x": np.zeros(2)})
     first.finalize()
-    assert sorted(os.listdir(out)) == ["dataset_metadata.json", "shard_000000.idx", "shard_000000.tar"]
+    assert sorted(os.listdir(out)) == [".neurocodec", ".shard_000000.idx", "shard_000000.tar"]
     abandoned = WebDatasetWriter(out, fsync=False, overwrite=True)
     with pytest.raises(DatasetLockedError):
         WebDatasetWriter(out, fsync=False, overwrite=True)
@@ -234,8 +234,8 @@ def test_a_killed_holder_frees_the_directory_and_its_lock_file_is_ignored(tmp_pa
         WebDatasetWriter(out)
     write_values(out, 4, 5, overwrite=True)
     check_values(out, 4, 5)
-    assert sorted(os.listdir(out)) == ["dataset_metadata.json", "shard_000000.idx", "shard_000000.tar",
-                                       "shard_000001.idx", "shard_000001.tar"]
+    assert sorted(os.listdir(out)) == [".neurocodec", ".shard_000000.idx", ".shard_000001.idx", "shard_000000.tar",
+                                       "shard_000001.tar"]
 
 
 FORKER = r'''

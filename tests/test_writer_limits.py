@@ -42,7 +42,7 @@ def test_a_dataset_written_with_a_raised_ceiling_needs_it_to_be_read(tmp_path: P
 
 def _entry(number: int) -> ShardEntry:
     digest = hashlib.sha256(str(number).encode()).hexdigest()
-    return ShardEntry(name=f"shard_{number:06d}.tar", index=f"shard_{number:06d}.idx", samples=1,
+    return ShardEntry(name=f"shard_{number:06d}.tar", index=f".shard_{number:06d}.idx", samples=1,
                       first_sample=number, bytes=4096, sha256=digest, index_bytes=160, index_sha256=digest)
 
 
@@ -75,7 +75,7 @@ def test_the_writer_stops_as_soon_as_the_manifest_would_be_too_large(tmp_path: P
         for i in range(100):
             w.write_sample({"x": np.array([i])})
     assert i < 20
-    assert not (tmp_path / "ds" / "dataset_metadata.json").exists()
+    assert not (tmp_path / "ds" / ".neurocodec" / "dataset_metadata.json").exists()
     # the writer let go of the directory: a new one with larger shards succeeds
     with WebDatasetWriter(tmp_path / "ds", shard_size=50, fsync=False) as again:
         for i in range(100):

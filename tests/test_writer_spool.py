@@ -18,7 +18,7 @@ import pytest
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.format import spool
 from neurocodec.format.checksum import crc32
-from neurocodec.format.layout import MANIFEST
+from neurocodec.format.layout import HOME, MANIFEST_PATH
 from neurocodec.format.shardfile import ShardSequence
 
 
@@ -31,7 +31,7 @@ def test_sha256_and_crcs_are_the_files_across_many_hand_offs(tmp_path: Path, row
     with WebDatasetWriter(tmp_path / "ds", shard_size=shard_size, fsync=False) as writer:
         for i, value in enumerate(values):
             writer.write_sample({"lfp": value, "id": np.array([i])}, metadata={"i": i})
-    manifest = json.loads((tmp_path / "ds" / MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "ds" / MANIFEST_PATH).read_text())
     assert len(manifest["shards"]) == 3
     assert manifest["shards"][0]["bytes"] > 2 * spool.FLUSH_BYTES  # several hand-offs per shard
     for entry in manifest["shards"]:
@@ -79,4 +79,4 @@ def test_a_failed_write_stops_the_writer_and_leaves_nothing(tmp_path: Path, rows
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "refused after" in proc.stdout and "File too large" in proc.stdout
     left = sorted(p.name for p in (tmp_path / "ds").iterdir())
-    assert not [name for name in left if name.endswith((".tar", ".idx", ".tmp")) or name == MANIFEST], left
+    assert not [name for name in left if name.endswith((".tar", ".idx", ".tmp")) or name == HOME], left

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Mapping, TextIO
 
 from neurocodec.dataset.file_check import FileCheck, check_files
-from neurocodec.dataset.reader import read_manifest
+from neurocodec.dataset.reader import is_top_level_layout, read_manifest
 from neurocodec.storage.location import dataset_path
 
 
@@ -36,7 +36,8 @@ class ShardedDatasetInfo:
     def get_summary(self) -> dict[str, Any]:
         """A dict with total_samples, total_shards, modalities, shapes, dtypes, codecs, bytes,
         compression, format_version, fields (kinds), the writer's settings, the dataset's
-        version (1 until samples are appended; docs/versions.md) and `files`: the result of
+        version (1 until samples are appended; docs/versions.md), its `layout` ("hidden", or
+        "top-level" for datasets written before `.neurocodec/`) and `files`: the result of
         `check_files()` (`ok`, `shards`, `bad_shards`, `problems`, `text`).
 
         Shapes list None for axes whose length varies between samples.
@@ -58,6 +59,7 @@ class ShardedDatasetInfo:
             "compression": m.compression,
             "writer": dict(m.writer),
             "version": m.version,
+            "layout": "top-level" if is_top_level_layout(self.path, self.storage_options) else "hidden",
             "files": self.check_files().to_dict(),
         }
 
@@ -69,6 +71,9 @@ class ShardedDatasetInfo:
         print(f"  samples: {s['total_samples']:,}  shards: {s['total_shards']:,}  "
               f"size: {_human(s['bytes'])}  compression: {s['compression']}", file=out)
         print(f"  files: {s['files']['text']}", file=out)
+        if s["layout"] == "top-level":
+            print("  layout: top-level (written before .neurocodec/; docs/format.md, section 2): Hugging Face "
+                  "datasets and Ray Data cannot read this directory", file=out)
         if s["version"] > 1:
             print(f"  version: {s['version']} (samples appended; earlier versions readable with version=N)", file=out)
         print("  modalities:", file=out)

@@ -294,6 +294,18 @@ def _read_current(path: Path | str, storage_options: Mapping[str, Any] | None, m
                           "not finish") from None
 
 
+def is_top_level_layout(path: Path | str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True if the dataset at `path` (a directory or URL) has the layout written before
+    `.neurocodec/`: its manifest at the top (docs/format.md, section 2)."""
+    path = dataset_path(path)
+    if not is_remote(path):
+        return home(path) == path
+    from neurocodec.storage.location import Location
+
+    loc = Location(path, storage_options)
+    return not loc.fs.exists(loc.path(layout.MANIFEST_PATH))
+
+
 class _NoManifest(DatasetError):
     """The manifest file asked for does not exist."""
 
