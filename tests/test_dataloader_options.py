@@ -124,6 +124,10 @@ def test_webdataset_loader_in_a_plain_dataloader_reads_the_next_epoch_each_itera
     assert dataset.epoch == 3 and _flat(plain) == epochs[3]
     dataset.set_epoch(5)  # reaches persistent workers too
     assert _flat(plain) == epochs[5]
+    stopped = WebDatasetLoader(path, **KW)
+    _taken(stopped, False)  # state: every sample of epoch 0 handed out
+    dataset.load_state_dict(stopped.state_dict())
+    assert _flat(plain) == epochs[1]
     with pytest.raises(ValueError, match="read by DataLoader workers.*StatefulDataLoader"):
         dataset.state_dict()
 
@@ -131,10 +135,10 @@ def test_webdataset_loader_in_a_plain_dataloader_reads_the_next_epoch_each_itera
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stateful_dataloader_resumes_exactly_in_the_middle_and_at_the_end(path, epochs, workers):
-    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    from torchdata.stateful_dataloader import StatefulDataLoader  # installed by .ci/run (--no-deps)
 
     def make():
-        return stateful.StatefulDataLoader(WebDatasetLoader(path, batch_size=B, **KW), batch_size=B,
+        return StatefulDataLoader(WebDatasetLoader(path, batch_size=B, **KW), batch_size=B,
                                            num_workers=workers, collate_fn=_ids)
 
     loader = make()

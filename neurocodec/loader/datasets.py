@@ -183,7 +183,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             self._cursor = restore_worker(self.stream, state, info)
             return
         super().set_state(state, allow_new_mix=allow_new_mix)
-        self._passes.reset(self.stream.epoch, self.stream.position)
+        self._passes.reset(*self.stream.next_start())
 
     state_dict = get_state
     load_state_dict = set_state

@@ -204,7 +204,8 @@ class MixedEpochStream(EpochStream):
                 raise ValueError("the state was saved by another mix of datasets (their samples, the weights, the "
                                  "windows or the split differ): pass allow_new_mix=True to start its epoch again "
                                  "with this mix")
-            self.epoch, self.position, self.skipped = loaded.epoch, 0, loaded.skipped
+            ended = 0 < loaded.total_samples <= loaded.position  # that epoch was over: the next one
+            self.epoch, self.position, self.skipped = loaded.epoch + ended, 0, loaded.skipped
             return
         super().restore(loaded)
 

@@ -156,11 +156,15 @@ class EpochStream:
             drop_last=self.drop_last,
         )
 
+    def next_start(self) -> tuple[int, int]:
+        """(epoch, position) where the next iteration starts: here, or at the start of the next
+        epoch once every sample of this one is handed out (see `settle`)."""
+        return (self.epoch + 1, 0) if 0 < self.total_samples <= self.position else (self.epoch, self.position)
+
     def epoch_plan(self) -> StepPlan:
         """This rank's batches of a whole epoch: the one being read, or the next one once every
         sample of this one is handed out (what `len(loader)` counts)."""
-        ended = 0 < self.total_samples <= self.position
-        return StepPlan(start=0, total=self.epoch_samples(self.epoch + ended), batch_size=self.batch_size,
+        return StepPlan(start=0, total=self.epoch_samples(self.next_start()[0]), batch_size=self.batch_size,
                         world_size=self.world_size, rank=self.rank, drop_last=self.drop_last)
 
     def batches(self, plan: StepPlan, worker: int = 0, workers: int = 1, first: int | None = None
@@ -227,6 +231,7 @@ class EpochStream:
             loaded.check_compatible(self._state_at(self.epoch, 0, 0))  # says which: the windows differ
         loaded.check_compatible(self._state_at(loaded.epoch, 0, 0))
         self.epoch, self.position, self.skipped = loaded.epoch, loaded.position, loaded.skipped
+        self.epoch, self.position = self.next_start()  # (epoch, total) is the next epoch's start
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its beginning on the next iteration."""
@@ -243,8 +248,8 @@ class EpochStream:
     def settle(self) -> bool:
         """At the end of a non-empty epoch (every sample handed out, the loop stopped without
         asking for more: Lightning stops after `len(loader)` batches), move to the start of the
-        next one (`end_epoch`); say whether it did. Iterating calls it first, so a state saved
-        there, `(epoch, total_samples)`, resumes with the next epoch as `(epoch + 1, 0)` does."""
+        next one (`end_epoch`); say whether it did. Iterating calls it first; a state saved
+        there, `(epoch, total_samples)`, is restored as `(epoch + 1, 0)`."""
         if 0 < self.total_samples <= self.position:
             self.end_epoch()
             return True

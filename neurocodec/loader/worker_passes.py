@@ -144,7 +144,7 @@ def start_pass(stream: Any, record: PassRecord, info: Any, cursor: WorkerCursor 
         cursor.restored = False
         record.mark(info.id, identity, cursor.epoch)
     else:
-        epoch, position = record.start(stream.epoch, stream.position, identity, info.id)
+        epoch, position = record.start(*stream.next_start(), identity, info.id)
         cursor = WorkerCursor(worker=info.id, workers=info.num_workers, epoch=epoch, start=position, batch=info.id,
                               skipped=0 if cursor is None else cursor.skipped)
     stream.epoch, stream.position = cursor.epoch, cursor.start
