@@ -233,7 +233,7 @@ def photometry_dataset(photometry: Venv) -> Path:
 
 
 def test_photometry_plugin_installs_and_round_trips(photometry: Venv, photometry_dataset: Path) -> None:
-    manifest = json.loads((photometry_dataset / "dataset_metadata.json").read_text())
+    manifest = json.loads((photometry_dataset / ".neurocodec" / "dataset_metadata.json").read_text())
     field = next(f for f in manifest["fields"] if f["name"] == "photometry")
     assert field["codec"] == {"id": "photometry-delta", "level": 6}
     assert (field["plugin"], field["distribution"], field["plugin_version"]) == ("photometry", "neurocodec-photometry", "0.1.0")
