@@ -115,11 +115,14 @@ def task_floor(spec: dict[str, Any]) -> dict[str, Any]:
     only the page faults, the first touch of the bytes and the checksum itself are timed."""
     import mmap
 
+    from neurocodec.format import layout
+
     wl = workload_from_dict(spec["workload"])
     views: list[list[np.ndarray]] = []
     maps = []
     for name in spec["files"]:
-        rows = np.load(Path(name).with_suffix(".idx")).astype(np.int64)  # (samples, members, 4)
+        index = Path(name).with_name(layout.index_name(Path(name).name))
+        rows = np.load(index).astype(np.int64)  # (samples, members, 4)
         with open(name, "rb") as f:
             maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         for row in rows:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from filter_chains import UV_PER_BIT, eeg_like  # noqa: E402
 
 from neurocodec import Dataset, WebDatasetWriter  # noqa: E402
+from neurocodec.format.home import manifest_path  # noqa: E402
 from neurocodec.loader.dataloader import create_webdataset_dataloader  # noqa: E402
 from neurocodec.nwb.converter import NWBToWebDatasetConverter  # noqa: E402
 
@@ -48,7 +49,7 @@ PYNAPPLE = Path.home() / ".cache/neurocodec-test-data/pynapple-0.11.4-nwb/pynapp
 
 def dataset_bytes(path: Path, field: str) -> tuple[int, int, int]:
     """(shard and index bytes, bytes of `field`'s members as stored, windows)."""
-    doc = json.loads((path / "dataset_metadata.json").read_text())
+    doc = json.loads(manifest_path(path).read_text())
     total = sum(s["bytes"] + s["index_bytes"] for s in doc["shards"])
     member = 0
     with Dataset(path) as ds:

@@ -107,6 +107,7 @@ def make_session(path: Path, size: Size, seed: int = 0) -> Path:
 
 def convert(source: Path, out: Path, **window: Any) -> dict[str, Any]:
     """Convert `source` into `out` (neural codecs, 10 ms bins); the manifest with the seconds taken."""
+    from neurocodec.format.home import manifest_path
     from neurocodec.nwb.converter import NWBToWebDatasetConverter
 
     start = time.perf_counter()
@@ -115,15 +116,17 @@ def convert(source: Path, out: Path, **window: Any) -> dict[str, Any]:
         converter.convert_nwb_files([source])
         converter.finalize()
     seconds = time.perf_counter() - start
-    return {**json.loads((out / "dataset_metadata.json").read_text()), "seconds": seconds}
+    return {**json.loads(manifest_path(out).read_text()), "seconds": seconds}
 
 
 def disk_bytes(path: Path) -> dict[str, int]:
     """Bytes of the shard files, their indexes and the manifest."""
-    manifest = json.loads((path / "dataset_metadata.json").read_text())
+    from neurocodec.format.home import manifest_path
+
+    manifest = json.loads(manifest_path(path).read_text())
     shards = sum(s["bytes"] for s in manifest["shards"])
     index = sum(s["index_bytes"] for s in manifest["shards"])
-    meta = (path / "dataset_metadata.json").stat().st_size
+    meta = manifest_path(path).stat().st_size
     return {"shards": shards, "index": index, "manifest": meta, "total": shards + index + meta}
 
 

@@ -64,7 +64,7 @@ def test_quick_run_prints_both_tables_and_checks_the_windows(tmp_path):
         b = d["bytes"]
         files = Path(d["path"])  # the sizes of the files on disk, counted here
         assert b["shards"] == sum(p.stat().st_size for p in files.glob("shard_*.tar"))
-        assert b["index"] == sum(p.stat().st_size for p in files.glob("shard_*.idx"))
+        assert b["index"] == sum(p.stat().st_size for p in files.glob(".shard_*.idx"))
         assert b["manifest"] == (files / ".neurocodec" / "dataset_metadata.json").stat().st_size
         assert b["total"] == b["shards"] + b["index"] + b["manifest"]
     precut = datasets["pre-cut 1 s, overlap 0.5"]["bytes"]["total"]

@@ -11,7 +11,7 @@ import pytest
 
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import ShardError
-from neurocodec.format.layout import MANIFEST
+from neurocodec.format.layout import HOME, MANIFEST_PATH
 from neurocodec.dataset.merge import merge_datasets
 
 TEMP = re.compile(r"\..*\.tmp")
@@ -32,8 +32,8 @@ def test_merge_is_byte_identical_to_one_writer(tmp_path: Path, shard_size: int) 
     merged = tmp_path / "merged"
     merge_datasets(parts, merged, shard_size)
     single = _write(tmp_path / "single", range(30), shard_size)
-    names = sorted(p.name for p in single.iterdir() if p.name != MANIFEST)
-    assert sorted(p.name for p in merged.iterdir() if p.name != MANIFEST) == names
+    names = sorted(p.name for p in single.iterdir() if p.name != HOME)  # the shards and indexes
+    assert sorted(p.name for p in merged.iterdir() if p.name != HOME) == names
     for name in names:
         assert (merged / name).read_bytes() == (single / name).read_bytes(), name
     with Dataset(merged) as ds:
@@ -51,7 +51,7 @@ def test_a_bad_part_fails_the_merge_cleanly_with_a_commit_in_flight(tmp_path: Pa
     merged = tmp_path / "merged"
     with pytest.raises(ShardError, match="CRC-32"):
         merge_datasets(parts, merged, 4)                     # fails while shard 1 is committing
-    assert not (merged / MANIFEST).exists()
+    assert not (merged / MANIFEST_PATH).exists()
     assert not [p for p in merged.iterdir() if TEMP.fullmatch(p.name)]
     with Dataset(_write(tmp_path / "single", range(8), 4)) as reference:
         for name in ("shard_000000.tar", "shard_000001.tar"):   # committed before the failure, whole

@@ -217,7 +217,7 @@ def test_damaged_cache_entry_is_downloaded_again_once(endpoint, tmp_path):
     assert (cache.downloads, cache.discarded) == (2, 1)
     # Damaged in the bucket as well: the one download fails its SHA-256, and that is the error.
     fs = fsspec.filesystem("s3", **s3_options(endpoint))
-    remote = url[len("s3://"):] + "/shard_000001.idx"
+    remote = url[len("s3://"):] + "/.shard_000001.idx"
     data = bytearray(fs.cat_file(remote))
     data[-3] ^= 1
     fs.pipe_file(remote, bytes(data))
