@@ -283,15 +283,12 @@ def _read_current(path: Path | str, storage_options: Mapping[str, Any] | None, m
     if not is_remote(path):
         prefix = "" if home(path) == path else f"{layout.HOME}/"
         return prefix, _read_manifest_file(path, prefix + layout.MANIFEST, storage_options, max_member_bytes)
-    try:
-        return f"{layout.HOME}/", _read_manifest_file(path, layout.MANIFEST_PATH, storage_options, max_member_bytes)
-    except _NoManifest:
-        pass
-    try:
-        return "", _read_manifest_file(path, layout.MANIFEST, storage_options, max_member_bytes)
-    except _NoManifest:
-        raise _NoManifest(f"{path} has no {layout.MANIFEST_PATH}: not a neurocodec dataset, or its writer did "
-                          "not finish") from None
+    for prefix in (f"{layout.HOME}/", ""):
+        found = _read_remote_manifest(path, prefix + layout.MANIFEST, storage_options, max_member_bytes)
+        if found is not None:
+            return prefix, found
+    raise DatasetError(f"{path} has no {layout.MANIFEST_PATH}: not a neurocodec dataset, or its writer did not "
+                       "finish")
 
 
 def is_top_level_layout(path: Path | str, storage_options: Mapping[str, Any] | None = None) -> bool:
@@ -306,24 +303,14 @@ def is_top_level_layout(path: Path | str, storage_options: Mapping[str, Any] | N
     return not loc.fs.exists(loc.path(layout.MANIFEST_PATH))
 
 
-class _NoManifest(DatasetError):
-    """The manifest file asked for does not exist."""
-
-
 def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[str, Any] | None,
                         max_member_bytes: int | None) -> Manifest:
     """The manifest stored as `name` in the dataset at `path`, read within the size cap and parsed."""
     if is_remote(path):
-        from neurocodec.storage.location import Location
-        from neurocodec.storage.remote import read_remote_bytes
-
-        try:
-            text = read_remote_bytes(Location(path, storage_options), name, MAX_MANIFEST_BYTES)
-        except FileNotFoundError:
-            raise _NoManifest(
-                f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish"
-            ) from None
-        return Manifest.from_json(text, source=f"{path}/{name}", max_member_bytes=max_member_bytes)
+        found = _read_remote_manifest(path, name, storage_options, max_member_bytes)
+        if found is None:
+            raise DatasetError(f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish")
+        return found
     manifest_path = path / name
     if not path.is_dir():
         raise DatasetError(f"{path} is not a directory")
@@ -337,7 +324,7 @@ def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[st
                                    "bytes a manifest may have")
             text = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
     except FileNotFoundError:
-        raise _NoManifest(
+        raise DatasetError(
             f"{path} has no {name}: not a neurocodec dataset, or its writer did not finish"
         ) from None
     except OSError as exc:
@@ -345,6 +332,19 @@ def _read_manifest_file(path: Path | str, name: str, storage_options: Mapping[st
     if len(text) > MAX_MANIFEST_BYTES:
         raise DatasetError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes")
     return Manifest.from_json(text, source=str(manifest_path), max_member_bytes=max_member_bytes)
+
+
+def _read_remote_manifest(url: str, name: str, storage_options: Mapping[str, Any] | None,
+                          max_member_bytes: int | None) -> Manifest | None:
+    """The manifest stored as `name` in the dataset at `url`, or None when there is no such object."""
+    from neurocodec.storage.location import Location
+    from neurocodec.storage.remote import read_remote_bytes
+
+    try:
+        text = read_remote_bytes(Location(url, storage_options), name, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return None
+    return Manifest.from_json(text, source=f"{url}/{name}", max_member_bytes=max_member_bytes)
 
 
 def open_remote(url: str, storage_options: Mapping[str, Any] | None, cache: Any, manifest: Manifest) -> Any:
