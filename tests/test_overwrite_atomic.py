@@ -13,6 +13,10 @@ leaves no dataset (as `neurocodec info` says) and the rerun, without `--overwrit
 same bytes as an uninterrupted run; an `--overwrite` conversion leaves the old dataset whole
 (`info`, `verify`, values).
 
+The writer processes are forked from one server that has imported numpy and neurocodec and
+loaded the plugins (tests/isolated.py): the script runs as `python -c` would run it, and a
+fresh interpreter per kill (about 250 of them) would spend most of the module's time importing.
+
 At a URL (memory://), a failure at every store operation of a replacement leaves the old
 dataset or the new one, and the rerun gives the final objects of an uninterrupted run.
 """
@@ -20,6 +24,7 @@ dataset or the new one, and the rerun gives the final objects of an uninterrupte
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -36,6 +41,7 @@ from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import DatasetExistsError
 from neurocodec.dataset.merge import merge_datasets
 from neurocodec.storage.cache import ShardCache
+from isolated import ForkServer, Job, Outcome
 from test_atomicity import SAMPLE_SOURCE  # the same samples as the plain writer kill tests
 
 pytestmark = pytest.mark.timeout(600)
@@ -84,6 +90,28 @@ exec(SAMPLE_SOURCE, _namespace)
 make_sample = _namespace["make_sample"]
 
 
+def writer_process(argv: list[str]) -> None:
+    """The writer script, run as `python -c SCRIPT *argv` runs it (in a job of `server`)."""
+    sys.argv = ["-c", *argv]
+    exec(compile(SAMPLE_SOURCE + WRITER_SOURCE, "<writer>", "exec"), {"__name__": "__main__"})
+
+
+def warm() -> None:
+    """In the server: load the plugins (each job would otherwise load them again)."""
+    from neurocodec.plugin.manager import default_registry
+
+    default_registry()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Forks the writer processes."""
+    srv = ForkServer("numpy", "neurocodec", "neurocodec.dataset.merge", "test_overwrite_atomic",
+                     warmup="test_overwrite_atomic:warm")
+    yield srv
+    srv.close()
+
+
 def write(root: Path, seed: int, count: int, shard_size: int, compression: str = "zstd", **options) -> None:
     with WebDatasetWriter(root, shard_size=shard_size, compression=compression, **options) as w:
         for i in range(count):
@@ -124,8 +152,9 @@ class Case:
 
     OLD = (1, 11, 3)  # (seed, count, shard_size): 4 old shards
 
-    def __init__(self, tmp_path: Path, kind: str, compression: str = "zstd", new: tuple = (2, 7, 4)) -> None:
-        self.tmp, self.kind, self.compression, self.NEW = tmp_path, kind, compression, new
+    def __init__(self, server: ForkServer, tmp_path: Path, kind: str, compression: str = "zstd",
+                 new: tuple = (2, 7, 4)) -> None:
+        self.server, self.tmp, self.kind, self.compression, self.NEW = server, tmp_path, kind, compression, new
         self.source = tmp_path / "source"  # what merge copies: the new samples
         write(self.source, *self.NEW, compression)
         self.fresh = tmp_path / "fresh"  # the new dataset written into an empty directory
@@ -134,23 +163,24 @@ class Case:
         else:
             merge_datasets([self.source], self.fresh, self.NEW[2])
         reference = self.old(tmp_path / "reference")
-        proc = self.start(reference)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        self.steps: list[str] = json.loads(out.splitlines()[-1])
+        done = self.start(reference).wait()
+        assert not done.crashed and done.raised is None, done.explain()
+        self.steps: list[str] = json.loads(done.stdout.splitlines()[-1])
         self.reference = snapshot(reference)
         assert self.reference == snapshot(self.fresh), "replacing differs from a first write"
 
     def old(self, root: Path) -> Path:
-        write(root, *self.OLD, self.compression)
+        """The old dataset written at `root` (without fsync: a kill does not drop the page cache,
+        and the bytes are the same)."""
+        write(root, *self.OLD, self.compression, fsync=False)
         return root
 
-    def start(self, root: Path, kill_at: int = 0, when: str = "never") -> subprocess.Popen:
+    def start(self, root: Path, kill_at: int = 0, when: str = "never") -> Job:
+        """The writer process replacing the dataset at `root` (forked; see `Job`)."""
         seed, count, shard_size = self.NEW
-        return subprocess.Popen(
-            [sys.executable, "-c", SAMPLE_SOURCE + WRITER_SOURCE, self.kind, str(root), str(seed), str(count),
-             str(shard_size), self.compression, str(kill_at), when, str(self.source)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = [self.kind, str(root), str(seed), str(count), str(shard_size), self.compression, str(kill_at), when,
+                str(self.source)]
+        return self.server.start("test_overwrite_atomic:writer_process", argv=argv, headroom=None, watchdog=120)
 
     def switch(self) -> int:
         """1-based number of the step that renames the first new manifest into place."""
@@ -158,9 +188,8 @@ class Case:
 
     def kill_at(self, n: int, when: str) -> str:
         root = self.old(self.tmp / f"kill-{when}-{n}")
-        proc = self.start(root, n, when)
-        _out, err = proc.communicate(timeout=120)
-        assert proc.returncode == -signal.SIGKILL, f"step {n} {when}: not killed: {err[-2000:]}"
+        done: Outcome = self.start(root, n, when).wait()
+        assert done.signal == "SIGKILL", f"step {n} {when}: not killed: {done.explain()}"
         state = which(root, {"old": self.OLD[:2], "new": self.NEW[:2]})
         before_switch = n < self.switch() or (n == self.switch() and when == "before")
         assert state == ("old" if before_switch else "new"), f"step {n} ({self.steps[n - 1]}) {when}: {state}"
@@ -180,10 +209,10 @@ class Case:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("kind", ["writer", "merge"])
-def test_kill_around_the_switch(tmp_path, kind):
+def test_kill_around_the_switch(server, tmp_path, kind):
     """Kills at the steps that matter: staging (for merge, the source's shards linked in), the
     stand-in renames, both manifests, the links back to the final names, the removals."""
-    case = Case(tmp_path, kind)
+    case = Case(server, tmp_path, kind)
     steps = case.steps
     switch = case.switch()
     final = next(i + 1 for i in range(switch, len(steps)) if steps[i].endswith(" " + MANIFEST))
@@ -203,10 +232,10 @@ def test_kill_around_the_switch(tmp_path, kind):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("kind", ["writer", "merge"])
-def test_kill_before_and_after_every_step(tmp_path, kind):
+def test_kill_before_and_after_every_step(server, tmp_path, kind):
     """Every step, including merge's hard links of the source's shards while staging: before the
     new manifest's switch the old dataset, after it the new one, and a rerun writes it whole."""
-    case = Case(tmp_path, kind, "gz")
+    case = Case(server, tmp_path, kind, "gz")
     states = [case.kill_at(n, when) for n in range(1, len(case.steps) + 1) for when in ("before", "after")]
     assert states[0] == "old" and states[-1] == "new"
 
@@ -214,33 +243,38 @@ def test_kill_before_and_after_every_step(tmp_path, kind):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_random_moments(tmp_path, seed):
+def test_sigkill_at_random_moments(server, tmp_path, seed):
     """SIGKILL after a random number of samples plus a random delay, while a larger dataset
     replaces an old one: killed before the last sample was written, the old dataset is whole;
     later, old or new."""
     rng = random.Random(seed)
     compression = ("none", "zstd", "gz", "xz")[seed]
-    case = Case(tmp_path, "writer", compression, new=(2, 90, 7))
+    case = Case(server, tmp_path, "writer", compression, new=(2, 90, 7))
     count = case.NEW[1]
     for attempt in range(3):
         root = case.old(tmp_path / f"run{attempt}")
-        proc = case.start(root)
+        job = case.start(root)
         target = rng.randint(0, count + 1)  # count: during finalize; count + 1: after it
-        lines = []
-        while len(lines) < target and (line := proc.stdout.readline()):
-            lines.append(line)
+        while printed(job) < target and job.alive():
+            time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.02))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=120)
-        # Read on through the same buffered stream: communicate() would read the pipe beneath
-        # it and lose what readline() has already buffered (lines the child did print).
-        rest = proc.stdout.read()
-        proc.stderr.read()
-        written = sum(line.strip().isdigit() for line in lines + rest.splitlines())
+        if job.alive():
+            os.kill(job.pid, signal.SIGKILL)
+        done = job.wait()
+        assert done.signal == "SIGKILL" or (not done.crashed and done.raised is None), done.explain()
+        written = sum(line.strip().isdigit() for line in done.stdout.splitlines())
         state = which(root, {"old": case.OLD[:2], "new": case.NEW[:2]})
         if written < count:  # it died before finalize() began
             assert state == "old"
         case.rerun(root)
+
+
+def printed(job: Job) -> int:
+    """Lines the job's process has printed so far (each print is flushed)."""
+    try:
+        return job.stdout_path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def test_merging_a_dataset_into_itself_replaces_it_whole(tmp_path):
