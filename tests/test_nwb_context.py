@@ -18,7 +18,7 @@ from pynwb.ecephys import ElectricalSeries
 from pynwb.epoch import TimeIntervals
 
 from neurocodec.dataset.reader import Dataset, read_manifest
-from neurocodec.format.layout import MANIFEST
+from neurocodec.format.layout import MANIFEST_PATH as MANIFEST
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES
 from neurocodec.nwb import NWBError
 from neurocodec.nwb.context import MAX_WINDOW_ROWS, IntervalIndex
