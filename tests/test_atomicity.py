@@ -14,16 +14,19 @@ only to choose the moment, the writer itself runs unchanged) and at random momen
   is byte-identical to a writer that ran alone and leaves no temp, lock or staging file.
 
 A writer that raises inside its `with` block leaves no manifest and no temp files.
+
+The writer processes are forked from one server that has imported numpy and neurocodec and
+loaded the plugins (tests/isolated.py); the script runs as `python -c` would run it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -35,6 +38,7 @@ import numpy as np
 import pytest
 
 import hostile as h
+from isolated import ForkServer, Job
 from neurocodec import Dataset, WebDatasetWriter
 from neurocodec.errors import DatasetError, DatasetExistsError, SampleError
 from neurocodec.format import layout
@@ -96,13 +100,31 @@ FIELDS = ("lfp", "note", "spikes", "metadata")  # the manifest's order: sorted, 
 EXT = {"lfp": "npy", "note": "txt", "spikes": "npy", "metadata": "json"}
 
 
-def start_writer(out: Path, seed: int, count: int, shard_size: int, compression: str,
-                 kill_at: int = 0, when: str = "never") -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", SAMPLE_SOURCE + WRITER_SOURCE, str(out), str(seed), str(count),
-         str(shard_size), compression, str(kill_at), when],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def writer_process(argv: list[str]) -> None:
+    """The writer script, run as `python -c SCRIPT *argv` runs it (in a job of `server`)."""
+    sys.argv = ["-c", *argv]
+    exec(compile(SAMPLE_SOURCE + WRITER_SOURCE, "<writer>", "exec"), {"__name__": "__main__"})
+
+
+def warm() -> None:
+    """In the server: load the plugins (each job would otherwise load them again)."""
+    from neurocodec.plugin.manager import default_registry
+
+    default_registry()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Forks the writer processes."""
+    srv = ForkServer("numpy", "neurocodec", "test_atomicity", warmup="test_atomicity:warm")
+    yield srv
+    srv.close()
+
+
+def start_writer(server: ForkServer, out: Path, seed: int, count: int, shard_size: int, compression: str,
+                 kill_at: int = 0, when: str = "never") -> Job:
+    argv = [str(out), str(seed), str(count), str(shard_size), compression, str(kill_at), when]
+    return server.start("test_atomicity:writer_process", argv=argv, headroom=None, watchdog=120)
 
 
 def same(got: dict[str, Any], fields: dict[str, Any], metadata: dict[str, Any]) -> bool:
@@ -205,34 +227,32 @@ def check_rerun(root: Path, seed: int, count: int, shard_size: int, compression:
                                             for name in (f"shard_{n:06d}.tar", f".shard_{n:06d}.idx")])
     assert sorted(p.name for p in (root / layout.HOME).iterdir()) == [layout.MANIFEST]
     alone = root.with_name(root.name + "-alone")
-    write_alone(alone, seed + 1, count, shard_size, compression)
+    write_alone(alone, seed + 1, count, shard_size, compression, fsync=False)  # the same bytes
     assert snapshot(root) == snapshot(alone)
     with Dataset(root) as ds:
         assert len(ds) == count and all(same(got, *make_sample(seed + 1, i)) for i, got in enumerate(ds))
 
 
-def full_run_steps(tmp_path: Path, count: int, shard_size: int, compression: str) -> list[str]:
+def full_run_steps(server: ForkServer, tmp_path: Path, count: int, shard_size: int, compression: str) -> list[str]:
     """The renames and fsyncs a complete writer run makes, in order."""
-    proc = start_writer(tmp_path / "reference", 0, count, shard_size, compression)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    return json.loads(out.splitlines()[-1])
+    done = start_writer(server, tmp_path / "reference", 0, count, shard_size, compression).wait()
+    assert not done.crashed and done.raised is None, done.explain()
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-def kill_at_step(tmp_path: Path, n: int, when: str, *, count: int, shard_size: int,
+def kill_at_step(server: ForkServer, tmp_path: Path, n: int, when: str, *, count: int, shard_size: int,
                  compression: str) -> str:
     root = tmp_path / f"kill-{when}-{n}"
-    proc = start_writer(root, n, count, shard_size, compression, kill_at=n, when=when)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL, f"step {n} {when}: the writer was not killed: {err[-2000:]}"
+    done = start_writer(server, root, n, count, shard_size, compression, kill_at=n, when=when).wait()
+    assert done.signal == "SIGKILL", f"step {n} {when}: the writer was not killed: {done.explain()}"
     state = check_debris(root, n, count, shard_size, compression)
     check_rerun(root, n, count, shard_size, compression)
     return state
 
 
-def test_writer_steps_are_what_the_kill_points_assume(tmp_path):
+def test_writer_steps_are_what_the_kill_points_assume(server, tmp_path):
     """A full run (no kill): index renamed before its tar, manifest renamed last, all fsynced."""
-    steps = full_run_steps(tmp_path, 5, 2, "none")
+    steps = full_run_steps(server, tmp_path, 5, 2, "none")
     renames = [s.split()[-1] for s in steps if s.startswith("replace")]
     assert renames == [".shard_000000.idx", "shard_000000.tar", ".shard_000001.idx", "shard_000001.tar",
                        ".shard_000002.idx", "shard_000002.tar", layout.MANIFEST]
@@ -245,25 +265,25 @@ def test_writer_steps_are_what_the_kill_points_assume(tmp_path):
         ".neurocodec/ and the directory not fsynced last"
 
 
-def test_kill_at_the_critical_steps(tmp_path):
+def test_kill_at_the_critical_steps(server, tmp_path):
     """Kills just before and after the renames that matter: first index, first tar, manifest."""
     compression = "zstd"
-    steps = full_run_steps(tmp_path, 5, 2, compression)
+    steps = full_run_steps(server, tmp_path, 5, 2, compression)
     critical = [i + 1 for i, s in enumerate(steps)
                 if s.startswith("replace") and s.split()[-1] in (".shard_000000.idx", "shard_000000.tar", layout.MANIFEST)]
     states = set()
     for n in critical:
         for when in ("before", "after"):
-            states.add(kill_at_step(tmp_path, n, when, count=5, shard_size=2, compression=compression))
+            states.add(kill_at_step(server, tmp_path, n, when, count=5, shard_size=2, compression=compression))
     assert states == {"partial", "complete"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "gz"])
-def test_kill_before_and_after_every_step(tmp_path, compression):
+def test_kill_before_and_after_every_step(server, tmp_path, compression):
     """Every rename and fsync of a run, killed just before and just after."""
-    steps = full_run_steps(tmp_path, 7, 3, compression)
-    states = [kill_at_step(tmp_path, n, when, count=7, shard_size=3, compression=compression)
+    steps = full_run_steps(server, tmp_path, 7, 3, compression)
+    states = [kill_at_step(server, tmp_path, n, when, count=7, shard_size=3, compression=compression)
               for n in range(1, len(steps) + 1) for when in ("before", "after")]
     assert states[0] in ("partial", "empty") and states[-1] == "complete"
     # Killed before the manifest's rename: no dataset; after it: the whole dataset.
@@ -273,7 +293,7 @@ def test_kill_before_and_after_every_step(tmp_path, compression):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
-def test_sigkill_at_random_moments(tmp_path, seed):
+def test_sigkill_at_random_moments(server, tmp_path, seed):
     """SIGKILL after a random number of samples plus a random delay (several per seed)."""
     rng = random.Random(seed)
     count, shard_size = 120, 7
@@ -281,19 +301,26 @@ def test_sigkill_at_random_moments(tmp_path, seed):
     states = []
     for attempt in range(4):
         root = tmp_path / f"run{attempt}"
-        proc = start_writer(root, seed * 10 + attempt, count, shard_size, compression)
+        job = start_writer(server, root, seed * 10 + attempt, count, shard_size, compression)
         target = rng.randint(0, count + 1)  # count: during finalize; count+1: after it
-        lines = 0
-        while lines < target:
-            if not proc.stdout.readline():
-                break
-            lines += 1
+        while printed(job) < target and job.alive():
+            time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.02))
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=120)
+        if job.alive():
+            os.kill(job.pid, signal.SIGKILL)
+        done = job.wait()
+        assert done.signal == "SIGKILL" or (not done.crashed and done.raised is None), done.explain()
         states.append(check_debris(root, seed * 10 + attempt, count, shard_size, compression))
         check_rerun(root, seed * 10 + attempt, count, shard_size, compression)
     assert set(states) <= {"empty", "partial", "complete"}
+
+
+def printed(job: Job) -> int:
+    """Lines the job's process has printed so far (each print is flushed)."""
+    try:
+        return job.stdout_path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def no_temp_files(root: Path) -> bool:
