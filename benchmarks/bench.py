@@ -1,13 +1,15 @@
 """neurocodec against webdataset, MosaicML streaming and litdata on the workloads of issue 5.
 
     python benchmarks/bench.py                  # everything, best of 3 (several minutes)
-    python benchmarks/bench.py --quick          # tiny sizes, one repetition (the smoke test)
+    python benchmarks/bench.py --quick          # tiny sizes, one repetition, forked processes (the smoke test)
     python benchmarks/bench.py --only seed,loader --json results.json
 
 Each library writes the same synthetic data with its own writer and reads it back with its own
 reader; every measurement runs in a fresh Python process (see child.py), dataset files are read
 once beforehand so reads come from the page cache, and each number is the best of `--repeat`
 runs. Libraries that cannot be imported are reported with their import error and skipped.
+With --quick, several tasks share a process, forked from one that has imported the libraries
+(forked.py).
 benchmarks/README.md explains every number.
 """
 
@@ -27,7 +29,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from report import NC, NOVERIFY, Report, goals  # noqa: E402  (after the sys.path line above)
+from forked import ForkServer  # noqa: E402  (after the sys.path line above)
+from report import NC, NOVERIFY, Report, goals  # noqa: E402
 from workloads import Workload, expected_checksum, generate_source, workload_to_dict, workloads  # noqa: E402
 
 STAGES = ("seed", "lfp", "loader", "resume", "nwb", "remote", "memory")
@@ -36,13 +39,20 @@ BATCH, WORKERS, SEED = 32, 2, 0
 
 
 class Runner:
-    """Runs tasks in child processes: one process per task, or (quick) one per call."""
+    """Runs tasks in child processes: one fresh process per task, or (quick) one forked process
+    per call (forked.py)."""
 
     def __init__(self, workdir: Path, shared: bool, verbose: bool) -> None:
         self.workdir, self.shared, self.verbose = workdir, shared, verbose
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.count = 0
+        self.forks = ForkServer(self.logs / "forkserver.log") if shared else None
+
+    def close(self) -> None:
+        """Stop the fork server (quick runs)."""
+        if self.forks is not None:
+            self.forks.close()
 
     def run(self, specs: list[dict[str, Any]], *, sync: bool = True) -> list[dict[str, Any]]:
         """Results of `specs`, in order (each result has ok, and error when not ok)."""
@@ -62,12 +72,17 @@ class Runner:
             os.sync()  # earlier writes must not be flushed while this one is measured
         if self.verbose:
             print(f"  [{self.count}] {', '.join(_describe(s) for s in specs)}", file=sys.stderr, flush=True)
-        with open(log_path, "w") as log:
-            proc = subprocess.run([sys.executable, str(HERE / "child.py"), str(spec_path), str(result_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, timeout=1800, check=False)
-        if proc.returncode != 0 or not result_path.exists():
+        if self.forks is not None:
+            returncode = self.forks.run(HERE / "child.py", [str(spec_path), str(result_path)], stdout=log_path,
+                                        cwd=self.workdir)
+        else:
+            with open(log_path, "w") as log:
+                returncode = subprocess.run([sys.executable, str(HERE / "child.py"), str(spec_path), str(result_path)],
+                                            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, timeout=1800,
+                                            check=False).returncode
+        if returncode != 0 or not result_path.exists():
             tail = log_path.read_text()[-2000:]
-            return [{"ok": False, "error": f"child exited with {proc.returncode}: {tail}"} for _ in specs]
+            return [{"ok": False, "error": f"child exited with {returncode}: {tail}"} for _ in specs]
         results = json.loads(result_path.read_text())
         for spec, result in zip(specs, results):
             if not result["ok"]:
@@ -280,29 +295,35 @@ class Bench:
 
     def run(self) -> Report:
         """Run the selected stages."""
-        self.probe()
-        only = self.args.only or list(STAGES)
-        started = time.perf_counter()
-        self.report.load.append(os.getloadavg()[0])
-        for stage in STAGES:
-            if stage not in only:
-                continue
-            print(f"== {stage}", file=sys.stderr, flush=True)
-            if stage in ("seed", "lfp"):
-                self.stage_read_write(self.wls[stage])
-            elif stage == "loader":
-                self.stage_loader(self.wls["seed"])
-            elif stage == "resume":
-                self.stage_resume(self.wls["tiny"])
-            elif stage == "nwb":
-                self.stage_nwb()
-            elif stage == "remote":
-                self.stage_remote()
-            else:
-                self.stage_memory()
-        self.report.elapsed = time.perf_counter() - started
-        self.report.load.append(os.getloadavg()[0])
+        try:
+            self.probe()
+            only = self.args.only or list(STAGES)
+            started = time.perf_counter()
+            self.report.load.append(os.getloadavg()[0])
+            for stage in STAGES:
+                if stage in only:
+                    print(f"== {stage}", file=sys.stderr, flush=True)
+                    self.run_stage(stage)
+            self.report.elapsed = time.perf_counter() - started
+            self.report.load.append(os.getloadavg()[0])
+        finally:
+            self.runner.close()
         return self.report
+
+    def run_stage(self, stage: str) -> None:
+        """Run one stage."""
+        if stage in ("seed", "lfp"):
+            self.stage_read_write(self.wls[stage])
+        elif stage == "loader":
+            self.stage_loader(self.wls["seed"])
+        elif stage == "resume":
+            self.stage_resume(self.wls["tiny"])
+        elif stage == "nwb":
+            self.stage_nwb()
+        elif stage == "remote":
+            self.stage_remote()
+        else:
+            self.stage_memory()
 
 
 def _resumable(lib: str) -> bool:

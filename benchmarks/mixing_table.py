@@ -6,7 +6,8 @@ Run: `python benchmarks/mixing_table.py [--quick] [--json out.json] [--workdir D
 
 The seed workload: samples of spikes (100, 96) and behavior (100, 2), float32, written with
 `create_shards_from_arrays` as three datasets (3/6, 2/6 and 1/6 of the samples) and as one
-dataset holding all of them. Each measurement runs in a fresh process, best of `--repeat`.
+dataset holding all of them. Each measurement runs in a fresh process, best of `--repeat`
+(with --quick: forked from one that has imported the libraries, see forked.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from forked import ForkServer  # noqa: E402
 from report import run_child  # noqa: E402
 
 BATCH, WORKERS = 32, 2
@@ -89,9 +91,9 @@ def resume_cost(spec: dict[str, Any], create: Any) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "peak_rss_kb": _own_peak_kb()}
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """`child(spec)` in a fresh Python process."""
-    return run_child(str(Path(__file__).resolve()), spec)
+def measure(spec: dict[str, Any], forks: ForkServer | None = None) -> dict[str, Any]:
+    """`child(spec)` in a fresh Python process (or one forked from `forks`)."""
+    return run_child(str(Path(__file__).resolve()), spec, forks)
 
 
 def check_same_samples(data: dict[str, Any]) -> bool:
@@ -104,9 +106,11 @@ def check_same_samples(data: dict[str, Any]) -> bool:
         return seen == sorted(s["spikes"].tobytes() for s in ds)
 
 
-def run(data: dict[str, Any], epochs: int, repeat: int, quick: bool = False) -> dict[str, Any]:
-    """Loader rows (interleaved, fresh processes, best kept) and resume rows (`quick`: the
-    weighted row and the single dataset's resume left out, to keep the smoke test short)."""
+def run(data: dict[str, Any], epochs: int, repeat: int, quick: bool = False,
+        forks: ForkServer | None = None) -> dict[str, Any]:
+    """Loader rows (interleaved, fresh processes or forked from `forks`, best kept) and resume
+    rows (`quick`: the weighted row and the single dataset's resume left out, to keep the smoke
+    test short)."""
     specs = {"single dataset": {"path": data["single"]},
              "mix of 3": {"path": data["sources"]},
              "mix of 3, weights 1:1:1": {"path": data["sources"], "kwargs": {"weights": [1, 1, 1]}}}
@@ -115,11 +119,11 @@ def run(data: dict[str, Any], epochs: int, repeat: int, quick: bool = False) -> 
     rows: dict[str, list[float]] = {name: [] for name in specs}
     for _ in range(repeat):
         for name, spec in specs.items():
-            rows[name].append(measure({"task": "epochs", "epochs": epochs, **spec})["samples_s"])
+            rows[name].append(measure({"task": "epochs", "epochs": epochs, **spec}, forks)["samples_s"])
     resume = {}
     for name in (("mix of 3",) if quick else ("single dataset", "mix of 3")):
         for fraction in (0.0, 0.9):
-            runs = [measure({"task": "resume", "fraction": fraction, **specs[name]}) for _ in range(repeat)]
+            runs = [measure({"task": "resume", "fraction": fraction, **specs[name]}, forks) for _ in range(repeat)]
             resume[(name, fraction)] = min(runs, key=lambda r: r["seconds"])
     return {"rows": rows, "resume": resume}
 
@@ -157,13 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="neurocodec-mixing-"))
     work.mkdir(parents=True, exist_ok=True)
+    forks = ForkServer(work / "forkserver.log") if args.quick else None
     try:
         data = write_datasets(work, 600 if args.quick else 12_000)
         same = check_same_samples(data)
         print(f"check: the mix reads every sample of the single dataset once per epoch: {same}")
         if not same:
             return 1
-        results = run(data, 1 if args.quick else args.epochs, 1 if args.quick else args.repeat, args.quick)
+        results = run(data, 1 if args.quick else args.epochs, 1 if args.quick else args.repeat, args.quick, forks)
         command = "python benchmarks/mixing_table.py" + (" --quick" if args.quick else "")
         print(render(data, results, command))
         if args.json:
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                                              "resume": [{"loader": n, "fraction": f, **r}
                                                         for (n, f), r in results["resume"].items()]}, indent=1))
     finally:
+        if forks is not None:
+            forks.close()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0

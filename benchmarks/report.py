@@ -350,15 +350,25 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def run_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """`python script --child <spec as JSON>` in a fresh Python process: the dict it prints last
-    (a measurement script's own child mode); RuntimeError with its output when it fails."""
+def run_child(script: str, spec: dict[str, Any], forks: Any = None) -> dict[str, Any]:
+    """`python script --child <spec as JSON>` in a fresh Python process, or forked from `forks`
+    (a forked.ForkServer: quick runs): the dict it prints last (a measurement script's own child
+    mode); RuntimeError with its output when it fails."""
     import json
     import subprocess
     import sys
+    import tempfile
+    from pathlib import Path
 
-    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {spec} failed:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--child", json.dumps(spec)]
+    if forks is None:
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
+        returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        with tempfile.TemporaryDirectory(prefix="neurocodec-child-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            returncode = forks.run(script, args, stdout=out, stderr=err)
+            stdout, stderr = out.read_text(), err.read_text()
+    if returncode != 0:
+        raise RuntimeError(f"measuring {spec} failed:\n{stdout}\n{stderr}")
+    return json.loads(stdout.strip().splitlines()[-1])

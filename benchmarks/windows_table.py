@@ -13,7 +13,8 @@ store it, a 2-d position at 100 Hz) is converted with `NWBToWebDatasetConverter`
 
 Bytes are the dataset's shard files, their indexes and the manifest. The loader rows run
 `create_webdataset_dataloader` (batch 32, 2 workers, shuffle, seed 0, fork), each configuration in
-a fresh process per repetition (repetitions interleaved, best kept), `--epochs` epochs per process.
+a fresh process per repetition (repetitions interleaved, best kept; with --quick forked from one
+that has imported the libraries, see forked.py), `--epochs` epochs per process.
 samples/s counts the windows delivered after each epoch's first batch over the time after it
 (the first batch and the workers' start are in the "first batch" column); "recording s/s" is
 samples/s times the recording seconds an epoch covers (the union of its windows) over the
@@ -47,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from filter_chains import UV_PER_BIT, eeg_like  # noqa: E402
+from forked import ForkServer  # noqa: E402
 from report import _cpu, run_child  # noqa: E402
 
 MODALITIES = ("spikes", "lfp", "behavior")
@@ -224,9 +226,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"epochs": epochs}
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """`child(spec)` in a fresh Python process."""
-    return run_child(str(Path(__file__).resolve()), spec)
+def measure(spec: dict[str, Any], forks: ForkServer | None = None) -> dict[str, Any]:
+    """`child(spec)` in a fresh Python process (or one forked from `forks`)."""
+    return run_child(str(Path(__file__).resolve()), spec, forks)
 
 
 def summarize(row: str, dataset: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,14 +244,16 @@ def summarize(row: str, dataset: str, runs: list[dict[str, Any]]) -> dict[str, A
             "first_batch_s": min(e["first_batch_s"] for e in epochs), "runs": [rate(r) for r in runs]}
 
 
-def run_loaders(datasets: dict[str, dict[str, Any]], epochs: int, repeat: int) -> list[dict[str, Any]]:
-    """Every loader row, each repetition in fresh processes, rows interleaved within a repetition."""
+def run_loaders(datasets: dict[str, dict[str, Any]], epochs: int, repeat: int,
+                forks: ForkServer | None = None) -> list[dict[str, Any]]:
+    """Every loader row, each repetition in fresh processes (or forked from `forks`), rows
+    interleaved within a repetition."""
     plans = [plan for plan in LOADERS if plan[1] in datasets]
     runs: list[list[dict[str, Any]]] = [[] for _ in plans]
     for _ in range(repeat):
         for number, (row, name, kwargs, _) in enumerate(plans):
             runs[number].append(measure({"row": row, "path": datasets[name]["path"], "kwargs": kwargs,
-                                         "epochs": epochs}))
+                                         "epochs": epochs}, forks))
     rows = [summarize(row, name, r) for (row, name, _, _), r in zip(plans, runs)]
     by_key = {(r["row"], r["dataset"]): r for r in rows}
     for r, (_, _, _, against) in zip(rows, plans):
@@ -315,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     epochs, repeat = (1, 1) if args.quick else (args.epochs, args.repeat)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="neurocodec-windows-"))
     work.mkdir(parents=True, exist_ok=True)
+    forks = ForkServer(work / "forkserver.log") if args.quick else None
     try:
-        result = run(work, size, epochs, repeat)
+        result = run(work, size, epochs, repeat, forks)
     finally:
+        if forks is not None:
+            forks.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     result["command"] = " ".join(["python benchmarks/windows_table.py", *(argv if argv is not None else sys.argv[1:])])
@@ -327,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["checks_ok"] else 1
 
 
-def run(work: Path, size: Size, epochs: int, repeat: int) -> dict[str, Any]:
-    """Everything the tables hold."""
+def run(work: Path, size: Size, epochs: int, repeat: int, forks: ForkServer | None = None) -> dict[str, Any]:
+    """Everything the tables hold (loader processes forked from `forks` when given)."""
     load = [os.getloadavg()[0]]
     source = make_session(work / "session.nwb", size)
     datasets = build_datasets(source, work, [10.0, 1.0])
     checks = {"grid": check_grid(datasets[PRECUT]["path"], datasets[chunked(10)]["path"]),
               "jitter": check_jitter(datasets[chunked(10)]["path"], source)}
-    rows = run_loaders(datasets, epochs, repeat) if checks_ok(checks) else []
+    rows = run_loaders(datasets, epochs, repeat, forks) if checks_ok(checks) else []
     load.append(os.getloadavg()[0])
     return {"size": attrs.asdict(size), "epochs": epochs, "repeat": repeat, "datasets": datasets, "rows": rows,
             "checks": checks, "checks_ok": checks_ok(checks), "goal": goal(datasets, rows) if rows else None,
