@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy.random  # noqa: F401  (see below)
@@ -220,6 +221,7 @@ class WebDatasetDataLoader(StreamState):
         loader = torch.utils.data.DataLoader(self.dataset, **self._kwargs)
         if self.persistent_workers:
             self._workers = loader
+            weakref.finalize(self, _stop_persistent_workers, loader)
         return loader
 
 
@@ -247,6 +249,17 @@ def _stop_workers(batches: Any) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+
+
+def _stop_persistent_workers(loader: torch.utils.data.DataLoader) -> None:
+    """Stop the persistent workers of a loader that is being collected. Run as a weakref
+    callback, before the collector finalizes anything in the cycle: torch's own shutdown, run
+    from the iterator's __del__ when the loader was in a garbage cycle (a training framework's
+    loop holds one), waited 5 s for each worker before killing it (30 s for the 6 workers of
+    three Lightning fits, in whichever later code triggered the collection)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        _stop_workers(iterator)
 
 
 def _unwrapped(batch: dict[str, Any]) -> Any:
