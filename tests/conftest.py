@@ -23,3 +23,16 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from hostile_corpus import write_base
 
     return write_base(tmp_path_factory.mktemp("hostile-base"))
+
+
+@pytest.fixture(scope="session")
+def rank_server():
+    """Forks the processes of gloo groups (`loader_util.run_ranks`): torch and neurocodec are
+    imported once here instead of in every rank."""
+    from isolated import ForkServer
+    from loader_util import child_env
+
+    server = ForkServer("torch", "torch.distributed", "neurocodec", "neurocodec.loader.dataloader", "loader_util",
+                        env=child_env())
+    yield server
+    server.close()

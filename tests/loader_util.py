@@ -7,6 +7,7 @@ metadata `{"id": i}`, so every test can check that the arrays it got belong to t
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -93,15 +94,38 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_ranks(script: Path, cfg: dict[str, Any], world: int, out: Path, timeout: float = 180) -> list[dict]:
+def run_ranks(script: Path, cfg: dict[str, Any], world: int, out: Path, timeout: float = 180,
+              server: Any = None) -> list[dict]:
     """Run `python script <cfg as JSON> <rank>` in `world` processes, one gloo group (cfg gains
     `world`, a free `port` and `out`); each writes its report to `<out>.<rank>`. The reports by
-    rank; an AssertionError with the log of a rank that failed."""
+    rank; an AssertionError with the log of a rank that failed. With `server` (the session's
+    `rank_server`, an isolated.ForkServer) the ranks are forked from it, torch already imported
+    (see `rank_group`); else each is a fresh interpreter."""
+    import json
+
+    cfg = dict(cfg, world=world, port=free_port(), out=str(out))
+    if server is None:
+        codes, logs = _fresh_ranks(script, cfg, world, timeout)
+    else:
+        job = server.start("loader_util:rank_group", script=str(script), cfg=cfg, world=world, logs=f"{out}.log",
+                           headroom=None, watchdog=timeout, session=True)
+        done = job.wait()
+        try:
+            os.killpg(job.pid, signal.SIGKILL)  # any rank left behind by a job that failed
+        except ProcessLookupError:
+            pass
+        assert done.returned is not None, done.explain()
+        codes, logs = done.returned, [Path(f"{out}.log.{r}").read_text(errors="replace") for r in range(world)]
+    for code, log in zip(codes, logs):
+        assert code == 0, log[-3000:]
+    return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+
+
+def _fresh_ranks(script: Path, cfg: dict[str, Any], world: int, timeout: float) -> tuple[list[int], list[str]]:
     import json
     import subprocess
     import sys
 
-    cfg = dict(cfg, world=world, port=free_port(), out=str(out))
     procs = [subprocess.Popen([sys.executable, str(script), json.dumps(cfg), str(r)], env=child_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(world)]
     logs = []
@@ -113,9 +137,45 @@ def run_ranks(script: Path, cfg: dict[str, Any], world: int, out: Path, timeout:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+    return [p.returncode for p in procs], logs
+
+
+def rank_group(script: str, cfg: dict[str, Any], world: int, logs: str) -> list[int]:
+    """In a ForkServer job: `python script <cfg> <rank>` for every rank at once, each forked from
+    this process and run as that command runs it (`__main__`, that `sys.argv`, output to
+    `<logs>.<rank>`); their exit statuses, in rank order."""
+    import json
+
+    pids = []
+    for rank in range(world):
+        pid = os.fork()
+        if pid == 0:
+            _rank_process(script, [json.dumps(cfg), str(rank)], f"{logs}.{rank}")
+        pids.append(pid)
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+
+
+def _rank_process(script: str, args: list[str], log: str) -> None:
+    import runpy
+    import sys
+    import traceback
+
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.argv = [script, *args]
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def line_events(module: Any, call: Any) -> int:

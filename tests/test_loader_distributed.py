@@ -82,11 +82,12 @@ RANK_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def launch(tmp: Path, world: int, **cfg) -> list[dict]:
-    """Run the rank script in `world` processes of one gloo group; their reports by rank."""
+def launch(server, tmp: Path, world: int, **cfg) -> list[dict]:
+    """Run the rank script in `world` processes of one gloo group (forked from `server`, the
+    session's rank_server); their reports by rank."""
     script = tmp / "rank.py"
     script.write_text(RANK_SCRIPT)
-    return run_ranks(script, dict(cfg, b=B, buffer=BUFFER, seed=SEED), world, tmp / f"out{world}")
+    return run_ranks(script, dict(cfg, b=B, buffer=BUFFER, seed=SEED), world, tmp / f"out{world}", server=server)
 
 
 def ids_of(report: dict) -> list[list[int]]:
@@ -116,11 +117,11 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(400)
-def test_gloo_groups_of_2_and_3_and_resume_with_another_world_size(dataset, tmp_path):
+def test_gloo_groups_of_2_and_3_and_resume_with_another_world_size(rank_server, dataset, tmp_path):
     order = EpochOrder(shard_sizes(N, SHARD), seed=SEED, buffer_size=BUFFER).ids(0, N).tolist()
     state_path = tmp_path / "state.json"
 
-    two = launch(tmp_path, 2, path=str(dataset), workers=[0, 2], stop=STOP, state_path=str(state_path))
+    two = launch(rank_server, tmp_path, 2, path=str(dataset), workers=[0, 2], stop=STOP, state_path=str(state_path))
     for workers in ("0", "2"):
         check_epoch(two, workers, 2, order)
         assert sorted(i for r in two for b in ids_of(r["epochs"][workers]) for i in b) == list(range(N))
@@ -130,7 +131,7 @@ def test_gloo_groups_of_2_and_3_and_resume_with_another_world_size(dataset, tmp_
     assert state["position"] == STOP * B * 2 and state["epoch"] == 0
     assert all(r["state"] == state for r in two), "every rank reports the same state"
 
-    three = launch(tmp_path, 3, path=str(dataset), workers=[0, 2], resume=True, resume_workers=2,
+    three = launch(rank_server, tmp_path, 3, path=str(dataset), workers=[0, 2], resume=True, resume_workers=2,
                    state_path=str(state_path))
     for workers in ("0", "2"):
         check_epoch(three, workers, 3, order)

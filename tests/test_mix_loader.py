@@ -149,7 +149,7 @@ def test_a_field_only_some_sources_have_is_present_where_it_is(sources, tmp_path
 
 
 @pytest.mark.multiprocess
-def test_a_mix_on_gloo_ranks_and_resumed_on_one(sources, tmp_path):
+def test_a_mix_on_gloo_ranks_and_resumed_on_one(rank_server, sources, tmp_path):
     """Two real gloo ranks read a mix (its natural proportions) as one process does, step by
     step; stopped after 2 steps, one process with workers reads exactly the rest."""
     from test_loader_distributed import B, BUFFER, SEED, launch
@@ -158,11 +158,11 @@ def test_a_mix_on_gloo_ranks_and_resumed_on_one(sources, tmp_path):
     single = keyed_keys(create_webdataset_dataloader(paths, batch_size=B, buffer_size=BUFFER, seed=SEED,
                                                      num_workers=0))
     state_path = tmp_path / "state.json"
-    ranks = launch(tmp_path, 2, path=paths, workers=[0, 2], stop=2, state_path=str(state_path))
+    ranks = launch(rank_server, tmp_path, 2, path=paths, workers=[0, 2], stop=2, state_path=str(state_path))
     for workers in ("0", "2"):
         steps = zip(*(r["epochs"][workers]["keys"] for r in ranks))
         assert [k for step in steps for batch in step for k in batch] == single
-    [resumed] = launch(tmp_path, 1, path=paths, workers=[], resume=True, resume_workers=2,
+    [resumed] = launch(rank_server, tmp_path, 1, path=paths, workers=[], resume=True, resume_workers=2,
                        state_path=str(state_path))
     stopped = [k for step in zip(*(r["stopped"]["keys"] for r in ranks)) for batch in step for k in batch]
     assert stopped + [k for batch in resumed["resumed"]["keys"] for k in batch] == single

@@ -79,9 +79,10 @@ def reference(chunked, seed) -> list[list[list[dict]]]:
 
 # -- gloo ranks ---------------------------------------------------------------------------------
 
-def launch(tmp: Path, **cfg) -> list[dict]:
-    """Run WORLD rank processes of one gloo group; their reports by rank."""
-    return run_ranks(RANK_MAIN, cfg, WORLD, tmp / "report", timeout=240)
+def launch(server, tmp: Path, **cfg) -> list[dict]:
+    """Run WORLD rank processes of one gloo group (forked from `server`, the session's
+    rank_server); their reports by rank."""
+    return run_ranks(RANK_MAIN, cfg, WORLD, tmp / "report", timeout=240, server=server)
 
 
 def stepped(runs: list[dict], expected: list[dict], whole: bool = True) -> None:
@@ -102,14 +103,15 @@ def stepped(runs: list[dict], expected: list[dict], whole: bool = True) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(400)
-def test_gloo_ranks_share_jittered_epochs_and_resume_across_world_sizes(chunked, seed, reference, tmp_path):
+def test_gloo_ranks_share_jittered_epochs_and_resume_across_world_sizes(rank_server, chunked, seed, reference,
+                                                                       tmp_path):
     # one rank stopped after STOP_ONE batches: its state goes to the group of two
     single = windowed(chunked, seed, num_workers=0)
     first = [rec for _, batch in zip(range(STOP_ONE), single) for rec in records(batch)]
     assert first == flat(reference[0])[:STOP_ONE * B]
     (tmp_path / "one.json").write_text(json.dumps(single.state_dict()))
 
-    reports = launch(tmp_path, path=str(chunked), batch=B, seed=seed, window_ms=WINDOW_MS, epochs=EPOCHS,
+    reports = launch(rank_server, tmp_path, path=str(chunked), batch=B, seed=seed, window_ms=WINDOW_MS, epochs=EPOCHS,
                      workers=2, stop=STOP_TWO, stop_workers=1, state_out=str(tmp_path / "two"),
                      resume_from=str(tmp_path / "one.json"))
     assert [r["rank"] for r in reports] == list(range(WORLD))
