@@ -6,9 +6,6 @@ and the built-in augmentations, checked against numpy."""
 from __future__ import annotations
 
 import functools
-import json
-import subprocess
-import sys
 import textwrap
 from itertools import islice
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from loader_util import child_env, free_port, key_id
+from loader_util import key_id, run_ranks
 
 from neurocodec import (
     ChannelMask,
@@ -218,30 +215,19 @@ RANK_SCRIPT = textwrap.dedent('''
             got[key] = [d[0], events.times.tolist(), events.units.tolist()]
     dist.barrier()
     dist.destroy_process_group()
-    print(json.dumps(got))
+    with open(cfg["out"] + f".{rank}", "w") as f:
+        json.dump(got, f)
 ''')
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
-def test_gloo_ranks_augment_each_sample_as_one_process_does(dataset, tmp_path):
+def test_gloo_ranks_augment_each_sample_as_one_process_does(rank_server, dataset, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    cfg = json.dumps({"world": 2, "port": free_port(), "path": str(dataset), "batch": BATCH, "seed": SEED})
-    procs = [subprocess.Popen([sys.executable, str(script), cfg, str(r)], env=child_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=240)
-            assert p.returncode == 0, err[-3000:]
-            outs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    outs = run_ranks(script, {"path": str(dataset), "batch": BATCH, "seed": SEED}, 2, tmp_path / "out", timeout=240,
+                     server=rank_server)
     assert not set(outs[0]) & set(outs[1]) and len(outs[0]) + len(outs[1]) == N  # N % (2 * BATCH) == 5: no repeats
     transform = Compose([draw, UnitDropout(("spikes",), p=0.3)])
     for key, (d, times, units) in {**outs[0], **outs[1]}.items():
