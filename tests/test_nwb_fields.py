@@ -5,7 +5,6 @@ conversion report; bad specifications refused in the words of the interface used
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -270,15 +269,3 @@ def test_pose_keypoints_from_ndx_pose(tmp_path):
         for i in range(len(ds)):
             np.testing.assert_array_equal(ds[i]["nose"], nose[30 * i:30 * i + 30])
             np.testing.assert_array_equal(ds[i]["ears"], ears[30 * i:30 * i + 30])
-
-
-def test_the_readme_fields_block_runs_as_written(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
-    [block] = [b for b in blocks if "fields={" in b and "session.nwb" in b]
-    tracking_session(tmp_path / "session.nwb")
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    with Dataset(tmp_path / "tracking") as ds:
-        assert {f.name for f in ds.manifest.modalities} == {"position", "running"}
-        tags = [[row["tags"] for row in ds[i]["metadata"]["intervals"]["epochs"]] for i in range(len(ds))]
-    assert tags[0] == [["wake"]] and tags[-1] == [["sleep"]]

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import h5py
-import torch
 import numpy as np
 import pytest
 
@@ -287,23 +286,3 @@ def test_the_command_line_speaks_flags(nwb, windows, tmp_path, capsys):
                          "--stats needs a local --output")]:
         status, out, err = run(capsys, *args)
         assert status == 1 and words in err and "Traceback" not in err, (args, err)
-
-
-def test_the_readme_stats_block_runs_after_the_windows_and_splits_blocks(tmp_path, monkeypatch):
-    import re
-    import shutil
-
-    root = Path(__file__).parent.parent
-    blocks = re.findall(r"```python\n(.*?)\n```", (root / "README.md").read_text(), flags=re.S)
-    [windows] = [b for b in blocks if "window_ms=" in b and "make_split" not in b and "compute_stats" not in b]
-    [splits] = [b for b in blocks if "make_split(" in b]
-    [block] = [b for b in blocks if "compute_stats(" in b]
-    shutil.copyfile(Path(__file__).parent / "data" / "format-v1" / "session.nwb", tmp_path / "recording.nwb")
-    monkeypatch.chdir(tmp_path)
-    scope = {"__name__": "readme"}
-    for code in (windows, splits, block):
-        exec(compile(code, "README.md", "exec"), scope)
-    stats, lfp = scope["train"].stats, scope["lfp"]
-    assert stats.part == "train" and lfp.channels == 4 and np.all(lfp.std > 0)
-    batch = next(iter(scope["test"]))
-    assert batch["lfp"].dtype == torch.float32 and batch["spikes"].dtype == torch.float32
