@@ -11,12 +11,15 @@ RoiResponseSeries (the calcium modality, tests/test_nwb_calcium.py; suite2p's ar
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
 import subprocess
 import sys
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +83,17 @@ def real_files() -> dict[str, Path]:
     cache = cache_dir()
     target = cache / "pynapple-0.11.4-nwb"
     paths = {name: target / member for name, member in MEMBERS.items()}
-    if not all(p.exists() for p in paths.values()):
-        with tarfile.open(fetch_sdist(cache)) as tar:
-            for member in MEMBERS.values():
-                tar.extract(member, target, filter="data")
+    # Test processes running side by side (pytest-xdist) fetch and extract one at a time, into
+    # a temporary directory renamed into place: none sees a half-extracted file.
+    with open(cache / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all(p.exists() for p in paths.values()):
+            partial = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
+            with tarfile.open(fetch_sdist(cache)) as tar:
+                for member in MEMBERS.values():
+                    tar.extract(member, partial, filter="data")
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
     return paths
 
 
