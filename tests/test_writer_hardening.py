@@ -136,8 +136,9 @@ import numpy as np
 from neurocodec import create_shards_from_arrays
 from neurocodec.errors import DatasetLockedError
 
-out, seed, start = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, seed, start, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 x = np.repeat((seed * 1000 + np.arange(60, dtype=np.int64))[:, None], 8, axis=1)
+open(ready, "w").close()
 while not os.path.exists(start):
     time.sleep(0.001)
 try:
@@ -152,20 +153,27 @@ else:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_racing_writers_never_mix(tmp_path):
-    """Four processes overwrite one directory at the same moment, five times over: each either
-    writes its whole dataset or is refused as locked; the result is exactly one of them."""
-    for round_ in range(5):
-        out, start = tmp_path / f"out{round_}", tmp_path / f"start{round_}"
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(out), str(seed), str(start)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
-        time.sleep(1.5)  # let every racer import and wait for the start
-        start.touch()
-        results = [p.communicate(timeout=120) for p in procs]
-        ok = [seed for seed, (stdout, err) in enumerate(results) if stdout == "ok\n"]
-        for seed, (stdout, err) in enumerate(results):
-            assert stdout == "ok\n" or stdout.startswith("locked "), (seed, stdout, err)
-            assert procs[seed].returncode == 0, err
+    """Four processes overwrite one directory at the same moment, in five directories at once:
+    each either writes its whole dataset or is refused as locked; the result is exactly one of them."""
+    rounds = range(5)
+    procs = {(round_, seed): subprocess.Popen(
+        [sys.executable, "-c", RACER, str(tmp_path / f"out{round_}"), str(seed), str(tmp_path / f"start{round_}"),
+         str(tmp_path / f"ready{round_}.{seed}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for round_ in rounds for seed in range(4)}
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{r}.{s}").exists() for r, s in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)  # every racer has imported and waits for its start
+    for round_ in rounds:
+        (tmp_path / f"start{round_}").touch()
+    results = {key: proc.communicate(timeout=120) for key, proc in procs.items()}
+    for round_ in rounds:
+        ok = [seed for seed in range(4) if results[round_, seed][0] == "ok\n"]
+        for seed in range(4):
+            stdout, err = results[round_, seed]
+            assert stdout == "ok\n" or stdout.startswith("locked "), (round_, seed, stdout, err)
+            assert procs[round_, seed].returncode == 0, err
         assert ok
+        out = tmp_path / f"out{round_}"
         with Dataset(out) as ds:
             winner = int(ds[0]["x"][0]) // 1000
         assert winner in ok
