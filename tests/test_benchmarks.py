@@ -104,3 +104,17 @@ def test_too_short_nwb_sessions_are_refused(tmp_path):
     proc = run_bench("--only", "nwb", "--nwb-seconds", "3", cwd=tmp_path)
     assert proc.returncode == 2
     assert "--nwb-seconds must be at least 10" in proc.stderr
+
+
+def test_order_table_quick_rows(tmp_path):
+    """benchmarks/order_table.py --quick: a row per size (10^3, 10^4, 10^5 samples) with the build,
+    seek and per-sample times and the peak memory, each batch checked by the child."""
+    out = tmp_path / "order.json"
+    proc = subprocess.run([sys.executable, str(BENCH.parent / "order_table.py"), "--quick", "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| samples | shards | build + seek to 90% s |" in proc.stdout and "WRONG" not in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["samples"], r["shards"]) for r in rows] == [(10**3, 1), (10**4, 10), (10**5, 100)]
+    for row in rows:
+        assert row["ok"] and row["build_s"] > 0 and row["stream_us"] > 0 and row["peak_kb"] >= row["before_kb"] > 0

@@ -26,7 +26,7 @@ from neurocodec.loader.plan import StepPlan
 
 REAL = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-STATE_KEYS = {"version", "epoch", "position", "seed", "shuffle", "buffer_size", "chunk_size",
+STATE_KEYS = {"version", "order_version", "epoch", "position", "seed", "shuffle", "buffer_size", "chunk_size",
               "total_samples", "skipped"}
 
 

@@ -3,8 +3,10 @@
 The state is where the training loop is, `(epoch, position)` with position counting the epoch's
 samples consumed by all ranks together, plus the settings that define the order (seed, shuffle,
 buffer and chunk size, the epoch's size and, for load-time windows, the window and a
-fingerprint of the timeline). Restoring into a loader whose order settings differ is an
-error, because the position would point into another order.
+fingerprint of the timeline) and the version of the order's algorithm (`order_version`, see
+`neurocodec.loader.order`; 1 for states that lack it, saved before it was recorded). Restoring
+into a loader whose order settings differ is an error, because the position would point into
+another order.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import attrs
+
+from neurocodec.loader.order import ORDER_VERSION
 
 STATE_VERSION = 1
 _ORDER_KEYS = ("dataset_version", "seed", "shuffle", "buffer_size", "chunk_size", "total_samples", "windows", "split", "mix")
@@ -38,6 +42,9 @@ class LoaderState:
     """A mix of datasets: SHA-256 of its sources, counts and rule (absent for one dataset)."""
     dataset_version: int | None = None
     """The version of an appended dataset the loader reads (absent for version 1)."""
+    order_version: int = ORDER_VERSION
+    """The algorithm of the epoch order (`neurocodec.loader.order.ORDER_VERSION`); a state
+    without it was saved under version 1."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -61,6 +68,9 @@ class LoaderState:
                 ok = isinstance(value, bool)
             elif field.name == "dataset_version":
                 ok = value is None or (type(value) is int and value > 1)
+            elif field.name == "order_version":
+                value = doc.get("order_version", 1)
+                ok = type(value) is int and value >= 1
             elif field.name in _OPTIONAL:
                 ok = value is None or isinstance(value, str)
             else:
@@ -75,6 +85,12 @@ class LoaderState:
 
     def check_compatible(self, other: "LoaderState") -> None:
         """Raise ValueError if `other` (a loader's settings) orders the data differently."""
+        if self.order_version != other.order_version:
+            raise ValueError(
+                f"the state was saved under epoch order version {self.order_version} and this loader computes "
+                f"version {other.order_version} (docs/order.md), which puts other samples at each position: "
+                f"it cannot resume epoch {self.epoch} exactly. Finish that epoch with the neurocodec that saved "
+                f"the state, or start the next one here with loader.set_epoch({self.epoch + 1})")
         if self.dataset_version != other.dataset_version:
             mine, theirs = self.dataset_version or 1, other.dataset_version or 1
             raise ValueError(f"the state was saved reading version {mine} of the dataset and this loader reads "
