@@ -85,7 +85,8 @@ class ChunkOrder:
         """Ids at positions [start, stop) of the permuted-chunk sequence."""
         c, short = self.chunk_size, self.short
         at = self.short_at * c  # where the short chunk starts
-        if (stop <= at or start >= at + short) and c <= PAGE:  # whole chunks only, short ones
+        if (stop <= at or start >= at + short) and c <= PAGE:
+            # No position in the short chunk: expand the (short enough) full chunks as runs.
             q = start if stop <= at else start - short  # the position among the full chunks
             first = q // c
             runs = self.chunks(first, (q + stop - start - 1) // c + 1)[:, None] * c + self._offsets
