@@ -238,9 +238,9 @@ def read_counter(monkeypatch):
     calls = []
     real = ShardReader.read_sample
 
-    def counting(self, local):
+    def counting(self, local, **options):
         calls.append((self.name, local))
-        return real(self, local)
+        return real(self, local, **options)
 
     monkeypatch.setattr(ShardReader, "read_sample", counting)
     return calls

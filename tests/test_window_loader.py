@@ -21,6 +21,7 @@ from neurocodec.loader.window_slots import Timeline
 
 sys.path.insert(0, str(Path(__file__).parent))
 import nwbfiles  # noqa: E402
+from window_util import digest  # noqa: E402
 
 MODALITIES = ["spikes", "lfp", "behavior"]
 WINDOW = 30  # bins of 10 ms: 0.3 s windows over 0.5 s chunks, so many windows cross a chunk edge
@@ -403,3 +404,21 @@ def test_transforms_cannot_change_the_chunks_later_windows_read(tmp_path, sessio
     changed = [s["metadata"] for s in WebDatasetLoader(chunked, window_ms=100, shuffle=False, transform=scribbler)]
     assert scribbler.seen == plain and all(m["source"]["path"] == "changed" for m in changed)
     assert sum(bool(rows) for m in plain for rows in m["intervals"].values()) > 10  # trials overlap windows
+
+
+
+def test_writing_into_window_tensors_cannot_change_later_windows(tmp_path, sessions):
+    """Windows of plain `.npy` chunks are views of the cached chunk until they become tensors:
+    a training loop writing into the tensors it is handed writes into copies, so the next
+    epoch, cut from the same cached chunks, reads the recording's values again."""
+    chunked = convert(tmp_path / "chunks", sessions, codecs="npy", chunk_seconds=0.5)
+    arrays = ("lfp", "spikes")
+    loader = WebDatasetLoader(chunked, window_ms=100, shuffle=False)
+    epochs = []
+    for _ in range(2):
+        epochs.append([])
+        for sample in loader:
+            epochs[-1].append([digest(sample[name]) for name in arrays])
+            for name in arrays:
+                sample[name].fill_(-1)
+    assert epochs[0] == epochs[1] and len(epochs[0]) > 20

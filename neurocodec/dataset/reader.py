@@ -14,13 +14,13 @@ escapes.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
-import numpy as np
 
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits
@@ -94,7 +94,7 @@ class Dataset:
             suffixes=tuple(f".{f.name}.{self.manifest.member_extension(f)}" for f in self.manifest.fields),
             compression=self.manifest.compression, verify=verify, max_member_bytes=self.max_member_bytes,
         )
-        self._starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
+        self._starts = [s.first_sample for s in self.manifest.shards]  # bisected per sample: plain ints
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
         self._max_open = max_open_shards
         # URL datasets only: shards come through the local cache (None keeps the local path bare).
@@ -135,28 +135,31 @@ class Dataset:
         """(shard number, position in shard) of global sample `index`."""
         if not 0 <= index < len(self):
             raise IndexError(f"dataset {self.path} has {len(self)} samples, index {index} is out of range")
-        number = int(np.searchsorted(self._starts, index, side="right")) - 1
-        return number, index - int(self._starts[number])
+        number = bisect.bisect_right(self._starts, index) - 1
+        return number, index - self._starts[number]
 
     def read(self, index: int) -> dict[str, Any]:
         """Decode global sample `index`."""
         return self.read_local(*self.locate(index))
 
-    def read_local(self, number: int, local: int) -> dict[str, Any]:
+    def read_local(self, number: int, local: int, *, writable: bool = False) -> dict[str, Any]:
         """Decode sample `local` of shard `number`. A remote shard whose cached copy fails a check
-        is downloaded again and read once more; a second failure raises."""
-        return self._read_healing(self.shard(number), number, local)[1]
+        is downloaded again and read once more; a second failure raises. `writable`: arrays
+        decoded without a copy are writable views of the sample's own buffer (see
+        `ShardReader.read_sample`); by default they are read-only."""
+        return self._read_healing(self.shard(number), number, local, writable)[1]
 
-    def _read_healing(self, reader: ShardReader, number: int, local: int) -> tuple[ShardReader, dict[str, Any]]:
+    def _read_healing(self, reader: ShardReader, number: int, local: int,
+                      writable: bool = False) -> tuple[ShardReader, dict[str, Any]]:
         """(the reader, sample `local` read with it); a remote shard whose cached copy fails a
         check is downloaded again and the sample read once more with a new reader."""
         try:
-            return reader, reader.read_sample(local)
+            return reader, reader.read_sample(local, writable=writable)
         except ShardError:
             if not self._heal(number):
                 raise
         reader = self.shard(number)
-        return reader, reader.read_sample(local)
+        return reader, reader.read_sample(local, writable=writable)
 
     def _heal(self, number: int) -> bool:
         """True if shard `number` is a remote shard whose damaged cached copy was dropped, with

@@ -57,9 +57,10 @@ class ShardFile:
         self._fd, self.size = open_regular(path)
         self._lock = threading.Lock()
 
-    def span(self, start: int, end: int) -> np.ndarray:
-        """The bytes [start, end) of the file in a read-only buffer of its own (ShardError if the
-        file now ends before `end`)."""
+    def span(self, start: int, end: int, *, writable: bool = False) -> np.ndarray:
+        """The bytes [start, end) of the file in a buffer of its own, read-only unless `writable`
+        (ShardError if the file now ends before `end`). Nothing else holds the buffer: writing
+        into a writable one changes only that buffer, never the file."""
         try:
             buffer = np.empty(end - start, dtype=np.uint8)
         except MemoryError:
@@ -71,7 +72,8 @@ class ShardFile:
                 raise ShardError(f"the file ends at byte {start + done}, before byte {end} "
                                  "(truncated or rewritten while open)", shard=self.name)
             done += got
-        buffer.flags.writeable = False
+        if not writable:
+            buffer.flags.writeable = False
         return buffer
 
     def read(self, start: int, length: int) -> bytes:
@@ -113,7 +115,7 @@ class ShardFile:
             self._fd = -1
             try:
                 os.close(fd)
-            except (OSError, TypeError):  # TypeError: `os` already torn down at interpreter exit
+            except (OSError, TypeError, AttributeError):  # `os` (or its close) torn down at interpreter exit
                 pass
 
 

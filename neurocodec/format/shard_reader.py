@@ -143,9 +143,14 @@ class ShardReader:
         start = (local - run * RUN) * width
         return rows[start:start + width]
 
-    def read_sample(self, local: int) -> dict[str, Any]:
-        """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`."""
-        row, key, view = self._read_checked(local)
+    def read_sample(self, local: int, *, writable: bool = False) -> dict[str, Any]:
+        """Decode sample `local` (0-based within the shard): field name to value, plus `__key__`.
+
+        The sample is read into a buffer of its own, which arrays decoded without a copy view.
+        It is read-only unless `writable`: then those arrays are writable, and writing into
+        them changes that sample's buffer alone (not the file, not another sample), so the
+        caller can hand them on without copying as long as it keeps no other reference to them."""
+        row, key, view = self._read_checked(local, writable)
         sample: dict[str, Any] = {KEY: key}
         plain = self._plain
         for column, name, decode in self._columns:
@@ -176,13 +181,13 @@ class ShardReader:
             return payload
         return self._decompressed(payload, raw, layout.sample_key(self._first + local), column)
 
-    def _read_checked(self, local: int) -> tuple[list[int], str, memoryview]:
-        """Sample `local`'s index values, key and bytes (headers and payloads, one read), its
-        headers checked the first time this reader reads it."""
+    def _read_checked(self, local: int, writable: bool = False) -> tuple[list[int], str, memoryview]:
+        """Sample `local`'s index values, key and bytes (headers and payloads, one read, into a
+        buffer of its own, writable or not), its headers checked the first time this reader reads it."""
         if not 0 <= local < self._samples:
             raise IndexError(f"shard {self.name} has {self._samples} samples, not {local + 1}")
         row = self._row(local)
-        view = memoryview(self._file.span(row[0] - tar.BLOCK, row[-4] + row[-3]))
+        view = memoryview(self._file.span(row[0] - tar.BLOCK, row[-4] + row[-3], writable=writable))
         key = layout.sample_key(self._first + local)
         if not self._checked[local]:
             self._check_headers(local, key, row, view)

@@ -12,19 +12,34 @@ from neurocodec.plugin.registry import Registry
 
 
 def to_tensor(value: Any) -> Any:
-    """A numpy array as a torch tensor (copied when read-only, e.g. a view of a shard); others as is."""
-    import torch
-
+    """A numpy array as a torch tensor, others as they are. A writable array is taken to be the
+    caller's own (the loaders' samples are: each is read into a buffer of its own) and becomes
+    the tensor's memory without a copy; a read-only one is memory something else keeps (a
+    cached chunk a window was cut from, a value shared between samples) and is copied."""
     if isinstance(value, np.ndarray):
-        if not value.flags.writeable:
-            value = value.copy()
-        return torch.from_numpy(value)
+        return _from_numpy()(value if value.flags.writeable else value.copy())
     return value
 
 
 def sample_to_tensors(sample: Mapping[str, Any]) -> dict[str, Any]:
-    """Every array of a decoded sample as a tensor; metadata, key, str, bytes and JSON kept."""
-    return {k: to_tensor(v) for k, v in sample.items()}
+    """Every array of a decoded sample as a tensor (as `to_tensor`); metadata, key, str, bytes and
+    JSON kept."""
+    from_numpy, ndarray = _from_numpy(), np.ndarray
+    return {k: (from_numpy(v if v.flags.writeable else v.copy()) if isinstance(v, ndarray) else v)
+            for k, v in sample.items()}
+
+
+_torch_from_numpy: Any = None
+
+
+def _from_numpy() -> Any:
+    """torch.from_numpy, imported on first use (this module is imported without torch too)."""
+    global _torch_from_numpy
+    if _torch_from_numpy is None:
+        import torch
+
+        _torch_from_numpy = torch.from_numpy
+    return _torch_from_numpy
 
 
 def collate_webdataset(batch: Sequence[Mapping[str, Any]], fields: Sequence[FieldSpec] | None = None,

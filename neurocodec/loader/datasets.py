@@ -134,24 +134,27 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         """The main process's samples of `plan`, the position counted as each is handed out."""
         stream = self.stream
         epoch = stream.epoch
+        single, before = plan.world_size == 1, self._before_yield
         for k, positions, samples in stream.batches(plan):
+            last = len(samples) - 1
             counted = 0  # bad samples of this batch already in stream.skipped
             for n, (i, sample) in enumerate(samples):
-                self._before_yield()
+                before()
                 # State counts this sample as handed out. With several ranks a batch is
                 # counted once whole: a partial batch is read again after a resume.
                 # Skipped samples are counted once the position has passed them.
                 passed = counted
-                if n == len(samples) - 1:
+                if n == last:
                     stream.position = plan.position_after(k + 1)
-                    passed = len(positions) - len(samples)
-                elif plan.world_size == 1:
+                    passed = len(positions) - last - 1
+                elif single:
                     stream.position = int(positions[i]) + 1
                     passed = i - n
-                stream.skipped += passed - counted
-                counted = passed
+                if passed != counted:
+                    stream.skipped += passed - counted
+                    counted = passed
                 yield sample_to_tensors(sample)
-            if not samples:
+            if last < 0:
                 stream.position = plan.position_after(k + 1)
                 stream.skipped += len(positions)
         if (stream.epoch, stream.position) == (epoch, plan.total):  # (unless a newer iteration moved it)
@@ -327,9 +330,11 @@ class RandomAccessWebDataset(torch.utils.data.Dataset):
             if not -len(self) <= index < len(self):
                 raise IndexError(f"the split's part has {len(self)} samples, index {index} is out of range")
             index = int(self._selection[index])
-        sample = self._open()[index]
+        dataset = self._open()
+        index = index + self._len if index < 0 else index  # a sample's id is its place, counted from 0
+        # Read into a buffer of its own: its arrays become the tensors without a copy.
+        sample = dataset.read_local(*dataset.locate(index), writable=True)
         if self.transform is not None:
-            index = index + self._len if index < 0 else index  # a sample's id is its place, counted from 0
             sample = apply_transform(self.transform, sample, seed=self.seed, epoch=self.epoch,
                                      sample_id=int(index), dataset=self.shard_dir)
         return sample_to_tensors(sample) if self.tensors else sample

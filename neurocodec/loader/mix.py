@@ -90,6 +90,14 @@ class MixedSource:
         for i in sorted(found):
             yield i, found[i]
 
+    def read_runs(self, ids: np.ndarray, ends: Sequence[int], epoch: int = 0) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        """For each run of `ids` (the runs end at `ends`): what `read` gives for it, as a list,
+        each run read only when asked for (as `SampleSource.read_runs`)."""
+        start = 0
+        for end in ends:
+            yield list(self.read(ids[start:end], epoch))
+            start = end
+
 
 class MixedEpochStream(EpochStream):
     """An `EpochStream` over several datasets mixed by weights (see the module documentation).

@@ -49,6 +49,7 @@ class StepPlan:
     world_size: int = 1
     rank: int = 0
     drop_last: bool = False
+    _batches: int = attrs.field(init=False, eq=False, repr=False)  # len(self), asked for once per batch
 
     def __attrs_post_init__(self) -> None:
         if self.batch_size < 1 or self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -56,6 +57,7 @@ class StepPlan:
                              f"world_size {self.world_size}")
         if not 0 <= self.start <= self.total:
             raise ValueError(f"position {self.start} is outside the epoch of {self.total} samples")
+        object.__setattr__(self, "_batches", self.full_steps + (1 if self.remainder and not self.drop_last else 0))
 
     @property
     def step(self) -> int:
@@ -74,7 +76,7 @@ class StepPlan:
 
     def __len__(self) -> int:
         """Batches this rank takes (the same on every rank)."""
-        return self.full_steps + (1 if self.remainder and not self.drop_last else 0)
+        return self._batches
 
     def positions(self, k: int) -> np.ndarray:
         """Epoch positions of this rank's batch `k`."""
@@ -90,6 +92,18 @@ class StepPlan:
             return np.array([base + (rank - rem) % rem], dtype=np.int64)  # repeat: see module doc
         first = base + rank * size + min(rank, extra)
         return np.arange(first, first + size + (1 if rank < extra else 0), dtype=np.int64)
+
+    def positions_of(self, numbers: range) -> tuple[np.ndarray, list[int]]:
+        """The positions of this rank's batches `numbers` (increasing) laid end to end, and where
+        each batch's run of them ends: what `positions` gives batch by batch, computed at once."""
+        whole = len(range(numbers.start, min(numbers.stop, self.full_steps), numbers.step))
+        firsts = self.start + np.asarray(numbers[:whole], dtype=np.int64) * self.step + self.rank * self.batch_size
+        runs = [(firsts[:, None] + np.arange(self.batch_size, dtype=np.int64)).reshape(-1)]
+        ends = list(range(self.batch_size, whole * self.batch_size + 1, self.batch_size))
+        for k in numbers[whole:]:  # the last, shorter batch
+            runs.append(self.positions(k))
+            ends.append((ends[-1] if ends else 0) + len(runs[-1]))
+        return np.concatenate(runs), ends
 
     def sample_count(self) -> int:
         """Samples this rank takes over all its batches."""

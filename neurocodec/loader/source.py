@@ -4,7 +4,7 @@ user's per-sample transform run on each (see `neurocodec.loader.transform`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,13 @@ class SampleSource:
     `transform(sample, rng)` runs on every sample read, with the generator of (seed, sample's
     epoch, sample id); one that raises is a bad sample too. `version`: the version of an appended
     dataset every process opens (the one the loader chose, even if samples are appended meanwhile)."""
+
+    owned = True
+    """Whether nothing here keeps the samples read: their arrays decoded without a copy are then
+    writable views of each sample's own buffer (`Dataset.read_local(..., writable=True)`), which
+    the loaders hand on as tensors without copying; writing into one changes nothing else. A
+    source that keeps what it reads for later (`WindowSource`'s chunks) says False: its arrays
+    stay read-only and are copied into tensors."""
 
     def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
@@ -66,26 +73,51 @@ class SampleSource:
         ds = self.dataset
         context = self._prepare(ids, epoch)
         for i, sample_id in enumerate(ids.tolist()):
-            try:
-                sample = self._read_one(ds, i, sample_id, context)
-                if self.transform is not None:
-                    seeded = sample_id if transform_ids is None else int(transform_ids[i])
-                    sample = apply_transform(self.transform, sample, seed=self.seed, epoch=epoch,
-                                             sample_id=seeded, dataset=self.path)
-            except TransformError as exc:
-                if self.on_error == "raise":
-                    raise
-                self._skip(epoch, None, self._what(i, sample_id, context), exc)
-                continue
-            except ShardError as exc:
-                if self.on_error == "raise":
-                    err = ShardError(f"{exc} (reading {self._what(i, sample_id, context)} of {self.path})")
-                    err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
-                    raise err from exc
-                shard = exc.shard or self._shard_of(ds, self._stored_id(i, sample_id, context))
-                self._skip(epoch, shard, self._what(i, sample_id, context), exc)
-                continue
-            yield i, sample
+            sample = self._one(ds, i, sample_id, context, epoch,
+                               sample_id if transform_ids is None else int(transform_ids[i]))
+            if sample is not None:
+                yield i, sample
+
+    def read_runs(self, ids: np.ndarray, ends: Sequence[int], epoch: int = 0) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        """For each run of `ids` (the runs end at `ends`, in order): what `read` gives for that
+        run's ids, as a list, each run read only when asked for. Reads a batch after another
+        without the per-call work of `read` (the loaders read batches of one sample)."""
+        ds = self.dataset
+        context = self._prepare(ids, epoch)
+        values = ids.tolist()
+        one, start = self._one, 0
+        for end in ends:
+            run = []
+            for i in range(start, end):
+                sample = one(ds, i, values[i], context, epoch, values[i])
+                if sample is not None:
+                    run.append((i - start, sample))
+            yield run
+            start = end
+
+    def _one(self, ds: Dataset, i: int, sample_id: int, context: Any, epoch: int,
+             seeded: int) -> dict[str, Any] | None:
+        """Decoded and transformed sample `sample_id` (`i`: its place among the ids read; `seeded`:
+        the id its transform's generator is seeded with), or None when it is bad and skipped."""
+        try:
+            sample = self._read_one(ds, i, sample_id, context)
+            if self.transform is not None:
+                sample = apply_transform(self.transform, sample, seed=self.seed, epoch=epoch,
+                                         sample_id=seeded, dataset=self.path)
+        except TransformError as exc:
+            if self.on_error == "raise":
+                raise
+            self._skip(epoch, None, self._what(i, sample_id, context), exc)
+            return None
+        except ShardError as exc:
+            if self.on_error == "raise":
+                err = ShardError(f"{exc} (reading {self._what(i, sample_id, context)} of {self.path})")
+                err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
+                raise err from exc
+            shard = exc.shard or self._shard_of(ds, self._stored_id(i, sample_id, context))
+            self._skip(epoch, shard, self._what(i, sample_id, context), exc)
+            return None
+        return sample
 
     def _prepare(self, ids: np.ndarray, epoch: int) -> Any:
         """What `_read_one` needs to know about a batch of ids besides each id (nothing here)."""
@@ -117,7 +149,7 @@ class SampleSource:
         except ShardError as exc:
             self._bad_shards[number] = exc
             raise
-        return ds.read_local(number, local)
+        return ds.read_local(number, local, writable=self.owned)
 
     def _skip(self, epoch: int, shard: str | None, what: str, exc: Exception) -> None:
         self.skipped += 1

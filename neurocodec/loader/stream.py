@@ -24,6 +24,9 @@ from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 
+GROUP_SAMPLES = 256
+"""Positions whose ids `EpochStream.batches` looks up in the epoch order together (whole batches)."""
+
 
 class EpochStream:
     """Settings and position of a loader; yields (batch number, samples) for this process.
@@ -171,14 +174,22 @@ class EpochStream:
                 ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, dict[str, Any]]]]]:
         """(k, positions, [(i, sample at positions[i]), ...]) for this worker's batches
         k = worker, worker + workers, ... (from batch `first`, one of them, when given); bad
-        samples are left out when skipping."""
+        samples are left out when skipping. Each batch is read when asked for; the order's ids
+        are looked up for a run of them at once (GROUP_SAMPLES positions)."""
         order = self.order()
         ahead = self._prefetcher(order, plan, worker, workers)
-        for k in range(worker if first is None else first, len(plan), workers):
-            positions = plan.positions(k)
-            if ahead is not None and ahead.due():
-                self._prefetch(ahead, k)
-            yield k, positions, list(self.source.read(self._ids(order.take(positions)), order.epoch))
+        numbers = range(worker if first is None else first, len(plan), workers)
+        per_group = max(1, GROUP_SAMPLES // plan.batch_size)
+        for at in range(0, len(numbers), per_group):
+            group = numbers[at:at + per_group]
+            positions, ends = plan.positions_of(group)
+            runs = self.source.read_runs(self._ids(order.take(positions)), ends, order.epoch)
+            start = 0
+            for k, end in zip(group, ends):
+                if ahead is not None and ahead.due():
+                    self._prefetch(ahead, k)
+                yield k, positions[start:end], next(runs)
+                start = end
 
     def _prefetch(self, ahead: Any, k: int) -> None:
         """Ask for the shards of this worker's batches from batch `k` on to be downloaded."""

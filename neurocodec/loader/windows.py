@@ -130,6 +130,8 @@ class WindowSource(SampleSource):
     lies in, cut field by field, with joined metadata. Errors name the window and its chunks.
     Chunks read are kept, least recently used first out, up to CHUNK_CACHE_BYTES per process."""
 
+    owned = False  # cached chunks: their arrays stay read-only, and windows cut from them are copied into tensors
+
     def __init__(self, path: Any, *, slots: SlotCache, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.slots = slots
@@ -141,6 +143,12 @@ class WindowSource(SampleSource):
         chunk = cache.get(sample_id)
         if chunk is None:
             chunk = super().read_sample(ds, sample_id)
+            for value in chunk.values():
+                if isinstance(value, np.ndarray):
+                    # Kept for later windows: one cut as a view of it must not be writable (a
+                    # decoder's new array, a widened integer chunk, would be), or the tensor
+                    # made of it would share the cache's memory (see `to_tensor`).
+                    value.flags.writeable = False
             cache.put(sample_id, chunk)
         return chunk
 
