@@ -142,6 +142,31 @@ def test_https_part_is_reused_until_the_etag_changes(www, tmp_path, caplog):
         assert "reusing finished part" not in caplog.text
 
 
+def test_a_stalled_https_read_times_out_and_is_retried(www, tmp_path, monkeypatch, caplog):
+    """A server that stops sending in the middle of a body: the read fails after the silence
+    limit (1 s here, 60 s by default) and is retried; the conversion equals a local one."""
+    from neurocodec.storage import http_timeouts
+
+    monkeypatch.setattr(http_timeouts, "SILENCE_TIMEOUT_S", 1.0)
+    gets = []
+
+    def stall_first_range(n, method, path):
+        gets.extend([n] if method == "GET" else [])
+        return "stall" if gets == [n] else "pass"
+
+    with RangeFileServer(str(www)) as server, FaultProxy(server.url, stall_first_range) as proxy:
+        try:
+            with caplog.at_level(logging.WARNING, logger="neurocodec.storage"):
+                convert([f"{proxy.endpoint}/small.nwb"], tmp_path / "remote")
+        finally:
+            proxy.release()
+        # the stall ended by the silence limit (the proxy would hold it for 60 s)
+        assert "TimeoutError" in caplog.text, caplog.text
+        assert proxy.stalled.is_set() and len(proxy.requests("GET")) >= 2, proxy.log
+    local = convert([www / "small.nwb"], tmp_path / "local")
+    assert array_payloads(tmp_path / "remote") == array_payloads(local)
+
+
 def test_url_without_etag_or_date_is_never_reused():
     from neurocodec.nwb.source import identifies_version
 

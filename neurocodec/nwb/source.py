@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 
 from neurocodec.nwb.extract import NWBError
+from neurocodec.storage.http_timeouts import with_http_timeouts
 from neurocodec.storage.location import file_url_path, is_url
 from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
 
@@ -257,7 +258,7 @@ def _filesystem(source: NWBSource) -> tuple[Any, str]:
     import fsspec.core
 
     try:
-        return fsspec.core.url_to_fs(source.location, **source.storage_options)
+        return fsspec.core.url_to_fs(source.location, **with_http_timeouts(source.location, source.storage_options))
     except ImportError as exc:
         raise NWBError(f"{source}: {exc}") from None
     except (ValueError, TypeError) as exc:

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from neurocodec.errors import DatasetError
 from neurocodec.process import PerProcess
+from neurocodec.storage.http_timeouts import with_http_timeouts
 
 # A scheme of two or more letters followed by "://" (one letter would be a Windows drive), or
 # an fsspec chained URL such as "simplecache::s3://bucket/ds".
@@ -71,7 +72,7 @@ class Location:
         import fsspec.core
 
         try:
-            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            fs, root = fsspec.core.url_to_fs(self.url, **with_http_timeouts(self.url, self.storage_options))
         except ImportError as exc:
             raise DatasetError(f"{self.url}: {exc}") from None
         except (ValueError, TypeError) as exc:
