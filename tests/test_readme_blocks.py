@@ -129,7 +129,7 @@ def test_the_get_started_block_is_what_ci_runs():
     ci = commands((ROOT / ".ci" / "run").read_text())
     installs = [c for c in readme if c.startswith("pip ")]
     assert len(installs) == 3 and installs == [c for c in ci if c.startswith("pip ")]
-    assert readme[-1] == "python -m pytest" == ci[-1]
+    assert readme[-1] == "python -m pytest -n 2" == ci[-1]
     assert "python examples/webdataset_example.py" in readme
     assert 'str(EXAMPLES / "webdataset_example.py")], cwd=' in (ROOT / "tests" / "test_examples.py").read_text()
 
