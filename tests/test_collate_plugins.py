@@ -32,7 +32,7 @@ N = 10
 
 def pad_with_minus_one(values, field):
     """Pupil traces padded with -1 (not 0) into a float32 batch; the mask holds the lengths."""
-    assert all(not v.flags.writeable for v in values), "decoded values are read-only views"
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in values), "decoded arrays"
     width = max(len(v) for v in values)
     out = allocate_batch_tensor((len(values), width), torch.float32)
     out.fill_(-1)

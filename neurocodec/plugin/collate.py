@@ -38,9 +38,10 @@ CollateRule = Callable[[Sequence[Any], "FieldSpec"], Collated]
 
 `values` are the field's decoded values, one per sample of the batch, in batch order (never
 empty); the field is its manifest entry (`dtype`, `shape` with None for variable axes, `kind`).
-The values are read-only views: arrays view the bytes read from the shard (`flags.writeable` is
-False), so a rule must not modify them, nor anything they hold; copy first (`np.array(value)`)
-to change one. Allocate the output with `allocate_batch_tensor`
+A rule must not modify the values, nor anything they hold: copy first (`np.array(value)`) to
+change one. An array is either the sample's own buffer (what the loaders read for one sample) or
+a read-only view of bytes a loader keeps for later (windows cut from cached chunks,
+`flags.writeable` False). Allocate the output with `allocate_batch_tensor`
 so that it lands in the batch's shared-memory slot. `data` (and `mask`, when not None) become
 `batch[field]` (and `batch[field + "_mask"]`). A ModalitySpec of a non-array kind (json, text,
 bytes) that keeps the default rule, `collate_arrays`, is batched with `collate_list`.
