@@ -33,7 +33,7 @@ from forked import ForkServer  # noqa: E402  (after the sys.path line above)
 from report import NC, NOVERIFY, Report, goals  # noqa: E402
 from workloads import Workload, expected_checksum, generate_source, workload_to_dict, workloads  # noqa: E402
 
-STAGES = ("seed", "lfp", "loader", "resume", "nwb", "remote", "memory")
+STAGES = ("seed", "lfp", "loader", "resume", "guide", "nwb", "remote", "memory")
 PEERS = ("webdataset", "mosaicml-streaming", "litdata")
 BATCH, WORKERS, SEED = 32, 2, 0
 
@@ -318,6 +318,10 @@ class Bench:
             self.stage_loader(self.wls["seed"])
         elif stage == "resume":
             self.stage_resume(self.wls["tiny"])
+        elif stage == "guide":
+            from guide_stage import GuideStage
+
+            GuideStage(self).run()
         elif stage == "nwb":
             self.stage_nwb()
         elif stage == "remote":

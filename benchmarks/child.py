@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from libs import LIBRARIES, probe
-from workloads import Checksum, load_source, workload_from_dict
+from workloads import Checksum, load_source, random_indices, workload_from_dict
 
 RAW_BLOCK = 1 << 20
 
@@ -92,6 +92,26 @@ def task_read(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "samples": check.count, "checksum": check.value(), **_rss()}
 
 
+def task_api_read(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every sample through one of the library's own datasets (`Library.apis`), as a user calls
+    it, in one process, every array digested; random access reads `random_reads` distinct
+    samples in a seeded random order (drawn before the clock)."""
+    import tempfile
+
+    wl, lib, api = workload_from_dict(spec["workload"]), LIBRARIES[spec["lib"]], spec["api"]
+    lib.preload(loader=True)
+    indices = random_indices(wl, spec["random_reads"], spec["seed"]) if lib.apis[api] == "random" else None
+    check = Checksum()
+    add = check.add
+    with tempfile.TemporaryDirectory(prefix="api-read-", dir=spec.get("scratch")) as scratch:
+        start = _start_clock()
+        for arrays, trial in lib.api_samples(api, Path(spec["path"]), wl, seed=spec["seed"], scratch=Path(scratch),
+                                             indices=indices):
+            add(arrays, (trial,))
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "samples": check.count, "checksum": check.value(), **_rss()}
+
+
 def task_raw(spec: dict[str, Any]) -> dict[str, Any]:
     """Plain reads (1 MiB readinto) of the given files, from the page cache."""
     files = [Path(p) for p in spec["files"]]
@@ -140,25 +160,38 @@ def task_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
 def task_epoch(spec: dict[str, Any]) -> dict[str, Any]:
     """One shuffled epoch through the library's DataLoader, from a fresh loader (or a restored
-    state); saves the loader's state when `capture_at` samples have been delivered."""
+    state); saves the loader's state when `capture_at` samples have been delivered. `context`:
+    the workers' start method. `startup_batches`: also time the arrival of that many batches
+    (by then every worker has handed one over), from which `steady_s` / `steady_samples` count."""
     wl, lib = workload_from_dict(spec["workload"]), LIBRARIES[spec["lib"]]
     lib.preload(loader=True)
     capture_at, stop_after = spec.get("capture_at"), spec.get("stop_after")
+    startup = spec.get("startup_batches")
     check = Checksum()
+    if spec.get("context") == "forkserver":
+        # As for a training script that imports torch and the library at its top: the fork
+        # server imports the main module (and these) once, and forks every worker from it.
+        import multiprocessing
+
+        multiprocessing.set_forkserver_preload(["__main__", "torch", lib.module])
     start = _start_clock()
     loader = lib.loader(Path(spec["path"]), wl, batch_size=spec["batch_size"], workers=spec["workers"],
-                        seed=spec["seed"])
+                        seed=spec["seed"], context=spec.get("context"))
     if "resume_position" in spec:
         lib.load_state_dict(loader, lib.seek_state(loader, spec["resume_position"]))
     elif "resume_state" in spec:
         lib.load_state_dict(loader, json.loads(Path(spec["resume_state"]).read_text()))
-    first = None
+    first = steady = None
+    first_count = steady_count = batches = 0
     for batch in loader:
         arrays, trials = lib.batch(batch, wl)
         check.add(arrays, trials)
+        batches += 1
         if first is None:
             first = time.perf_counter() - start
             first_count = check.count
+        if batches == startup:
+            steady, steady_count = time.perf_counter() - start, check.count
         if capture_at is not None and check.count == capture_at:
             Path(spec["state_out"]).write_text(json.dumps(lib.state_dict(loader)))
         if stop_after is not None and check.count >= stop_after:
@@ -166,6 +199,7 @@ def task_epoch(spec: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - start
     del loader
     return {"first_batch_s": first, "first_batch_samples": first_count if first is not None else 0,
+            "steady_s": steady, "steady_samples": steady_count,
             "seconds": total, "samples": check.count, "checksum": check.value(), **_rss()}
 
 

@@ -52,9 +52,21 @@ class Library:
         only by adapters whose reader has them (neurocodec's `verify`); the others refuse any."""
         raise NotImplementedError
 
-    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
-        """The library's DataLoader over `path`, shuffling, one epoch per iteration."""
+    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int,
+               context: str | None = None) -> Any:
+        """The library's DataLoader over `path`, shuffling, one epoch per iteration; workers started
+        with the multiprocessing start method `context` (None: torch's default, fork on Linux)."""
         raise NotImplementedError
+
+    apis: dict[str, str] = {}
+    """The library's own datasets the benchmark reads one process through (`api_samples`): API
+    name -> how it reads (`ordered`, `shuffled`, `random`)."""
+
+    def api_samples(self, api: str, path: Path, wl: Workload, *, seed: int, scratch: Path,
+                    indices: list[int] | None = None) -> Iterator[Sample]:
+        """Every sample through the library's dataset `api` (a key of `apis`), as a user calls it:
+        in stored order, shuffled by `seed`, or (random access) at `indices`, one by one."""
+        raise NotImplementedError(f"{self.name} has no {api}")
 
     def batch(self, batch: Any, wl: Workload) -> Batch:
         """Arrays and trial numbers of one batch from `loader`."""
@@ -106,11 +118,37 @@ class Neurocodec(Library):
             for s in ds:
                 yield [s[name] for name in names], s["metadata"]["trial"]
 
-    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
+    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int,
+               context: str | None = None) -> Any:
         from neurocodec import create_webdataset_dataloader
 
         return create_webdataset_dataloader(path, batch_size=batch_size, num_workers=workers, shuffle=True,
-                                            seed=seed)
+                                            seed=seed, multiprocessing_context=context)
+
+    apis = {"Dataset": "ordered", "WebDatasetLoader": "ordered", "ResumableWebDatasetLoader": "ordered",
+            "WebDatasetLoader shuffle": "shuffled", "Dataset[i]": "random", "RandomAccessWebDataset[i]": "random"}
+
+    def api_samples(self, api: str, path: Path, wl: Workload, *, seed: int, scratch: Path,
+                    indices: list[int] | None = None) -> Iterator[Sample]:
+        import neurocodec as nc
+
+        names = wl.field_names
+        if api == "Dataset":
+            yield from self.samples(path, wl)
+            return
+        if api in ("Dataset[i]", "RandomAccessWebDataset[i]"):
+            ds = nc.Dataset(path) if api == "Dataset[i]" else nc.RandomAccessWebDataset(path)
+            tensors = api != "Dataset[i]"
+            for i in indices or []:
+                s = ds[i]
+                yield [s[name].numpy() if tensors else s[name] for name in names], s["metadata"]["trial"]
+            return
+        if api == "ResumableWebDatasetLoader":  # checkpoints every 1000 samples (its default), fsynced
+            loader = nc.ResumableWebDatasetLoader(path, scratch / "checkpoint.json", shuffle=False)
+        else:
+            loader = nc.WebDatasetLoader(path, shuffle=api.endswith("shuffle"), seed=seed)
+        for s in loader:  # tensors: .numpy() is how a user gets the arrays back (no copy)
+            yield [s[name].numpy() for name in names], s["metadata"]["trial"]
 
     def batch(self, batch: Any, wl: Workload) -> Batch:
         return [batch[name].numpy() for name in wl.field_names], [m["trial"] for m in batch["metadata"]]
@@ -154,13 +192,28 @@ class WebDataset(Library):
         for s in wds.WebDataset(self._urls(path), shardshuffle=False).decode():
             yield [s[key] for key in keys], s["metadata.json"]["trial"]
 
-    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
+    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int,
+               context: str | None = None) -> Any:
         import webdataset as wds
 
         urls = self._urls(path)
         dataset = (wds.WebDataset(urls, shardshuffle=len(urls), seed=seed, workersplitter=wds.split_by_worker)
                    .shuffle(1000).decode().batched(batch_size, partial=True))
-        return wds.WebLoader(dataset, batch_size=None, num_workers=workers)
+        return wds.WebLoader(dataset, batch_size=None, num_workers=workers,
+                             multiprocessing_context=context if workers else None)
+
+    apis = {"WebDataset": "ordered", "WebDataset shuffle": "shuffled"}
+
+    def api_samples(self, api: str, path: Path, wl: Workload, *, seed: int, scratch: Path,
+                    indices: list[int] | None = None) -> Iterator[Sample]:
+        import webdataset as wds
+
+        if api == "WebDataset":
+            yield from self.samples(path, wl)
+            return
+        urls, keys = self._urls(path), [f"{name}.npy" for name in wl.field_names]
+        for s in wds.WebDataset(urls, shardshuffle=len(urls), seed=seed).shuffle(1000).decode():
+            yield [s[key] for key in keys], s["metadata.json"]["trial"]
 
     def batch(self, batch: Any, wl: Workload) -> Batch:
         return ([batch[f"{name}.npy"].numpy() for name in wl.field_names],
@@ -201,11 +254,25 @@ class LitData(Library):
         for s in litdata.StreamingDataset(str(path)):
             yield [s[name] for name in names], s["metadata"]["trial"]
 
-    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
+    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int,
+               context: str | None = None) -> Any:
         import litdata
 
         dataset = litdata.StreamingDataset(str(path), shuffle=True, seed=seed)
-        return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers)
+        return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                           multiprocessing_context=context if workers else None)
+
+    apis = {"StreamingDataset": "ordered", "StreamingDataset shuffle": "shuffled", "StreamingDataset[i]": "random"}
+
+    def api_samples(self, api: str, path: Path, wl: Workload, *, seed: int, scratch: Path,
+                    indices: list[int] | None = None) -> Iterator[Sample]:
+        import litdata
+
+        names = wl.field_names
+        dataset = litdata.StreamingDataset(str(path), shuffle=api.endswith("shuffle"), seed=seed)
+        samples = (dataset[i] for i in indices or []) if api.endswith("[i]") else iter(dataset)
+        for s in samples:
+            yield [s[name] for name in names], s["metadata"]["trial"]
 
     def batch(self, batch: Any, wl: Workload) -> Batch:
         return [batch[name].numpy() for name in wl.field_names], [int(t) for t in batch["metadata"]["trial"]]
@@ -248,11 +315,13 @@ class MosaicStreaming(Library):
         for s in dataset:
             yield [s[name] for name in names], s["metadata"]["trial"]
 
-    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int) -> Any:
+    def loader(self, path: Path, wl: Workload, *, batch_size: int, workers: int, seed: int,
+               context: str | None = None) -> Any:
         from streaming import StreamingDataLoader, StreamingDataset
 
         dataset = StreamingDataset(local=str(path), shuffle=True, shuffle_seed=seed, batch_size=batch_size)
-        return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers)
+        return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                   multiprocessing_context=context if workers else None)
 
     def batch(self, batch: Any, wl: Workload) -> Batch:
         trials = batch["metadata"]["trial"]

@@ -36,6 +36,8 @@ class Row:
     rss: str = ""
     note: str = ""
     ratio: str = ""
+    fixed: bool = False
+    """The ratio was set by the stage that made the row (`guide_stage`), not by `Report._ratios`."""
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Report:
     checks: int = 0
     elapsed: float = 0.0
     load: list[float] = field(default_factory=list)
+    guide_goals: dict[str, float | None] = field(default_factory=dict)
+    """Issue 18's goals (`guide_stage.guide_goal_values`), when that stage ran."""
 
     def label(self, lib: str) -> str:
         """Library name with its version (`neurocodec-nofsync` and `neurocodec-noverify` become
@@ -197,6 +201,8 @@ class Report:
     def _ratios(self) -> None:
         """Fill each peer's ratio against neurocodec's row of the same section and measure."""
         for row in self.rows:
+            if row.fixed:
+                continue
             row.ratio = ""
             if row.value is None or row.library.startswith(NC) or row.library in ("raw file read", "h5py", FLOOR):
                 continue
@@ -242,7 +248,7 @@ class Report:
                                                 "python": platform.python_version()},
                 "repeat": self.repeat, "quick": self.quick, "peers": self.peers, "load": self.load,
                 "rows": [asdict(r) for r in self.rows], "mismatches": self.mismatches,
-                "goals": goal_values(self), "nwb_goals": nwb_goal_values(self)}
+                "goals": goal_values(self), "nwb_goals": nwb_goal_values(self), "guide_goals": self.guide_goals}
 
     def find(self, section_start: str, measure_start: str, lib: str) -> float | None:
         """The value of the first matching row (library by name prefix)."""
@@ -307,6 +313,9 @@ def goals(report: Report) -> str:
     if nwb:
         lines += ["", "Goals of issue 13, item 7 (measured in this run):"]
         lines += [f"- {name}: {'–' if value is None else f'{value:.2f}'}" for name, value in nwb.items()]
+    if report.guide_goals:
+        lines += ["", "Goals of issue 18 (measured in this run):"]
+        lines += [f"- {name}: {'–' if value is None else f'{value:.2f}'}" for name, value in report.guide_goals.items()]
     return "\n".join(lines)
 
 

@@ -70,6 +70,7 @@ def test_quick_run_prints_the_full_table(tmp_path):
     assert doc["mismatches"] == []
     assert set(doc["goals"]) and doc["quick"] is True
     _check_nwb_rows(rows, doc["nwb_goals"])
+    _check_guide_rows(rows, doc["guide_goals"])
 
 
 def _check_nwb_rows(rows: list[dict], goals: dict) -> None:
@@ -92,6 +93,37 @@ def _check_nwb_rows(rows: list[dict], goals: dict) -> None:
     assert len(workers) == 1 and "scaling" in workers[0]["note"], workers
     assert goals["NWB lfp: workers=2 / 1 process (goal ~2)"] > 0
     assert goals["NWB lfp, 1 process, overlap 0: % of raw h5py read (goal >= 50)"] > 0
+
+
+def _check_guide_rows(rows: list[dict], goals: dict) -> None:
+    """Issue 18: the guide's datasets beside the peers' in one process (Dataset the floor), and
+    the DataLoader under every start method over a short and a long epoch."""
+    one = [r for r in rows if "the guide's datasets" in r["section"]]
+    by = {(r["measure"].split(",")[0], r["library"].split(" ", 2)[-1]): r for r in one}
+    for measure, api in [("iterate in stored order", "Dataset"), ("iterate in stored order", "WebDatasetLoader"),
+                         ("iterate in stored order", "ResumableWebDatasetLoader"),
+                         ("iterate shuffled", "WebDatasetLoader shuffle"), ("random access ds[i]", "Dataset[i]"),
+                         ("random access ds[i]", "RandomAccessWebDataset[i]")]:
+        row = by[(measure, api)]
+        assert row["value"] > 0 and row["note"].startswith("checksum ok"), row
+        assert row["note"].endswith("the floor") if api.startswith("Dataset") else "% of Dataset" in row["note"], row
+    peers = [r for r in one if not r["library"].startswith("neurocodec")]
+    assert all(r["note"].startswith("checksum ok") and r["ratio"].endswith("×") for r in peers), peers
+    contexts = {}
+    for row in rows:
+        if row["section"].endswith("by start method") and row["library"].startswith("neurocodec"):
+            contexts.setdefault(row["section"].split(":")[0], set()).add(row["measure"])
+    for context in ("fork", "spawn", "forkserver"):
+        for what in ("epoch, start-up excluded", "epoch, start-up included", "workers up (first 3 batches)"):
+            assert f"{context}: {what}" in contexts["tiny"], (context, what, contexts)
+    assert "fork: epoch, start-up excluded" in contexts["seed"]
+    for row in rows:
+        if row["section"].endswith("by start method"):
+            assert row["value"] > 0, row
+            assert "start-up excluded" not in row["measure"] or row["note"].startswith("checksum ok"), row
+    assert goals["WebDatasetLoader / Dataset (goal >= 0.9)"] > 0
+    assert goals["DataLoader 2000 samples, spawn / fork, start-up excluded (goal >= 0.8)"] > 0
+    assert goals["DataLoader 2000 samples, forkserver / fork, start-up included"] > 0
 
 
 def test_unknown_stage_is_refused(tmp_path):
