@@ -2,9 +2,9 @@
 
 Each is a frozen attrs class, so it pickles to spawned DataLoader workers and prints its
 parameters; calling it as `t(sample, rng)` returns a new sample dict. The fields it works on
-are parameters, and it never changes the arrays it is given (decoded arrays are read-only views
-of the shard): every changed field is a new array or a new `SpikeEvents`; other fields are
-passed through as they are. Compose several with `Compose`.
+are parameters, and it never changes the arrays it is given (they may be read-only views of a
+chunk the loader keeps for later windows): every changed field is a new array or a new
+`SpikeEvents`; other fields are passed through as they are. Compose several with `Compose`.
 
 Time runs along axis 0 of array fields: binned counts are (time, units), continuous signals
 (time, channels). Spike events (`decode={"spikes": {"as": "events"}}`) are `SpikeEvents` with
