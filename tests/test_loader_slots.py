@@ -2,8 +2,8 @@
 
 What a user must be able to rely on: every batch is exactly what in-process collation gives
 (fixed, padded and custom-collated fields alike); a batch the training loop keeps is never
-written over, however many it keeps; changing a batch in place changes no other batch; fork
-and spawn workers both work. And the slots must actually be used, or none of this is tested.
+written over, however many it keeps; changing a batch in place changes no other batch; fork,
+spawn and forkserver workers all work. And the slots must actually be used, or none of this is tested.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def reference(dataset: Path) -> list[dict[str, Any]]:
             for b in loader(dataset, 0)]
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
 def test_batches_are_exact_and_come_through_the_slots(dataset: Path, reference: list, context: str) -> None:
     it = loader(dataset, 2, multiprocessing_context=context)
     slotted = 0
