@@ -149,6 +149,10 @@ class Dataset:
         `ShardReader.read_sample`); by default they are read-only."""
         return self._read_healing(self.shard(number), number, local, writable)[1]
 
+    def read_with(self, reader: ShardReader, number: int, local: int, *, writable: bool = False) -> dict[str, Any]:
+        """`read_local` with shard `number`'s reader already in hand (from `shard(number)`)."""
+        return self._read_healing(reader, number, local, writable)[1]
+
     def _read_healing(self, reader: ShardReader, number: int, local: int,
                       writable: bool = False) -> tuple[ShardReader, dict[str, Any]]:
         """(the reader, sample `local` read with it); a remote shard whose cached copy fails a

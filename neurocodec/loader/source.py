@@ -145,11 +145,11 @@ class SampleSource:
         if number in self._bad_shards:
             raise self._bad_shards[number]
         try:
-            ds.shard(number)
+            reader = ds.shard(number)
         except ShardError as exc:
             self._bad_shards[number] = exc
             raise
-        return ds.read_local(number, local, writable=self.owned)
+        return ds.read_with(reader, number, local, writable=self.owned)
 
     def _skip(self, epoch: int, shard: str | None, what: str, exc: Exception) -> None:
         self.skipped += 1
