@@ -3,9 +3,9 @@
 With `window_ms=` (or `window_bins=`) a loader over a chunked dataset (converted with
 `chunk_seconds=`) reads windows instead of stored samples. Epoch `e`'s samples are the window
 slots of `WindowSlots(timeline, window, seed, e, mode)` (see `neurocodec.loader.window_slots`),
-numbered 0..n-1; the epoch order permutes them exactly as it permutes stored samples, with each
-session taking the place of a shard (so neighbouring windows of a session, reading neighbouring
-chunks, stay together in the order's chunks). Everything that holds for stored samples holds for
+numbered 0..n-1 session after session; the epoch order permutes them exactly as it permutes
+stored samples, in chunks of consecutive numbers (docs/order.md), so neighbouring windows of a
+session, reading neighbouring chunks, mostly stay together. Everything that holds for stored samples holds for
 slots: the order, the state, resuming with other worker counts or world sizes, the transforms'
 generators (seeded by the slot number).
 
