@@ -321,7 +321,7 @@ def test_prefetch_budget_bounds_the_wish_list(tmp_path):
         pre = ds.remote._prefetcher.current()
         pre.close()
         pre._closed = False  # keep the wish list for inspection, no thread runs
-        pre._thread = object()
+        pre._max_threads = 0  # no thread starts
         pre.want(range(10))
         assert pre._queue == [0, 1]
 

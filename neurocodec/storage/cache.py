@@ -20,6 +20,10 @@ the shared lock, and eviction deletes only entries whose lock it can take exclus
 waiting. A shard that is open keeps its data after eviction (its open file holds the inode).
 Locks are `flock` locks, so the cache directory must be on a local filesystem.
 
+Downloads run as GETs of a small per-process thread pool (`download_threads`), several shards
+at once when prefetching, and a file larger than `part_bytes` in ranged parts written at their
+offsets into its temp file, then verified whole (see `transfer.py`).
+
 An entry damaged on local disk after its download was verified is caught by the reader's checks
 and dropped by `discard_damaged` (if it no longer matches the manifest's SHA-256), so that it is
 downloaded again (see docs/storage.md, "Damaged cache entries heal").
@@ -28,7 +32,6 @@ downloaded again (see docs/storage.md, "Damaged cache entries heal").
 from __future__ import annotations
 
 import contextlib
-import errno
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: remote reading needs flock
@@ -44,9 +47,11 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from neurocodec.errors import ShardError
 from neurocodec.format.manifest import ShardEntry
+from neurocodec.process import PerProcess
 from neurocodec.storage.forkguard import FORK_GUARD
 from neurocodec.storage.location import Location
-from neurocodec.storage.retry import ChecksumMismatch, RetriesExhausted, RetryPolicy
+from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
+from neurocodec.storage.transfer import DownloadError, DownloadPool, FileTask, digest_of, download
 
 log = logging.getLogger("neurocodec.storage")
 T = TypeVar("T")
@@ -54,6 +59,8 @@ T = TypeVar("T")
 CACHE_DIR_ENV = "NEUROCODEC_CACHE_DIR"
 CACHE_SIZE_ENV = "NEUROCODEC_CACHE_SIZE"
 DEFAULT_CACHE_BYTES = 10 << 30
+DEFAULT_DOWNLOAD_THREADS = 4
+DEFAULT_PART_BYTES = 8 << 20
 RESERVATION = ".reserved"
 """The file that holds a download's room in its entry folder until the download completes."""
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
@@ -143,32 +150,46 @@ class ShardCache:
     `cache_dir` defaults to `default_cache_dir()`, `max_bytes` (an int or a size string such
     as `"20G"`) to `$NEUROCODEC_CACHE_SIZE` or 10 GiB. `retry` bounds the attempts at each
     download (default `RetryPolicy.default()`); `prefetch_bytes` bounds how far ahead each
-    reading process prefetches (default a quarter of `max_bytes`; 0 turns prefetching off). A shard larger than `max_bytes` is still downloaded (the cache then holds it
-    alone). The object holds only settings, so it pickles into DataLoader workers.
+    reading process prefetches (default a quarter of `max_bytes`; 0 turns prefetching off).
+    `download_threads` (default 4) is how many GETs each process runs at once, and how many
+    shards its prefetcher downloads at once; a file larger than `part_bytes` (default 8 MiB; 0:
+    never) is fetched in ranged GETs of that size. A shard larger than `max_bytes` is still
+    downloaded (the cache then holds it alone). The object holds only settings, so it pickles
+    into DataLoader workers.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, max_bytes: int | str | None = None, *,
-                 retry: RetryPolicy | None = None, prefetch_bytes: int | str | None = None) -> None:
+                 retry: RetryPolicy | None = None, prefetch_bytes: int | str | None = None,
+                 download_threads: int = DEFAULT_DOWNLOAD_THREADS,
+                 part_bytes: int | str = DEFAULT_PART_BYTES) -> None:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         if max_bytes is None:
             max_bytes = os.environ.get(CACHE_SIZE_ENV) or DEFAULT_CACHE_BYTES
         self.max_bytes = parse_size(max_bytes)
         self.retry = retry or RetryPolicy.default()
         self.prefetch_bytes = parse_size(prefetch_bytes) if prefetch_bytes is not None else self.max_bytes // 4
+        if type(download_threads) is not int or download_threads < 1:
+            raise ValueError(f"download_threads must be a positive integer, got {download_threads!r}")
+        self.download_threads = download_threads
+        self.part_bytes = parse_size(part_bytes)
+        self._pool: PerProcess[DownloadPool] = PerProcess()
         self._ready = False
         self.downloads = 0  # shards this object downloaded in this process
         self.evictions = 0  # entries this object evicted in this process
         self.discarded = 0  # damaged entries this object dropped in this process
-        self._count_lock = threading.Lock()
+        self._counting: PerProcess[threading.Lock] = PerProcess()  # a fork may copy it held
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {**self.__dict__, "_ready": False}
-        del state["_count_lock"]
-        return state
+        return {**self.__dict__, "_ready": False}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._count_lock = threading.Lock()
+    @property
+    def _count_lock(self) -> threading.Lock:
+        return self._counting.get(threading.Lock)
+
+    @property
+    def pool(self) -> DownloadPool:
+        """This process's download threads (made on first use, again after a fork)."""
+        return self._pool.get(lambda: DownloadPool(self.download_threads))
 
     def __repr__(self) -> str:
         return f"ShardCache({str(self.cache_dir)!r}, max_bytes={self.max_bytes})"
@@ -206,11 +227,20 @@ class ShardCache:
     @contextlib.contextmanager
     def checkout(self, location: Location, entry: ShardEntry) -> Iterator[Path]:
         """Yield the local path of `entry`'s shard (its index beside it), downloading both
-        first if needed; the files are not evicted before the block ends (open them inside)."""
+        first if needed; the files are not evicted before the block ends (open them inside).
+
+        A reader goes first: the GETs of this shard, its own or those of a prefetch already
+        downloading it in this process, jump the queue of the process's download threads."""
+        with self.pool.urgent(self.key(entry)), self._checkout(location, entry, None) as (path, _):
+            yield path
+
+    @contextlib.contextmanager
+    def _checkout(self, location: Location, entry: ShardEntry,
+                  cancel: threading.Event | None) -> Iterator[tuple[Path, bool]]:
         self._dirs()
         lock = _Lock(self.cache_dir / "locks" / f"{self.key(entry)}.lock")
         try:
-            yield self._hold(lock, location, entry)
+            yield self._hold(lock, location, entry, cancel)
         finally:
             lock.close()
 
@@ -219,15 +249,15 @@ class ShardCache:
         with self.checkout(location, entry) as path:
             return opener(path)
 
-    def fetch(self, location: Location, entry: ShardEntry) -> bool:
-        """Make sure `entry` is cached (used by prefetching); True if it was downloaded now."""
-        before = self.downloads
-        with self.checkout(location, entry):
-            pass
-        return self.downloads > before
+    def fetch(self, location: Location, entry: ShardEntry, cancel: threading.Event | None = None) -> bool:
+        """Make sure `entry` is cached (used by prefetching); True if this call downloaded it.
+        Once `cancel` is set, a download in progress stops and raises `Cancelled`."""
+        with self._checkout(location, entry, cancel) as (_, downloaded):
+            return downloaded
 
-    def _hold(self, lock: _Lock, location: Location, entry: ShardEntry) -> Path:
-        path = self.entry_dir(entry) / entry.name
+    def _hold(self, lock: _Lock, location: Location, entry: ShardEntry,
+              cancel: threading.Event | None) -> tuple[Path, bool]:
+        path, downloaded = self.entry_dir(entry) / entry.name, False
         for _ in range(8):
             lock.shared()
             if self._complete(entry):
@@ -235,14 +265,17 @@ class ShardCache:
                     os.utime(path)  # recency for LRU eviction
                 except FileNotFoundError:
                     continue
-                return path
+                return path, downloaded
             lock.exclusive()  # may drop the shared lock first: check again below
             if not self._complete(entry):
-                self._download(location, entry)
+                self._download(location, entry, cancel)
+                downloaded = True
         raise ShardError("evicted again each time it was downloaded: the cache is too small for the "
                          f"shards in use ({self!r})", shard=entry.name)
 
-    def _download(self, location: Location, entry: ShardEntry) -> None:
+    def _download(self, location: Location, entry: ShardEntry, cancel: threading.Event | None) -> None:
+        """Download `entry`'s index and shard (holding its lock exclusively): a reader's
+        (`cancel` None) runs its own GETs too, a prefetch's stops once `cancel` is set."""
         key = self.key(entry)
         tmp_dir = self.cache_dir / "tmp"
         for stale in tmp_dir.glob(f"{key}.*"):  # left by a killed holder of this lock
@@ -252,23 +285,21 @@ class ShardCache:
         self.make_room(entry.bytes + entry.index_bytes, keep=key, reserve=reservation)
         tag = f"{os.getpid()}.{threading.get_ident()}"
         # The index first: the shard file's presence is what `_complete` looks for last.
+        files = [FileTask(location, name, size, digest, tmp_dir / f"{key}.{name}.{tag}.part")
+                 for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
+                                            (entry.name, entry.bytes, entry.sha256))]
         try:
-            for name, size, digest in ((entry.index, entry.index_bytes, entry.index_sha256),
-                                       (entry.name, entry.bytes, entry.sha256)):
-                tmp = tmp_dir / f"{key}.{name}.{tag}.part"
-                url = location.url_of(name)
-                try:
-                    self.retry.call(lambda: _get_verified(location, name, tmp, size, digest), f"downloading {url}")
-                    os.replace(tmp, folder / name)
-                except RetriesExhausted as exc:
-                    raise ShardError(f"cannot download {url}: {exc.attempts} attempts failed, the last with "
-                                     f"{type(exc.last).__name__}: {exc.last}", shard=entry.name) from None
-                except OSError as exc:
-                    raise ShardError(f"cannot download {url}: {type(exc).__name__}: {exc}",
-                                     shard=entry.name) from None
-                finally:
-                    tmp.unlink(missing_ok=True)
+            download(self.pool, key, files, self.retry, self.part_bytes, cancel, help_inline=cancel is None)
+            for f in files:
+                os.replace(f.tmp, folder / f.name)
+        except DownloadError as exc:
+            raise _download_failed(location.url_of(exc.name), exc.cause, entry.name) from None
+        except OSError as exc:
+            raise ShardError(f"cannot download {location.url_of(entry.name)}: {type(exc).__name__}: {exc}",
+                             shard=entry.name) from None
         finally:  # done, or failed: the files themselves count from here on
+            for f in files:
+                f.tmp.unlink(missing_ok=True)
             reservation.unlink(missing_ok=True)
         with self._count_lock:
             self.downloads += 1
@@ -386,33 +417,18 @@ class ShardCache:
             self.max_bytes = saved
 
 
-def _digest(f: Any) -> str:
-    """The SHA-256 (hex) of the rest of an open binary file, read in 4 MiB blocks."""
-    sha = hashlib.sha256()
-    for block in iter(lambda: f.read(1 << 22), b""):
-        sha.update(block)
-    return sha.hexdigest()
+def _download_failed(url: str, cause: BaseException, shard: str) -> ShardError:
+    """The ShardError of a download that failed for good with `cause`."""
+    if isinstance(cause, RetriesExhausted):
+        return ShardError(f"cannot download {url}: {cause.attempts} attempts failed, the last with "
+                          f"{type(cause.last).__name__}: {cause.last}", shard=shard)
+    return ShardError(f"cannot download {url}: {type(cause).__name__}: {cause}", shard=shard)
 
 
 def _sha256_of(path: Path) -> str | None:
     """The SHA-256 (hex) of a file, or None if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            return _digest(f)
+            return digest_of(f)
     except OSError:
         return None
-
-
-def _get_verified(location: Location, name: str, tmp: Path, size: int, digest: str) -> None:
-    """Download `name` to `tmp` and check its size and SHA-256 (ChecksumMismatch otherwise)."""
-    tmp.unlink(missing_ok=True)
-    location.fs.get_file(location.path(name), str(tmp))
-    try:
-        with open(tmp, "rb") as f:
-            got = os.fstat(f.fileno()).st_size
-            if got != size:
-                raise ChecksumMismatch(errno.EIO, f"downloaded {got} bytes, the manifest says {size}")
-            if _digest(f) != digest:
-                raise ChecksumMismatch(errno.EIO, "SHA-256 does not match the manifest (corrupted)")
-    except FileNotFoundError:
-        raise ChecksumMismatch(errno.EIO, "the download produced no file") from None

@@ -1,10 +1,11 @@
 """The remote side of a `Dataset`: its manifest over fsspec, its shards through a `ShardCache`,
-and a background thread that prefetches the shards the reader will want next."""
+and background threads that prefetch the shards the reader will want next, several at once."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -15,6 +16,7 @@ from neurocodec.process import PerProcess
 from neurocodec.storage.cache import Identity, ShardCache
 from neurocodec.storage.location import Location
 from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
+from neurocodec.storage.transfer import IDLE_SECONDS, Cancelled
 
 log = logging.getLogger("neurocodec.storage")
 T = TypeVar("T")
@@ -46,61 +48,93 @@ def read_remote_bytes(location: Location, name: str, limit: int, retry: RetryPol
 
 
 class Prefetcher:
-    """Downloads wanted shards into the cache in a daemon thread, in the order wanted, at most
-    `budget` bytes ahead; the latest `want` replaces the earlier wish list. Errors are left
-    for the reader to meet (and report) when it opens the shard itself."""
+    """Downloads wanted shards into the cache with up to `threads` daemon threads (several
+    shards at once), in the order wanted, at most `budget` bytes ahead, the downloads in
+    progress included; the latest `want` replaces the earlier wish list. Errors are left for
+    the reader to meet (and report) when it opens the shard itself. A thread idle for
+    `IDLE_SECONDS` ends. `fetch(number, cancel)` downloads one shard and stops once `cancel`
+    is set (see `ShardCache.fetch`)."""
 
-    def __init__(self, fetch: Callable[[int], Any], sizes: Sequence[int], budget: int) -> None:
-        self._fetch, self._sizes, self._budget = fetch, sizes, budget
+    def __init__(self, fetch: Callable[[int, threading.Event], Any], sizes: Sequence[int], budget: int,
+                 threads: int = 1) -> None:
+        self._fetch, self._sizes, self._budget, self._max_threads = fetch, sizes, budget, max(1, threads)
         self._queue: list[int] = []
+        self._active: set[int] = set()  # being downloaded now
         self._recent: OrderedDict[int, None] = OrderedDict()  # fetched lately: skip
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._cancel = threading.Event()
         self._closed = False
         self.fetched = 0
 
     def want(self, numbers: Iterable[int]) -> None:
         """Shards the reader will open next, soonest first."""
-        queue, total = [], 0
-        for n in numbers:
-            if n in self._recent or n in queue:
-                continue
-            total += self._sizes[n]
-            if queue and total > self._budget:
-                break
-            queue.append(n)
         with self._cond:
             if self._closed:
                 return
+            queue, total = [], sum(self._sizes[n] for n in self._active)
+            for n in numbers:
+                if n in self._recent or n in self._active or n in queue:
+                    continue
+                total += self._sizes[n]
+                if (queue or self._active) and total > self._budget:
+                    break
+                queue.append(n)
             self._queue = queue
-            if queue and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="neurocodec-prefetch", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            for _ in range(min(len(queue) - self._idle, self._max_threads - len(self._threads))):
+                thread = threading.Thread(target=self._run, name="neurocodec-prefetch", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify(len(queue))
+
+    def _next(self) -> int | None:
+        """The next shard to download, or None when closed or idle for long (the thread ends)."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._idle += 1
+                woken = self._cond.wait(IDLE_SECONDS)
+                self._idle -= 1
+                if not woken and not self._queue:
+                    break
+            if self._closed or not self._queue:
+                self._threads.remove(threading.current_thread())
+                return None
+            number = self._queue.pop(0)
+            self._active.add(number)
+            return number
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                number = self._queue.pop(0)
+        while (number := self._next()) is not None:
+            done = False
             try:
-                self._fetch(number)
-                self.fetched += 1
+                self._fetch(number, self._cancel)
+                done = True
+            except Cancelled:
+                pass
             except Exception as exc:  # the reader raises it properly when it gets there
                 log.debug("prefetching shard %d failed: %s", number, exc)
-            self._recent[number] = None
-            while len(self._recent) > 64:
-                self._recent.popitem(last=False)
+                done = True
+            with self._cond:
+                self._active.discard(number)
+                self.fetched += done
+                if done:
+                    self._recent[number] = None
+                while len(self._recent) > 64:
+                    self._recent.popitem(last=False)
 
-    def close(self) -> None:
-        """Stop after the download in progress (it completes or is discarded safely)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Drop the wish list and stop the downloads in progress (each ends after the GETs
+        already under way; nothing partial is published); wait up to `timeout` s for them."""
         with self._cond:
             self._closed = True
             self._queue = []
-            self._cond.notify()
+            self._cancel.set()
+            self._cond.notify_all()
+            threads = [t for t in self._threads if t is not threading.current_thread()]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class RemoteShards:
@@ -167,8 +201,9 @@ class RemoteShards:
         if self.cache.prefetch_bytes <= 0:
             return
         self._prefetcher.get(lambda: Prefetcher(
-            lambda n: self.cache.fetch(self.location, self.shards[n]),
-            [s.bytes + s.index_bytes for s in self.shards], self.cache.prefetch_bytes)).want(numbers)
+            lambda n, cancel: self.cache.fetch(self.location, self.shards[n], cancel),
+            [s.bytes + s.index_bytes for s in self.shards], self.cache.prefetch_bytes,
+            self.cache.download_threads)).want(numbers)
 
     def close(self) -> None:
         """Stop prefetching (this process's prefetcher; a forked parent's is not this one's)."""
