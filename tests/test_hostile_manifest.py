@@ -102,7 +102,7 @@ MANIFEST_CASES = {
     "json_array": (lambda d: [d], r"must be a JSON object"),
     "other_format": (_set("format", "webdataset"), r"not a neurocodec manifest"),
     # Check: format version.
-    "future_format_version": (_set("format_version", 3), r"format_version 3 is newer than this neurocodec reads"),
+    "future_format_version": (_set("format_version", 4), r"format_version 4 is newer than this neurocodec reads"),
     "far_future_format_version": (_set("format_version", 10**30), r"is newer than this neurocodec reads"),
     "format_version_string": (_set("format_version", "1"), r"format_version must be an? (positive )?integer"),
     "format_version_float": (_set("format_version", 1.0), r"format_version must be an? (positive )?integer"),

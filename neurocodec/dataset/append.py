@@ -40,7 +40,8 @@ from neurocodec.format import layout
 from neurocodec.format.home import has_manifest, home
 from neurocodec.format.manifest import MAX_VERSION, Manifest
 from neurocodec.format.shardfile import ShardSequence
-from neurocodec.fsutil import atomic_write_bytes, fsync_dir, is_temp_name
+from neurocodec.format.shard_table import is_table_name
+from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
 from neurocodec.storage.local_output import write_manifest
@@ -202,6 +203,9 @@ def _keep_version(path: Path, version: int, manifest_bytes: bytes | None, fsync:
             (kept / name).mkdir(parents=True)
             for item in sorted(source.glob("*.json")):
                 atomic_write_bytes(kept / name / item.name, item.read_bytes(), fsync=fsync)
+    for item in sorted(path.glob("shards-*.table")):  # the manifest's shard table, if it has one
+        if is_table_name(item.name):
+            atomic_link_or_copy(item, kept / item.name, fsync=fsync)
     atomic_write_bytes(kept / layout.MANIFEST, manifest_bytes, fsync=fsync)
     if fsync:
         fsync_dir(kept)

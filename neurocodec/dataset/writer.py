@@ -13,6 +13,7 @@ from neurocodec.errors import DatasetError, NeurocodecError, SampleError, Writer
 from neurocodec.format import layout, limits
 from neurocodec.format.compression import SUFFIX, check_compression, compressor
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
+from neurocodec.format.shard_table import TABLE_ABOVE
 from neurocodec.format.shardfile import ShardSequence
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
@@ -52,7 +53,9 @@ class WebDatasetWriter:
     `codecs` gives a field another codec than its modality's, by config, stored in the manifest
     with the data (`{"lfp": {"id": "ndarray", "filters": ...}}`, `{"spikes": {"id":
     "spike-events", ...}}`; see docs/format.md): plain `.npy` stays the default, readable by
-    webdataset, Hugging Face datasets and Ray Data.
+    webdataset, Hugging Face datasets and Ray Data. A dataset of more than `shard_table_above`
+    shards (default 10,000) keeps its shard rows in a binary shard table beside the manifest
+    (format version 3, docs/format.md): readers then open it in bounded time and memory.
 
     `output_dir` may be an fsspec URL (`s3://bucket/ds`, ...) opened with `storage_options`:
     shards are then staged in a local temp directory, each uploaded when finished, and the
@@ -72,10 +75,13 @@ class WebDatasetWriter:
         dataset_metadata: Mapping[str, Any] | None = None, registry: Registry | None = None,
         storage_options: Mapping[str, Any] | None = None, max_member_bytes: int | None = None,
         modalities: Mapping[str, str] | None = None, codecs: Mapping[str, Mapping[str, Any]] | None = None,
-        append: bool = False,
+        append: bool = False, shard_table_above: int = TABLE_ABOVE,
     ) -> None:
         if type(shard_size) is not int or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        if type(shard_table_above) is not int or shard_table_above < 0:
+            raise ValueError(f"shard_table_above must be a non-negative integer, got {shard_table_above!r}")
+        self.shard_table_above = shard_table_above
         self.compression = check_compression(compression)
         self.max_member_bytes = limits.max_member_bytes(max_member_bytes)
         self._output: DatasetOutput | None = None
@@ -204,7 +210,7 @@ class WebDatasetWriter:
         to exceed what readers accept, not at the end."""
         self._output.shard_done(entry)
         self._shard_entry_bytes += len(json.dumps(entry.to_dict(), separators=(",", ":"), sort_keys=True)) + 1
-        if self._shard_entry_bytes > MAX_MANIFEST_BYTES:
+        if self._shard_entry_bytes > MAX_MANIFEST_BYTES and len(self._shards.entries) <= self.shard_table_above:
             raise DatasetError(
                 f"{self.output_dir}: {len(self._shards.entries)} shards would make a manifest larger than the "
                 f"{MAX_MANIFEST_BYTES} bytes readers accept; write fewer, larger shards (shard_size)")
@@ -253,10 +259,13 @@ class WebDatasetWriter:
 
     def settings(self) -> dict[str, Any]:
         """The writer settings recorded in the manifest."""
-        return {
+        settings = {
             "shard_size": self.shard_size, "compression": self.compression,
             "compression_level": self.compression_level, "modality_options": self.modality_options,
         }
+        if self.shard_table_above != TABLE_ABOVE:  # recorded only when set: manifests stay as they were
+            settings["shard_table_above"] = self.shard_table_above
+        return settings
 
     def abort(self) -> None:
         """Discard the unfinished shard and write no manifest; finished shards stay on disk."""

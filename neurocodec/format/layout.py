@@ -17,11 +17,13 @@ from __future__ import annotations
 import re
 
 FORMAT_NAME = "neurocodec-shards"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The newest format version this package reads and writes (docs/format.md, section 12).
 Version 1: every field stored with the codecs npy, json, text or bytes. Version 2 adds the
 neural codecs and the field entry `max_value_bytes`; a dataset that uses neither is still
-written as version 1, so readers that know only version 1 keep reading it."""
+written as version 1, so readers that know only version 1 keep reading it. Version 3 adds the
+shard table (`neurocodec.format.shard_table`), written only for datasets of more shards than
+its threshold (10,000): smaller ones keep their shard rows in the JSON and their version."""
 V1_CODECS = frozenset({"npy", "json", "text", "bytes"})
 MANIFEST = "dataset_metadata.json"
 HOME = ".neurocodec"

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
 from neurocodec import npy
 from neurocodec.errors import DatasetError, ShardError
-from neurocodec.format import layout, limits, tar
+from neurocodec.format import layout, limits, shard_table, tar
 from neurocodec.format.compression import COMPRESSIONS, SUFFIX
 
 MAX_MANIFEST_BYTES = 8 << 20
@@ -114,7 +114,8 @@ class Manifest:
     compression: str
     total_samples: int
     fields: tuple[FieldSpec, ...]
-    shards: tuple[ShardEntry, ...]
+    shards: Sequence[ShardEntry]
+    """A tuple, or the `TableShards` of a dataset with a shard table (`format.shard_table`)."""
     writer: Mapping[str, Any] = attrs.field(factory=dict)
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     created_with: Mapping[str, str] = attrs.field(factory=dict)
@@ -133,8 +134,22 @@ class Manifest:
         """The extension of `field`'s members, compression suffix included."""
         return field.extension + SUFFIX[self.compression]
 
+    @property
+    def table_above(self) -> int:
+        """Above how many shards this dataset keeps them in a shard table: the writer setting
+        `shard_table_above`, else `shard_table.TABLE_ABOVE`."""
+        value = self.writer.get("shard_table_above")
+        return value if type(value) is int and value >= 0 else shard_table.TABLE_ABOVE
+
     def to_json(self) -> str:
-        """Serialise deterministically (sorted keys, compact separators)."""
+        """Serialise deterministically (sorted keys, compact separators); the JSON of `encode`."""
+        return self.encode()[0]
+
+    def encode(self) -> tuple[str, "ManifestTable | None"]:
+        """The manifest's JSON and, for a dataset of more than `table_above` shards whose names
+        and checksums a table can hold, its shard table (written first, beside the manifest)."""
+        first = shard_table.first_number(self.shards) if len(self.shards) > self.table_above else None
+        table = None
         doc = {
             "format": layout.FORMAT_NAME,
             "format_version": self.format_version,
@@ -143,19 +158,31 @@ class Manifest:
             "total_samples": self.total_samples,
             "total_shards": len(self.shards),
             "fields": [f.to_dict() for f in self.fields],
-            "shards": [s.to_dict() for s in self.shards],
             "writer": dict(self.writer),
             "extra": dict(self.extra),
         }
+        if first is None:
+            doc["shards"] = [s.to_dict() for s in self.shards]
+            if self.format_version == shard_table.FORMAT_VERSION:  # read with a table, written without
+                doc["format_version"] = needed_version(self.fields)
+        else:
+            data, digest = shard_table.encode_table(self.shards, first)
+            table = ManifestTable(shard_table.table_name(digest), data)
+            doc["format_version"] = max(self.format_version, shard_table.FORMAT_VERSION)
+            doc["shard_table"] = {"name": table.name, "bytes": len(data), "sha256": digest,
+                                  "shards": len(self.shards)}
         if self.version != 1:
             doc["version"] = self.version  # written only once appended: first versions stay as they were
         # compact: per-session records (units, electrodes) must not spend the size cap on indentation
-        return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n"
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n", table
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = layout.MANIFEST, *,
-                  max_member_bytes: int | None = None) -> "Manifest":
+                  max_member_bytes: int | None = None,
+                  table: Callable[[str, int], shard_table.TableSource] | None = None) -> "Manifest":
         """Parse and strictly validate a manifest; errors name `source` and the bad entry.
+        `table(name, size)` opens the shard table of that name (and declared size) beside the
+        manifest, for a manifest that has one.
 
         A field whose `max_raw_bytes` exceeds the per-member ceiling (`max_member_bytes`, see
         `neurocodec.format.limits.max_member_bytes` for the default) is refused.
@@ -167,7 +194,15 @@ class Manifest:
             doc = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise DatasetError(f"{source}: not valid JSON ({exc})") from None
-        return _parse(doc, source, ceiling)
+        return _parse(doc, source, ceiling, table)
+
+
+@attrs.frozen
+class ManifestTable:
+    """A manifest's shard table as written: its file `name` (beside the manifest) and bytes."""
+
+    name: str
+    data: bytes
 
 
 def _need(cond: bool, source: str, what: str) -> None:
@@ -187,7 +222,8 @@ def _str(doc: Mapping, key: str, source: str, where: str) -> str:
     return value
 
 
-def _parse(doc: Any, source: str, ceiling: int) -> Manifest:
+def _parse(doc: Any, source: str, ceiling: int, table: Callable[[str, int], shard_table.TableSource] | None
+           ) -> Manifest:
     _need(isinstance(doc, dict), source, "the manifest must be a JSON object")
     if doc.get("format") != layout.FORMAT_NAME:
         raise DatasetError(
@@ -209,10 +245,32 @@ def _parse(doc: Any, source: str, ceiling: int) -> Manifest:
     _need(len(set(names)) == len(names), source, "field names repeat")
     _need(names[-1] == layout.METADATA_FIELD and fields[-1].kind == "json", source,
           "the last field must be the json metadata field")
+    for key in ("writer", "extra", "created_with"):
+        _need(isinstance(doc.get(key, {}), dict), source, f"{key} must be an object")
+    number = doc.get("version", 1)
+    _need(type(number) is int and 1 <= number <= MAX_VERSION, source,
+          f"version must be an integer from 1 to {MAX_VERSION}")
+    total = _int(doc, "total_samples", source, "")
+    _need(total <= layout.MAX_SAMPLES, source, "too many samples for 9-digit keys")
+    if "shard_table" in doc:
+        _need("shards" not in doc, source, "a manifest with a shard_table lists no shards")
+        _need(version >= shard_table.FORMAT_VERSION, source,
+              f"format_version {version} has no shard tables (version {shard_table.FORMAT_VERSION} has)")
+        shards = shard_table.open_table(doc["shard_table"], table, source, total_shards=doc.get("total_shards"),
+                                        total_samples=total, members=len(fields), ceiling=ceiling)
+    else:
+        shards = _parse_shards(doc, source, total, len(fields), ceiling)
+    return Manifest(
+        compression=compression, total_samples=total, fields=fields, shards=shards,
+        writer=doc.get("writer", {}), extra=doc.get("extra", {}),
+        created_with=doc.get("created_with", {}), format_version=version, version=number,
+    )
+
+
+def _parse_shards(doc: Mapping, source: str, total: int, members: int, ceiling: int) -> tuple[ShardEntry, ...]:
     shards_doc = doc.get("shards")
     _need(isinstance(shards_doc, list), source, "shards must be a list")
     shards = tuple(_parse_shard(s, source, f"shards[{i}].") for i, s in enumerate(shards_doc))
-    total = _int(doc, "total_samples", source, "")
     expected_first = 0
     for i, shard in enumerate(shards):
         _need(shard.first_sample == expected_first, source,
@@ -220,22 +278,12 @@ def _parse(doc: Any, source: str, ceiling: int) -> Manifest:
         expected_first += shard.samples
     _need(expected_first == total, source,
           f"shards hold {expected_first} samples but total_samples is {total}")
-    _need(total <= layout.MAX_SAMPLES, source, "too many samples for 9-digit keys")
     _need(len({s.name for s in shards}) == len(shards), source, "shard names repeat")
     _need(doc.get("total_shards", len(shards)) == len(shards), source,
           f"total_shards is {doc.get('total_shards')!r} but {len(shards)} shards are listed")
     for i, shard in enumerate(shards):
-        _check_shard_sizes(shard, len(fields), source, f"shards[{i}].", ceiling)
-    for key in ("writer", "extra", "created_with"):
-        _need(isinstance(doc.get(key, {}), dict), source, f"{key} must be an object")
-    number = doc.get("version", 1)
-    _need(type(number) is int and 1 <= number <= MAX_VERSION, source,
-          f"version must be an integer from 1 to {MAX_VERSION}")
-    return Manifest(
-        compression=compression, total_samples=total, fields=fields, shards=shards,
-        writer=doc.get("writer", {}), extra=doc.get("extra", {}),
-        created_with=doc.get("created_with", {}), format_version=version, version=number,
-    )
+        _check_shard_sizes(shard, members, source, f"shards[{i}].", ceiling)
+    return shards
 
 
 def _parse_field(doc: Any, source: str, where: str, ceiling: int) -> FieldSpec:
@@ -334,6 +382,8 @@ def check_local_shards(root: Path, manifest: Manifest) -> None:
     here: a truncated or missing shard, or a missing index, is reported by the reader when its
     samples are read, so that `on_error="skip"` still skips them.
     """
+    if isinstance(manifest.shards, shard_table.TableShards):
+        return  # a table's counts are checked on open; each index is checked as its shard is opened
     members = len(manifest.fields)
     for entry in manifest.shards:
         need = limits.index_file_bytes(entry.samples, members)

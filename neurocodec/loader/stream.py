@@ -11,6 +11,7 @@ from neurocodec.dataset.decode import decode_plan
 from neurocodec.format import limits
 from neurocodec.format.home import manifest_label
 from neurocodec.format.manifest import Manifest, check_local_shards
+from neurocodec.format.shard_table import shard_columns
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.dataset.splits import Split, chosen_part
 from neurocodec.loader.normalize import normalizing, scaled_fields
@@ -146,10 +147,10 @@ class EpochStream:
         or load-time window slots per session."""
         if self.slots is not None:
             return self.slots(epoch).session_counts()
+        samples, starts = shard_columns(self.manifest.shards)  # arrays: a shard table's own, not made per shard
         if self.selection is not None:  # a split's samples, shard by shard
-            starts = [s.first_sample for s in self.manifest.shards]
             return np.bincount(np.searchsorted(starts, self.selection, side="right") - 1, minlength=len(starts))
-        return [s.samples for s in self.manifest.shards]
+        return samples
 
     def plan(self, start: int | None = None) -> StepPlan:
         """This rank's batches from `start` (default: the current position) to the epoch's end."""
@@ -192,24 +193,25 @@ class EpochStream:
                 start = end
 
     def _prefetch(self, ahead: Any, k: int) -> None:
-        """Ask for the shards of this worker's batches from batch `k` on to be downloaded."""
-        self.source.dataset.prefetch(ahead.shards_from(k))
+        """Ask for what this worker's batches from batch `k` on read: their shards downloaded (a
+        URL dataset), their bytes read ahead (a local one)."""
+        ahead.ask(self.source.dataset, k)
 
     def _prefetcher(self, order: Any, plan: StepPlan, worker: int, workers: int) -> Any:
-        """What prefetches the shards of this worker's next batches: only for URL datasets."""
-        return self._lookahead(order, plan, worker, workers) if is_remote(self.path) else None
+        """What prefetches or reads ahead this worker's next batches (None: readahead is off)."""
+        return self._lookahead(order, plan, worker, workers)
 
     def _ids(self, indices: np.ndarray) -> np.ndarray:
         """The ids an order's indices stand for: a split's selected samples, else themselves."""
         return indices if self.selection is None else self.selection[indices]
 
     def _lookahead(self, order: EpochOrder, plan: StepPlan, worker: int, workers: int):
-        from neurocodec.loader.lookahead import ShardLookahead
+        from neurocodec.loader.lookahead import lookahead_for
 
-        starts = np.array([s.first_sample for s in self.manifest.shards], dtype=np.int64)
+        starts = shard_columns(self.manifest.shards)[1]
         stored = _window_chunks(self.slots(order.epoch)) if self.slots is not None \
             else (None if self.selection is None else self._ids)
-        return ShardLookahead(order, plan, worker, workers, starts, stored=stored)
+        return lookahead_for(self.source.dataset, order, plan, worker, workers, starts, stored=stored)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> LoaderState:

@@ -27,6 +27,7 @@ from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.home import has_manifest, home, manifest_path
 from neurocodec.format.manifest import Manifest
+from neurocodec.format.shard_table import is_table_name
 from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.storage.lock import OutputLock
 from neurocodec.storage.replace import STAGING, is_dataset_file, listed_names, stand_in_base, stand_in_manifest
@@ -35,12 +36,19 @@ from neurocodec.storage.replace import STAGING, is_dataset_file, listed_names, s
 def write_manifest(directory: Path, manifest: Manifest, *, fsync: bool = True, into: Path | None = None) -> None:
     """Write the manifest of the dataset in `directory` atomically, after making the shards'
     renames durable: into `into`, by default where the dataset keeps it (`.neurocodec/` unless
-    it is a dataset of the top-level layout, `neurocodec.format.home`)."""
+    it is a dataset of the top-level layout, `neurocodec.format.home`). A dataset with a shard
+    table has it written first, beside the manifest, and the tables no longer named removed."""
     target = home(directory) if into is None else into
+    text, table = manifest.encode()
     if fsync:
         fsync_dir(directory)
     target.mkdir(exist_ok=True)
-    atomic_write_bytes(target / layout.MANIFEST, manifest.to_json().encode(), fsync=fsync)
+    if table is not None:
+        atomic_write_bytes(target / table.name, table.data, fsync=fsync)
+    atomic_write_bytes(target / layout.MANIFEST, text.encode(), fsync=fsync)
+    for name in os.listdir(target):  # the tables of the manifests replaced
+        if is_table_name(name) and (table is None or name != table.name):
+            (target / name).unlink(missing_ok=True)
     if fsync:
         fsync_dir(target)
         fsync_dir(directory)

@@ -32,6 +32,7 @@ from neurocodec.errors import DatasetError, DatasetExistsError
 from neurocodec.format import layout
 from neurocodec.format.home import has_manifest
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, Manifest, ShardEntry
+from neurocodec.format.shard_table import is_table_name
 from neurocodec.storage.local_output import LocalOutput
 from neurocodec.storage.location import Location, dataset_path, is_remote
 from neurocodec.storage.lock import OutputLock
@@ -182,9 +183,31 @@ class DatasetOutput:
         self.cleanup()
 
     def _put_manifest(self, manifest: Manifest) -> None:
+        """Upload the manifest (its shard table first, if it has one) and remove the tables of
+        the manifests it replaced."""
+        text, table = manifest.encode()
+        if table is not None:
+            staged_table = self.directory / table.name
+            staged_table.write_bytes(table.data)
+            self.upload(staged_table, f"{layout.HOME}/{table.name}")
+            staged_table.unlink()
         staged = self.directory / layout.MANIFEST
-        staged.write_bytes(manifest.to_json().encode())
+        staged.write_bytes(text.encode())
         self.upload(staged, layout.MANIFEST_PATH)
+        self._remove_tables(None if table is None else table.name)
+
+    def _remove_tables(self, keep: str | None) -> None:
+        loc = self.location
+        folder = loc.path(layout.HOME)
+        loc.fs.invalidate_cache(folder)
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(folder, detail=False)]
+        except FileNotFoundError:
+            return
+        for name in names:
+            if is_table_name(name) and name != keep:
+                path = f"{layout.HOME}/{name}"
+                self._call(lambda n=path: _remove(loc.fs, loc.path(n)), f"removing {loc.url_of(path)}")
 
     def _replace(self, manifest: Manifest) -> None:
         """Publish a dataset uploaded under stand-in names over the old one (module docs)."""
@@ -250,7 +273,7 @@ def local_staging_dir(url: str, kind: str) -> Path:
 
 def check_manifest_size(manifest: Manifest, target: Any) -> None:
     """DatasetError unless `manifest` fits the size readers accept (`MAX_MANIFEST_BYTES`)."""
-    size = len(manifest.to_json().encode())
+    size = len(manifest.encode()[0].encode())
     if size > MAX_MANIFEST_BYTES:
         raise DatasetError(
             f"{target}: the manifest of {len(manifest.shards)} shards would be {size} bytes, more than "

@@ -1,0 +1,383 @@
+"""The shard table: a large dataset's per-shard rows in fixed-width binary (format version 3).
+
+A dataset of more than `TABLE_ABOVE` shards (10,000 unless its writer was given another
+`shard_table_above`) keeps its shard rows out of `dataset_metadata.json`, in a file beside it,
+`shards-<16 hex digits>.table`, that the manifest names with its size and the SHA-256 of its
+head (docs/format.md, section 13). Every number is little-endian:
+
+* header, 64 bytes: magic `NCSHTBL\\0`, table version (u32, 1), record size (u32, 88), shard
+  count (u64), records per block (u64, 1024), the first shard's number (u64; shard i is
+  `shard_<first + i>.tar`, at least 6 digits), 24 zero bytes;
+* `samples`: count u64, each shard's sample count;
+* `first_sample`: count u64, each shard's first sample;
+* `digests`: one SHA-256 (32 bytes) per block of 1024 records;
+* records, 88 bytes per shard: shard bytes (u64), index bytes (u64), index layout (u64: 0 for
+  `.shard_N.idx`, 1 for the top-level layout's `shard_N.idx`), the shard's SHA-256 (32
+  bytes) and its index's (32 bytes).
+
+The header, the two columns and the digests are the head: read whole, checked against the
+manifest's SHA-256 and every count, on open. That is 16 bytes a shard (16 MB for 10^6 shards)
+held as two numpy arrays, which is all the epoch's order and `Dataset.locate` need. A shard's
+record is read with its block (90 KB) only when the shard is opened, checked against the
+block's digest. So opening costs O(shards) bytes and vectorised checks, never a Python object
+per shard; names are made from numbers and cannot be unsafe. Nothing is mapped: blocks are
+read with `pread` (a table that changes while open fails its digest, never a signal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from neurocodec.errors import DatasetError
+from neurocodec.format import layout, limits
+from neurocodec.format.fetch import open_regular
+
+TABLE_VERSION = 1
+TABLE_ABOVE = 10_000
+"""Datasets with more shards than this keep them in a shard table (the writer option
+`shard_table_above`, recorded in the manifest's writer settings when not this default)."""
+FORMAT_VERSION = 3
+"""The manifest format version of a dataset with a shard table."""
+MAX_TABLE_SHARDS = 10**7
+"""The most shards a table may declare: its head is then 160 MB, read whole on open."""
+MAGIC = b"NCSHTBL\0"
+BLOCK = 1024
+HEADER = struct.Struct("<8sIIQQQ24x")
+RECORD = np.dtype([("bytes", "<u8"), ("index_bytes", "<u8"), ("legacy_index", "<u8"),
+                   ("sha256", "u1", (32,)), ("index_sha256", "u1", (32,))])
+MAX_FIRST_NUMBER = 10**15
+"""Shard numbers stay below this (stand-in names use multiples of 10^9)."""
+_NAME = re.compile(r"shards-[0-9a-f]{16}\.table")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NUMBER = re.compile(r"shard_([0-9]{6,})\.tar")
+_CACHED_BLOCKS = 16
+
+
+def is_table_name(name: object) -> bool:
+    """True for a shard table's file name (`shards-<16 hex digits>.table`)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+def table_bytes(count: int) -> int:
+    """The exact size of the table of `count` shards."""
+    blocks = -(-count // BLOCK)
+    return HEADER.size + 16 * count + 32 * blocks + RECORD.itemsize * count
+
+
+def head_bytes(count: int) -> int:
+    """The size of the head (header, columns, digests) of the table of `count` shards."""
+    return HEADER.size + 16 * count + 32 * -(-count // BLOCK)
+
+
+class TableSource:
+    """Where a table's bytes come from: `read(offset, length)` gives exactly that many bytes."""
+
+    label: str
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+
+class FileSource(TableSource):
+    """A local table file, read with `pread`; reopened after a fork or in another process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.label = Path(path), str(path)
+        self._fd: int | None = None
+        self._pid = 0
+        self.size = self._open()
+
+    def _open(self) -> int:
+        try:
+            self._fd, size = open_regular(self.path)
+        except FileNotFoundError:
+            raise DatasetError(f"{self.label}: the shard table the manifest names is missing") from None
+        except OSError as exc:
+            raise DatasetError(f"{self.label}: cannot open the shard table ({exc.strerror or exc})") from None
+        self._pid = os.getpid()
+        return size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._fd is None or self._pid != os.getpid():
+            self._open()
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as exc:
+            raise DatasetError(f"{self.label}: cannot read the shard table ({exc.strerror or exc})") from None
+        if len(data) != length:
+            raise DatasetError(f"{self.label}: the shard table ends early (truncated at {offset + len(data)} bytes)")
+        return data
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "label": self.label, "size": self.size, "_fd": None, "_pid": 0}
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
+class BytesSource(TableSource):
+    """A table held in memory (a URL dataset's, downloaded whole)."""
+
+    def __init__(self, data: bytes, label: str) -> None:
+        self.data, self.label, self.size = data, label, len(data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.data[offset: offset + length]
+        if len(data) != length:
+            raise DatasetError(f"{self.label}: the shard table ends early (truncated at {offset + len(data)} bytes)")
+        return data
+
+
+class TableShards(Sequence):
+    """The shards of a table dataset: a read-only sequence of `ShardEntry`, as the tuple of a
+    JSON manifest is, whose entries are made when asked for (see the module documentation).
+    `samples` and `starts` are the sample counts and first samples as int64 arrays."""
+
+    def __init__(self, source: TableSource, *, count: int, head_sha256: str, total_samples: int,
+                 members: int, ceiling: int) -> None:
+        self.source, self.members, self.label = source, members, source.label
+        self._need(source.size == table_bytes(count),
+                   f"{source.size} bytes, but a table of {count} shards has {table_bytes(count)}")
+        head = source.read(0, head_bytes(count))
+        self._need(hashlib.sha256(head).hexdigest() == head_sha256,
+                   "the shard table does not match the SHA-256 the manifest records (corrupted or altered)")
+        magic, version, record, declared, block, first = HEADER.unpack_from(head)
+        self._need(magic == MAGIC and version == TABLE_VERSION and record == RECORD.itemsize and block == BLOCK,
+                   f"not a shard table of version {TABLE_VERSION}")
+        self._need(declared == count, f"the table holds {declared} shards, the manifest lists {count}")
+        self._need(first + count <= MAX_FIRST_NUMBER, f"shard numbers from {first} are out of range")
+        self.first_number, self.count = first, count
+        columns = np.frombuffer(head, dtype="<u8", count=2 * count, offset=HEADER.size)
+        self._check_columns(columns[:count], columns[count:], total_samples, ceiling)
+        self.samples = columns[:count].astype(np.int64)
+        self.starts = columns[count:].astype(np.int64)
+        self.samples.flags.writeable = self.starts.flags.writeable = False
+        self.digests = head[HEADER.size + 16 * count:]
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _need(self, cond: bool, what: str) -> None:
+        if not cond:
+            raise DatasetError(f"{self.label}: {what}")
+
+    def _check_columns(self, samples: np.ndarray, starts: np.ndarray, total: int, ceiling: int) -> None:
+        if not len(samples):
+            self._need(total == 0, f"no shards, but total_samples is {total}")
+            return
+        self._need(bool(samples.min() > 0), "a shard's sample count is not positive")
+        self._need(int(samples.max()) <= layout.MAX_SAMPLES and int(starts.max()) <= layout.MAX_SAMPLES,
+                   "a sample count is beyond what 9-digit keys number")
+        ends = starts + samples  # no overflow: each term is below 10^9
+        bad = np.flatnonzero(starts[1:] != ends[:-1])
+        self._need(int(starts[0]) == 0, f"shard 0's first_sample is {int(starts[0])}, expected 0")
+        self._need(not len(bad), f"shard {int(bad[0]) + 1 if len(bad) else 0}'s first_sample does not follow "
+                                 "the samples before it")
+        self._need(int(ends[-1]) == total, f"the shards hold {int(ends[-1])} samples but total_samples is {total}")
+        largest = int(samples.max())
+        index = limits.index_file_bytes(largest, self.members)
+        self._need(index <= ceiling,
+                   f"a shard's index of {largest} samples of {self.members} members is {index} bytes, above the "
+                   f"per-member ceiling of {ceiling} bytes that bounds every read (raise it with max_member_bytes= "
+                   f"or {limits.ENV_MAX_MEMBER_BYTES} if you trust this dataset)")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self.count)))
+        number = int(index)
+        if number < 0:
+            number += self.count
+        if not 0 <= number < self.count:
+            raise IndexError(f"shard {index} of {self.count}")
+        return self._entry(number, self._block(number // BLOCK)[number % BLOCK])
+
+    def __iter__(self) -> Iterator[Any]:
+        for k in range(-(-self.count // BLOCK)):
+            rows = self._block(k)
+            for j in range(len(rows)):
+                yield self._entry(k * BLOCK + j, rows[j])
+
+    def _block(self, k: int) -> np.ndarray:
+        with self._lock:
+            rows = self._blocks.get(k)
+            if rows is not None:
+                self._blocks.move_to_end(k)
+                return rows
+        rows = self._read_block(k)
+        with self._lock:
+            self._blocks[k] = rows
+            if len(self._blocks) > _CACHED_BLOCKS:
+                self._blocks.popitem(last=False)
+        return rows
+
+    def _read_block(self, k: int) -> np.ndarray:
+        n = min(BLOCK, self.count - k * BLOCK)
+        data = self.source.read(head_bytes(self.count) + k * BLOCK * RECORD.itemsize, n * RECORD.itemsize)
+        self._need(hashlib.sha256(data).digest() == self.digests[32 * k: 32 * k + 32],
+                   f"block {k} of the shard records (shards {k * BLOCK} to {k * BLOCK + n - 1}) does not match "
+                   "its checksum (corrupted or altered)")
+        return np.frombuffer(data, dtype=RECORD)
+
+    def _entry(self, number: int, row: Any) -> Any:
+        from neurocodec.format.manifest import ShardEntry
+
+        samples, members = int(self.samples[number]), self.members
+        name = layout.shard_name(self.first_number + number)
+        legacy = int(row["legacy_index"])
+        self._need(legacy in (0, 1), f"shard {number}: index layout {legacy} is neither 0 nor 1")
+        size, index_bytes = int(row["bytes"]), int(row["index_bytes"])
+        least = limits.min_shard_bytes(samples, members)
+        self._need(size >= least, f"shard {number}: {size} bytes, too few for {samples} samples of {members} members "
+                                  f"(at least {least})")
+        need = limits.index_file_bytes(samples, members)
+        self._need(index_bytes == need, f"shard {number}: index_bytes is {index_bytes}, but the index of {samples} "
+                                        f"samples of {members} members is {need} bytes")
+        return ShardEntry(
+            name=name, index=layout.legacy_index_name(name) if legacy else layout.index_name(name),
+            samples=samples, first_sample=int(self.starts[number]), bytes=size,
+            sha256=row["sha256"].tobytes().hex(), index_bytes=index_bytes,
+            index_sha256=row["index_sha256"].tobytes().hex())
+
+    def records(self) -> Iterator[bytes]:
+        """The record bytes, block by block, each checked against its digest."""
+        for k in range(-(-self.count // BLOCK)):
+            yield self._block(k).tobytes()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TableShards):
+            return self.count == other.count and self.digests == other.digests and \
+                self.first_number == other.first_number and bool(np.array_equal(self.samples, other.samples))
+        if isinstance(other, (tuple, list)):
+            return len(other) == self.count and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.count, self.first_number, self.digests))
+
+    def __add__(self, other: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(self) + tuple(other)
+
+    def __repr__(self) -> str:
+        return f"TableShards({self.label!r}, {self.count} shards)"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_blocks"], state["_lock"] = OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(sample counts, first samples) of `shards` as int64 arrays: a table's own, or made
+    from a tuple of entries."""
+    if isinstance(shards, TableShards):
+        return shards.samples, shards.starts
+    samples = np.fromiter((s.samples for s in shards), dtype=np.int64, count=len(shards))
+    starts = np.fromiter((s.first_sample for s in shards), dtype=np.int64, count=len(shards))
+    return samples, starts
+
+
+def is_prefix(earlier: Sequence[Any], current: Sequence[Any]) -> bool:
+    """True if `earlier` are the first shards of `current` (an earlier version's): for two
+    tables, compared by columns and block digests, entries only in a last partial block."""
+    n = len(earlier)
+    if n > len(current):
+        return False
+    if not (isinstance(earlier, TableShards) and isinstance(current, TableShards)):
+        return all(a == b for a, b in zip(earlier, current))
+    full = n // BLOCK
+    return (earlier.first_number == current.first_number
+            and bool(np.array_equal(earlier.samples, current.samples[:n]))
+            and earlier.digests[: 32 * full] == current.digests[: 32 * full]
+            and all(earlier[i] == current[i] for i in range(full * BLOCK, n)))
+
+
+def first_number(shards: Sequence[Any]) -> int | None:
+    """The number of the first of `shards` if they can make a table (named `shard_name(first
+    + i)`, hex checksums), else None: they then stay rows of the JSON manifest."""
+    if isinstance(shards, TableShards):
+        return shards.first_number
+    if not shards:
+        return None
+    match = _NUMBER.fullmatch(shards[0].name)
+    first = int(match[1]) if match else -1
+    if not 0 <= first or first + len(shards) > MAX_FIRST_NUMBER:
+        return None
+    for i, entry in enumerate(shards):
+        name = layout.shard_name(first + i)
+        if entry.name != name or entry.index not in (layout.index_name(name), layout.legacy_index_name(name)) \
+                or not _HEX64.fullmatch(entry.sha256) or not _HEX64.fullmatch(entry.index_sha256):
+            return None
+    return first
+
+
+def encode_table(shards: Sequence[Any], first: int) -> tuple[bytes, str]:
+    """The table of `shards` (named from `first`, see `first_number`) and its head's SHA-256."""
+    samples, starts = shard_columns(shards)
+    count = len(samples)
+    if isinstance(shards, TableShards) and shards.first_number == first:
+        records = b"".join(shards.records())
+    else:
+        rows = np.zeros(count, dtype=RECORD)
+        rows["bytes"] = np.fromiter((s.bytes for s in shards), dtype=np.uint64, count=count)
+        rows["index_bytes"] = np.fromiter((s.index_bytes for s in shards), dtype=np.uint64, count=count)
+        rows["legacy_index"] = np.fromiter((not s.index.startswith(".") for s in shards), dtype=np.uint64,
+                                           count=count)
+        rows["sha256"] = np.frombuffer(bytes.fromhex("".join(s.sha256 for s in shards)), np.uint8).reshape(-1, 32)
+        rows["index_sha256"] = np.frombuffer(bytes.fromhex("".join(s.index_sha256 for s in shards)),
+                                             np.uint8).reshape(-1, 32)
+        records = rows.tobytes()
+    size = RECORD.itemsize
+    digests = b"".join(hashlib.sha256(records[k: k + BLOCK * size]).digest()
+                       for k in range(0, len(records), BLOCK * size))
+    head = b"".join([HEADER.pack(MAGIC, TABLE_VERSION, size, count, BLOCK, first),
+                     samples.astype("<u8").tobytes(), starts.astype("<u8").tobytes(), digests])
+    return head + records, hashlib.sha256(head).hexdigest()
+
+
+def table_name(head_sha256: str) -> str:
+    """The file name of the table whose head has this SHA-256."""
+    return f"shards-{head_sha256[:16]}.table"
+
+
+def open_table(doc: Any, opener: Callable[[str, int], TableSource] | None, source: str, *, total_shards: Any,
+               total_samples: int, members: int, ceiling: int) -> TableShards:
+    """The shards of the manifest entry `shard_table` (`doc`), read through `opener(name,
+    declared bytes)`;
+    DatasetError naming `source` for an entry that is not one this reader trusts."""
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise DatasetError(f"{source}: shard_table {what}")
+
+    need(isinstance(doc, dict) and set(doc) == {"name", "bytes", "sha256", "shards"},
+         "must be an object of name, bytes, sha256 and shards")
+    need(is_table_name(doc["name"]), f"name {str(doc['name'])[:80]!r} is not a shard table's file name")
+    count = doc["shards"]
+    need(type(count) is int and 0 <= count <= min(MAX_TABLE_SHARDS, total_samples),
+         f"shards must be an integer from 0 to {min(MAX_TABLE_SHARDS, total_samples)} (one sample a shard at least)")
+    need(total_shards == count, f"lists {count} shards but total_shards is {total_shards!r}")
+    need(type(doc["bytes"]) is int and doc["bytes"] == table_bytes(count), f"bytes must be {table_bytes(count)} for {count} shards")
+    need(isinstance(doc["sha256"], str) and _HEX64.fullmatch(doc["sha256"]) is not None
+         and doc["name"] == table_name(doc["sha256"]), "sha256 must be the 64 hex digits the name begins with")
+    need(opener is not None, "cannot be read here (no dataset directory to read it from)")
+    return TableShards(opener(doc["name"], doc["bytes"]), count=count, head_sha256=doc["sha256"], total_samples=total_samples,
+                       members=members, ceiling=ceiling)
