@@ -163,9 +163,9 @@ class TableShards(Sequence):
         self.first_number, self.count = first, count
         columns = np.frombuffer(head, dtype="<u8", count=2 * count, offset=HEADER.size)
         self._check_columns(columns[:count], columns[count:], total_samples, ceiling)
-        self.samples = columns[:count].astype(np.int64)
-        self.starts = columns[count:].astype(np.int64)
-        self.samples.flags.writeable = self.starts.flags.writeable = False
+        # Views of the head, no copies: every value was just checked to be below 10^9.
+        signed = columns.view("<i8")
+        self.samples, self.starts = signed[:count], signed[count:]
         self.digests = head[HEADER.size + 16 * count:]
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -335,9 +335,9 @@ def encode_table(shards: Sequence[Any], first: int) -> tuple[bytes, str]:
     samples, starts = shard_columns(shards)
     count = len(samples)
     if isinstance(shards, TableShards) and shards.first_number == first:
-        records = b"".join(shards.records())
-    else:
-        rows = np.zeros(count, dtype=RECORD)
+        return encode_columns(samples, starts, b"".join(shards.records()), first)
+    rows = np.zeros(count, dtype=RECORD)
+    if count:
         rows["bytes"] = np.fromiter((s.bytes for s in shards), dtype=np.uint64, count=count)
         rows["index_bytes"] = np.fromiter((s.index_bytes for s in shards), dtype=np.uint64, count=count)
         rows["legacy_index"] = np.fromiter((not s.index.startswith(".") for s in shards), dtype=np.uint64,
@@ -345,7 +345,12 @@ def encode_table(shards: Sequence[Any], first: int) -> tuple[bytes, str]:
         rows["sha256"] = np.frombuffer(bytes.fromhex("".join(s.sha256 for s in shards)), np.uint8).reshape(-1, 32)
         rows["index_sha256"] = np.frombuffer(bytes.fromhex("".join(s.index_sha256 for s in shards)),
                                              np.uint8).reshape(-1, 32)
-        records = rows.tobytes()
+    return encode_columns(samples, starts, rows.tobytes(), first)
+
+
+def encode_columns(samples: np.ndarray, starts: np.ndarray, records: bytes, first: int) -> tuple[bytes, str]:
+    """The table of these columns and `records` (`RECORD` rows), and its head's SHA-256."""
+    count = len(samples)
     size = RECORD.itemsize
     digests = b"".join(hashlib.sha256(records[k: k + BLOCK * size]).digest()
                        for k in range(0, len(records), BLOCK * size))
