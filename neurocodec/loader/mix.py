@@ -29,7 +29,7 @@ from neurocodec.loader.mix_order import MixedOrder, epoch_counts
 from neurocodec.loader.skips import SkipLog
 from neurocodec.loader.state import LoaderState
 from neurocodec.loader.stream import EpochStream
-from neurocodec.storage.location import dataset_path, is_remote
+from neurocodec.storage.location import dataset_path
 
 
 PRESENT_SUFFIX = "_present"
@@ -176,14 +176,14 @@ class MixedEpochStream(EpochStream):
                              self.offsets_of(epoch))
 
     def _prefetcher(self, order: Any, plan: Any, worker: int, workers: int) -> Any:
-        """Per URL source, what prefetches the shards of its samples in this worker's next batches."""
-        aheads = {i: part._lookahead(SourceIds(order, i), plan, worker, workers)
-                  for i, part in enumerate(self.parts) if is_remote(part.path)}
+        """Per source, what prefetches (URL) or reads ahead (local) its samples in this worker's
+        next batches; None when no source does."""
+        aheads = {i: part._lookahead(SourceIds(order, i), plan, worker, workers) for i, part in enumerate(self.parts)}
+        aheads = {i: ahead for i, ahead in aheads.items() if ahead is not None}
         return MixLookahead(aheads) if aheads else None
 
     def _prefetch(self, ahead: Any, k: int) -> None:
-        for i, shards in ahead.shards_from(k).items():
-            self.parts[i].source.dataset.prefetch(shards)
+        ahead.ask(_Datasets(self.parts), k)
 
     def fingerprint(self) -> str:
         """SHA-256 of the sources (paths, sample counts, shard checksums), the counts (of epoch 0),
@@ -296,3 +296,13 @@ def open_stream(shard_dir: Any, *, weights: Sequence[float] | None = None, weigh
     if weights is not None or epoch_samples is not None or weight_by != "samples":
         raise ValueError("weights=, weight_by= and epoch_samples= mix several datasets: give a list of them")
     return EpochStream(shard_dir, **options)
+
+
+class _Datasets:
+    """The open dataset of each source, looked up by source number when asked for."""
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        self.parts = parts
+
+    def __getitem__(self, i: int) -> Any:
+        return self.parts[i].source.dataset

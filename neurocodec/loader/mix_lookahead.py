@@ -1,6 +1,7 @@
-"""Prefetching for the URL datasets of a mix: each source's `ShardLookahead`, fed with the items
-of the mixed order that are that source's (in its own numbering), so that its shards are
-downloaded ahead of the batches that read them, as for a loader over that dataset alone."""
+"""Prefetching and readahead for the datasets of a mix: each source's lookahead (`ShardLookahead`
+for a URL dataset, `SpanLookahead` for a local one), fed with the items of the mixed order that
+are that source's (in its own numbering), so that its shards are downloaded, or its bytes read
+ahead, before the batches that read them, as for a loader over that dataset alone."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class SourceIds:
 
 
 class MixLookahead:
-    """The prefetch wish lists of a mix's URL sources (`ShardLookahead` each, by source)."""
+    """The lookaheads of a mix's sources (by source number; those that read ahead)."""
 
     def __init__(self, aheads: Mapping[int, Any]) -> None:
         self.aheads = dict(aheads)
@@ -36,6 +37,8 @@ class MixLookahead:
         plan, so the first one's count serves for all)."""
         return self._first.due()
 
-    def shards_from(self, k: int) -> dict[int, list[int]]:
-        """Per source, the shard numbers of this worker's batches from `k` on, soonest first."""
-        return {i: ahead.shards_from(k) for i, ahead in self.aheads.items()}
+    def ask(self, datasets: Mapping[int, Any], k: int) -> None:
+        """Have each source's dataset (`datasets[i]`) prefetch or read ahead what this worker's
+        batches from `k` on read of it."""
+        for i, ahead in self.aheads.items():
+            ahead.ask(datasets[i], k)

@@ -193,24 +193,25 @@ class EpochStream:
                 start = end
 
     def _prefetch(self, ahead: Any, k: int) -> None:
-        """Ask for the shards of this worker's batches from batch `k` on to be downloaded."""
-        self.source.dataset.prefetch(ahead.shards_from(k))
+        """Ask for what this worker's batches from batch `k` on read: their shards downloaded (a
+        URL dataset), their bytes read ahead (a local one)."""
+        ahead.ask(self.source.dataset, k)
 
     def _prefetcher(self, order: Any, plan: StepPlan, worker: int, workers: int) -> Any:
-        """What prefetches the shards of this worker's next batches: only for URL datasets."""
-        return self._lookahead(order, plan, worker, workers) if is_remote(self.path) else None
+        """What prefetches or reads ahead this worker's next batches (None: readahead is off)."""
+        return self._lookahead(order, plan, worker, workers)
 
     def _ids(self, indices: np.ndarray) -> np.ndarray:
         """The ids an order's indices stand for: a split's selected samples, else themselves."""
         return indices if self.selection is None else self.selection[indices]
 
     def _lookahead(self, order: EpochOrder, plan: StepPlan, worker: int, workers: int):
-        from neurocodec.loader.lookahead import ShardLookahead
+        from neurocodec.loader.lookahead import lookahead_for
 
         starts = shard_columns(self.manifest.shards)[1]
         stored = _window_chunks(self.slots(order.epoch)) if self.slots is not None \
             else (None if self.selection is None else self._ids)
-        return ShardLookahead(order, plan, worker, workers, starts, stored=stored)
+        return lookahead_for(self.source.dataset, order, plan, worker, workers, starts, stored=stored)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> LoaderState:
