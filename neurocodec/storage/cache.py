@@ -51,7 +51,7 @@ from neurocodec.process import PerProcess
 from neurocodec.storage.forkguard import FORK_GUARD
 from neurocodec.storage.location import Location
 from neurocodec.storage.retry import RetriesExhausted, RetryPolicy
-from neurocodec.storage.transfer import DownloadError, DownloadPool, FileTask, digest_of, download
+from neurocodec.storage.transfer import Cancelled, DownloadError, DownloadPool, FileTask, digest_of, download
 
 log = logging.getLogger("neurocodec.storage")
 T = TypeVar("T")
@@ -92,6 +92,10 @@ def parse_size(value: int | str) -> int:
     if unit not in _UNITS or amount < 0:
         raise ValueError(f"not a size: {value!r} (use bytes or e.g. 500M, 10G)")
     return int(amount * _UNITS[unit])
+
+
+class NoRoom(Cancelled):
+    """A prefetch gave up: the shards in use or on their way fill the cache."""
 
 
 def default_cache_dir() -> Path:
@@ -282,7 +286,8 @@ class ShardCache:
             stale.unlink(missing_ok=True)
         folder = self.entry_dir(entry)
         reservation = folder / RESERVATION
-        self.make_room(entry.bytes + entry.index_bytes, keep=key, reserve=reservation)
+        # A reader's shard is downloaded even if it overfills the cache; a prefetch waits its turn.
+        self.make_room(entry.bytes + entry.index_bytes, keep=key, reserve=reservation, must_fit=cancel is not None)
         tag = f"{os.getpid()}.{threading.get_ident()}"
         # The index first: the shard file's presence is what `_complete` looks for last.
         files = [FileTask(location, name, size, digest, tmp_dir / f"{key}.{name}.{tag}.part")
@@ -371,11 +376,13 @@ class ShardCache:
         """Bytes of the cached entries now."""
         return sum(size for _, _, size in self.usage())
 
-    def make_room(self, needed: int, keep: str | None = None, reserve: Path | None = None) -> int:
+    def make_room(self, needed: int, keep: str | None = None, reserve: Path | None = None,
+                  must_fit: bool = False) -> int:
         """Evict least recently used entries (not `keep`, none in use) until `needed` more bytes
         fit under `max_bytes`; return the number evicted. With `reserve`, a sparse file of
         `needed` bytes is made there before the eviction lock is let go, so that another process
-        making room for its own download meanwhile counts this one's bytes too."""
+        making room for its own download meanwhile counts this one's bytes too. `must_fit`
+        (a prefetch): raise NoRoom, reserving nothing, if the bytes in use leave too little room."""
         self._dirs()
         guard = _Lock(self.cache_dir / "evict.lock")
         evicted = 0
@@ -398,6 +405,8 @@ class ShardCache:
                 total -= size
                 evicted += 1
                 log.debug("evicted %s (%d bytes)", key, size)
+            if must_fit and total + needed > self.max_bytes:
+                raise NoRoom(f"{needed} bytes do not fit beside the {total} in use")
             if reserve is not None:
                 reserve.parent.mkdir(exist_ok=True)
                 with open(reserve, "wb") as f:
