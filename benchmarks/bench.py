@@ -33,7 +33,7 @@ from forked import ForkServer  # noqa: E402  (after the sys.path line above)
 from report import NC, NOVERIFY, Report, goals  # noqa: E402
 from workloads import Workload, expected_checksum, generate_source, workload_to_dict, workloads  # noqa: E402
 
-STAGES = ("seed", "lfp", "loader", "resume", "guide", "nwb", "remote", "memory")
+STAGES = ("seed", "lfp", "loader", "resume", "guide", "nwb", "remote", "cold", "memory")
 PEERS = ("webdataset", "mosaicml-streaming", "litdata")
 BATCH, WORKERS, SEED = 32, 2, 0
 
@@ -326,6 +326,10 @@ class Bench:
             self.stage_nwb()
         elif stage == "remote":
             self.stage_remote()
+        elif stage == "cold":
+            from cold_stage import ColdStage
+
+            ColdStage(self).run()
         else:
             self.stage_memory()
 

@@ -278,6 +278,8 @@ def task_hdf5_read(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "bytes": nbytes}
 
 
+from cold_stage import task_cold  # noqa: E402,F401  (stage `cold`: registered like the tasks above)
+
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     name[len("task_"):]: fn for name, fn in globals().items() if name.startswith("task_")
 }

@@ -71,6 +71,7 @@ def test_quick_run_prints_the_full_table(tmp_path):
     assert set(doc["goals"]) and doc["quick"] is True
     _check_nwb_rows(rows, doc["nwb_goals"])
     _check_guide_rows(rows, doc["guide_goals"])
+    _check_cold_rows(rows, doc["guide_goals"])
 
 
 def _check_nwb_rows(rows: list[dict], goals: dict) -> None:
@@ -124,6 +125,22 @@ def _check_guide_rows(rows: list[dict], goals: dict) -> None:
     assert goals["WebDatasetLoader / Dataset (goal >= 0.9)"] > 0
     assert goals["DataLoader 2000 samples, spawn / fork, start-up excluded (goal >= 0.8)"] > 0
     assert goals["DataLoader 2000 samples, forkserver / fork, start-up included"] > 0
+
+
+def _check_cold_rows(rows: list[dict], goals: dict) -> None:
+    """Issue 18 point 3: with the page cache dropped before each run, a raw read of neurocodec's
+    shard files (the ceiling) and each way of reading, neurocodec's also with readahead off."""
+    for wl in ("seed", "lfp"):
+        mine = [r for r in rows if r["section"].startswith(f"{wl}:") and r["section"].endswith("(cold)")]
+        raw = [r for r in mine if r["library"] == "raw file read"]
+        assert len(raw) == 1 and raw[0]["mbps"] > 0 and raw[0]["pct_raw"] == 100.0, mine
+        apis = {r["library"].split(" ", 2)[-1] for r in mine if r["library"].startswith("neurocodec")}
+        expected = {"Dataset", "WebDatasetLoader", "WebDatasetLoader shuffle"} | ({"DataLoader"} if wl == "seed" else set())
+        assert apis == expected | {f"{api} readahead off" for api in expected}, apis
+        for row in mine:
+            assert row["value"] > 0 and row["pct_raw"] > 0 and "dropped by " in row["note"], row
+            assert row is raw[0] or row["note"].startswith("checksum ok"), row
+        assert goals[f"cold {wl}: WebDatasetLoader shuffle / raw cold read (goal >= 0.8)"] > 0
 
 
 def test_unknown_stage_is_refused(tmp_path):
