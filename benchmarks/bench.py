@@ -276,12 +276,15 @@ class Bench:
 
     # -- issue 6: reading from an S3-protocol server on loopback next to local disk ---------------
     def stage_remote(self) -> None:
-        """neurocodec reading local disk vs moto's S3 server (empty and filled shard cache)."""
+        """neurocodec reading local disk vs moto's S3 server (empty cache before issue 18 and
+        now, filled cache; per reader; 4 large shards; moto's raw GET rate)."""
         from remote import bench_remote_read
 
         try:
-            result = bench_remote_read(samples=200 if self.args.quick else 2000, repeat=self.repeat,
-                                       workdir=self.workdir / "remote")
+            quick = self.args.quick
+            result = bench_remote_read(samples=200 if quick else 2000, sample_shape=(8, 50) if quick else (32, 250),
+                                       shard_size=50 if quick else 200, repeat=self.repeat,
+                                       workdir=self.workdir / "remote", quick=quick)
         except Exception as exc:  # moto or s3fs missing: report, as for a peer that is not installed
             result = {"error": f"{type(exc).__name__}: {exc}"}
         self.report.add_remote(result)

@@ -1,4 +1,4 @@
-"""Reading from an S3-protocol server on loopback next to reading from local disk (issue 6).
+"""Reading from an S3-protocol server on loopback next to reading from local disk (issues 6, 18).
 
     python benchmarks/remote.py                 # default sizes, prints one JSON object
     python benchmarks/remote.py --quick
@@ -6,11 +6,15 @@
 `bench_remote_read()` writes one synthetic dataset to local disk and the same bytes to moto's
 S3 server (run in its own process on 127.0.0.1, s3fs as the fsspec backend), then reads every
 sample (a) from local disk, (b) from S3 with an empty shard cache (downloads included: the
-"cold" number) and (c) from S3 again with the cache filled (the "warm" number, which should be
-close to local). Each number is the best of `repeat` runs and is samples per second; the data
-read is checked against the local copy. moto is a Python server, so the cold number measures
-this machine's loopback and moto far more than any real object store: it shows what the cache
-costs and saves, not what S3 would deliver.
+"cold" number), once as before issue 18 (one download thread, whole files) and once with the
+defaults (parallel downloads, ranged parts), and (c) from S3 again with the cache filled (the
+"warm" number). The same through `WebDatasetLoader(shuffle=True)` and
+`create_webdataset_dataloader` (2 workers), then on a dataset of 4 large shards (64 MB: 8 MiB
+ranged parts), and the raw GET rate of moto through s3fs alone (no neurocodec), with 1 thread
+and with `download_threads`: the ceiling of any empty-cache number here. Each number is the
+best of `repeat` runs; the data read is checked against the local copy. moto is a Python server
+sharing this machine's cores with the reader, so the cold numbers measure moto and loopback far
+more than any real object store.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ class MotoProcess:
                 "client_kwargs": {"region_name": "us-east-1"}}
 
 
+def _sum(values: Any) -> float:
+    return float(np.asarray(values, dtype=np.float64).sum())
+
+
 def _read_all(path: Any, **kw: Any) -> tuple[float, float]:
     """(seconds, checksum) of reading every sample of the dataset at `path` in storage order."""
     from neurocodec.dataset.reader import Dataset
@@ -86,50 +94,174 @@ def _read_all(path: Any, **kw: Any) -> tuple[float, float]:
     return time.perf_counter() - start, total
 
 
+def _read_loader(path: Any, **kw: Any) -> tuple[float, float]:
+    """(seconds, checksum) of one shuffled epoch of `WebDatasetLoader`."""
+    from neurocodec.loader.datasets import WebDatasetLoader
+
+    start = time.perf_counter()
+    total = sum(float(s["lfp"][0, 0]) for s in WebDatasetLoader(path, shuffle=True, buffer_size=256, seed=0, **kw))
+    return time.perf_counter() - start, total
+
+
+def _read_dataloader(path: Any, **kw: Any) -> tuple[float, float]:
+    """(seconds, checksum) of one shuffled epoch of `create_webdataset_dataloader`, 2 workers,
+    start-up included."""
+    from neurocodec.loader.dataloader import create_webdataset_dataloader
+
+    start = time.perf_counter()
+    loader = create_webdataset_dataloader(path, batch_size=32, num_workers=2, shuffle=True, buffer_size=256,
+                                          seed=0, **kw)
+    total = sum(_sum(b["lfp"][:, 0, 0].numpy()) for b in loader)
+    return time.perf_counter() - start, total
+
+
+OLD = {"download_threads": 1, "part_bytes": 0}
+"""The cache's settings before issue 18: one download thread, whole files."""
+READERS = {"Dataset": _read_all, "WebDatasetLoader(shuffle=True)": _read_loader,
+           "DataLoader (2 workers)": _read_dataloader}
+
+
+def _raw_get(fs: Any, paths: list[str], size: int, threads: int, part: int) -> float:
+    """MB/s of GETs of every object in `paths` (each `size` bytes) with s3fs alone, `threads`
+    at once, in ranged GETs of `part` bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ranges = [(p, a, min(size, a + part)) for p in paths for a in range(0, size, part)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        got = sum(pool.map(lambda r: len(fs.cat_file(r[0], start=r[1], end=r[2])), ranges))
+    return got / (time.perf_counter() - start) / 1e6
+
+
+class _Case:
+    """One dataset on local disk and in moto, measured with each reader."""
+
+    def __init__(self, root: Path, name: str, data: dict[str, np.ndarray], shard_size: int, server: MotoProcess,
+                 part_bytes: int | None) -> None:
+        from neurocodec.dataset.writer import create_shards_from_arrays
+
+        self.root, self.server, self.options = root, server, server.options()
+        self.local, self.url = root / name, f"s3://{BUCKET}/{name}"
+        self.summary = create_shards_from_arrays(self.local, data, shard_size, progress=False, fsync=False,
+                                                 overwrite=True)
+        create_shards_from_arrays(self.url, data, shard_size, progress=False, storage_options=self.options,
+                                  overwrite=True)
+        self.want = _sum(data["lfp"][:, 0, 0])
+        self.new = {} if part_bytes is None else {"part_bytes": part_bytes}
+        self.seconds: dict[str, list[float]] = {}
+        self.runs = 0
+
+    def _cache(self, settings: dict[str, Any]) -> Any:
+        from neurocodec.storage import ShardCache
+
+        self.runs += 1
+        folder = self.root / f"cache-{self.runs}"
+        shutil.rmtree(folder, ignore_errors=True)
+        return ShardCache(folder, 2 * self.summary["bytes"] + (1 << 20), **settings)
+
+    def _time(self, key: str, read: Any, path: Any, **kw: Any) -> None:
+        seconds, check = read(path, **kw)
+        if not np.isclose(check, self.want, rtol=1e-9, atol=1e-6):
+            raise AssertionError(f"{key}: checksum {check} != {self.want}")
+        self.seconds.setdefault(key, []).append(seconds)
+
+    def measure(self, readers: list[str]) -> None:
+        """One run of every reader: local, empty cache before and now, filled cache."""
+        s3 = {"storage_options": self.options}
+        for name in readers:
+            read = READERS[name]
+            self._time(f"{name}|local", read, self.local)
+            old = self._cache(OLD)
+            self._time(f"{name}|empty, before", read, self.url, cache=old, **s3)
+            shutil.rmtree(old.cache_dir, ignore_errors=True)
+            new = self._cache(self.new)
+            self._time(f"{name}|empty", read, self.url, cache=new, **s3)
+            self._time(f"{name}|filled", read, self.url, cache=new, **s3)
+            shutil.rmtree(new.cache_dir, ignore_errors=True)
+
+    def raw(self, threads: int, part: int) -> float:
+        """moto's raw GET rate for this dataset's shards (MB/s)."""
+        import fsspec
+
+        fs = fsspec.filesystem("s3", **self.options)
+        shards = self.summary["shards"]
+        size = min(os.path.getsize(self.local / f"shard_{n:06d}.tar") for n in range(shards))
+        paths = [f"{BUCKET}/{self.url.split('/', 3)[3]}/shard_{n:06d}.tar" for n in range(shards)]
+        return _raw_get(fs, paths, size, threads, part)
+
+    def result(self, samples: int) -> dict[str, Any]:
+        """Samples/s per reader and cache state (best run), and the empty/filled ratios."""
+        rates = {key: samples / min(times) for key, times in self.seconds.items()}
+        out: dict[str, Any] = {"samples_per_s": rates, "ratios": {}}
+        for name in {key.split("|")[0] for key in rates}:
+            filled = rates[f"{name}|filled"]
+            out["ratios"][name] = {"empty / filled": rates[f"{name}|empty"] / filled,
+                                   "empty before / filled": rates[f"{name}|empty, before"] / filled}
+        return out
+
+
 def bench_remote_read(samples: int = 2000, sample_shape: tuple[int, ...] = (32, 250), shard_size: int = 200,
-                      repeat: int = 3, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+                      repeat: int = 3, workdir: str | os.PathLike | None = None, quick: bool = False,
+                      loaders: bool = True, big: bool = True) -> dict[str, Any]:
     """Samples/s reading one dataset from local disk and from moto's S3 server on loopback
-    (cold: empty cache, downloads included; warm: cache filled). Returns a JSON-ready dict with
-    `local_samples_per_s`, `remote_cold_samples_per_s`, `remote_warm_samples_per_s`, the
-    dataset's size and shard count, and the settings."""
-    from neurocodec.storage import ShardCache
-    from neurocodec.dataset.writer import create_shards_from_arrays
+    (cold: empty cache, downloads included, with the settings before issue 18 and now; warm:
+    cache filled), per reader, and on 4 large shards; moto's raw GET rate. Returns a JSON-ready
+    dict; `local_samples_per_s`, `remote_cold_samples_per_s` and `remote_warm_samples_per_s`
+    are `Dataset`'s numbers on the first dataset."""
+    from neurocodec.storage.cache import DEFAULT_DOWNLOAD_THREADS, DEFAULT_PART_BYTES
 
     own = workdir is None
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="neurocodec-remote-bench-"))
+    threads = DEFAULT_DOWNLOAD_THREADS
     try:
         rng = np.random.default_rng(0)
-        data = {"lfp": rng.standard_normal((samples, *sample_shape)).astype(np.float32)}
-        local = root / "local"
-        summary = create_shards_from_arrays(local, data, shard_size, progress=False, fsync=False, overwrite=True)
         with MotoProcess() as server:
-            url = f"s3://{BUCKET}/bench"
-            options = server.options()
-            create_shards_from_arrays(url, data, shard_size, progress=False, storage_options=options, overwrite=True)
-            _read_all(local)  # page cache warm for the local reads
-            want = float(data["lfp"][:, 0, 0].astype(np.float64).sum())
-            local_s, cold_s, warm_s = [], [], []
-            for i in range(repeat):
-                seconds, check = _read_all(local)
-                local_s.append(seconds)
-                cache = ShardCache(root / f"cache-{i}", 2 * summary["bytes"] + (1 << 20))
-                seconds, check_cold = _read_all(url, storage_options=options, cache=cache)
-                cold_s.append(seconds)
-                seconds, check_warm = _read_all(url, storage_options=options, cache=cache)
-                warm_s.append(seconds)
-                if not (np.isclose(check, want) and check == check_cold == check_warm):
-                    raise AssertionError(f"checksums differ: local {check}, cold {check_cold}, warm {check_warm}")
-        return {
-            "samples": samples, "sample_shape": list(sample_shape), "shard_size": shard_size,
-            "shards": summary["shards"], "bytes": summary["bytes"], "repeat": repeat,
-            "local_samples_per_s": samples / min(local_s),
-            "remote_cold_samples_per_s": samples / min(cold_s),
-            "remote_warm_samples_per_s": samples / min(warm_s),
-            "server": "moto (S3 protocol) on 127.0.0.1, s3fs client",
-        }
+            small = _Case(root, "small", {"lfp": rng.standard_normal((samples, *sample_shape)).astype(np.float32)},
+                          shard_size, server, None)
+            _read_all(small.local)  # page cache warm for the local reads
+            readers = list(READERS) if loaders else ["Dataset"]
+            raw = {"1 thread, whole shards": [], f"{threads} threads, whole shards": []}
+            for _ in range(repeat):
+                small.measure(readers)
+                size = 1 << 40
+                raw["1 thread, whole shards"].append(small.raw(1, size))
+                raw[f"{threads} threads, whole shards"].append(small.raw(threads, size))
+            result = {"samples": samples, "sample_shape": list(sample_shape), "shard_size": shard_size,
+                      "shards": small.summary["shards"], "bytes": small.summary["bytes"], "repeat": repeat,
+                      **small.result(samples), "raw_get_mb_per_s": {k: max(v) for k, v in raw.items()},
+                      "download_threads": threads, "part_bytes": DEFAULT_PART_BYTES,
+                      "server": "moto (S3 protocol) on 127.0.0.1, s3fs client"}
+            rates = result["samples_per_s"]
+            result.update(local_samples_per_s=rates["Dataset|local"], remote_cold_samples_per_s=rates["Dataset|empty"],
+                          remote_warm_samples_per_s=rates["Dataset|filled"],
+                          remote_cold_before_samples_per_s=rates["Dataset|empty, before"])
+            if big:
+                result["big"] = _big(root, server, rng, repeat, quick, threads)
+        return result
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _big(root: Path, server: MotoProcess, rng: np.random.Generator, repeat: int, quick: bool,
+         threads: int) -> dict[str, Any]:
+    """4 shards of 64 MB (quick: 256 KB, 64 KiB parts) read with `Dataset`: ranged parts."""
+    from neurocodec.storage.cache import DEFAULT_PART_BYTES
+
+    shape, per_shard, part = ((8, 256), 32, 64 << 10) if quick else ((64, 1000), 256, DEFAULT_PART_BYTES)
+    samples = 4 * per_shard
+    case = _Case(root, "big", {"lfp": rng.standard_normal((samples, *shape)).astype(np.float32)}, per_shard,
+                 server, part)
+    _read_all(case.local)
+    raw = {"1 thread, whole shards": [], f"{threads} threads, {part >> 10} KiB parts": []}
+    for _ in range(repeat):
+        case.measure(["Dataset"])
+        raw["1 thread, whole shards"].append(case.raw(1, 1 << 40))
+        raw[f"{threads} threads, {part >> 10} KiB parts"].append(case.raw(threads, part))
+    shutil.rmtree(case.local, ignore_errors=True)
+    return {"samples": samples, "sample_shape": list(shape), "shard_size": per_shard, "shards": 4,
+            "bytes": case.summary["bytes"], "part_bytes": part, **case.result(samples),
+            "raw_get_mb_per_s": {k: max(v) for k, v in raw.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,11 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-loaders", action="store_true", help="Dataset only (no WebDatasetLoader, DataLoader)")
+    parser.add_argument("--no-big", action="store_true", help="skip the dataset of 4 shards of 64 MB")
     args = parser.parse_args(argv)
+    kw = dict(loaders=not args.no_loaders, big=not args.no_big)
     if args.quick:
-        result = bench_remote_read(samples=200, sample_shape=(8, 50), shard_size=50, repeat=1)
+        result = bench_remote_read(samples=200, sample_shape=(8, 50), shard_size=50, repeat=1, quick=True, **kw)
     else:
-        result = bench_remote_read(samples=args.samples, repeat=args.repeat)
+        result = bench_remote_read(samples=args.samples, repeat=args.repeat, **kw)
+    result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     return 0
 

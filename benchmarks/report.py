@@ -175,20 +175,41 @@ class Report:
         ]
 
     def add_remote(self, result: dict[str, Any]) -> None:
-        """neurocodec reading the same dataset from local disk and from S3 on loopback."""
+        """neurocodec reading the same dataset from local disk and from S3 on loopback: with
+        the cache empty (settings before issue 18, and now) and filled, per reader; moto's raw
+        GET rate beside them (see benchmarks/remote.py)."""
         if "error" in result:
             self.rows.append(Row("remote: S3 on loopback", "read, 1 process", self.label(NC), None, "",
                                  note=f"skipped: {result['error']}"))
             return
-        section = (f"remote: {result['samples']} samples of {result['bytes'] / result['samples'] / 1e3:.0f} KB, "
-                   f"{result['shards']} shards, {result['server']}")
+        server = result["server"]
+        self._remote_rows(f"remote: {result['samples']} samples of {result['bytes'] / result['samples'] / 1e3:.0f} "
+                          f"KB, {result['shards']} shards, {server}", result)
+        big = result.get("big")
+        if big:
+            self._remote_rows(f"remote: {big['shards']} shards of {big['bytes'] / big['shards'] / 1e6:.3g} MB "
+                              f"({big['part_bytes'] >> 10} KiB parts), {server}", big)
+
+    def _remote_rows(self, section: str, result: dict[str, Any]) -> None:
         mb = result["bytes"] / result["samples"] / 1e6
-        for measure, key, note in (
-                ("read from local disk", "local_samples_per_s", ""),
-                ("read from S3, empty cache", "remote_cold_samples_per_s", "downloads included"),
-                ("read from S3, cache filled", "remote_warm_samples_per_s", "")):
-            rate = result[key]
-            self.rows.append(Row(section, measure, self.label(NC), rate, "samples/s", rate * mb, note=note))
+        rates = result["samples_per_s"]
+        label = self.label(NC)
+        for reader in dict.fromkeys(key.split("|")[0] for key in rates):
+            ratio = result["ratios"][reader]
+            for state, measure, note in (
+                    ("local", "read from local disk", ""),
+                    ("empty, before", "read from S3, empty cache, 1 download thread, whole shards",
+                     f"downloads included; {100 * ratio['empty before / filled']:.0f}% of the filled cache"),
+                    ("empty", "read from S3, empty cache, parallel ranged downloads",
+                     f"downloads included; {100 * ratio['empty / filled']:.0f}% of the filled cache (goal >= 50%)"),
+                    ("filled", "read from S3, cache filled", "")):
+                rate = rates[f"{reader}|{state}"]
+                self.checks += 1  # remote.py compared every read with the data written, raising if different
+                note = "; ".join(filter(None, ("checksum ok", note)))
+                self.rows.append(Row(section, f"{reader}: {measure}", label, rate, "samples/s", rate * mb, note=note))
+        for how, mbps in result["raw_get_mb_per_s"].items():
+            self.rows.append(Row(section, f"moto's raw GET rate, {how}", "s3fs alone", mbps / mb, "samples/s", mbps,
+                                 note="no neurocodec: the ceiling of an empty cache on this server"))
 
     def add_baseline(self, lib: str, result: dict[str, Any]) -> None:
         """Peak RSS of a process that imported the library and torch, nothing else."""

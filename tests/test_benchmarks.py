@@ -71,6 +71,7 @@ def test_quick_run_prints_the_full_table(tmp_path):
     assert set(doc["goals"]) and doc["quick"] is True
     _check_nwb_rows(rows, doc["nwb_goals"])
     _check_guide_rows(rows, doc["guide_goals"])
+    _check_remote_rows(rows)
     _check_cold_rows(rows, doc["guide_goals"])
 
 
@@ -94,6 +95,24 @@ def _check_nwb_rows(rows: list[dict], goals: dict) -> None:
     assert len(workers) == 1 and "scaling" in workers[0]["note"], workers
     assert goals["NWB lfp: workers=2 / 1 process (goal ~2)"] > 0
     assert goals["NWB lfp, 1 process, overlap 0: % of raw h5py read (goal >= 50)"] > 0
+
+
+def _check_remote_rows(rows: list[dict]) -> None:
+    """Issue 18 point 4: the remote rows per reader (empty cache before and now, filled, local),
+    with the empty/filled ratio named against its goal, on the small and the large shards, and
+    moto's raw GET rate; every read checked against the local copy (a mismatch raises)."""
+    remote = [r for r in rows if r["section"].startswith("remote: ")]
+    assert remote and not any(r["note"].startswith("skipped") for r in remote), remote
+    sections = {r["section"] for r in remote}
+    assert len(sections) == 2 and any("KiB parts" in s for s in sections), sections
+    for reader in ("Dataset", "WebDatasetLoader(shuffle=True)", "DataLoader (2 workers)"):
+        for measure in ("read from local disk", "read from S3, empty cache, 1 download thread, whole shards",
+                        "read from S3, empty cache, parallel ranged downloads", "read from S3, cache filled"):
+            assert any(r["measure"] == f"{reader}: {measure}" and r["value"] > 0 for r in remote), (reader, measure)
+    goals = [r for r in remote if r["measure"].endswith("parallel ranged downloads")]
+    assert len(goals) == 4 and all("of the filled cache (goal >= 50%)" in r["note"] for r in goals), goals
+    raw = [r for r in remote if r["measure"].startswith("moto's raw GET rate")]
+    assert len(raw) == 4 and all(r["mbps"] > 0 for r in raw), raw
 
 
 def _check_guide_rows(rows: list[dict], goals: dict) -> None:
