@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any, Mapping, TextIO
 
+from neurocodec.format.shard_table import total_bytes
 from neurocodec.dataset.file_check import FileCheck, check_files
 from neurocodec.dataset.reader import is_top_level_layout, read_manifest
 from neurocodec.storage.location import dataset_path
@@ -55,7 +56,7 @@ class ShardedDatasetInfo:
             "kinds": {f.name: f.kind for f in mods},
             "codecs": {f.name: dict(f.codec) for f in mods},
             "plugins": {f.name: f"{f.plugin} {f.plugin_version}".strip() for f in mods},
-            "bytes": sum(s.bytes + s.index_bytes for s in m.shards),
+            "bytes": total_bytes(m.shards),
             "compression": m.compression,
             "writer": dict(m.writer),
             "version": m.version,

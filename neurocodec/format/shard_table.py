@@ -296,6 +296,14 @@ def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return samples, starts
 
 
+def total_bytes(shards: Sequence[Any]) -> int:
+    """The bytes of every shard and index file (a table's summed block by block)."""
+    if isinstance(shards, TableShards):
+        return sum(int(rows["bytes"].sum()) + int(rows["index_bytes"].sum())
+                   for rows in (shards._block(k) for k in range(-(-len(shards) // BLOCK))))
+    return sum(s.bytes + s.index_bytes for s in shards)
+
+
 def is_prefix(earlier: Sequence[Any], current: Sequence[Any]) -> bool:
     """True if `earlier` are the first shards of `current` (an earlier version's): for two
     tables, compared by columns and block digests, entries only in a last partial block."""
