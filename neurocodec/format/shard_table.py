@@ -3,7 +3,7 @@
 A dataset of more than `TABLE_ABOVE` shards (10,000 unless its writer was given another
 `shard_table_above`) keeps its shard rows out of `dataset_metadata.json`, in a file beside it,
 `shards-<16 hex digits>.table`, that the manifest names with its size and the SHA-256 of its
-head (docs/format.md, section 13). Every number is little-endian:
+head (docs/format.md, section 8.5). Every number is little-endian:
 
 * header, 64 bytes: magic `NCSHTBL\\0`, table version (u32, 1), record size (u32, 88), shard
   count (u64), records per block (u64, 1024), the first shard's number (u64; shard i is
