@@ -26,6 +26,7 @@ read with `pread` (a table that changes while open fails its digest, never a sig
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -54,6 +55,8 @@ BLOCK = 1024
 HEADER = struct.Struct("<8sIIQQQ24x")
 RECORD = np.dtype([("bytes", "<u8"), ("index_bytes", "<u8"), ("legacy_index", "<u8"),
                    ("sha256", "u1", (32,)), ("index_sha256", "u1", (32,))])
+_ROW = struct.Struct("<QQQ32s32s")
+assert _ROW.size == RECORD.itemsize
 MAX_FIRST_NUMBER = 10**15
 """Shard numbers stay below this (stand-in names use multiples of 10^9)."""
 _NAME = re.compile(r"shards-[0-9a-f]{16}\.table")
@@ -167,7 +170,7 @@ class TableShards(Sequence):
         signed = columns.view("<i8")
         self.samples, self.starts = signed[:count], signed[count:]
         self.digests = head[HEADER.size + 16 * count:]
-        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def _need(self, cond: bool, what: str) -> None:
@@ -205,26 +208,31 @@ class TableShards(Sequence):
             number += self.count
         if not 0 <= number < self.count:
             raise IndexError(f"shard {index} of {self.count}")
-        return self._entry(number, self._block(number // BLOCK)[number % BLOCK])
+        return self._entry(number, self._records(number // BLOCK), number % BLOCK)
 
     def __iter__(self) -> Iterator[Any]:
         for k in range(-(-self.count // BLOCK)):
-            rows = self._block(k)
-            for j in range(len(rows)):
-                yield self._entry(k * BLOCK + j, rows[j])
+            data = self._records(k)
+            for j in range(len(data) // RECORD.itemsize):
+                yield self._entry(k * BLOCK + j, data, j)
 
     def _block(self, k: int) -> np.ndarray:
+        """Block `k`'s records, read and checked (not cached: `records`, `total_bytes`)."""
+        return self._read_block(k)
+
+    def _records(self, k: int) -> bytes:
+        """Block `k`'s records, read and checked; the last `_CACHED_BLOCKS` blocks used kept."""
         with self._lock:
-            rows = self._blocks.get(k)
-            if rows is not None:
+            data = self._blocks.get(k)
+            if data is not None:
                 self._blocks.move_to_end(k)
-                return rows
-        rows = self._read_block(k)
+                return data
+        data = self._read_block(k).tobytes()
         with self._lock:
-            self._blocks[k] = rows
+            self._blocks[k] = data
             if len(self._blocks) > _CACHED_BLOCKS:
                 self._blocks.popitem(last=False)
-        return rows
+        return data
 
     def _read_block(self, k: int) -> np.ndarray:
         n = min(BLOCK, self.count - k * BLOCK)
@@ -234,25 +242,21 @@ class TableShards(Sequence):
                    "its checksum (corrupted or altered)")
         return np.frombuffer(data, dtype=RECORD)
 
-    def _entry(self, number: int, row: Any) -> Any:
-        from neurocodec.format.manifest import ShardEntry
-
+    def _entry(self, number: int, data: bytes, j: int) -> Any:
         samples, members = int(self.samples[number]), self.members
         name = layout.shard_name(self.first_number + number)
-        legacy = int(row["legacy_index"])
-        self._need(legacy in (0, 1), f"shard {number}: index layout {legacy} is neither 0 nor 1")
-        size, index_bytes = int(row["bytes"]), int(row["index_bytes"])
-        least = limits.min_shard_bytes(samples, members)
-        self._need(size >= least, f"shard {number}: {size} bytes, too few for {samples} samples of {members} members "
-                                  f"(at least {least})")
-        need = limits.index_file_bytes(samples, members)
-        self._need(index_bytes == need, f"shard {number}: index_bytes is {index_bytes}, but the index of {samples} "
-                                        f"samples of {members} members is {need} bytes")
-        return ShardEntry(
+        size, index_bytes, legacy, sha, index_sha = _ROW.unpack_from(data, j * RECORD.itemsize)
+        least, need = limits.min_shard_bytes(samples, members), limits.index_file_bytes(samples, members)
+        if legacy not in (0, 1) or size < least or index_bytes != need:
+            self._need(legacy in (0, 1), f"shard {number}: index layout {legacy} is neither 0 nor 1")
+            self._need(size >= least, f"shard {number}: {size} bytes, too few for {samples} samples of {members} "
+                                      f"members (at least {least})")
+            self._need(False, f"shard {number}: index_bytes is {index_bytes}, but the index of {samples} samples "
+                              f"of {members} members is {need} bytes")
+        return _shard_entry()(
             name=name, index=layout.legacy_index_name(name) if legacy else layout.index_name(name),
             samples=samples, first_sample=int(self.starts[number]), bytes=size,
-            sha256=row["sha256"].tobytes().hex(), index_bytes=index_bytes,
-            index_sha256=row["index_sha256"].tobytes().hex())
+            sha256=sha.hex(), index_bytes=index_bytes, index_sha256=index_sha.hex())
 
     def records(self) -> Iterator[bytes]:
         """The record bytes, block by block, each checked against its digest."""
@@ -284,6 +288,14 @@ class TableShards(Sequence):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+@functools.cache
+def _shard_entry() -> type:
+    """`manifest.ShardEntry` (imported on first use: the manifest module imports this one)."""
+    from neurocodec.format.manifest import ShardEntry
+
+    return ShardEntry
 
 
 def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
