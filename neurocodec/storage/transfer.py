@@ -176,11 +176,19 @@ def _round(pool: DownloadPool, key: str, files: list[FileTask], retry: RetryPoli
             if f.ranged:
                 fds[f.name] = fd = os.open(f.tmp, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
                 os.ftruncate(fd, f.size)
-                for start in range(0, f.size, part_bytes):
-                    end = min(f.size, start + part_bytes)
-                    jobs.append((f, pool.submit(key, _part_fetcher(f, fd, start, end, retry), stop)))
-            else:
-                jobs.append((f, pool.submit(key, _whole_fetcher(f, retry, in_memory=part_bytes > 0), stop)))
+        try:
+            for f in files:
+                if f.ranged:
+                    for start in range(0, f.size, part_bytes):
+                        end = min(f.size, start + part_bytes)
+                        job = _part_fetcher(f, fds[f.name], start, end, retry)
+                        jobs.append((f, pool.submit(key, job, stop)))
+                else:
+                    jobs.append((f, pool.submit(key, _whole_fetcher(f, retry, in_memory=part_bytes > 0), stop)))
+        except BaseException:  # no thread may write to the files once they are closed
+            abort.set()
+            _wait(pool, jobs, abort, None, False)
+            raise
         failed = _wait(pool, jobs, abort, cancel, help_inline)
     finally:
         for fd in fds.values():
