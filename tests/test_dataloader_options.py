@@ -89,6 +89,7 @@ def test_generator_seeds_the_workers_never_the_order(path, epochs):
             return {"ids": [int(s["x"][0]) for s in samples], "seed": torch.initial_seed()}
         loader = create_webdataset_dataloader(path, batch_size=B, num_workers=2, generator=generator,
                                               collate_fn=collate, **KW)
+        loader.build_while_workers_start = False  # the workers build every batch but the first
         batches = list(loader)
         return [i for b in batches for i in b["ids"]], [b["seed"] for b in batches[1:]]  # batch 0: built here
 

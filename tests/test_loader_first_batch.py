@@ -1,10 +1,16 @@
 """The first batch of a multi-worker iteration is built in the training process (see
 WebDatasetDataLoader.__iter__): before any worker starts, with the same content, state and
-error behaviour as a batch from a worker, and no workers at all when it is the last one."""
+error behaviour as a batch from a worker, and no workers at all when it is the last one. The
+next batches are built there too until every worker is ready, then the workers take over from
+that position; an epoch finished before they are ready stops them without waiting."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +42,7 @@ def test_first_batch_is_ready_before_any_worker_and_state_counts_it(dataset: Pat
     state = loader.state_dict()
     assert state["position"] == 6
     rest = [batch_ids(b) for b in it]
-    assert rest == reference[1:] and sorted(tmp_path.iterdir())  # the workers made the rest
+    assert rest == reference[1:]
     resumed = create_webdataset_dataloader(dataset, batch_size=6, num_workers=2, seed=4)
     resumed.load_state_dict(state)
     assert [batch_ids(b) for b in resumed] == reference[1:]
@@ -71,3 +77,66 @@ def test_every_sample_of_the_first_batch_skipped_yields_the_next_batch_first(tmp
     assert batch_ids(next(it)) == [4, 5, 6, 7]
     assert (loader.state_dict()["position"], loader.state_dict()["skipped"]) == (8, 4)
     assert [batch_ids(b) for b in it] == [[8, 9, 10, 11]]
+
+
+class _Mark:
+    """A picklable worker_init_fn that leaves a file per worker in `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __call__(self, worker: int) -> None:
+        (self.directory / f"worker{worker}").touch()
+
+
+class _BuiltBy:
+    """A collate_fn that says which process built each batch; in the training process, every
+    batch after the first waits until both workers have run `_Mark` (and a little more, so they
+    are ready), so that some batches are built here and the workers are ready for the rest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.main, self.directory, self.calls = os.getpid(), directory, 0
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if os.getpid() == self.main:
+            self.calls += 1
+            deadline = time.monotonic() + 60
+            while self.calls > 1 and len(list(self.directory.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.02)
+        return {"ids": [int(s["metadata"]["id"]) for s in samples], "pid": os.getpid()}
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_batches_are_built_here_until_the_workers_are_ready_then_by_them(dataset: Path, tmp_path: Path,
+                                                                          context: str) -> None:
+    reference = [batch_ids(b) for b in create_webdataset_dataloader(dataset, batch_size=2, num_workers=0, seed=3)]
+    loader = create_webdataset_dataloader(dataset, batch_size=2, num_workers=2, seed=3, multiprocessing_context=context,
+                                          collate_fn=_BuiltBy(tmp_path), worker_init_fn=_Mark(tmp_path))
+    batches, states = [], []
+    for batch in loader:
+        batches.append(batch)
+        states.append(loader.state_dict())
+    assert [b["ids"] for b in batches] == reference
+    here = [b["pid"] == os.getpid() for b in batches]
+    assert here[0] and not here[-1]                           # built here first, by the workers last
+    assert here == sorted(here, reverse=True)                 # one hand-over, never back
+    assert len({b["pid"] for b in batches if b["pid"] != os.getpid()}) == 2
+    assert [s["position"] for s in states] == [2 * (k + 1) for k in range(20)]
+    handover = here.index(False)                              # resuming at the hand-over reads the rest
+    if context == "spawn":
+        return                                                # (once is enough: the workers start seconds)
+    resumed = create_webdataset_dataloader(dataset, batch_size=2, num_workers=2, seed=3, multiprocessing_context=context)
+    resumed.load_state_dict(states[handover - 1])
+    assert [batch_ids(b) for b in resumed] == reference[handover:]
+
+
+def test_an_epoch_built_here_before_spawned_workers_are_ready_stops_them(dataset: Path) -> None:
+    loader = create_webdataset_dataloader(dataset, batch_size=8, num_workers=2, seed=1, multiprocessing_context="spawn",
+                                          persistent_workers=True)
+    others = set(multiprocessing.active_children())
+    for epoch in range(2):                                    # spawned workers take seconds: 5 batches take ms
+        reference = create_webdataset_dataloader(dataset, batch_size=8, num_workers=0, seed=1, epoch=epoch)
+        assert [batch_ids(b) for b in loader] == [batch_ids(b) for b in reference]
+        assert set(multiprocessing.active_children()) <= others  # stopped, not left starting (nor kept)
+    assert loader.state_dict()["epoch"] == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -29,6 +30,8 @@ from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 
 _BATCH, _SKIPPED, _EMPTY, _SKIPS = "__batch__", "__skipped__", "__empty__", "__skips__"
+_WAITING, _STOP = -1, -2
+_DONE = object()  # `BatchStream.start[1]` before the hand-over / when there is none
 # numpy.random is imported above although nothing here uses it: every torch DataLoader worker
 # seeds it on start (`np.random.seed`), and a worker forked before anything imported it pays
 # the import itself, ~50 ms of the first batch on a 2-core machine.
@@ -43,8 +46,34 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.collate_fn = collate_fn
         self.pool: SlotPool | None = None  # set by WebDatasetDataLoader for its workers
         # Where the pass starts (epoch, position), set by the main process before each: a
-        # persistent worker's copy of the stream stays where the first pass left it.
+        # persistent worker's copy of the stream stays where the first pass left it. While the
+        # workers start, the position is _WAITING (the main process builds batches itself);
+        # each worker sets its `ready` flag and waits for the position it hands over.
         self.start = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self.ready = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def expect_workers(self, workers: int) -> None:
+        """Clear the ready flags of `workers` new worker processes (call before starting them)."""
+        if len(self.ready) != workers:
+            self.ready = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        self.ready.zero_()
+
+    def workers_ready(self) -> bool:
+        """Whether every worker has started and waits for (or has had) its hand-over."""
+        return bool(self.ready.all())
+
+    def _await_start(self, worker: int) -> tuple[int, int] | None:
+        """In a worker: flag it ready and wait for the position the main process hands over;
+        None when there is none (the main process built the rest, or stopped, or is gone)."""
+        self.ready[worker] = 1
+        parent = os.getppid()  # the training process, or the fork server, as torch's watchdog
+        while True:
+            epoch, position = self.start.tolist()
+            if position >= 0:
+                return epoch, position
+            if position == _STOP or os.getppid() != parent:
+                return None
+            time.sleep(0.001)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
@@ -55,7 +84,10 @@ class BatchStream(torch.utils.data.IterableDataset):
             # garbage here: keep the collector from scanning it, which costs tens of ms on the
             # first batch and unshares copy-on-write pages.
             gc.freeze()
-            stream.epoch, stream.position = self.start.tolist()
+            start = self._await_start(worker)
+            if start is None:
+                return
+            stream.epoch, stream.position = start
         registry = stream.source.registry or default_registry()
         pool = self.pool if in_worker else None
         for k, positions, samples in stream.batches(stream.plan(), worker, workers):
@@ -95,15 +127,22 @@ class WebDatasetDataLoader(StreamState):
     epoch, and so does the next iteration of a loop that stopped after the epoch's last batch
     without asking for more (Lightning stops after `len(loader)` batches): the state then,
     `(epoch, total_samples)`, resumes with the next epoch as `(epoch + 1, 0)` does. With workers, the first
-    batch of each iteration is built in this process before they start (so `collate_fn` runs here for it, and `worker_init_fn` has not run yet): the
-    training loop gets it in the time one batch takes to read, while the workers start up.
-    Batches then arrive through shared-memory slots (`neurocodec.loader.slots`). The state
+    batch of each iteration is built in this process before they start, and the next ones
+    while they start, until every worker is ready (so `collate_fn` runs here for them, and
+    `worker_init_fn` has not run yet): the training loop gets the first in the time one batch
+    takes to read, and does not wait for the workers' start-up (seconds under spawn and
+    forkserver, where each imports torch); an epoch finished before they are ready stops them
+    without waiting. The workers then continue from where this process stopped, exactly as a
+    loader resumed there would. Their batches arrive through shared-memory slots (`neurocodec.loader.slots`). The state
     counts batches handed to the training loop only. Restoring works across a
     different `num_workers` and a different world size (the remaining samples of the epoch are
     then split over the new ranks). With `persistent_workers=True` the workers (and their
     shared-memory slots) stay up between epochs; only the first iteration builds its first batch
     here, and each epoch's start is handed to them through shared memory.
     """
+
+    build_while_workers_start: bool = True
+    """False: only the first batch of an iteration that starts workers is built in this process."""
 
     def __init__(self, stream: EpochStream, *, num_workers: int, prefetch_factor: int | None,
                  pin_memory: bool, collate_fn: Callable | None, timeout: float,
@@ -151,45 +190,70 @@ class WebDatasetDataLoader(StreamState):
         if self.num_workers and self._workers is None:
             if stream.source.registry is None:
                 default_registry()  # load plugins once here, so forked workers inherit them
-            # The first batch is built here, before any worker exists: it is ready in the time
-            # one batch takes to read, and the workers start while the training loop uses it.
-            first = self._first_batch(plan)
-            if first is not None:
-                yield first
-            plan = stream.plan()  # what is left, exactly as a loader resumed here would read it
-            if not len(plan):  # that was the epoch's only batch
-                stream.end_epoch()
-                return
-        yield from self._from_workers(plan)
+            yield from self._start_workers(plan)
+        else:
+            yield from self._from_workers(plan)
         if (stream.epoch, stream.position) == (epoch, plan.total):  # (unless a newer iteration moved it)
             stream.end_epoch()
 
-    def _first_batch(self, plan: Any) -> Any:
-        """Build the first batch of `plan` in this process and count it as delivered; None
-        when every sample of it is skipped."""
+    def _start_workers(self, plan: Any) -> Iterator[Any]:
+        """An iteration that starts the workers. The first batch is built here before any
+        worker exists, so the training loop has it in the time one batch takes to read; the
+        next ones too, while the workers start (an interpreter importing torch under spawn or
+        forkserver, seconds), until every worker is ready; the workers then take over from the
+        position reached, exactly as a loader resumed there would read. An epoch built whole
+        here never waits for its workers: they are stopped as they are."""
+        here = self._batches_here(plan)
+        try:
+            first = next(here, _DONE)
+            if first is _DONE:
+                return
+            if first is not None:
+                yield first
+            rest = self.stream.plan()
+            if len(rest):  # (else that was the epoch's only batch)
+                yield from self._from_workers(rest, here if self.build_while_workers_start else None)
+        finally:
+            here.close()
+
+    def _batches_here(self, plan: Any) -> Iterator[Any]:
+        """Build `plan`'s batches in this process, each counted as delivered before it is
+        yielded (None for a batch whose every sample was skipped)."""
         stream = self.stream
         registry = stream.source.registry or default_registry()
         batches = stream.batches(plan, 0, 1)
-        _, positions, samples = next(batches)
-        batches.close()
-        values = [s for _, s in samples]
-        batch = self.dataset._collate(values, stream, registry)
-        stream.skipped += len(positions) - len(values)
-        stream.position = plan.position_after(1)
-        if batch.pop(_EMPTY, False):
-            return None
-        if self._kwargs["pin_memory"] and torch.cuda.is_available():
-            batch = _pinned(batch)
-        return _unwrapped(batch)
+        try:
+            for k, positions, samples in batches:
+                values = [s for _, s in samples]
+                batch = self.dataset._collate(values, stream, registry)
+                stream.skipped += len(positions) - len(values)
+                stream.position = plan.position_after(k + 1)
+                if batch.pop(_EMPTY, False):
+                    yield None
+                    continue
+                if self._kwargs["pin_memory"] and torch.cuda.is_available():
+                    batch = _pinned(batch)
+                yield _unwrapped(batch)
+        finally:
+            batches.close()
 
-    def _from_workers(self, plan: Any) -> Iterator[Any]:
+    def _from_workers(self, plan: Any, here: Iterator[Any] | None = None) -> Iterator[Any]:
+        """`plan`'s batches from the workers; with `here` (batches built in this process),
+        those first, until the workers are ready (see `_start_workers`)."""
         stream = self.stream
         delivered, batches, failed = 0, None, True
         forked = self.num_workers > 0 and forks(self._kwargs["multiprocessing_context"])
-        self.dataset.start[0], self.dataset.start[1] = stream.epoch, stream.position
+        self.dataset.start[0], self.dataset.start[1] = stream.epoch, stream.position if here is None else _WAITING
+        self.dataset.expect_workers(self.num_workers)
         try:
             with frozen_heap(forked):
                 batches = iter(self._loader())
+                if here is not None:
+                    yield from self._until_ready(here)
+                    plan = stream.plan()
+                    if not len(plan):  # built whole here: the workers are not needed
+                        return
+                    self.dataset.start[1] = stream.position
                 for batch in batches:
                     number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
                     stream.source.skips.add(*batch.pop(_SKIPS, (None, {})))
@@ -206,10 +270,23 @@ class WebDatasetDataLoader(StreamState):
             failed = False
             raise
         finally:
-            if self._workers is None or failed:
+            handed_over = int(self.dataset.start[1]) >= 0
+            if self._workers is None or failed or not handed_over:
                 self._workers = self.dataset.pool = None
                 if batches is not None:
+                    if not handed_over:
+                        self.dataset.start[1] = _STOP
+                        _abandon_workers(batches)
                     _stop_workers(batches)
+
+    def _until_ready(self, here: Iterator[Any]) -> Iterator[Any]:
+        """Batches built here until every worker is ready or the plan is done."""
+        while not self.dataset.workers_ready():
+            batch = next(here, _DONE)
+            if batch is _DONE:
+                return
+            if batch is not None:
+                yield batch
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """The DataLoader of this iteration's workers: a new one, or the persistent one."""
@@ -249,6 +326,21 @@ def _stop_workers(batches: Any) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+
+
+def _abandon_workers(batches: Any) -> None:
+    """Stop workers that were never handed any work, without waiting for them to finish
+    starting (a spawned one imports torch for seconds): they hold no lock and no slot yet, or
+    wait in `BatchStream._await_start`. Their pids leave torch's SIGCHLD watch first, so the
+    signal is not taken for a worker that failed."""
+    if getattr(batches, "_worker_pids_set", False):
+        torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+    for process in getattr(batches, "_workers", ()):
+        if process.is_alive():
+            process.terminate()
+    for process in getattr(batches, "_workers", ()):
+        process.join(timeout=5)
 
 
 def _stop_persistent_workers(loader: torch.utils.data.DataLoader) -> None:
