@@ -21,6 +21,7 @@ import attrs
 
 from neurocodec.format import layout
 from neurocodec.format.manifest import Manifest
+from neurocodec.format.shard_table import is_table_name
 from neurocodec.fsutil import is_temp_name
 
 # Where a local writer writes the new dataset while the old one stays in place.
@@ -33,9 +34,9 @@ _NUMBERED = re.compile(r"\.?shard_([0-9]{1,30})\.(?:tar|idx)")
 
 def is_dataset_file(name: str) -> bool:
     """True for the names a writer creates at the top of a dataset directory: shards, indexes
-    (of either layout), hidden temp files and the manifest of the top-level layout (the lock
-    file, the staging directory and `.neurocodec/` are not)."""
-    return (name == layout.MANIFEST or layout.is_shard_name(name)
+    (of either layout), hidden temp files, the manifest of the top-level layout and its shard
+    table (the lock file, the staging directory and `.neurocodec/` are not)."""
+    return (name == layout.MANIFEST or layout.is_shard_name(name) or is_table_name(name)
             or layout.is_index_name(name) or is_temp_name(name))
 
 
