@@ -11,7 +11,9 @@ defaults (parallel downloads, ranged parts), and (c) from S3 again with the cach
 "warm" number). The same through `WebDatasetLoader(shuffle=True)` and
 `create_webdataset_dataloader` (2 workers), then on a dataset of 4 large shards (64 MB: 8 MiB
 ranged parts), and the raw GET rate of moto through s3fs alone (no neurocodec), with 1 thread
-and with `download_threads`: the ceiling of any empty-cache number here. Each number is the
+and with `download_threads`: the ceiling of any empty-cache number here. Loopback answers at
+once, where an object store takes tens of milliseconds to its first byte: the last rows repeat
+the first dataset on a moto server that waits `latency` (20 ms) before answering each GET. Each number is the
 best of `repeat` runs; the data read is checked against the local copy. moto is a Python server
 sharing this machine's cores with the reader, so the cold numbers measure moto and loopback far
 more than any real object store.
@@ -43,17 +45,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class MotoProcess:
-    """moto's S3 server in a child process on loopback (so it does not share our GIL)."""
+SERVER = """
+import sys, time
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
 
-    def __init__(self) -> None:
+host, port, latency = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+app = DomainDispatcherApplication(create_backend_app)
+
+
+def delayed(environ, start_response):
+    if environ["REQUEST_METHOD"] == "GET":
+        time.sleep(latency)  # before the answer's first byte, as an object store's latency
+    return app(environ, start_response)
+
+
+run_simple(host, port, delayed if latency else app, threaded=True)
+"""
+
+
+class MotoProcess:
+    """moto's S3 server in a child process on loopback (so it does not share our GIL); with
+    `latency`, every GET waits that many seconds before it is answered."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "MotoProcess":
-        code = "import sys; from moto.server import main; main(sys.argv[1:])"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, "127.0.0.1", str(self.port), str(self.latency)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -202,10 +224,11 @@ class _Case:
 
 def bench_remote_read(samples: int = 2000, sample_shape: tuple[int, ...] = (32, 250), shard_size: int = 200,
                       repeat: int = 3, workdir: str | os.PathLike | None = None, quick: bool = False,
-                      loaders: bool = True, big: bool = True) -> dict[str, Any]:
+                      loaders: bool = True, big: bool = True, latency: float = 0.02) -> dict[str, Any]:
     """Samples/s reading one dataset from local disk and from moto's S3 server on loopback
     (cold: empty cache, downloads included, with the settings before issue 18 and now; warm:
-    cache filled), per reader, and on 4 large shards; moto's raw GET rate. Returns a JSON-ready
+    cache filled), per reader, on 4 large shards, and on a server answering each GET after
+    `latency` s (0: not measured); moto's raw GET rate. Returns a JSON-ready
     dict; `local_samples_per_s`, `remote_cold_samples_per_s` and `remote_warm_samples_per_s`
     are `Dataset`'s numbers on the first dataset."""
     from neurocodec.storage.cache import DEFAULT_DOWNLOAD_THREADS, DEFAULT_PART_BYTES
@@ -237,10 +260,31 @@ def bench_remote_read(samples: int = 2000, sample_shape: tuple[int, ...] = (32, 
                           remote_cold_before_samples_per_s=rates["Dataset|empty, before"])
             if big:
                 result["big"] = _big(root, server, rng, repeat, quick, threads)
+        if latency:
+            result["latency"] = _latency(root, rng, repeat, threads, latency, samples, sample_shape, shard_size)
         return result
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _latency(root: Path, rng: np.random.Generator, repeat: int, threads: int, latency: float, samples: int,
+             sample_shape: tuple[int, ...], shard_size: int) -> dict[str, Any]:
+    """The first dataset's sizes on a moto server that waits `latency` s before answering each
+    GET (an object store's time to first byte; loopback has none), read with `Dataset`."""
+    with MotoProcess(latency) as server:
+        data = {"lfp": rng.standard_normal((samples, *sample_shape)).astype(np.float32)}
+        case = _Case(root, "latency", data, shard_size, server, None)
+        _read_all(case.local)
+        raw = {"1 thread, whole shards": [], f"{threads} threads, whole shards": []}
+        for _ in range(repeat):
+            case.measure(["Dataset"])
+            raw["1 thread, whole shards"].append(case.raw(1, 1 << 40))
+            raw[f"{threads} threads, whole shards"].append(case.raw(threads, 1 << 40))
+        shutil.rmtree(case.local, ignore_errors=True)
+        return {"samples": samples, "sample_shape": list(sample_shape), "shard_size": shard_size,
+                "shards": case.summary["shards"], "bytes": case.summary["bytes"], "latency_s": latency,
+                **case.result(samples), "raw_get_mb_per_s": {k: max(v) for k, v in raw.items()}}
 
 
 def _big(root: Path, server: MotoProcess, rng: np.random.Generator, repeat: int, quick: bool,
@@ -272,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-loaders", action="store_true", help="Dataset only (no WebDatasetLoader, DataLoader)")
     parser.add_argument("--no-big", action="store_true", help="skip the dataset of 4 shards of 64 MB")
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds before each GET is answered "
+                        "in the latency rows (0: skip them)")
     args = parser.parse_args(argv)
-    kw = dict(loaders=not args.no_loaders, big=not args.no_big)
+    kw = dict(loaders=not args.no_loaders, big=not args.no_big, latency=args.latency)
     if args.quick:
         result = bench_remote_read(samples=200, sample_shape=(8, 50), shard_size=50, repeat=1, quick=True, **kw)
     else:

@@ -189,6 +189,10 @@ class Report:
         if big:
             self._remote_rows(f"remote: {big['shards']} shards of {big['bytes'] / big['shards'] / 1e6:.3g} MB "
                               f"({big['part_bytes'] >> 10} KiB parts), {server}", big)
+        slow = result.get("latency")
+        if slow:
+            self._remote_rows(f"remote: {slow['samples']} samples, {slow['shards']} shards, {server}, each GET "
+                              f"answered after {1000 * slow['latency_s']:.0f} ms", slow)
 
     def _remote_rows(self, section: str, result: dict[str, Any]) -> None:
         mb = result["bytes"] / result["samples"] / 1e6

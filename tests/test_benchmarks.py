@@ -104,15 +104,16 @@ def _check_remote_rows(rows: list[dict]) -> None:
     remote = [r for r in rows if r["section"].startswith("remote: ")]
     assert remote and not any(r["note"].startswith("skipped") for r in remote), remote
     sections = {r["section"] for r in remote}
-    assert len(sections) == 2 and any("KiB parts" in s for s in sections), sections
+    assert len(sections) == 3 and any("KiB parts" in s for s in sections), sections
+    assert any("each GET answered after 20 ms" in s for s in sections), sections
     for reader in ("Dataset", "WebDatasetLoader(shuffle=True)", "DataLoader (2 workers)"):
         for measure in ("read from local disk", "read from S3, empty cache, 1 download thread, whole shards",
                         "read from S3, empty cache, parallel ranged downloads", "read from S3, cache filled"):
             assert any(r["measure"] == f"{reader}: {measure}" and r["value"] > 0 for r in remote), (reader, measure)
     goals = [r for r in remote if r["measure"].endswith("parallel ranged downloads")]
-    assert len(goals) == 4 and all("of the filled cache (goal >= 50%)" in r["note"] for r in goals), goals
+    assert len(goals) == 5 and all("of the filled cache (goal >= 50%)" in r["note"] for r in goals), goals
     raw = [r for r in remote if r["measure"].startswith("moto's raw GET rate")]
-    assert len(raw) == 4 and all(r["mbps"] > 0 for r in raw), raw
+    assert len(raw) == 6 and all(r["mbps"] > 0 for r in raw), raw
 
 
 def _check_guide_rows(rows: list[dict], goals: dict) -> None:
