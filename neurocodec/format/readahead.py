@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from neurocodec.format.fetch import open_regular
 
@@ -80,6 +80,13 @@ class Readahead:
         self.listener: Callable[[str, int, int], None] | None = None
         self._asked = _Blocks(4 * (limit // BLOCK) + 1024)
         self._reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the settings: a copy (a pickled dataset) starts with nothing asked for."""
+        return {"limit": self.limit, "mode": self.mode}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["limit"], state["mode"])
 
     def _reset(self) -> None:
         self._pid = os.getpid()

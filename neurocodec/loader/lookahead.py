@@ -85,7 +85,7 @@ class SpanLookahead:
         self.order, self.plan, self.starts, self.stored = order, plan, starts, stored
         self.batches = range(worker, len(plan), workers)
         self.window = max(1, -(-samples // plan.batch_size))
-        self.every = max(1, self.window // 8)  # read ahead again once an eighth of the window is read
+        self.every = max(1, self.window // 4)  # read ahead again once a quarter of the window is read
         self._since = self.every
 
     due = ShardLookahead.due
@@ -123,7 +123,10 @@ def runs(ids: np.ndarray, starts: np.ndarray) -> list[tuple[int, int, int]]:
     a shard, (shard number, first, stop) with shard-local numbers, ordered by the first read of each."""
     if len(ids) == 0:
         return []
-    unique, first_read = np.unique(ids, return_index=True)
+    if len(ids) == 1 or bool((ids[1:] > ids[:-1]).all()):  # stored order: already sorted, each once
+        unique, first_read = ids, np.arange(len(ids))
+    else:
+        unique, first_read = np.unique(ids, return_index=True)
     numbers = np.searchsorted(starts, unique, side="right") - 1
     cut = np.flatnonzero((np.diff(unique) != 1) | (np.diff(numbers) != 0)) + 1
     heads = np.concatenate(([0], cut))
