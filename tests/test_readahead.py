@@ -78,6 +78,13 @@ def test_want_respects_the_byte_bound_and_asks_each_block_once(tmp_path):
     ahead.close()
 
 
+def test_read_ahead_never_raises(dataset):
+    with Dataset(dataset) as ds:
+        ds.read_ahead([(99, 0, 10), (0, 5, 2), ("x", 0, 1)])
+        ds.prefetch([-100, 7])
+        assert [int(s["x"][0]) for s in ds][:3] == [0, 1, 2]
+
+
 def test_stored_order_reads_ahead_shard_by_shard_within_the_bound(dataset):
     with Dataset(dataset, readahead_bytes=8 * BLOCK) as ds:
         calls = recorded(ds)

@@ -207,7 +207,10 @@ class Dataset:
         from the first (default `readahead_bytes`; `neurocodec.format.readahead`). A hint: it
         never raises, never changes a read. Nothing for a URL dataset (see `prefetch`)."""
         if self.readahead.limit:
-            self.readahead.want((self._byte_range(*span) for span in spans), most)
+            try:
+                self.readahead.want((self._byte_range(*span) for span in spans), most)
+            except (IndexError, TypeError, ValueError):  # a span naming no shard: nothing to read ahead
+                pass
 
     def _ahead_every(self) -> int:
         """Samples between two readahead requests in stored order: about a quarter of the bound
