@@ -112,7 +112,7 @@ def make_dataset(base: Path, shards: int, rows: str) -> Path:
     import numpy as np
 
     from neurocodec.dataset.writer import WebDatasetWriter
-    from neurocodec.format import layout, limits, shard_table
+    from neurocodec.format import layout, limits, shard_table, shard_table_write
 
     path = base / f"{rows}-{shards}"
     with WebDatasetWriter(path, shard_size=1, fsync=False) as writer:
@@ -134,7 +134,7 @@ def make_dataset(base: Path, shards: int, rows: str) -> Path:
         for n, (size, index) in sizes.items():
             records["bytes"][samples == n], records["index_bytes"][samples == n] = size, index
         records["sha256"], records["index_sha256"] = digests[:, 0], digests[:, 1]
-        data, digest = shard_table.encode_columns(samples, starts, records.tobytes(), 0)
+        data, digest = shard_table_write.encode_columns(samples, starts, records.tobytes(), 0)
         name = shard_table.table_name(digest)
         (manifest.parent / name).write_bytes(data)
         doc.pop("shards")

@@ -25,7 +25,7 @@ from neurocodec.dataset.append import append_datasets
 from neurocodec.dataset.merge import merge_datasets
 from neurocodec.dataset.reader import Dataset, read_manifest
 from neurocodec.errors import DatasetError
-from neurocodec.format import layout, limits, shard_table
+from neurocodec.format import layout, limits, shard_table, shard_table_write
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from neurocodec.loader.datasets import RandomAccessWebDataset, WebDatasetLoader
 
@@ -132,6 +132,11 @@ def test_append_and_merge_of_tables(tmp_path, pair):
     extra = write_ids(tmp_path / "extra", first=N, n=10)
     manifest = append_datasets(target, [extra], fsync=False)
     assert len(manifest.shards) == 35 and doc_of(target)["total_shards"] == 35
+    # The table's records copied, the appended entries encoded: the bytes of the entries' table.
+    assert isinstance(manifest.shards, shard_table_write.ExtendedShards)
+    assert shard_table_write.encode_table(manifest.shards, 0) == shard_table_write.encode_table(
+        tuple(manifest.shards), 0)
+    assert manifest.shards == read_manifest(target).shards and manifest.shards[31] == read_manifest(target).shards[31]
     with Dataset(target) as ds:
         assert [s["metadata"]["id"] for s in ds] == list(range(N + 10))
     merged = merge_datasets([pair[0], extra], tmp_path / "merged", 3, fsync=False)  # writer settings of the first
@@ -162,7 +167,7 @@ def craft(path: Path, *, samples=None, starts=None, records=None, first: int = 0
     samples = shards.samples if samples is None else np.asarray(samples)
     starts = shards.starts if starts is None else np.asarray(starts)
     records = b"".join(shards.records()) if records is None else records
-    data, digest = shard_table.encode_columns(samples, starts, records, first)
+    data, digest = shard_table_write.encode_columns(samples, starts, records, first)
     old.unlink()
     name = shard_table.table_name(digest)
     (path / layout.HOME / name).write_bytes(data)
@@ -318,7 +323,7 @@ def test_opening_1e5_shards_makes_no_object_per_shard(tmp_path):
     starts = np.arange(count, dtype=np.int64) * 10
     rows = np.zeros(count, dtype=shard_table.RECORD)
     rows["bytes"], rows["index_bytes"] = limits.min_shard_bytes(10, members), limits.index_file_bytes(10, members)
-    data, digest = shard_table.encode_columns(samples, starts, rows.tobytes(), 0)
+    data, digest = shard_table_write.encode_columns(samples, starts, rows.tobytes(), 0)
     name = shard_table.table_name(digest)
     (path / layout.HOME / name).write_bytes(data)
     doc.pop("shards")

@@ -29,7 +29,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 from neurocodec import __version__
 from neurocodec.dataset.extra_merge import merge_extra
@@ -40,7 +41,7 @@ from neurocodec.format import layout
 from neurocodec.format.home import has_manifest, home
 from neurocodec.format.manifest import MAX_VERSION, Manifest
 from neurocodec.format.shardfile import ShardSequence
-from neurocodec.format.shard_table import is_table_name
+from neurocodec.format.shard_table import TableShards, is_table_name, shard_columns
 from neurocodec.fsutil import atomic_link_or_copy, atomic_write_bytes, fsync_dir, is_temp_name
 from neurocodec.plugin.registry import Registry
 from neurocodec.storage.location import dataset_path, is_remote
@@ -48,6 +49,7 @@ from neurocodec.storage.local_output import write_manifest
 from neurocodec.storage.lock import OutputLock
 
 KEPT_WITH_VERSION = ("splits", "stats")
+_NUMBERED = re.compile(r"\.?shard_([0-9]{6,})\.(?:tar|idx)")
 """Directories of files made for one version, kept with its manifest when the next is made."""
 
 STAGING = ".neurocodec-append"
@@ -172,17 +174,33 @@ def _shard_size(manifest: Manifest) -> int:
     size = manifest.writer.get("shard_size")
     if type(size) is int and size >= 1:
         return size
-    return max((s.samples for s in manifest.shards), default=1000)
+    samples = shard_columns(manifest.shards)[0]
+    return int(samples.max()) if len(samples) else 1000
 
 
 def _clear_unlisted(path: Path, manifest: Manifest) -> None:
     """Remove shards, indexes and temp files the manifest does not list: a failed append's.
     (Every earlier version lists a prefix of the current shards, so none of theirs.)"""
-    listed = {name for entry in manifest.shards for name in (entry.name, entry.index)}
+    listed = _listed(manifest)
     for name in os.listdir(path):
         ours = layout.is_shard_name(name) or layout.is_index_name(name) or is_temp_name(name)
-        if ours and name not in listed:
+        if ours and not listed(name):
             (path / name).unlink(missing_ok=True)
+
+
+def _listed(manifest: Manifest) -> Callable[[str], bool]:
+    """Whether the manifest lists a shard or index file name: by a set of names for JSON rows,
+    by the number in the name for a shard table (its shards are numbered from its first)."""
+    shards = manifest.shards
+    if not isinstance(shards, TableShards):
+        names = {name for entry in shards for name in (entry.name, entry.index)}
+        return names.__contains__
+    first, count = shards.first_number, len(shards)
+
+    def listed(name: str) -> bool:
+        match = _NUMBERED.fullmatch(name)
+        return match is not None and first <= int(match[1]) < first + count
+    return listed
 
 
 def _keep_version(path: Path, version: int, manifest_bytes: bytes | None, fsync: bool) -> None:

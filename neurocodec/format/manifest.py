@@ -17,7 +17,7 @@ import attrs
 
 from neurocodec import npy
 from neurocodec.errors import DatasetError, ShardError
-from neurocodec.format import layout, limits, shard_table, tar
+from neurocodec.format import layout, limits, shard_table, shard_table_write, tar
 from neurocodec.format.compression import COMPRESSIONS, SUFFIX
 
 MAX_MANIFEST_BYTES = 8 << 20
@@ -148,7 +148,7 @@ class Manifest:
     def encode(self) -> tuple[str, "ManifestTable | None"]:
         """The manifest's JSON and, for a dataset of more than `table_above` shards whose names
         and checksums a table can hold, its shard table (written first, beside the manifest)."""
-        first = shard_table.first_number(self.shards) if len(self.shards) > self.table_above else None
+        first = shard_table_write.first_number(self.shards) if len(self.shards) > self.table_above else None
         table = None
         doc = {
             "format": layout.FORMAT_NAME,
@@ -166,7 +166,7 @@ class Manifest:
             if self.format_version == shard_table.FORMAT_VERSION:  # read with a table, written without
                 doc["format_version"] = needed_version(self.fields)
         else:
-            data, digest = shard_table.encode_table(self.shards, first)
+            data, digest = shard_table_write.encode_table(self.shards, first)
             table = ManifestTable(shard_table.table_name(digest), data)
             doc["format_version"] = max(self.format_version, shard_table.FORMAT_VERSION)
             doc["shard_table"] = {"name": table.name, "bytes": len(data), "sha256": digest,

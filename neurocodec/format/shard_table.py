@@ -60,8 +60,8 @@ assert _ROW.size == RECORD.itemsize
 MAX_FIRST_NUMBER = 10**15
 """Shard numbers stay below this (stand-in names use multiples of 10^9)."""
 _NAME = re.compile(r"shards-[0-9a-f]{16}\.table")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_NUMBER = re.compile(r"shard_([0-9]{6,})\.tar")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+SHARD_NUMBER = re.compile(r"shard_([0-9]{6,})\.tar")
 _CACHED_BLOCKS = 16
 
 
@@ -274,8 +274,12 @@ class TableShards(Sequence):
     def __hash__(self) -> int:
         return hash((self.count, self.first_number, self.digests))
 
-    def __add__(self, other: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(self) + tuple(other)
+    def __add__(self, other: Sequence[Any]) -> Any:
+        """These shards and then `other` (an append's): an `ExtendedShards`, written back as a
+        table by copying these records, not by making an entry per shard."""
+        from neurocodec.format.shard_table_write import ExtendedShards
+
+        return ExtendedShards(self, tuple(other))
 
     def __repr__(self) -> str:
         return f"TableShards({self.label!r}, {self.count} shards)"
@@ -301,7 +305,7 @@ def _shard_entry() -> type:
 def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(sample counts, first samples) of `shards` as int64 arrays: a table's own, or made
     from a tuple of entries."""
-    if isinstance(shards, TableShards):
+    if not isinstance(shards, (tuple, list)):  # a table, or a table and more (ExtendedShards)
         return shards.samples, shards.starts
     samples = np.fromiter((s.samples for s in shards), dtype=np.int64, count=len(shards))
     starts = np.fromiter((s.first_sample for s in shards), dtype=np.int64, count=len(shards))
@@ -310,8 +314,9 @@ def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def total_bytes(shards: Sequence[Any]) -> int:
     """The bytes of every shard and index file (a table's summed block by block)."""
-    if isinstance(shards, TableShards):
-        return sum(int(rows["bytes"].sum()) + int(rows["index_bytes"].sum())
+    if not isinstance(shards, TableShards):
+        return sum(s.bytes + s.index_bytes for s in shards)
+    return sum(int(rows["bytes"].sum()) + int(rows["index_bytes"].sum())
                    for rows in (shards._block(k) for k in range(-(-len(shards) // BLOCK))))
     return sum(s.bytes + s.index_bytes for s in shards)
 
@@ -329,54 +334,6 @@ def is_prefix(earlier: Sequence[Any], current: Sequence[Any]) -> bool:
             and bool(np.array_equal(earlier.samples, current.samples[:n]))
             and earlier.digests[: 32 * full] == current.digests[: 32 * full]
             and all(earlier[i] == current[i] for i in range(full * BLOCK, n)))
-
-
-def first_number(shards: Sequence[Any]) -> int | None:
-    """The number of the first of `shards` if they can make a table (named `shard_name(first
-    + i)`, hex checksums), else None: they then stay rows of the JSON manifest."""
-    if isinstance(shards, TableShards):
-        return shards.first_number
-    if not shards:
-        return None
-    match = _NUMBER.fullmatch(shards[0].name)
-    first = int(match[1]) if match else -1
-    if not 0 <= first or first + len(shards) > MAX_FIRST_NUMBER:
-        return None
-    for i, entry in enumerate(shards):
-        name = layout.shard_name(first + i)
-        if entry.name != name or entry.index not in (layout.index_name(name), layout.legacy_index_name(name)) \
-                or not _HEX64.fullmatch(entry.sha256) or not _HEX64.fullmatch(entry.index_sha256):
-            return None
-    return first
-
-
-def encode_table(shards: Sequence[Any], first: int) -> tuple[bytes, str]:
-    """The table of `shards` (named from `first`, see `first_number`) and its head's SHA-256."""
-    samples, starts = shard_columns(shards)
-    count = len(samples)
-    if isinstance(shards, TableShards) and shards.first_number == first:
-        return encode_columns(samples, starts, b"".join(shards.records()), first)
-    rows = np.zeros(count, dtype=RECORD)
-    if count:
-        rows["bytes"] = np.fromiter((s.bytes for s in shards), dtype=np.uint64, count=count)
-        rows["index_bytes"] = np.fromiter((s.index_bytes for s in shards), dtype=np.uint64, count=count)
-        rows["legacy_index"] = np.fromiter((not s.index.startswith(".") for s in shards), dtype=np.uint64,
-                                           count=count)
-        rows["sha256"] = np.frombuffer(bytes.fromhex("".join(s.sha256 for s in shards)), np.uint8).reshape(-1, 32)
-        rows["index_sha256"] = np.frombuffer(bytes.fromhex("".join(s.index_sha256 for s in shards)),
-                                             np.uint8).reshape(-1, 32)
-    return encode_columns(samples, starts, rows.tobytes(), first)
-
-
-def encode_columns(samples: np.ndarray, starts: np.ndarray, records: bytes, first: int) -> tuple[bytes, str]:
-    """The table of these columns and `records` (`RECORD` rows), and its head's SHA-256."""
-    count = len(samples)
-    size = RECORD.itemsize
-    digests = b"".join(hashlib.sha256(records[k: k + BLOCK * size]).digest()
-                       for k in range(0, len(records), BLOCK * size))
-    head = b"".join([HEADER.pack(MAGIC, TABLE_VERSION, size, count, BLOCK, first),
-                     samples.astype("<u8").tobytes(), starts.astype("<u8").tobytes(), digests])
-    return head + records, hashlib.sha256(head).hexdigest()
 
 
 def table_name(head_sha256: str) -> str:
@@ -401,7 +358,7 @@ def open_table(doc: Any, opener: Callable[[str, int], TableSource] | None, sourc
          f"shards must be an integer from 0 to {min(MAX_TABLE_SHARDS, total_samples)} (one sample a shard at least)")
     need(total_shards == count, f"lists {count} shards but total_shards is {total_shards!r}")
     need(type(doc["bytes"]) is int and doc["bytes"] == table_bytes(count), f"bytes must be {table_bytes(count)} for {count} shards")
-    need(isinstance(doc["sha256"], str) and _HEX64.fullmatch(doc["sha256"]) is not None
+    need(isinstance(doc["sha256"], str) and HEX64.fullmatch(doc["sha256"]) is not None
          and doc["name"] == table_name(doc["sha256"]), "sha256 must be the 64 hex digits the name begins with")
     need(opener is not None, "cannot be read here (no dataset directory to read it from)")
     return TableShards(opener(doc["name"], doc["bytes"]), count=count, head_sha256=doc["sha256"], total_samples=total_samples,
