@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 
@@ -60,11 +61,16 @@ def test_a_manifest_readers_would_refuse_is_never_written(fields) -> None:
                      shards=tuple(_entry(i) for i in range(10)))
     check_manifest_size(small, "here")
     shards = MAX_MANIFEST_BYTES // 250  # a compact shard entry takes under 300 bytes
+    # Shard rows in the JSON (a threshold above the count; by default more than 10,000 shards
+    # go to a shard table, docs/format.md 8.5, and the JSON stays small).
     large = Manifest(compression="none", total_samples=shards, fields=fields,
-                     shards=tuple(_entry(i) for i in range(shards)))
+                     shards=tuple(_entry(i) for i in range(shards)), writer={"shard_table_above": shards})
     assert len(large.to_json()) > MAX_MANIFEST_BYTES
     with pytest.raises(DatasetError, match=r"here: the manifest of \d+ shards .*shard_size"):
         check_manifest_size(large, "here")
+    tabled = attrs.evolve(large, writer={})
+    assert tabled.json_size() == len(tabled.to_json()) < 2000
+    check_manifest_size(tabled, "here")
 
 
 def test_the_writer_stops_as_soon_as_the_manifest_would_be_too_large(tmp_path: Path, monkeypatch) -> None:

@@ -145,9 +145,15 @@ class Manifest:
         """Serialise deterministically (sorted keys, compact separators); the JSON of `encode`."""
         return self.encode()[0]
 
-    def encode(self) -> tuple[str, "ManifestTable | None"]:
+    def json_size(self) -> int:
+        """The bytes of the JSON `encode` gives, without encoding the shard table (its name,
+        size and digest take the same bytes whatever its content)."""
+        return len(self.encode(sizing=True)[0].encode())
+
+    def encode(self, *, sizing: bool = False) -> tuple[str, "ManifestTable | None"]:
         """The manifest's JSON and, for a dataset of more than `table_above` shards whose names
-        and checksums a table can hold, its shard table (written first, beside the manifest)."""
+        and checksums a table can hold, its shard table (written first, beside the manifest).
+        `sizing`: a stand-in digest instead of the table (see `json_size`)."""
         first = shard_table_write.first_number(self.shards) if len(self.shards) > self.table_above else None
         table = None
         doc = {
@@ -166,10 +172,13 @@ class Manifest:
             if self.format_version == shard_table.FORMAT_VERSION:  # read with a table, written without
                 doc["format_version"] = needed_version(self.fields)
         else:
-            data, digest = shard_table_write.encode_table(self.shards, first)
-            table = ManifestTable(shard_table.table_name(digest), data)
+            if sizing:
+                size, digest = shard_table.table_bytes(len(self.shards)), "0" * 64
+            else:
+                data, digest = shard_table_write.encode_table(self.shards, first)
+                table, size = ManifestTable(shard_table.table_name(digest), data), len(data)
             doc["format_version"] = max(self.format_version, shard_table.FORMAT_VERSION)
-            doc["shard_table"] = {"name": table.name, "bytes": len(data), "sha256": digest,
+            doc["shard_table"] = {"name": shard_table.table_name(digest), "bytes": size, "sha256": digest,
                                   "shards": len(self.shards)}
         if self.version != 1:
             doc["version"] = self.version  # written only once appended: first versions stay as they were

@@ -273,7 +273,7 @@ def local_staging_dir(url: str, kind: str) -> Path:
 
 def check_manifest_size(manifest: Manifest, target: Any) -> None:
     """DatasetError unless `manifest` fits the size readers accept (`MAX_MANIFEST_BYTES`)."""
-    size = len(manifest.encode()[0].encode())
+    size = manifest.json_size()
     if size > MAX_MANIFEST_BYTES:
         raise DatasetError(
             f"{target}: the manifest of {len(manifest.shards)} shards would be {size} bytes, more than "
