@@ -34,6 +34,10 @@ WRAPPED_ERRORS = {
     "neurocodec.npy.NpyError": "codecs turn it into CodecError (then SampleError / ShardError)",
     "neurocodec.storage.retry.ChecksumMismatch": "retried; the cache wraps the last in ShardError",
     "neurocodec.storage.retry.RetriesExhausted": "the cache and outputs wrap it in ShardError / DatasetError",
+    "neurocodec.storage.transfer.DownloadError": "the cache wraps it in ShardError naming the URL",
+    "neurocodec.storage.transfer.RangesIgnored": "the download falls back to whole GETs",
+    "neurocodec.storage.transfer.Cancelled": "only a prefetch's download is cancelled; the prefetcher drops it",
+    "neurocodec.storage.cache.NoRoom": "only a prefetch must fit; the prefetcher drops it",
     "neurocodec.nwb.zarr_pickle.UnsafePickleError": "the NWB converter wraps it in NWBError naming the folder",
 }
 
