@@ -344,7 +344,9 @@ KILLED = textwrap.dedent("""
     from neurocodec.dataset.reader import Dataset
     from neurocodec.storage import ShardCache
     url, options, cache_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    with Dataset(url, storage_options=options, cache=ShardCache(cache_dir, "1G", prefetch_bytes=0)) as ds:
+    # part_bytes=0: one GET streamed to the temp file (a small file is otherwise fetched into memory)
+    cache = ShardCache(cache_dir, "1G", prefetch_bytes=0, part_bytes=0)
+    with Dataset(url, storage_options=options, cache=cache) as ds:
         ds[SHARD_SIZE]  # shard 1: its download stalls halfway, and this process is killed
 """)
 
