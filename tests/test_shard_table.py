@@ -156,6 +156,24 @@ def test_overwrite_leaves_one_table(tmp_path):
     assert tables(path) == [] and doc_of(path)["format_version"] == 1
 
 
+def test_info_and_verify(tmp_path, pair, capsys):
+    from neurocodec import ShardedDatasetInfo
+    from neurocodec.cli import main
+
+    info = ShardedDatasetInfo(pair[0]).get_summary()
+    assert info["format_version"] == 3 and info["total_shards"] == 30
+    assert info["bytes"] == ShardedDatasetInfo(pair[1]).get_summary()["bytes"] and info["files"]["ok"]
+    path = tmp_path / "bad"
+    shutil.copytree(pair[0], path)
+    (path / "shard_000007.tar").unlink()
+    capsys.readouterr()
+    assert main(["verify", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "shard shard_000007.tar" in out and "1 of 30 shards bad" in err
+    check = ShardedDatasetInfo(path).check_files()
+    assert not check.ok and check.bad_shards == ("shard_000007.tar",)
+
+
 # -- crafted tables -------------------------------------------------------------------------
 def craft(path: Path, *, samples=None, starts=None, records=None, first: int = 0, doc_changes=None,
           base=None) -> None:
