@@ -312,13 +312,19 @@ def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return samples, starts
 
 
-def total_bytes(shards: Sequence[Any]) -> int:
-    """The bytes of every shard and index file (a table's summed block by block)."""
+def file_bytes(shards: Sequence[Any]) -> np.ndarray:
+    """Each shard's bytes on disk, its index included (int64): a table's read block by block
+    (each checked), without an entry per shard; for prefetch budgets and totals."""
     if not isinstance(shards, TableShards):
-        return sum(s.bytes + s.index_bytes for s in shards)
-    return sum(int(rows["bytes"].sum()) + int(rows["index_bytes"].sum())
-                   for rows in (shards._block(k) for k in range(-(-len(shards) // BLOCK))))
-    return sum(s.bytes + s.index_bytes for s in shards)
+        return np.fromiter((s.bytes + s.index_bytes for s in shards), dtype=np.int64, count=len(shards))
+    sizes = [(rows["bytes"] + rows["index_bytes"]).astype(np.int64)  # one block's records at a time
+             for rows in map(shards._block, range(-(-len(shards) // BLOCK)))]
+    return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+
+
+def total_bytes(shards: Sequence[Any]) -> int:
+    """The bytes of every shard and index file."""
+    return int(file_bytes(shards).sum())
 
 
 def is_prefix(earlier: Sequence[Any], current: Sequence[Any]) -> bool:
