@@ -31,6 +31,8 @@ BATCH, WORKERS, SEED = 32, 2, 0
 RAW_BLOCK = 1 << 20
 READS = (("ordered", "iterate in stored order"), ("shuffled", "iterate shuffled"))
 LOADER = f"DataLoader (batch {BATCH}, {WORKERS} workers, shuffle)"
+RAW = "raw cold read"
+"""The raw read's label (not the warm stages' "raw file read")."""
 GOAL = 0.8
 """neurocodec's cold reads at least 80% of the raw cold read rate."""
 
@@ -113,7 +115,7 @@ def _names(report: Any, spec: dict[str, Any]) -> tuple[str, str]:
 
     api = spec["api"]
     if api == "raw":
-        return "cold: raw sequential read (1 MiB readinto)", "raw file read"
+        return "cold: raw sequential read (1 MiB readinto)", RAW
     how = "loader" if api == LOADER else LIBRARIES[spec["lib"]].apis[api]
     measure = f"cold: {LOADER}" if how == "loader" else f"cold: {dict(READS)[how]}"
     label = f"{report.label(spec['lib'])} {'DataLoader' if how == 'loader' else api}"
@@ -124,7 +126,7 @@ def _ratios(rows: list[Row]) -> None:
     """Each peer's ratio against neurocodec's row of the same measure (readahead on); each
     readahead-off row's share of the row with readahead on, in its note."""
     for row in rows:
-        if row.value is None or row.library == "raw file read":
+        if row.value is None or row.library == RAW:
             continue
         mine = [r for r in rows if r.measure == row.measure and r.library.startswith(NC) and r.value
                 and not r.library.endswith("readahead off")]

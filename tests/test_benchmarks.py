@@ -152,7 +152,7 @@ def _check_cold_rows(rows: list[dict], goals: dict) -> None:
     shard files (the ceiling) and each way of reading, neurocodec's also with readahead off."""
     for wl in ("seed", "lfp"):
         mine = [r for r in rows if r["section"].startswith(f"{wl}:") and r["section"].endswith("(cold)")]
-        raw = [r for r in mine if r["library"] == "raw file read"]
+        raw = [r for r in mine if r["library"] == "raw cold read"]
         assert len(raw) == 1 and raw[0]["mbps"] > 0 and raw[0]["pct_raw"] == 100.0, mine
         apis = {r["library"].split(" ", 2)[-1] for r in mine if r["library"].startswith("neurocodec")}
         expected = {"Dataset", "WebDatasetLoader", "WebDatasetLoader shuffle"} | ({"DataLoader"} if wl == "seed" else set())
