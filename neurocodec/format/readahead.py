@@ -93,6 +93,7 @@ class Readahead:
         self._ready = threading.Condition(threading.Lock())
         self._queue: deque[tuple[str, int, int]] = deque()
         self._thread: threading.Thread | None = None
+        self._busy = self._stop = False  # a range in hand; close() asked the thread to end
 
     def want(self, ranges: Iterable[tuple[str, int, int]], most: int | None = None) -> None:
         """Ask for the ranges (path, start, end), soonest first, as far as `most` bytes from the
@@ -131,6 +132,7 @@ class Readahead:
             self._reset()
         with self._ready:
             self._queue.extend(ranges)
+            self._stop = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="neurocodec-readahead", daemon=True)
                 self._thread.start()
@@ -143,15 +145,18 @@ class Readahead:
         try:
             while True:
                 with self._ready:
+                    self._busy = False
                     if not self._queue:
                         if fd >= 0:  # idle: hold no descriptor while waiting
                             os.close(fd)
                             fd, current = -1, None
-                        self._ready.wait(IDLE_SECONDS)
+                        if not self._stop:
+                            self._ready.wait(IDLE_SECONDS)
                         if not self._queue:
                             self._thread = None
                             return
                     path, start, end = self._queue.popleft()
+                    self._busy = True
                 if path != current:
                     fd, current = _reopen(fd, path)
                 if fd >= 0:
@@ -161,10 +166,11 @@ class Readahead:
                 os.close(fd)
 
     def wait(self) -> None:
-        """Return once every range asked for so far has been handed to the kernel (tests, tools)."""
+        """Return once every range asked for so far has been handed to the kernel, or the
+        thread has ended (tests, tools)."""
         while self._pid == os.getpid() and self._thread is not None:
             with self._ready:
-                if not self._queue:
+                if not self._queue and not self._busy:
                     break
             time.sleep(0.001)
 
@@ -175,6 +181,7 @@ class Readahead:
             return
         with self._ready:
             self._queue.clear()
+            self._stop = True
             thread = self._thread
             self._ready.notify()
         if thread is not None and thread is not threading.current_thread():
