@@ -124,10 +124,11 @@ class FileSource(TableSource):
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "label": self.label, "size": self.size, "_fd": None, "_pid": 0}
 
-    def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
+    def __del__(self, _close: Callable[[int], None] = os.close, _getpid: Callable[[], int] = os.getpid) -> None:
+        # os bound as defaults: at interpreter exit the module's globals may already be gone.
+        if getattr(self, "_fd", None) is not None and self._pid == _getpid():
             try:
-                os.close(self._fd)
+                _close(self._fd)
             except OSError:
                 pass
 
