@@ -88,6 +88,7 @@ class TableSource:
     size: int
 
     def read(self, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes from `offset`; DatasetError naming the table otherwise."""
         raise NotImplementedError
 
 
@@ -111,6 +112,7 @@ class FileSource(TableSource):
         return size
 
     def read(self, offset: int, length: int) -> bytes:
+        """`TableSource.read` with `pread` (the file opened again in a forked child)."""
         if self._fd is None or self._pid != os.getpid():
             self._open()
         try:
@@ -140,6 +142,7 @@ class BytesSource(TableSource):
         self.data, self.label, self.size = data, label, len(data)
 
     def read(self, offset: int, length: int) -> bytes:
+        """`TableSource.read` from memory."""
         data = self.data[offset: offset + length]
         if len(data) != length:
             raise DatasetError(f"{self.label}: the shard table ends early (truncated at {offset + len(data)} bytes)")
