@@ -266,7 +266,8 @@ def _parse(doc: Any, source: str, ceiling: int, table: Callable[[str, int], shar
         _need(version >= shard_table.FORMAT_VERSION, source,
               f"format_version {version} has no shard tables (version {shard_table.FORMAT_VERSION} has)")
         shards = shard_table.open_table(doc["shard_table"], table, source, total_shards=doc.get("total_shards"),
-                                        total_samples=total, members=len(fields), ceiling=ceiling)
+                                        total_samples=total, members=len(fields), ceiling=ceiling,
+                                        entry=ShardEntry)
     else:
         shards = _parse_shards(doc, source, total, len(fields), ceiling)
     return Manifest(

@@ -26,7 +26,6 @@ read with `pread` (a table that changes while open fails its digest, never a sig
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -152,11 +151,12 @@ class BytesSource(TableSource):
 class TableShards(Sequence):
     """The shards of a table dataset: a read-only sequence of `ShardEntry`, as the tuple of a
     JSON manifest is, whose entries are made when asked for (see the module documentation).
-    `samples` and `starts` are the sample counts and first samples as int64 arrays."""
+    `samples` and `starts` are the sample counts and first samples as int64 arrays; `entry`
+    the class of the entries (`manifest.ShardEntry`)."""
 
     def __init__(self, source: TableSource, *, count: int, head_sha256: str, total_samples: int,
-                 members: int, ceiling: int) -> None:
-        self.source, self.members, self.label = source, members, source.label
+                 members: int, ceiling: int, entry: type) -> None:
+        self.source, self.members, self.label, self.entry = source, members, source.label, entry
         self._need(source.size == table_bytes(count),
                    f"{source.size} bytes, but a table of {count} shards has {table_bytes(count)}")
         head = source.read(0, head_bytes(count))
@@ -257,7 +257,7 @@ class TableShards(Sequence):
                                       f"members (at least {least})")
             self._need(False, f"shard {number}: index_bytes is {index_bytes}, but the index of {samples} samples "
                               f"of {members} members is {need} bytes")
-        return _shard_entry()(
+        return self.entry(
             name=name, index=layout.legacy_index_name(name) if legacy else layout.index_name(name),
             samples=samples, first_sample=int(self.starts[number]), bytes=size,
             sha256=sha.hex(), index_bytes=index_bytes, index_sha256=index_sha.hex())
@@ -281,8 +281,6 @@ class TableShards(Sequence):
     def __add__(self, other: Sequence[Any]) -> Any:
         """These shards and then `other` (an append's): an `ExtendedShards`, written back as a
         table by copying these records, not by making an entry per shard."""
-        from neurocodec.format.shard_table_write import ExtendedShards
-
         return ExtendedShards(self, tuple(other))
 
     def __repr__(self) -> str:
@@ -298,12 +296,41 @@ class TableShards(Sequence):
         self._lock = threading.Lock()
 
 
-@functools.cache
-def _shard_entry() -> type:
-    """`manifest.ShardEntry` (imported on first use: the manifest module imports this one)."""
-    from neurocodec.format.manifest import ShardEntry
+class ExtendedShards(Sequence):
+    """A table's shards followed by more entries (`TableShards + tuple`, as an append makes):
+    a sequence of `ShardEntry` with the `samples` and `starts` arrays of both."""
 
-    return ShardEntry
+    def __init__(self, table: TableShards, tail: tuple[Any, ...]) -> None:
+        self.table, self.tail = table, tail
+        samples, starts = shard_columns(tail)
+        self.samples = np.concatenate([table.samples, samples])
+        self.starts = np.concatenate([table.starts, starts])
+
+    def __len__(self) -> int:
+        return len(self.table) + len(self.tail)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        number = int(index) + (len(self) if int(index) < 0 else 0)
+        if not 0 <= number < len(self):
+            raise IndexError(f"shard {index} of {len(self)}")
+        return self.table[number] if number < len(self.table) else self.tail[number - len(self.table)]
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.table
+        yield from self.tail
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    def __hash__(self) -> int:
+        return hash((self.table, self.tail))
+
+    def __add__(self, other: Sequence[Any]) -> "ExtendedShards":
+        return ExtendedShards(self.table, self.tail + tuple(other))
 
 
 def shard_columns(shards: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +379,7 @@ def table_name(head_sha256: str) -> str:
 
 
 def open_table(doc: Any, opener: Callable[[str, int], TableSource] | None, source: str, *, total_shards: Any,
-               total_samples: int, members: int, ceiling: int) -> TableShards:
+               total_samples: int, members: int, ceiling: int, entry: type) -> TableShards:
     """The shards of the manifest entry `shard_table` (`doc`), read through `opener(name,
     declared bytes)`;
     DatasetError naming `source` for an entry that is not one this reader trusts."""
@@ -372,4 +399,4 @@ def open_table(doc: Any, opener: Callable[[str, int], TableSource] | None, sourc
          and doc["name"] == table_name(doc["sha256"]), "sha256 must be the 64 hex digits the name begins with")
     need(opener is not None, "cannot be read here (no dataset directory to read it from)")
     return TableShards(opener(doc["name"], doc["bytes"]), count=count, head_sha256=doc["sha256"], total_samples=total_samples,
-                       members=members, ceiling=ceiling)
+                       members=members, ceiling=ceiling, entry=entry)

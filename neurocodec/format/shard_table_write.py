@@ -1,54 +1,18 @@
 """Writing shard tables (`neurocodec.format.shard_table`): which shards a table can hold, their
-bytes, and the shards of a table with an append's entries after them (`ExtendedShards`)."""
+bytes."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from neurocodec.format import layout
 from neurocodec.format.shard_table import (
-    BLOCK, HEADER, HEX64, MAGIC, MAX_FIRST_NUMBER, RECORD, SHARD_NUMBER, TABLE_VERSION, TableShards, shard_columns,
+    BLOCK, HEADER, HEX64, MAGIC, MAX_FIRST_NUMBER, RECORD, SHARD_NUMBER, TABLE_VERSION, ExtendedShards, TableShards,
+    shard_columns,
 )
-
-
-class ExtendedShards(Sequence):
-    """A table's shards followed by more entries (`TableShards + tuple`, as an append makes):
-    a sequence of `ShardEntry` with the `samples` and `starts` arrays of both."""
-
-    def __init__(self, table: TableShards, tail: tuple[Any, ...]) -> None:
-        self.table, self.tail = table, tail
-        samples, starts = shard_columns(tail)
-        self.samples = np.concatenate([table.samples, samples])
-        self.starts = np.concatenate([table.starts, starts])
-
-    def __len__(self) -> int:
-        return len(self.table) + len(self.tail)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(len(self))))
-        number = int(index) + (len(self) if int(index) < 0 else 0)
-        if not 0 <= number < len(self):
-            raise IndexError(f"shard {index} of {len(self)}")
-        return self.table[number] if number < len(self.table) else self.tail[number - len(self.table)]
-
-    def __iter__(self) -> Iterator[Any]:
-        yield from self.table
-        yield from self.tail
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
-            return NotImplemented
-        return len(other) == len(self) and all(a == b for a, b in zip(self, other))
-
-    def __hash__(self) -> int:
-        return hash((self.table, self.tail))
-
-    def __add__(self, other: Sequence[Any]) -> "ExtendedShards":
-        return ExtendedShards(self.table, self.tail + tuple(other))
 
 
 def first_number(shards: Sequence[Any]) -> int | None:
