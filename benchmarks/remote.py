@@ -13,7 +13,8 @@ defaults (parallel downloads, ranged parts), and (c) from S3 again with the cach
 ranged parts), and the raw GET rate of moto through s3fs alone (no neurocodec), with 1 thread
 and with `download_threads`: the ceiling of any empty-cache number here. Loopback answers at
 once, where an object store takes tens of milliseconds to its first byte: the last rows repeat
-the first dataset on a moto server that waits `latency` (20 ms) before answering each GET. Each number is the
+the first dataset on a moto server that waits `latency` (20 ms) before answering each GET and
+sends each answer at 100 MB/s per connection, as an object store's single stream would. Each number is the
 best of `repeat` runs; the data read is checked against the local copy. moto is a Python server
 sharing this machine's cores with the reader, so the cold numbers measure moto and loopback far
 more than any real object store.
@@ -50,32 +51,44 @@ import sys, time
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 
-host, port, latency = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host, port, latency, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 app = DomainDispatcherApplication(create_backend_app)
 
 
-def delayed(environ, start_response):
-    if environ["REQUEST_METHOD"] == "GET":
-        time.sleep(latency)  # before the answer's first byte, as an object store's latency
-    return app(environ, start_response)
+def paced(body):
+    for chunk in body:
+        for at in range(0, len(chunk), 1 << 18):
+            piece = chunk[at:at + (1 << 18)]
+            time.sleep(len(piece) / rate)
+            yield piece
 
 
-run_simple(host, port, delayed if latency else app, threaded=True)
+def slow(environ, start_response):
+    if environ["REQUEST_METHOD"] != "GET":
+        return app(environ, start_response)
+    time.sleep(latency)  # before the answer's first byte, as an object store's latency
+    body = app(environ, start_response)
+    return paced(body) if rate else body  # and at most `rate` bytes/s per connection
+
+
+run_simple(host, port, slow if latency or rate else app, threaded=True)
 """
 
 
 class MotoProcess:
     """moto's S3 server in a child process on loopback (so it does not share our GIL); with
-    `latency`, every GET waits that many seconds before it is answered."""
+    `latency`, every GET waits that many seconds before it is answered, with `rate` (bytes/s)
+    each answer is sent at most that fast."""
 
-    def __init__(self, latency: float = 0.0) -> None:
-        self.latency = latency
+    def __init__(self, latency: float = 0.0, rate: float = 0.0) -> None:
+        self.latency, self.rate = latency, rate
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "MotoProcess":
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, "127.0.0.1", str(self.port), str(self.latency)],
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, "127.0.0.1", str(self.port), str(self.latency),
+                                      str(self.rate)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -137,6 +150,8 @@ def _read_dataloader(path: Any, **kw: Any) -> tuple[float, float]:
     return time.perf_counter() - start, total
 
 
+STREAM_RATE = 100e6
+"""Bytes/s per connection of the slowed server (a single S3 GET stream delivers about this)."""
 OLD = {"download_threads": 1, "part_bytes": 0}
 """The cache's settings before issue 18: one download thread, whole files."""
 READERS = {"Dataset": _read_all, "WebDatasetLoader(shuffle=True)": _read_loader,
@@ -271,8 +286,9 @@ def bench_remote_read(samples: int = 2000, sample_shape: tuple[int, ...] = (32, 
 def _latency(root: Path, rng: np.random.Generator, repeat: int, threads: int, latency: float, samples: int,
              sample_shape: tuple[int, ...], shard_size: int) -> dict[str, Any]:
     """The first dataset's sizes on a moto server that waits `latency` s before answering each
-    GET (an object store's time to first byte; loopback has none), read with `Dataset`."""
-    with MotoProcess(latency) as server:
+    GET (an object store's time to first byte; loopback has none) and sends each answer at
+    `STREAM_RATE` (an object store's rate per connection), read with `Dataset`."""
+    with MotoProcess(latency, STREAM_RATE) as server:
         data = {"lfp": rng.standard_normal((samples, *sample_shape)).astype(np.float32)}
         case = _Case(root, "latency", data, shard_size, server, None)
         _read_all(case.local)
@@ -284,6 +300,7 @@ def _latency(root: Path, rng: np.random.Generator, repeat: int, threads: int, la
         shutil.rmtree(case.local, ignore_errors=True)
         return {"samples": samples, "sample_shape": list(sample_shape), "shard_size": shard_size,
                 "shards": case.summary["shards"], "bytes": case.summary["bytes"], "latency_s": latency,
+                "stream_mb_per_s": STREAM_RATE / 1e6,
                 **case.result(samples), "raw_get_mb_per_s": {k: max(v) for k, v in raw.items()}}
 
 

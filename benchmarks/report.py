@@ -192,7 +192,8 @@ class Report:
         slow = result.get("latency")
         if slow:
             self._remote_rows(f"remote: {slow['samples']} samples, {slow['shards']} shards, {server}, each GET "
-                              f"answered after {1000 * slow['latency_s']:.0f} ms", slow)
+                              f"answered after {1000 * slow['latency_s']:.0f} ms at {slow['stream_mb_per_s']:.0f} MB/s "
+                              "per connection", slow)
 
     def _remote_rows(self, section: str, result: dict[str, Any]) -> None:
         mb = result["bytes"] / result["samples"] / 1e6
