@@ -395,3 +395,24 @@ def test_table_dataset_on_s3(tmp_path):
         assert len(first) == len(now) == 1 and first != now
         with Dataset(url, storage_options=options, cache=cache) as ds:
             assert [s["metadata"]["id"] for s in ds] == list(range(10))
+
+
+def test_a_mix_with_a_table_dataset_resumes_exactly_and_its_fingerprint_follows_the_table(pair, tmp_path):
+    table, rows = pair
+    kw = dict(weights=[1, 1], batch_size=4, seed=2)
+    ids = flat_ids(create_webdataset_dataloader([table, rows], num_workers=0, **kw))
+    loader = create_webdataset_dataloader([table, rows], num_workers=0, **kw)
+    it = iter(loader)
+    head = flat_ids([next(it) for _ in range(5)])
+    state = loader.state_dict()
+    resumed = create_webdataset_dataloader([table, rows], num_workers=0, **kw)
+    resumed.load_state_dict(state)
+    assert head + flat_ids(resumed) == ids
+    changed = shutil.copytree(table, tmp_path / "t")
+    kept = create_webdataset_dataloader([changed, rows], num_workers=0, **kw)
+    kept.load_state_dict(kept.state_dict())
+    state = kept.state_dict()
+    shutil.rmtree(changed)
+    write_ids(changed, first=1, shard_table_above=ABOVE)    # other samples under the same path, same shape
+    with pytest.raises(ValueError, match="mix"):
+        create_webdataset_dataloader([changed, rows], num_workers=0, **kw).load_state_dict(state)

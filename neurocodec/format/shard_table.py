@@ -167,7 +167,7 @@ class TableShards(Sequence):
                    f"not a shard table of version {TABLE_VERSION}")
         self._need(declared == count, f"the table holds {declared} shards, the manifest lists {count}")
         self._need(first + count <= MAX_FIRST_NUMBER, f"shard numbers from {first} are out of range")
-        self.first_number, self.count = first, count
+        self.first_number, self.count, self.head_sha256 = first, count, head_sha256
         columns = np.frombuffer(head, dtype="<u8", count=2 * count, offset=HEADER.size)
         self._check_columns(columns[:count], columns[count:], total_samples, ceiling)
         # Views of the head, no copies: every value was just checked to be below 10^9.
