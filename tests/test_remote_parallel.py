@@ -325,3 +325,21 @@ def test_a_server_that_ignores_ranges_gets_whole_downloads(tmp_path):
         assert all(s.bytes > 2 * PART for s in ds.shards)
         assert [sample_id(s) for s in ds] == list(range(24))
     assert cache.downloads == 3 and os.listdir(tmp_path / "c" / "tmp") == []
+
+
+def test_prefetch_over_a_shard_table(tmp_path):
+    """A dataset whose shards are listed in a shard table (format version 3): the prefetch
+    budget comes from the table's columns, the downloads are parallel and every sample exact."""
+    from neurocodec.format.shard_table import TableShards
+
+    url = f"memory://nc-{uuid.uuid4().hex[:10]}/ds"
+    with WebDatasetWriter(url, shard_size=4, fsync=False, shard_table_above=2) as w:
+        for i in range(24):
+            w.write_sample({"x": np.array([i, 7 * i + 1], dtype=np.int64)}, metadata={"id": i})
+    cache = ShardCache(tmp_path / "c", "1G", prefetch_bytes="1G", download_threads=3, part_bytes=1024)
+    with Dataset(url, cache=cache) as ds:
+        assert isinstance(ds.shards, TableShards)
+        ds.prefetch(range(6))
+        wait_for(lambda: cache.downloads == 6, "the prefetched shards")
+        assert [sample_id(s) for s in ds] == list(range(24))
+    assert cache.downloads == 6

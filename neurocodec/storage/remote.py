@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format.manifest import ShardEntry
+from neurocodec.format.shard_table import file_bytes
 from neurocodec.process import PerProcess
 from neurocodec.storage.cache import Identity, ShardCache
 from neurocodec.storage.location import Location
@@ -202,7 +203,7 @@ class RemoteShards:
             return
         self._prefetcher.get(lambda: Prefetcher(
             lambda n, cancel: self.cache.fetch(self.location, self.shards[n], cancel),
-            [s.bytes + s.index_bytes for s in self.shards], self.cache.prefetch_bytes,
+            file_bytes(self.shards), self.cache.prefetch_bytes,
             self.cache.download_threads)).want(numbers)
 
     def close(self) -> None:
