@@ -18,7 +18,8 @@ import pytest
 from neurocodec import WebDatasetWriter
 from neurocodec.dataset.reader import Dataset
 from neurocodec.errors import ShardError
-from neurocodec.format.readahead import BLOCK, ENV_BYTES, Readahead, readahead_bytes
+from neurocodec.format import readahead
+from neurocodec.format.readahead import BLOCK, ENV_BYTES, Readahead, kernel_readahead, readahead_bytes
 from neurocodec.loader.dataloader import create_webdataset_dataloader
 from neurocodec.loader.datasets import WebDatasetLoader
 from neurocodec.loader.lookahead import SpanLookahead, runs, whole_chunks
@@ -85,7 +86,24 @@ def test_read_ahead_never_raises(dataset):
         assert [int(s["x"][0]) for s in ds][:3] == [0, 1, 2]
 
 
-def test_stored_order_reads_ahead_shard_by_shard_within_the_bound(dataset):
+@pytest.fixture
+def hints_in_order(monkeypatch):
+    """Stored order read ahead whatever this machine's disk readahead (tests run on any)."""
+    monkeypatch.setattr(readahead, "SEQUENTIAL_ENOUGH", 1 << 62)
+
+
+def test_stored_order_is_left_to_a_device_that_streams_it(dataset, monkeypatch):
+    if kernel_readahead(dataset) is None:
+        pytest.skip("the device's readahead window cannot be told here")
+    monkeypatch.setattr(readahead, "SEQUENTIAL_ENOUGH", 0)
+    with Dataset(dataset) as ds:
+        calls = recorded(ds)
+        assert len(list(ds)) == 200 and calls == [] and not ds.readahead_in_order()
+    loader = WebDatasetLoader(dataset, shuffle=False)
+    assert loader.stream._lookahead(loader.stream.order(), loader.stream.plan(), 0, 1) is None
+
+
+def test_stored_order_reads_ahead_shard_by_shard_within_the_bound(dataset, hints_in_order):
     with Dataset(dataset, readahead_bytes=8 * BLOCK) as ds:
         calls = recorded(ds)
         names = [s.name for s in ds.shards]
@@ -184,7 +202,7 @@ def keys_and_values(samples) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_readahead_off_reads_the_same_samples(dataset, monkeypatch, shuffle):
+def test_readahead_off_reads_the_same_samples(dataset, monkeypatch, shuffle, hints_in_order):
     on = keys_and_values(WebDatasetLoader(dataset, shuffle=shuffle, seed=5, buffer_size=60))
     monkeypatch.setenv(ENV_BYTES, "0")
     loader = WebDatasetLoader(dataset, shuffle=shuffle, seed=5, buffer_size=60)

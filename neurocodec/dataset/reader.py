@@ -26,7 +26,7 @@ from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits
 from neurocodec.format.home import home, manifest_label
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
-from neurocodec.format.readahead import Readahead, readahead_bytes as readahead_limit
+from neurocodec.format.readahead import Readahead, readahead_bytes as readahead_limit, sequential_needs_hints
 from neurocodec.format.shard_table import BytesSource, FileSource, TableShards, is_prefix
 from neurocodec.format.shard_reader import KEY, VERIFY_MODES, ReadPlan, ShardReader, open_regular_file
 
@@ -109,6 +109,7 @@ class Dataset:
         self.remote = None if not is_remote(self.path) else open_remote(self.path, storage_options, cache, self.manifest)
         self.readahead = Readahead(0 if self.remote is not None else readahead_limit(readahead_bytes))
         self._paths: dict[int, str] = {}  # shard files' paths as read ahead
+        self._in_order: bool | None = None  # whether stored order is read ahead (asked once)
 
     def __len__(self) -> int:
         return self.manifest.total_samples
@@ -214,11 +215,18 @@ class Dataset:
 
     def _ahead_every(self) -> int:
         """Samples between two readahead requests in stored order: about a quarter of the bound
-        (at least 64 samples); never, with readahead off."""
-        if not self.readahead.limit or not self.manifest.shards:
-            return 1 << 62
+        (at least 64 samples); 0 (never) when stored order is not read ahead."""
+        if not self.readahead.limit or not self.manifest.shards or not self.readahead_in_order():
+            return 0
         first = self.manifest.shards[0]
         return max(64, self.readahead.limit // 4 // max(1, first.bytes // max(1, first.samples)))
+
+    def readahead_in_order(self) -> bool:
+        """Whether stored-order reads are read ahead: not on a device whose own readahead
+        already streams them (`neurocodec.format.readahead.sequential_needs_hints`)."""
+        if self._in_order is None:
+            self._in_order = bool(self.readahead.limit) and sequential_needs_hints(self.path)
+        return self._in_order
 
     def _byte_range(self, number: int, first: int, stop: int) -> tuple[str, int, int]:
         """(file, start, end) of samples [first, stop) of shard `number`: from its index when the
@@ -242,7 +250,7 @@ class Dataset:
                 self.prefetch(range(number + 1, len(shards)))
             reader = self.shard(number)  # held here: dropping it from the cache cannot close it
             for local in range(entry.samples):
-                if not local % every:
+                if every and not local % every:
                     self.read_ahead(_stored_spans(shards, number, local))
                 reader, sample = self._read_healing(reader, number, local)
                 yield sample

@@ -64,6 +64,34 @@ def readahead_mode() -> str:
     return mode
 
 
+SEQUENTIAL_ENOUGH = 4 << 20
+"""A device whose own readahead window is at least this needs no hints for sequential reads."""
+
+
+def kernel_readahead(path: str | os.PathLike) -> int | None:
+    """The kernel's readahead window, in bytes, of the block device holding `path` (Linux:
+    /sys/dev/block/MAJ:MIN/queue/read_ahead_kb, or its parent's for a partition); None when it
+    cannot be told (another system, a network or overlay filesystem)."""
+    try:
+        st = os.stat(path)
+        device = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        for queue in (f"{device}/queue/read_ahead_kb", f"{device}/../queue/read_ahead_kb"):
+            if os.path.exists(queue):
+                with open(queue) as f:
+                    return int(f.read().strip()) << 10
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def sequential_needs_hints(path: str | os.PathLike) -> bool:
+    """Whether reading `path`'s dataset in stored order gains from readahead: not where the
+    device's own readahead already streams at least SEQUENTIAL_ENOUGH (there the hints' second
+    stream measured 10-20% slower than none, benchmarks/README.md)."""
+    window = kernel_readahead(path)
+    return window is None or window < SEQUENTIAL_ENOUGH
+
+
 class Readahead:
     """Reads byte ranges of local files ahead of a reader, in a background thread (see the module).
 

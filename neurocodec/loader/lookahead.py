@@ -144,7 +144,8 @@ def lookahead_for(dataset: Any, order: EpochOrder, plan: StepPlan, worker: int, 
     when that is 0 (readahead off)."""
     if dataset.remote is not None:
         return ShardLookahead(order, plan, worker, workers, starts, stored=stored)
-    if not dataset.readahead.limit:
+    if not dataset.readahead.limit or (isinstance(order, EpochOrder) and not order.shuffle
+                                       and not dataset.readahead_in_order()):
         return None
     some = [dataset.manifest.shards[n] for n in range(min(16, len(starts)))]
     each = max(1, sum(s.bytes for s in some) // max(1, sum(s.samples for s in some)))
