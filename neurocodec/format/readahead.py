@@ -12,9 +12,11 @@ own error), and holds at most one file descriptor at a time, in its thread, open
 (`fetch.open_regular`: regular files only). At most `limit` bytes from the reader's position are
 asked for: ranges are counted in blocks of `BLOCK` bytes, each asked for once while it is
 remembered. Settings: `Dataset(readahead_bytes=...)`, else the environment variable
-NEUROCODEC_READAHEAD_BYTES (0 turns readahead off), else DEFAULT_READAHEAD_BYTES;
-NEUROCODEC_READAHEAD_MODE chooses `fadvise` (default: the thread advises), `pread` (the thread
-reads into a scratch buffer) or `inline` (the caller advises, no thread).
+NEUROCODEC_READAHEAD_BYTES (0 turns readahead off), else DEFAULT_READAHEAD_BYTES.
+Stored order is not read ahead on a device whose own readahead window is at least
+SEQUENTIAL_ENOUGH (`sequential_needs_hints`). NEUROCODEC_READAHEAD_MODE chooses `fadvise`
+(default: the thread advises), `pread` (the thread reads into a scratch buffer) or `inline`
+(the caller advises, no thread).
 """
 
 from __future__ import annotations
