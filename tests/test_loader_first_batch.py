@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,7 @@ class _BuiltBy:
         return {"ids": [int(s["metadata"]["id"]) for s in samples], "pid": os.getpid()}
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])  # forkserver: its workers start in a thread
 def test_batches_are_built_here_until_the_workers_are_ready_then_by_them(dataset: Path, tmp_path: Path,
                                                                           context: str) -> None:
     reference = [batch_ids(b) for b in create_webdataset_dataloader(dataset, batch_size=2, num_workers=0, seed=3)]
@@ -124,7 +126,7 @@ def test_batches_are_built_here_until_the_workers_are_ready_then_by_them(dataset
     assert len({b["pid"] for b in batches if b["pid"] != os.getpid()}) == 2
     assert [s["position"] for s in states] == [2 * (k + 1) for k in range(20)]
     handover = here.index(False)                              # resuming at the hand-over reads the rest
-    if context == "spawn":
+    if context != "fork":
         return                                                # (once is enough: the workers start seconds)
     resumed = create_webdataset_dataloader(dataset, batch_size=2, num_workers=2, seed=3, multiprocessing_context=context)
     resumed.load_state_dict(states[handover - 1])
@@ -140,3 +142,22 @@ def test_an_epoch_built_here_before_spawned_workers_are_ready_stops_them(dataset
         assert [batch_ids(b) for b in loader] == [batch_ids(b) for b in reference]
         assert set(multiprocessing.active_children()) <= others  # stopped, not left starting (nor kept)
     assert loader.state_dict()["epoch"] == 2
+
+
+def test_an_epoch_built_before_the_fork_server_is_up_ends_and_exits_cleanly(dataset: Path) -> None:
+    """Under forkserver the workers start in a thread; an epoch built here before the fork
+    server is up waits for it, then stops the workers; the script exits normally (no hang, no
+    abort, no error on stderr)."""
+    script = (
+        "import sys\n"
+        "from neurocodec import create_webdataset_dataloader\n"
+        "if __name__ == '__main__':\n"
+        f"    loader = create_webdataset_dataloader({str(dataset)!r}, batch_size=8, num_workers=2, seed=1,\n"
+        "                                          multiprocessing_context='forkserver')\n"
+        "    for _ in range(2):\n"
+        "        print(sorted(i for b in loader for i in b['metadata'] and [m['id'] for m in b['metadata']]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(list(range(40)))] * 2
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr

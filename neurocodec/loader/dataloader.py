@@ -26,6 +26,7 @@ from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
 from neurocodec.loader.mix import open_stream
 from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
 from neurocodec.loader.transform import Transform, check_picklable, check_transform
+from neurocodec.loader.worker_start import WorkerStart, stop_workers
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 
@@ -131,8 +132,9 @@ class WebDatasetDataLoader(StreamState):
     while they start, until every worker is ready (so `collate_fn` runs here for them, and
     `worker_init_fn` has not run yet): the training loop gets the first in the time one batch
     takes to read, and does not wait for the workers' start-up (seconds under spawn and
-    forkserver, where each imports torch); an epoch finished before they are ready stops them
-    without waiting. The workers then continue from where this process stopped, exactly as a
+    forkserver, where each imports torch; under forkserver they are started from a thread, as
+    starting the fork server blocks); an epoch finished before they are ready stops them
+    without waiting for them (under forkserver, once the fork server has forked them). The workers then continue from where this process stopped, exactly as a
     loader resumed there would. Their batches arrive through shared-memory slots (`neurocodec.loader.slots`). The state
     counts batches handed to the training loop only. Restoring works across a
     different `num_workers` and a different world size (the remaining samples of the epoch are
@@ -241,20 +243,21 @@ class WebDatasetDataLoader(StreamState):
         """`plan`'s batches from the workers; with `here` (batches built in this process),
         those first, until the workers are ready (see `_start_workers`)."""
         stream = self.stream
-        delivered, batches, failed = 0, None, True
-        forked = self.num_workers > 0 and forks(self._kwargs["multiprocessing_context"])
+        delivered, start, failed = 0, None, True
+        context = self._kwargs["multiprocessing_context"]
         self.dataset.start[0], self.dataset.start[1] = stream.epoch, stream.position if here is None else _WAITING
         self.dataset.expect_workers(self.num_workers)
         try:
-            with frozen_heap(forked):
-                batches = iter(self._loader())
+            with frozen_heap(self.num_workers > 0 and forks(context)):
+                loader = self._loader()
+                start = WorkerStart(lambda: iter(loader), context)
                 if here is not None:
-                    yield from self._until_ready(here)
+                    yield from self._until_ready(here, start)
                     plan = stream.plan()
                     if not len(plan):  # built whole here: the workers are not needed
                         return
                     self.dataset.start[1] = stream.position
-                for batch in batches:
+                for batch in start.get():
                     number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
                     stream.source.skips.add(*batch.pop(_SKIPS, (None, {})))
                     if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
@@ -270,23 +273,31 @@ class WebDatasetDataLoader(StreamState):
             failed = False
             raise
         finally:
-            handed_over = int(self.dataset.start[1]) >= 0
-            if self._workers is None or failed or not handed_over:
-                self._workers = self.dataset.pool = None
-                if batches is not None:
-                    if not handed_over:
-                        self.dataset.start[1] = _STOP
-                        _abandon_workers(batches)
-                    _stop_workers(batches)
+            self._finish(start, failed)
 
-    def _until_ready(self, here: Iterator[Any]) -> Iterator[Any]:
+    def _finish(self, start: WorkerStart | None, failed: bool) -> None:
+        """After an iteration: stop the workers unless they persist and the iteration went well;
+        those never handed work are stopped without waiting for them (see WorkerStart.abandon)."""
+        handed_over = int(self.dataset.start[1]) >= 0
+        if self._workers is None or failed or not handed_over:
+            self._workers = self.dataset.pool = None
+            if start is None:
+                return
+            if not handed_over:
+                self.dataset.start[1] = _STOP
+                start.abandon()
+            else:
+                start.stop()
+
+    def _until_ready(self, here: Iterator[Any], start: WorkerStart) -> Iterator[Any]:
         """Batches built here until every worker is ready or the plan is done."""
-        while not self.dataset.workers_ready():
+        while not (start.ready() and self.dataset.workers_ready()):
             batch = next(here, _DONE)
             if batch is _DONE:
                 return
             if batch is not None:
                 yield batch
+        start.get()  # (raises what starting the workers raised)
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """The DataLoader of this iteration's workers: a new one, or the persistent one."""
@@ -319,30 +330,6 @@ class EpochHook:
             self.loader.set_epoch(epoch)
 
 
-def _stop_workers(batches: Any) -> None:
-    """Stop the DataLoader's workers now: a loop left by an exception (a worker's error, the
-    training loop's `break`) keeps its iterator alive in the traceback, and torch would stop
-    them only when the garbage collector reaches it, waiting for each worker then."""
-    shutdown = getattr(batches, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-
-
-def _abandon_workers(batches: Any) -> None:
-    """Stop workers that were never handed any work, without waiting for them to finish
-    starting (a spawned one imports torch for seconds): they hold no lock and no slot yet, or
-    wait in `BatchStream._await_start`. Their pids leave torch's SIGCHLD watch first, so the
-    signal is not taken for a worker that failed."""
-    if getattr(batches, "_worker_pids_set", False):
-        torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
-        batches._worker_pids_set = False
-    for process in getattr(batches, "_workers", ()):
-        if process.is_alive():
-            process.terminate()
-    for process in getattr(batches, "_workers", ()):
-        process.join(timeout=5)
-
-
 def _stop_persistent_workers(loader: torch.utils.data.DataLoader) -> None:
     """Stop the persistent workers of a loader that is being collected. Run as a weakref
     callback, before the collector finalizes anything in the cycle: torch's own shutdown, run
@@ -351,7 +338,7 @@ def _stop_persistent_workers(loader: torch.utils.data.DataLoader) -> None:
     three Lightning fits, in whichever later code triggered the collection)."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None:
-        _stop_workers(iterator)
+        stop_workers(iterator)
 
 
 def _unwrapped(batch: dict[str, Any]) -> Any:

@@ -1,0 +1,103 @@
+"""Starting and stopping a DataLoader's worker processes for `WebDatasetDataLoader`.
+
+Under forkserver, creating the DataLoader's iterator blocks until the fork server has started
+and imported its preloaded modules (torch: seconds), once per process. `WorkerStart` creates it
+in a thread instead, so that the training process builds batches meanwhile; under fork it is
+created at once in the calling thread (forking from a second thread while the first runs torch
+code could copy a lock held mid-operation into the workers), and under spawn too (starting a
+spawned process only launches an interpreter: it does not wait for it).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import torch.utils.data
+
+from neurocodec.loader.heap import forks
+
+
+class WorkerStart:
+    """The iterator `make()` returns (it starts the workers), made now or in a thread.
+
+    `ready()` says whether it exists; `get()` waits for it (raising what `make` raised);
+    `stop()` and `abandon()` stop the workers."""
+
+    def __init__(self, make: Callable[[], Any], context: Any) -> None:
+        self._make = make
+        self._iterator: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if forks(context) or _method(context) != "forkserver":
+            self._run()
+        else:
+            torch.utils.data._utils.signal_handling._set_SIGCHLD_handler()  # (only the main thread may)
+            # Not a daemon: a thread left inside torch when the interpreter exits aborts it.
+            self._thread = threading.Thread(target=self._run, name="neurocodec-worker-start")
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._iterator = self._make()
+        except BaseException as exc:  # handed to get()
+            self._error = exc
+        self._done.set()
+
+    def ready(self) -> bool:
+        """Whether the iterator has been made (or making it failed)."""
+        return self._done.is_set()
+
+    def get(self) -> Any:
+        """The iterator, once made."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._iterator
+
+    def stop(self) -> None:
+        """Stop the workers, waiting for them to exit cleanly, if the iterator was made."""
+        if self._done.is_set() and self._iterator is not None:
+            stop_workers(self._iterator)
+
+    def abandon(self) -> None:
+        """Stop workers that were never handed work without waiting for them to finish
+        starting; under forkserver, once the fork server has forked them (the thread making
+        the iterator is waited for: the workers' arguments must stay valid until then)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._iterator is not None:
+            abandon_workers(self._iterator)
+
+
+def _method(context: Any) -> str | None:
+    if context is None or isinstance(context, str):
+        return context
+    return context.get_start_method()
+
+
+def abandon_workers(batches: Any) -> None:
+    """Stop workers that were never handed any work, without waiting for them to finish
+    starting (a spawned one imports torch for seconds): they hold no lock and no slot yet, or
+    wait for their start. Their pids leave torch's SIGCHLD watch first, so the signal is not
+    taken for a worker that failed."""
+    if getattr(batches, "_worker_pids_set", False):
+        torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+    for process in getattr(batches, "_workers", ()):
+        if process.is_alive():
+            process.terminate()
+    for process in getattr(batches, "_workers", ()):
+        process.join(timeout=5)
+    stop_workers(batches)
+
+
+def stop_workers(batches: Any) -> None:
+    """Stop the DataLoader's workers now: a loop left by an exception (a worker's error, the
+    training loop's `break`) keeps its iterator alive in the traceback, and torch would stop
+    them only when the garbage collector reaches it, waiting for each worker then."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
