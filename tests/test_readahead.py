@@ -225,6 +225,22 @@ def test_dataloader_workers_read_the_same_batches_with_and_without_readahead(dat
     assert sorted(sum(on, [])) == list(range(200))
 
 
+def test_the_loaders_take_readahead_bytes_over_the_environment(dataset, monkeypatch):
+    monkeypatch.setenv(ENV_BYTES, "0")
+    assert WebDatasetLoader(dataset).stream.source.dataset.readahead.limit == 0
+    loader = WebDatasetLoader(dataset, readahead_bytes=3 * BLOCK)
+    assert loader.stream.source.dataset.readahead.limit == 3 * BLOCK
+    mixed = WebDatasetLoader([dataset, dataset], weights=[1, 1], readahead_bytes=5 * BLOCK)
+    assert [part.source.dataset.readahead.limit for part in mixed.stream.parts] == [5 * BLOCK] * 2
+    batches = create_webdataset_dataloader(dataset, batch_size=8, num_workers=0, readahead_bytes=7 * BLOCK)
+    assert batches.stream.source.dataset.readahead.limit == 7 * BLOCK
+    for bad in (-1, 1.5, "7"):
+        with pytest.raises(ValueError, match="readahead_bytes"):
+            WebDatasetLoader(dataset, readahead_bytes=bad)
+        with pytest.raises(ValueError, match="readahead_bytes"):
+            create_webdataset_dataloader(dataset, readahead_bytes=bad)
+
+
 def test_loader_asks_for_what_its_batches_read_within_twice_the_bound(dataset, monkeypatch):
     monkeypatch.setenv(ENV_BYTES, str(8 * BLOCK))
     loader = WebDatasetLoader(dataset, shuffle=True, seed=2, buffer_size=60)

@@ -372,7 +372,7 @@ def create_webdataset_dataloader(
     normalize: str | None = None,
     weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
     persistent_workers: bool = False, generator: torch.Generator | None = None, in_order: bool = True,
-    pin_memory_device: str = "",
+    pin_memory_device: str = "", readahead_bytes: int | None = None,
 ) -> WebDatasetDataLoader:
     """A DataLoader over the shards in `shard_dir` yielding dicts of batched tensors.
 
@@ -413,6 +413,8 @@ def create_webdataset_dataloader(
     `split=`: one part of a stored split (docs/splits.md); a list as `shard_dir`: datasets mixed
     by `weights` (`weight_by`, `epoch_samples`; docs/mixing.md); `version=n`: an earlier version of
     a dataset samples were appended to (docs/versions.md; default the current one).
+    `readahead_bytes`: how far ahead of its own batches each worker asks the kernel to read a
+    local dataset (default `NEUROCODEC_READAHEAD_BYTES`, else 64 MiB; 0: off; docs/storage.md).
     """
     if type(num_workers) is not int or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
@@ -427,7 +429,7 @@ def create_webdataset_dataloader(
         storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
         transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode, split=split,
         normalize=normalize,
-        version=version,
+        version=version, readahead_bytes=readahead_bytes,
     )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

@@ -81,6 +81,8 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
     `normalize="session"` or `"dataset"` scales the fields with the dataset's statistics before
     `transform` (see `create_webdataset_dataloader`); `.stats` holds them.
     `version=n` reads an earlier version of a dataset samples were appended to (docs/versions.md).
+    `readahead_bytes`: how far ahead of the epoch's order a local dataset's reads are asked of the
+    kernel (default `NEUROCODEC_READAHEAD_BYTES`, else 64 MiB; 0 turns it off; docs/storage.md).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         window_mode: str | None = None, split: str | None = None, weights: Sequence[float] | None = None,
         normalize: str | None = None,
         weight_by: str = "samples", epoch_samples: int | None = None, version: int | None = None,
+        readahead_bytes: int | None = None,
     ) -> None:
         super().__init__()
         self.stream = open_stream(
@@ -102,7 +105,7 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             on_error=on_error, verify=verify, registry=registry, epoch=epoch,
             storage_options=storage_options, cache=cache, max_member_bytes=max_member_bytes, decode=decode,
             transform=transform, window_ms=window_ms, window_bins=window_bins, window_mode=window_mode,
-            normalize=normalize, split=split, version=version,
+            normalize=normalize, split=split, version=version, readahead_bytes=readahead_bytes,
         )
         self.shard_dir = self.stream.path
         self._passes = PassRecord(self.stream.epoch, 0)  # shared with the copies DataLoader workers read

@@ -38,12 +38,13 @@ class SampleSource:
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
                  max_member_bytes: int | None = None,
                  decode: Mapping[str, Mapping[str, Any]] | None = None,
-                 transform: Transform | None = None, seed: int = 0, version: int | None = None) -> None:
+                 transform: Transform | None = None, seed: int = 0, version: int | None = None,
+                 readahead_bytes: int | None = None) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.path, self.verify, self.on_error, self.registry = path, verify, on_error, registry
         self.storage_options, self.cache, self.max_member_bytes = storage_options, cache, max_member_bytes
-        self.decode, self.version = decode, version
+        self.decode, self.version, self.readahead_bytes = decode, version, readahead_bytes
         self.transform, self.seed = check_transform(transform), seed
         self._dataset: PerProcess[Dataset] = PerProcess()
         self._bad_shards: dict[int, ShardError] = {}
@@ -59,7 +60,7 @@ class SampleSource:
         self._bad_shards = {}
         return Dataset(self.path, registry=self.registry, verify=self.verify, storage_options=self.storage_options,
                        cache=self.cache, max_member_bytes=self.max_member_bytes, decode=self.decode,
-                       window=self._window_grid(), version=self.version)
+                       window=self._window_grid(), version=self.version, readahead_bytes=self.readahead_bytes)
 
     def _window_grid(self) -> Any:
         """The window grid the dataset decodes chunks for (None: stored samples as they are)."""

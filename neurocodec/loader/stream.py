@@ -12,6 +12,7 @@ from neurocodec.format import limits
 from neurocodec.format.home import manifest_label
 from neurocodec.format.manifest import Manifest, check_local_shards
 from neurocodec.format.shard_table import shard_columns
+from neurocodec.format.readahead import readahead_bytes as readahead_limit
 from neurocodec.dataset.reader import read_manifest
 from neurocodec.dataset.splits import Split, chosen_part
 from neurocodec.loader.normalize import normalizing, scaled_fields
@@ -80,7 +81,7 @@ class EpochStream:
         rank: int | None, world_size: int | None, chunk_size: int | None, on_error: str, verify: str,
         registry: Registry | None, epoch: int, storage_options: Mapping[str, Any] | None = None, cache: Any = None,
         max_member_bytes: int | None = None, decode: Mapping[str, Mapping[str, Any]] | None = None,
-        transform: Transform | None = None,
+        transform: Transform | None = None, readahead_bytes: int | None = None,
     ) -> None:
         """Check and keep the settings every stream has (one dataset or a mix): order, batches,
         ranks, epoch, and what each dataset's `SampleSource` is opened with."""
@@ -109,7 +110,8 @@ class EpochStream:
         self._source_options = dict(verify=verify, on_error=on_error, registry=registry,
                                     storage_options=storage_options, cache=cache,
                                     max_member_bytes=limits.max_member_bytes(max_member_bytes), decode=decode,
-                                    transform=transform, seed=seed)
+                                    transform=transform, seed=seed,
+                                    readahead_bytes=readahead_limit(readahead_bytes))
 
     @property
     def fields(self):
