@@ -79,3 +79,20 @@ def test_a_flipped_header_byte_fails_only_its_sample(tmp_path: Path, position: i
             for sample in ds:
                 seen.append(int(sample["spikes"][0, 0]))
         assert seen == list(range(37))
+
+
+def test_kept_tails_build_the_same_headers_as_the_writer():
+    """`MemberHeaders` keeps each (field, size, key sum) tail: headers built from it equal
+    `tar.build_header` for keys of the same digit sum, other sizes and fields, and pickling drops it."""
+    import pickle
+
+    headers = MemberHeaders([".spikes.npy", ".metadata.json"])
+    keys = [b"sample_%09d" % n for n in (123, 321, 213, 1000000, 7, 70, 999999999)]
+    for _ in range(2):                                        # built, then from the kept tails
+        for key in keys:
+            for column, suffix in enumerate([".spikes.npy", ".metadata.json"]):
+                for size in (0, 38528, 38529):
+                    expected = tar.build_header(key.decode() + suffix, size)
+                    assert headers.build(key, sum(key), column, size) == expected
+    assert headers._tails and pickle.loads(pickle.dumps(headers))._tails == {}
+    assert headers.build(b"sample_1", sum(b"sample_1"), 0, 10) is None  # not the writer's key length
