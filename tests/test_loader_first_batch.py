@@ -161,3 +161,21 @@ def test_an_epoch_built_before_the_fork_server_is_up_ends_and_exits_cleanly(data
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [str(list(range(40)))] * 2
     assert "Error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bad_sample_met_while_spawned_workers_start_raises_here_and_stops_them(tmp_path: Path) -> None:
+    root = write_ids_dataset(tmp_path / "ds", 24, 24)
+    shard = root / "shard_000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[-2048] ^= 0xFF                                       # inside the last sample's payload
+    shard.write_bytes(bytes(data))
+    others = set(multiprocessing.active_children())
+    loader = create_webdataset_dataloader(root, batch_size=4, num_workers=2, shuffle=False,
+                                          multiprocessing_context="spawn")
+    got = []
+    with pytest.raises(ShardError, match=r"sample 23 of"):
+        for batch in loader:                                  # batches 0-4 built here, 5 meets the sample
+            got.append(batch_ids(batch))
+    assert got == [list(range(k, k + 4)) for k in range(0, 20, 4)]
+    assert loader.state_dict()["position"] == 20
+    assert set(multiprocessing.active_children()) <= others
