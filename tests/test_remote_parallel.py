@@ -233,11 +233,13 @@ def test_the_cache_budget_holds_with_parallel_downloads(endpoint, dataset, tmp_p
         got = []
         for sample in ds:
             got.append(sample_id(sample))
-            assert cache.size() <= cache.max_bytes
+            # Prefetches never overfill; the reader's own shard may, by itself, when the shard it
+            # holds and those being prefetched (their room reserved first) fill the budget.
+            assert cache.size() <= cache.max_bytes + shard_bytes
     assert got == list(range(N))
     loader = WebDatasetLoader(dataset, shuffle=True, buffer_size=16, seed=3, cache=cache, storage_options=options)
     assert sorted(sample_id(s) for s in loader) == list(range(N))
-    assert cache.size() <= cache.max_bytes and os.listdir(tmp_path / "c" / "tmp") == []
+    assert cache.size() <= cache.max_bytes + shard_bytes and os.listdir(tmp_path / "c" / "tmp") == []
 
 
 def test_close_stops_the_downloads_in_flight(endpoint, dataset, tmp_path):
