@@ -57,12 +57,17 @@ def test_a_single_batch_left_starts_no_workers(dataset: Path, tmp_path: Path) ->
     assert not list(tmp_path.iterdir()) and loader.epoch == 1
 
 
-def test_a_bad_first_batch_raises_here_naming_the_sample(tmp_path: Path) -> None:
-    root = write_ids_dataset(tmp_path / "ds", 12, 12)
+def _with_last_sample_damaged(root: Path) -> Path:
+    """`root`, its one shard flipped inside the last sample's payload."""
     shard = root / "shard_000000.tar"
     data = bytearray(shard.read_bytes())
-    data[-2048] ^= 0xFF                                       # inside the last sample's payload
+    data[-2048] ^= 0xFF
     shard.write_bytes(bytes(data))
+    return root
+
+
+def test_a_bad_first_batch_raises_here_naming_the_sample(tmp_path: Path) -> None:
+    root = _with_last_sample_damaged(write_ids_dataset(tmp_path / "ds", 12, 12))
     loader = create_webdataset_dataloader(root, batch_size=12, num_workers=2, shuffle=False)
     with pytest.raises(ShardError, match=r"sample 11 of"):
         next(iter(loader))
@@ -164,11 +169,7 @@ def test_an_epoch_built_before_the_fork_server_is_up_ends_and_exits_cleanly(data
 
 
 def test_a_bad_sample_met_while_spawned_workers_start_raises_here_and_stops_them(tmp_path: Path) -> None:
-    root = write_ids_dataset(tmp_path / "ds", 24, 24)
-    shard = root / "shard_000000.tar"
-    data = bytearray(shard.read_bytes())
-    data[-2048] ^= 0xFF                                       # inside the last sample's payload
-    shard.write_bytes(bytes(data))
+    root = _with_last_sample_damaged(write_ids_dataset(tmp_path / "ds", 24, 24))
     others = set(multiprocessing.active_children())
     loader = create_webdataset_dataloader(root, batch_size=4, num_workers=2, shuffle=False,
                                           multiprocessing_context="spawn")

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import attrs
 
 from neurocodec.errors import DatasetError, ShardError
-from neurocodec.format import layout, limits
+from neurocodec.format import layout, limits, tar
 from neurocodec.format.home import home, manifest_label
 from neurocodec.format.manifest import MAX_MANIFEST_BYTES, FieldSpec, Manifest, ShardEntry
 from neurocodec.format.readahead import Readahead, readahead_bytes as readahead_limit, sequential_needs_hints
@@ -238,7 +238,7 @@ class Dataset:
         reader = self._open.get(number)
         if reader is not None and 0 <= first < stop <= len(reader.rows):
             rows = reader.rows
-            return path, max(0, rows.item(first, 0, 0) - 512), rows.item(stop - 1, -1, 0) + rows.item(stop - 1, -1, 1)
+            return path, max(0, rows.item(first, 0, 0) - tar.BLOCK), rows.item(stop - 1, -1, 0) + rows.item(stop - 1, -1, 1)
         each = entry.bytes // max(1, entry.samples)
         return path, max(0, first * each - each), min(entry.bytes, stop * each + each)
 

@@ -31,8 +31,8 @@ from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 
 _BATCH, _SKIPPED, _EMPTY, _SKIPS = "__batch__", "__skipped__", "__empty__", "__skips__"
-_WAITING, _STOP = -1, -2
-_DONE = object()  # `BatchStream.start[1]` before the hand-over / when there is none
+_WAITING, _STOP = -1, -2  # `BatchStream.start[1]` before the hand-over / when there is none
+_DONE = object()  # a generator's end, for next(..., _DONE)
 # numpy.random is imported above although nothing here uses it: every torch DataLoader worker
 # seeds it on start (`np.random.seed`), and a worker forked before anything imported it pays
 # the import itself, ~50 ms of the first batch on a 2-core machine.
@@ -127,20 +127,23 @@ class WebDatasetDataLoader(StreamState):
     Iterating it runs one epoch from the current position; a complete pass moves to the next
     epoch, and so does the next iteration of a loop that stopped after the epoch's last batch
     without asking for more (Lightning stops after `len(loader)` batches): the state then,
-    `(epoch, total_samples)`, resumes with the next epoch as `(epoch + 1, 0)` does. With workers, the first
-    batch of each iteration is built in this process before they start, and the next ones
-    while they start, until every worker is ready (so `collate_fn` runs here for them, and
-    `worker_init_fn` has not run yet): the training loop gets the first in the time one batch
-    takes to read, and does not wait for the workers' start-up (seconds under spawn and
-    forkserver, where each imports torch; under forkserver they are started from a thread, as
-    starting the fork server blocks); an epoch finished before they are ready stops them
-    without waiting for them (under forkserver, once the fork server has forked them). The workers then continue from where this process stopped, exactly as a
-    loader resumed there would. Their batches arrive through shared-memory slots (`neurocodec.loader.slots`). The state
-    counts batches handed to the training loop only. Restoring works across a
+    `(epoch, total_samples)`, resumes with the next epoch as `(epoch + 1, 0)` does.
+
+    With workers, the first batch of each iteration is built in this process before they
+    start, and the next ones while they start, until every worker is ready (so `collate_fn`
+    runs here for them, and `worker_init_fn` has not run yet): the training loop gets the first
+    in the time one batch takes to read, and does not wait for the workers' start-up (seconds
+    under spawn and forkserver, where each imports torch; under forkserver they are started
+    from a thread, as starting the fork server blocks). An epoch finished before they are ready
+    stops them without waiting for them (under forkserver, once the fork server has forked
+    them). The workers continue from where this process stopped, exactly as a loader resumed
+    there would; their batches arrive through shared-memory slots (`neurocodec.loader.slots`).
+
+    The state counts batches handed to the training loop only. Restoring works across a
     different `num_workers` and a different world size (the remaining samples of the epoch are
     then split over the new ranks). With `persistent_workers=True` the workers (and their
-    shared-memory slots) stay up between epochs; only the first iteration builds its first batch
-    here, and each epoch's start is handed to them through shared memory.
+    shared-memory slots) stay up between epochs; only the first iteration builds batches here,
+    and each epoch's start is handed to them through shared memory.
     """
 
     build_while_workers_start: bool = True
@@ -204,7 +207,7 @@ class WebDatasetDataLoader(StreamState):
         next ones too, while the workers start (an interpreter importing torch under spawn or
         forkserver, seconds), until every worker is ready; the workers then take over from the
         position reached, exactly as a loader resumed there would read. An epoch built whole
-        here never waits for its workers: they are stopped as they are."""
+        here does not wait for its workers to start (see `WorkerStart.abandon`)."""
         here = self._batches_here(plan)
         try:
             first = next(here, _DONE)
