@@ -234,15 +234,16 @@ def test_restoring_into_another_order_raises(cache):
 
 @pytest.fixture
 def read_counter(monkeypatch):
-    """Counts real ShardReader.read_sample calls in this process (num_workers=0)."""
+    """Counts the samples ShardReader decodes in this process (num_workers=0), read alone
+    (`read_sample`) or with others (`read_run`): both decode each through `_decoded`."""
     calls = []
-    real = ShardReader.read_sample
+    real = ShardReader._decoded
 
-    def counting(self, local, **options):
-        calls.append((self.name, local))
-        return real(self, local, **options)
+    def counting(self, row, key, view):
+        calls.append((self.name, key))
+        return real(self, row, key, view)
 
-    monkeypatch.setattr(ShardReader, "read_sample", counting)
+    monkeypatch.setattr(ShardReader, "_decoded", counting)
     return calls
 
 

@@ -242,18 +242,47 @@ class Dataset:
         each = entry.bytes // max(1, entry.samples)
         return path, max(0, first * each - each), min(entry.bytes, stop * each + each)
 
+    def read_run(self, number: int, first: int, stop: int, *,
+                 writable: bool = False) -> Iterator[dict[str, Any] | ShardError]:
+        """Samples `first` to `stop - 1` of shard `number` in order, each as `read_local` gives
+        it or the ShardError that reading it raises (the run goes on after a bad sample; a shard
+        that cannot be opened gives its error for each sample). Consecutive samples are read
+        together (`ShardReader.read_run`); a remote shard whose cached copy fails a check is
+        downloaded again and the sample read once more, as `read_local` does."""
+        try:
+            reader = self.shard(number)  # held here: dropping it from the cache cannot close it
+        except ShardError as exc:
+            for _ in range(first, stop):
+                yield exc
+            return
+        while first < stop:
+            for sample in reader.read_run(first, stop, writable=writable):
+                if type(sample) is dict:
+                    first += 1
+                    yield sample
+                    continue
+                try:  # the bad sample again, healing a remote shard's damaged copy
+                    reader, sample = self._read_healing(reader, number, first, writable)
+                except ShardError as exc:
+                    sample = exc
+                first += 1
+                yield sample
+                break  # a healed shard has a new reader: go on with it
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         shards = self.manifest.shards
-        every = self._ahead_every()
+        ahead = self._ahead_every()
+        every = ahead or max(1, max((entry.samples for entry in shards), default=1))
         for number, entry in enumerate(shards):
             if self.remote is not None:
                 self.prefetch(range(number + 1, len(shards)))
-            reader = self.shard(number)  # held here: dropping it from the cache cannot close it
-            for local in range(entry.samples):
-                if every and not local % every:
-                    self.read_ahead(_stored_spans(shards, number, local))
-                reader, sample = self._read_healing(reader, number, local)
-                yield sample
+            for first in range(0, entry.samples, every):
+                if ahead:
+                    self.read_ahead(_stored_spans(shards, number, first))
+                for sample in self.read_run(number, first, min(first + every, entry.samples)):
+                    if not isinstance(sample, dict):
+                        raise sample
+                    yield sample
 
     def verify_all(self) -> int:
         """Check every shard fully (see `ShardReader.verify`); return the samples checked.

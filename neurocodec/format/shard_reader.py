@@ -26,6 +26,8 @@ from neurocodec.format.manifest import FieldSpec, ShardEntry
 
 RUN = 64
 """Samples whose index rows become Python lists together, the first time one of them is read."""
+RUN_BYTES = 1 << 20
+"""Bytes `ShardReader.read_run` reads at once, at most (a larger sample is read alone)."""
 KEY = "__key__"
 VERIFY_MODES = ("crc", "full", "none")
 
@@ -97,6 +99,7 @@ class ShardReader:
         self._headers = plan.headers
         self._checked = bytearray(entry.samples)  # 1: the sample's headers passed
         self._run_rows: list[list[int] | None] = [None] * -(-entry.samples // RUN)
+        self._ends: np.ndarray | None = None  # each sample's end offset, for read_run
 
     def _load_index(self, path: Path, shard_size: int) -> np.ndarray:
         entry, fields = self.entry, self._plan.fields
@@ -151,6 +154,53 @@ class ShardReader:
         them changes that sample's buffer alone (not the file, not another sample), so the
         caller can hand them on without copying as long as it keeps no other reference to them."""
         row, key, view = self._read_checked(local, writable)
+        return self._decoded(row, key, view)
+
+    def read_run(self, first: int, stop: int, *, writable: bool = False) -> Iterator[dict[str, Any] | ShardError]:
+        """Samples `first` to `stop - 1` in order, each decoded as `read_sample` would, or the
+        ShardError that reading it raises (a bad sample does not end the run: the next one is
+        read). Consecutive samples are read together, up to RUN_BYTES a read, each read into a
+        buffer of its own: arrays decoded without a copy view their sample's bytes in it, so
+        writing into one changes nothing else, though a value kept keeps its read's buffer."""
+        if not 0 <= first <= stop <= self._samples:
+            raise IndexError(f"shard {self.name} has {self._samples} samples, not {first} to {stop}")
+        while first < stop:
+            end = self._run_end(first, stop)
+            try:
+                start = self._row(first)[0] - tar.BLOCK
+                last = self._row(end - 1)
+                whole = memoryview(self._file.span(start, last[-4] + last[-3], writable=writable))
+            except ShardError:  # truncated, say: read each sample alone, for the errors to name it
+                whole = None
+            for local in range(first, end):
+                try:
+                    yield self._from_run(local, whole, start, writable)
+                except ShardError as exc:
+                    yield exc
+            first = end
+
+    def _run_end(self, first: int, stop: int) -> int:
+        """Where a read from sample `first` ends: at `stop`, or before the sample that would take
+        it past RUN_BYTES (at least one sample is read)."""
+        if self._ends is None:
+            self._ends = self.rows[:, -1, 0] + self.rows[:, -1, 1]
+        limit = self.rows.item(first, 0, 0) - tar.BLOCK + RUN_BYTES
+        return max(first + 1, min(stop, int(self._ends.searchsorted(limit, side="right"))))
+
+    def _from_run(self, local: int, whole: memoryview | None, start: int, writable: bool) -> dict[str, Any]:
+        """Sample `local` decoded from `whole` (the bytes of its run from file offset `start`),
+        or read alone when the run could not be read."""
+        if whole is None:
+            return self.read_sample(local, writable=writable)
+        row = self._row(local)
+        view = whole[row[0] - tar.BLOCK - start:row[-4] + row[-3] - start]
+        key = layout.sample_key(self._first + local)
+        if not self._checked[local]:
+            self._check_headers(local, key, row, view)
+        return self._decoded(row, key, view)
+
+    def _decoded(self, row: list[int], key: str, view: memoryview) -> dict[str, Any]:
+        """The sample whose index values are `row` and whose bytes are `view`, decoded."""
         sample: dict[str, Any] = {KEY: key}
         plain = self._plain
         for column, name, decode in self._columns:
@@ -228,8 +278,10 @@ class ShardReader:
     def read_in_order(self) -> Iterator[dict[str, Any]]:
         """Every sample in order (as `read_sample`); reading the file front to back lets the
         kernel read ahead of it from disk."""
-        for local in range(self._samples):
-            yield self.read_sample(local)
+        for sample in self.read_run(0, self._samples):
+            if isinstance(sample, ShardError):
+                raise sample
+            yield sample
 
     def verify(self) -> None:
         """Check the whole file: SHA-256, every header in sequence, and every sample's decoding."""

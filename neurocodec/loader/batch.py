@@ -24,7 +24,9 @@ def to_tensor(value: Any) -> Any:
 def sample_to_tensors(sample: Mapping[str, Any]) -> dict[str, Any]:
     """Every array of a decoded sample as a tensor (as `to_tensor`); metadata, key, str, bytes and
     JSON kept."""
-    return {k: to_tensor(v) for k, v in sample.items()}
+    from_numpy, ndarray = _from_numpy(), np.ndarray  # `to_tensor` inlined: this runs per sample
+    return {k: (from_numpy(v if v.flags.writeable else v.copy()) if isinstance(v, ndarray) else v)
+            for k, v in sample.items()}
 
 
 _torch_from_numpy: Any = None

@@ -3,6 +3,7 @@ user's per-sample transform run on each (see `neurocodec.loader.transform`)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -33,6 +34,11 @@ class SampleSource:
     the loaders hand on as tensors without copying; writing into one changes nothing else. A
     source that keeps what it reads for later (`WindowSource`'s chunks) says False: its arrays
     stay read-only and are copied into tensors."""
+
+    reads_stored = True
+    """Whether `_read_one` reads the stored sample of each id as it is (then consecutive ones
+    are read together); a source that reads something else from an id (`WindowSource`'s
+    windows) says False."""
 
     def __init__(self, path: Path | str, *, verify: str, on_error: str, registry: Registry | None,
                  storage_options: Mapping[str, Any] | None = None, cache: Any = None,
@@ -71,11 +77,7 @@ class SampleSource:
         """(i, decoded and transformed sample ids[i]) in order, leaving out bad ones when skipping.
         `transform_ids`: the ids the transform's generators are seeded with (default `ids`; a
         mix of datasets seeds them with its own numbering)."""
-        ds = self.dataset
-        context = self._prepare(ids, epoch)
-        for i, sample_id in enumerate(ids.tolist()):
-            sample = self._one(ds, i, sample_id, context, epoch,
-                               sample_id if transform_ids is None else int(transform_ids[i]))
+        for i, sample in enumerate(self._each(ids, epoch, transform_ids)):
             if sample is not None:
                 yield i, sample
 
@@ -83,18 +85,41 @@ class SampleSource:
         """For each run of `ids` (the runs end at `ends`, in order): what `read` gives for that
         run's ids, as a list, each run read only when asked for. Reads a batch after another
         without the per-call work of `read` (the loaders read batches of one sample)."""
+        each, start = self._each(ids, epoch), 0
+        for end in ends:
+            run = []
+            for i in range(end - start):
+                sample = next(each)
+                if sample is not None:
+                    run.append((i, sample))
+            yield run
+            start = end
+
+    def _each(self, ids: np.ndarray, epoch: int, transform_ids: list[int] | None = None) -> Iterator[dict[str, Any] | None]:
+        """Each of `ids` in order, decoded and transformed, or None when it is bad and skipped;
+        read when asked for. Consecutive stored samples of one shard are read together
+        (`Dataset.read_run`)."""
         ds = self.dataset
         context = self._prepare(ids, epoch)
         values = ids.tolist()
-        one, start = self._one, 0
-        for end in ends:
-            run = []
-            for i in range(start, end):
-                sample = one(ds, i, values[i], context, epoch, values[i])
-                if sample is not None:
-                    run.append((i - start, sample))
-            yield run
-            start = end
+        seeds = values if transform_ids is None else transform_ids
+        if not self.reads_stored:
+            for i, sample_id in enumerate(values):
+                yield self._one(ds, i, sample_id, context, epoch, seeds[i])
+            return
+        kept, i = self._kept, 0
+        for number, local, count in _stretches(ds, ids):
+            for sample in self._stored_run(ds, number, local, count):
+                yield kept(i, values[i], sample, context, epoch, seeds[i])
+                i += 1
+
+    def _stored_run(self, ds: Dataset, number: int, local: int, count: int) -> Iterator[Any]:
+        """Samples `local` to `local + count - 1` of shard `number`, or the ShardError of each."""
+        try:
+            self._reader(ds, number)
+        except ShardError as exc:
+            return itertools.repeat(exc, count)
+        return ds.read_run(number, local, local + count, writable=self.owned)
 
     def _one(self, ds: Dataset, i: int, sample_id: int, context: Any, epoch: int,
              seeded: int) -> dict[str, Any] | None:
@@ -102,6 +127,17 @@ class SampleSource:
         the id its transform's generator is seeded with), or None when it is bad and skipped."""
         try:
             sample = self._read_one(ds, i, sample_id, context)
+        except ShardError as exc:
+            sample = exc
+        return self._kept(i, sample_id, sample, context, epoch, seeded)
+
+    def _kept(self, i: int, sample_id: int, sample: dict[str, Any] | ShardError, context: Any, epoch: int,
+              seeded: int) -> dict[str, Any] | None:
+        """`sample` (read for `sample_id`, or the ShardError reading it raised) transformed, or
+        None when it is bad and skipped."""
+        try:
+            if isinstance(sample, ShardError):
+                raise sample
             if self.transform is not None:
                 sample = apply_transform(self.transform, sample, seed=self.seed, epoch=epoch,
                                          sample_id=seeded, dataset=self.path)
@@ -115,7 +151,7 @@ class SampleSource:
                 err = ShardError(f"{exc} (reading {self._what(i, sample_id, context)} of {self.path})")
                 err.shard, err.member, err.sample = exc.shard, exc.member, sample_id
                 raise err from exc
-            shard = exc.shard or self._shard_of(ds, self._stored_id(i, sample_id, context))
+            shard = exc.shard or self._shard_of(self.dataset, self._stored_id(i, sample_id, context))
             self._skip(epoch, shard, self._what(i, sample_id, context), exc)
             return None
         return sample
@@ -143,15 +179,34 @@ class SampleSource:
     def read_sample(self, ds: Dataset, sample_id: int) -> dict[str, Any]:
         """Decoded stored sample `sample_id`; a shard found bad once fails again at once."""
         number, local = ds.locate(sample_id)
+        return ds.read_with(self._reader(ds, number), number, local, writable=self.owned)
+
+    def _reader(self, ds: Dataset, number: int) -> Any:
+        """Shard `number`'s reader; a shard found bad once fails again at once."""
         if number in self._bad_shards:
             raise self._bad_shards[number]
         try:
-            reader = ds.shard(number)
+            return ds.shard(number)
         except ShardError as exc:
             self._bad_shards[number] = exc
             raise
-        return ds.read_with(reader, number, local, writable=self.owned)
 
     def _skip(self, epoch: int, shard: str | None, what: str, exc: Exception) -> None:
         self.skipped += 1
         self.skips.skip(epoch, self.path, shard, what, exc)
+
+
+def _stretches(ds: Dataset, ids: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(shard number, first sample in it, count) for each stretch of consecutive `ids` within
+    one shard, in order."""
+    if not len(ids):
+        return
+    breaks = (np.flatnonzero(np.diff(ids) != 1) + 1).tolist()
+    start = 0
+    for stop in breaks + [len(ids)]:
+        first = int(ids[start])
+        while start < stop:
+            number, local = ds.locate(first)
+            count = min(stop - start, ds.shards[number].samples - local)
+            yield number, local, count
+            start, first = start + count, first + count

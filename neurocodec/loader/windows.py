@@ -131,6 +131,7 @@ class WindowSource(SampleSource):
     Chunks read are kept, least recently used first out, up to CHUNK_CACHE_BYTES per process."""
 
     owned = False  # cached chunks: their arrays stay read-only, and windows cut from them are copied into tensors
+    reads_stored = False  # an id is a window slot, not a stored sample
 
     def __init__(self, path: Any, *, slots: SlotCache, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
