@@ -151,3 +151,28 @@ def test_metadata_read_in_runs_matches_json(tmp_path: Path, small_runs: int) -> 
         stored = json.loads(f.read(64).rstrip(b"\0").decode())
     with Dataset(tmp_path / "ds") as ds:
         assert list(ds.read_run(2, 3, 4))[0]["metadata"] == stored == {"i": 2 * SHARD_SIZE + 3}
+
+
+@pytest.mark.parametrize("world, rank", [(1, 0), (3, 2)])
+def test_one_sample_batches_count_like_batches(tmp_path: Path, small_runs: int, world: int, rank: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader read sample by sample (`_singles`) hands out the samples, positions and skip
+    counts that the general batch path (`_batched`) does, bad samples and ranks included."""
+    write(tmp_path / "ds")
+    for k in (4, 13, 14):
+        path, offset = member_offset(tmp_path / "ds", k // SHARD_SIZE, k % SHARD_SIZE, 0)
+        flip(path, offset + 40)
+
+    def walk() -> list[tuple[int, int, int]]:
+        loader = WebDatasetLoader(tmp_path / "ds", seed=5, buffer_size=8, rank=rank, world_size=world,
+                                  on_error="skip")
+        seen = []
+        for sample in loader:
+            state = loader.get_state()
+            seen.append((sample["metadata"]["i"], state["position"], state["skipped"]))
+        state = loader.get_state()
+        return seen + [(-1, state["position"], state["skipped"])]
+
+    singles = walk()
+    monkeypatch.setattr(WebDatasetLoader, "_singles", WebDatasetLoader._batched)
+    assert walk() == singles and len(singles) > 5

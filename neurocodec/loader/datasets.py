@@ -137,6 +137,29 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
         """The main process's samples of `plan`, the position counted as each is handed out."""
         stream = self.stream
         epoch = stream.epoch
+        yield from (self._singles(plan) if plan.batch_size == 1 else self._batched(plan))
+        if (stream.epoch, stream.position) == (epoch, plan.total):  # (unless a newer iteration moved it)
+            stream.end_epoch()
+            self._on_epoch_end()
+
+    def _singles(self, plan: Any) -> Iterator[dict[str, Any]]:
+        """`_batched` for batches of one sample: after batch k, the position is where every rank
+        has taken k + 1 of them; a bad sample skipped is counted as the position passes it."""
+        stream, before, to_tensors = self.stream, self._before_yield, sample_to_tensors
+        start, step, count, total = plan.start, plan.step, len(plan), plan.total
+        for k, sample in stream.singles(plan):
+            if sample is None:
+                stream.skipped += 1
+                stream.position = start + (k + 1) * step if k + 1 < count else total
+                continue
+            before()
+            stream.position = start + (k + 1) * step if k + 1 < count else total
+            yield to_tensors(sample)
+
+    def _batched(self, plan: Any) -> Iterator[dict[str, Any]]:
+        """The samples of `plan`'s batches, the position and the bad samples skipped counted as
+        each sample is handed out."""
+        stream = self.stream
         single, before = plan.world_size == 1, self._before_yield
         for k, positions, samples in stream.batches(plan):
             last = len(samples) - 1
@@ -160,9 +183,6 @@ class WebDatasetLoader(StreamState, torch.utils.data.IterableDataset):
             if last < 0:
                 stream.position = plan.position_after(k + 1)
                 stream.skipped += len(positions)
-        if (stream.epoch, stream.position) == (epoch, plan.total):  # (unless a newer iteration moved it)
-            stream.end_epoch()
-            self._on_epoch_end()
 
     def _worker_only(self, what: str) -> None:
         """Refuse `what` in the main process once DataLoader workers have read this dataset."""

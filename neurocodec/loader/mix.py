@@ -90,6 +90,13 @@ class MixedSource:
         for i in sorted(found):
             yield i, found[i]
 
+    def each(self, ids: np.ndarray, epoch: int = 0) -> Iterator[dict[str, Any] | None]:
+        """Each of `ids` in order, read when asked for (as `read` reads it), or None when it is
+        bad and skipped (as `SampleSource.each`)."""
+        for i in range(len(ids)):
+            found = list(self.read(ids[i:i + 1], epoch))
+            yield found[0][1] if found else None
+
     def read_runs(self, ids: np.ndarray, ends: Sequence[int], epoch: int = 0) -> Iterator[list[tuple[int, dict[str, Any]]]]:
         """For each run of `ids` (the runs end at `ends`): what `read` gives for it, as a list,
         each run read only when asked for (as `SampleSource.read_runs`)."""

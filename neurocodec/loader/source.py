@@ -77,7 +77,7 @@ class SampleSource:
         """(i, decoded and transformed sample ids[i]) in order, leaving out bad ones when skipping.
         `transform_ids`: the ids the transform's generators are seeded with (default `ids`; a
         mix of datasets seeds them with its own numbering)."""
-        for i, sample in enumerate(self._each(ids, epoch, transform_ids)):
+        for i, sample in enumerate(self.each(ids, epoch, transform_ids)):
             if sample is not None:
                 yield i, sample
 
@@ -85,7 +85,7 @@ class SampleSource:
         """For each run of `ids` (the runs end at `ends`, in order): what `read` gives for that
         run's ids, as a list, each run read only when asked for. Reads a batch after another
         without the per-call work of `read` (the loaders read batches of one sample)."""
-        each, start = self._each(ids, epoch), 0
+        each, start = self.each(ids, epoch), 0
         for end in ends:
             run = []
             for i in range(end - start):
@@ -95,7 +95,7 @@ class SampleSource:
             yield run
             start = end
 
-    def _each(self, ids: np.ndarray, epoch: int, transform_ids: list[int] | None = None) -> Iterator[dict[str, Any] | None]:
+    def each(self, ids: np.ndarray, epoch: int = 0, transform_ids: list[int] | None = None) -> Iterator[dict[str, Any] | None]:
         """Each of `ids` in order, decoded and transformed, or None when it is bad and skipped;
         read when asked for. Consecutive stored samples of one shard are read together
         (`Dataset.read_run`)."""

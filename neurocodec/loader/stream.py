@@ -194,6 +194,24 @@ class EpochStream:
                 yield k, positions[start:end], next(runs)
                 start = end
 
+    def singles(self, plan: StepPlan) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """(k, the sample of this rank's batch k, or None when it is bad and skipped) for a plan
+        of one-sample batches, in order: what `batches` gives, without a list and positions per
+        sample (a loader iterated sample by sample)."""
+        if plan.batch_size != 1:
+            raise ValueError(f"singles reads batches of one sample, not {plan.batch_size}")
+        order = self.order()
+        ahead = self._prefetcher(order, plan, 0, 1)
+        numbers = range(len(plan))
+        for at in range(0, len(numbers), GROUP_SAMPLES):
+            group = numbers[at:at + GROUP_SAMPLES]
+            positions, _ = plan.positions_of(group)
+            samples = self.source.each(self._ids(order.take(positions)), order.epoch)
+            for k, sample in zip(group, samples):
+                if ahead is not None and ahead.due():
+                    self._prefetch(ahead, k)
+                yield k, sample
+
     def _prefetch(self, ahead: Any, k: int) -> None:
         """Ask for what this worker's batches from batch `k` on read: their shards downloaded (a
         URL dataset), their bytes read ahead (a local one)."""
