@@ -165,7 +165,7 @@ class ShardReader:
         if not 0 <= first <= stop <= self._samples:
             raise IndexError(f"shard {self.name} has {self._samples} samples, not {first} to {stop}")
         while first < stop:
-            end = self._run_end(first, stop)
+            end = stop if stop - first == 1 else self._run_end(first, stop)
             try:
                 start = self._row(first)[0] - tar.BLOCK
                 last = self._row(end - 1)

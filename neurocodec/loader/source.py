@@ -116,7 +116,9 @@ class SampleSource:
     def _stored_run(self, ds: Dataset, number: int, local: int, count: int) -> Iterator[Any]:
         """Samples `local` to `local + count - 1` of shard `number`, or the ShardError of each."""
         try:
-            self._reader(ds, number)
+            reader = self._reader(ds, number)
+            if count == 1:  # a shuffled order's usual stretch: read it without a run's set-up
+                return (ds.read_with(reader, number, local, writable=self.owned),)
         except ShardError as exc:
             return itertools.repeat(exc, count)
         return ds.read_run(number, local, local + count, writable=self.owned)
