@@ -26,8 +26,10 @@ from neurocodec.format.manifest import FieldSpec, ShardEntry
 
 RUN = 64
 """Samples whose index rows become Python lists together, the first time one of them is read."""
-RUN_BYTES = 1 << 20
-"""Bytes `ShardReader.read_run` reads at once, at most (a larger sample is read alone)."""
+RUN_BYTES = 1 << 18
+"""Bytes `ShardReader.read_run` reads at once, at most (a larger sample is read alone). Small
+enough that a read's bytes are still in the CPU's cache when its samples' CRC-32 checks and
+decoding touch them: 1 MiB reads made 300 KB samples 20-30% slower than reading each alone."""
 KEY = "__key__"
 VERIFY_MODES = ("crc", "full", "none")
 
