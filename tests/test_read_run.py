@@ -176,3 +176,15 @@ def test_one_sample_batches_count_like_batches(tmp_path: Path, small_runs: int, 
     singles = walk()
     monkeypatch.setattr(WebDatasetLoader, "_singles", WebDatasetLoader._batched)
     assert walk() == singles and len(singles) > 5
+
+
+def test_locate_all_equals_locate(tmp_path: Path) -> None:
+    write(tmp_path / "ds")
+    indices = np.array([0, 11, 12, 13, 29, 5, 24, 23], dtype=np.int64)
+    with Dataset(tmp_path / "ds") as ds:
+        numbers, places = ds.locate_all(indices)
+        assert list(zip(numbers.tolist(), places.tolist())) == [ds.locate(int(i)) for i in indices]
+        assert [len(a) for a in ds.locate_all(np.array([], dtype=np.int64))] == [0, 0]
+        for bad in ([3, 30], [-1, 4]):
+            with pytest.raises(IndexError, match="out of range"):
+                ds.locate_all(np.array(bad, dtype=np.int64))

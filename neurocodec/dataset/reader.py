@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
+import numpy as np
 
 from neurocodec.errors import DatasetError, ShardError
 from neurocodec.format import layout, limits, tar
@@ -103,6 +104,7 @@ class Dataset:
         )
         # Bisected per sample: plain ints for JSON rows; a shard table's array (searchsorted).
         self._starts = shard_starts(self.manifest.shards)
+        self._start_array: np.ndarray | None = None  # the same as int64, for locate_all
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
         self._max_open = max_open_shards
         # URL datasets only: shards come through the local cache (None keeps the local path bare).
@@ -151,6 +153,17 @@ class Dataset:
             return number, index - self._starts[number]
         number = int(self._starts.searchsorted(index, side="right")) - 1
         return number, index - int(self._starts[number])
+
+    def locate_all(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`locate` for an int64 array of global sample indices at once: (shard numbers,
+        positions in shard), two int64 arrays (IndexError for an index out of range)."""
+        outside = (indices < 0) | (indices >= len(self))
+        if outside.any():
+            self.locate(int(indices[outside][0]))  # raises, naming it
+        if self._start_array is None:
+            self._start_array = np.asarray(self._starts, dtype=np.int64)
+        numbers = self._start_array.searchsorted(indices, side="right") - 1
+        return numbers, indices - self._start_array[numbers]
 
     def read(self, index: int) -> dict[str, Any]:
         """Decode global sample `index`."""

@@ -201,14 +201,10 @@ class SampleSource:
 def _stretches(ds: Dataset, ids: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """(shard number, first sample in it, count) for each stretch of consecutive `ids` within
     one shard, in order."""
-    if not len(ids):
-        return
-    breaks = (np.flatnonzero(np.diff(ids) != 1) + 1).tolist()
-    start = 0
-    for stop in breaks + [len(ids)]:
-        first = int(ids[start])
-        while start < stop:
-            number, local = ds.locate(first)
-            count = min(stop - start, ds.shards[number].samples - local)
-            yield number, local, count
-            start, first = start + count, first + count
+    numbers, places = ds.locate_all(np.asarray(ids, dtype=np.int64))
+    cuts = np.flatnonzero((np.diff(ids) != 1) | (np.diff(numbers) != 0)) + 1
+    bounds = [0, *cuts.tolist(), len(ids)]
+    numbers_list, places_list = numbers.tolist(), places.tolist()
+    for start, stop in zip(bounds, bounds[1:]):
+        if stop > start:
+            yield numbers_list[start], places_list[start], stop - start
