@@ -284,11 +284,11 @@ class Dataset:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         shards = self.manifest.shards
-        ahead = self._ahead_every()
-        every = ahead or max(1, max((entry.samples for entry in shards), default=1))
+        ahead = self._ahead_every()  # samples between readahead requests; 0: none
         for number, entry in enumerate(shards):
             if self.remote is not None:
                 self.prefetch(range(number + 1, len(shards)))
+            every = ahead or max(1, entry.samples)
             for first in range(0, entry.samples, every):
                 if ahead:
                     self.read_ahead(_stored_spans(shards, number, first))

@@ -196,10 +196,7 @@ class ShardReader:
             return self.read_sample(local, writable=writable)
         row = self._row(local)
         view = whole[row[0] - tar.BLOCK - start:row[-4] + row[-3] - start]
-        key = layout.sample_key(self._first + local)
-        if not self._checked[local]:
-            self._check_headers(local, key, row, view)
-        return self._decoded(row, key, view)
+        return self._decoded(row, self._checked_key(local, row, view), view)
 
     def _decoded(self, row: list[int], key: str, view: memoryview) -> dict[str, Any]:
         """The sample whose index values are `row` and whose bytes are `view`, decoded."""
@@ -240,10 +237,14 @@ class ShardReader:
             raise IndexError(f"shard {self.name} has {self._samples} samples, not {local + 1}")
         row = self._row(local)
         view = memoryview(self._file.span(row[0] - tar.BLOCK, row[-4] + row[-3], writable=writable))
+        return row, self._checked_key(local, row, view), view
+
+    def _checked_key(self, local: int, row: list[int], view: memoryview) -> str:
+        """Sample `local`'s key, its headers in `view` checked the first time this reader reads it."""
         key = layout.sample_key(self._first + local)
         if not self._checked[local]:
             self._check_headers(local, key, row, view)
-        return row, key, view
+        return key
 
     def _stored(self, view: memoryview, row: list[int], column: int, key: str) -> memoryview:
         """Member `column`'s stored bytes within `view` (its sample's bytes), CRC-32 checked."""

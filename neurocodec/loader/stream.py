@@ -179,20 +179,14 @@ class EpochStream:
         k = worker, worker + workers, ... (from batch `first`, one of them, when given); bad
         samples are left out when skipping. Each batch is read when asked for; the order's ids
         are looked up for a run of them at once (GROUP_SAMPLES positions)."""
-        order = self.order()
-        ahead = self._prefetcher(order, plan, worker, workers)
+        def read(positions: np.ndarray, ends: list[int], ids: np.ndarray, epoch: int) -> Iterator[Any]:
+            runs = self.source.read_runs(ids, ends, epoch)
+            for start, end in zip([0, *ends], ends):
+                yield positions[start:end], next(runs)
+
         numbers = range(worker if first is None else first, len(plan), workers)
-        per_group = max(1, GROUP_SAMPLES // plan.batch_size)
-        for at in range(0, len(numbers), per_group):
-            group = numbers[at:at + per_group]
-            positions, ends = plan.positions_of(group)
-            runs = self.source.read_runs(self._ids(order.take(positions)), ends, order.epoch)
-            start = 0
-            for k, end in zip(group, ends):
-                if ahead is not None and ahead.due():
-                    self._prefetch(ahead, k)
-                yield k, positions[start:end], next(runs)
-                start = end
+        for k, (positions, run) in self._walk(plan, numbers, worker, workers, read):
+            yield k, positions, run
 
     def singles(self, plan: StepPlan) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """(k, the sample of this rank's batch k, or None when it is bad and skipped) for a plan
@@ -200,17 +194,24 @@ class EpochStream:
         sample (a loader iterated sample by sample)."""
         if plan.batch_size != 1:
             raise ValueError(f"singles reads batches of one sample, not {plan.batch_size}")
+        return self._walk(plan, range(len(plan)), 0, 1,
+                          lambda positions, ends, ids, epoch: self.source.each(ids, epoch))
+
+    def _walk(self, plan: StepPlan, numbers: range, worker: int, workers: int, read: Any) -> Iterator[tuple[int, Any]]:
+        """(k, what `read` gives for batch k) for the batches `numbers`, their ids looked up
+        GROUP_SAMPLES positions at a time: `read(positions, ends, ids, epoch)` gives one item per
+        batch of the group (`ends`: where each batch's run of positions ends); what they read
+        next is prefetched or read ahead as the batches go by."""
         order = self.order()
-        ahead = self._prefetcher(order, plan, 0, 1)
-        numbers = range(len(plan))
-        for at in range(0, len(numbers), GROUP_SAMPLES):
-            group = numbers[at:at + GROUP_SAMPLES]
-            positions, _ = plan.positions_of(group)
-            samples = self.source.each(self._ids(order.take(positions)), order.epoch)
-            for k, sample in zip(group, samples):
+        ahead = self._prefetcher(order, plan, worker, workers)
+        per_group = max(1, GROUP_SAMPLES // plan.batch_size)
+        for at in range(0, len(numbers), per_group):
+            group = numbers[at:at + per_group]
+            positions, ends = plan.positions_of(group)
+            for k, item in zip(group, read(positions, ends, self._ids(order.take(positions)), order.epoch)):
                 if ahead is not None and ahead.due():
                     self._prefetch(ahead, k)
-                yield k, sample
+                yield k, item
 
     def _prefetch(self, ahead: Any, k: int) -> None:
         """Ask for what this worker's batches from batch `k` on read: their shards downloaded (a
