@@ -1,5 +1,5 @@
-"""neurocodec's DataLoader under fork, spawn and forkserver, with and without building batches
-in the training process while the workers start (issue 18, point 2).
+"""neurocodec's DataLoader under fork, spawn and forkserver, by how the training process builds
+batches while the workers start (issue 18, point 2).
 
     python benchmarks/startup_table.py            # seed 10,000 and tiny 100,000 samples, best of 2
     python benchmarks/startup_table.py --quick    # 200 / 2,000 samples, one run
@@ -8,8 +8,11 @@ in the training process while the workers start (issue 18, point 2).
 Each measurement runs in a fresh Python process (`python startup_table.py --child SPEC`), which
 imports torch and neurocodec before its clock starts, then times `create_webdataset_dataloader`
 (batch 32, 2 workers, shuffle, seed 0) from its creation to the end of the loop over one epoch,
-every array digested, workers' start-up and shutdown included. `build_while_workers_start`
-False is the loader before this change (only the first batch built in the training process).
+every array digested, workers' start-up and shutdown included, in three modes (`MODES`):
+the default (the workers are not started while the rest of the epoch would take the training
+process less time to build than they take to start), `worker_startup_s = 0` (the tenth
+session's loader: the workers always start, batches are built here until they are ready) and
+`build_while_workers_start = False` (the loader before that: only the first batch built here).
 The printed table gives samples/s and each start method's share of fork's in the same mode.
 """
 
@@ -26,6 +29,11 @@ from pathlib import Path
 from typing import Any
 
 CONTEXTS = ("fork", "spawn", "forkserver")
+MODES = {  # mode: (label, the loader's attributes)
+    "default": ("default: workers only when worth starting", {}),
+    "started": ("workers always started, batches built here until ready", {"worker_startup_s": 0.0}),
+    "first": ("workers always started, first batch only built here", {"build_while_workers_start": False}),
+}
 SHAPES = {"seed": {"spikes": (100, 96), "behavior": (100, 2)}, "tiny": {"spikes": (10, 16), "behavior": (10, 2)}}
 
 
@@ -55,7 +63,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     loader = create_webdataset_dataloader(spec["path"], batch_size=32, num_workers=2, seed=0,
                                           multiprocessing_context=spec["context"])
-    loader.build_while_workers_start = spec["build"]
+    for name, value in MODES[spec["mode"]][1].items():
+        setattr(loader, name, value)
     samples, digest = 0, 0
     for batch in loader:
         for name in ("spikes", "behavior"):
@@ -81,13 +90,13 @@ def measure(quick: bool, repeat: int, base: Path, contexts: tuple[str, ...] = CO
     for name, samples in sizes.items():
         path = base / name
         write(path, SHAPES[name], samples)
-        for build in (True, False):
+        for mode in MODES:
             for context in contexts:
-                runs = [run_child({"path": str(path), "context": context, "build": build}) for _ in range(repeat)]
+                runs = [run_child({"path": str(path), "context": context, "mode": mode}) for _ in range(repeat)]
                 if len({(r["samples"], r["digest"]) for r in runs}) != 1 or runs[0]["samples"] != samples:
                     raise SystemExit(f"{name} {context}: runs disagree or miss samples: {runs}")
                 best = min(r["seconds"] for r in runs)
-                rows.append({"workload": name, "samples": samples, "build": build, "context": context,
+                rows.append({"workload": name, "samples": samples, "mode": mode, "context": context,
                              "rate": samples / best, "digest": runs[0]["digest"]})
     digests = {(r["workload"], r["digest"]) for r in rows}
     if len(digests) != len(sizes):
@@ -98,15 +107,15 @@ def measure(quick: bool, repeat: int, base: Path, contexts: tuple[str, ...] = CO
 def render(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table, each start method's share of fork's in brackets."""
     contexts = tuple(dict.fromkeys(r["context"] for r in rows))
-    lines = ["| epoch | batches built while workers start | " + " | ".join(contexts) + " |",
+    lines = ["| epoch | mode | " + " | ".join(contexts) + " |",
              "|---|---|" + "--:|" * len(contexts)]
     for name in dict.fromkeys(r["workload"] for r in rows):
-        for build in (True, False):
-            cells = {r["context"]: r["rate"] for r in rows if r["workload"] == name and r["build"] == build}
+        for mode, (label, _) in MODES.items():
+            cells = {r["context"]: r["rate"] for r in rows if r["workload"] == name and r["mode"] == mode}
             fork = cells["fork"]
             shown = [f"{cells['fork']:,.0f}"] + [f"{cells[c]:,.0f} ({cells[c] / fork:.2f})" for c in contexts[1:]]
             samples = next(r["samples"] for r in rows if r["workload"] == name)
-            lines.append(f"| {name} {samples:,} | {'yes' if build else 'no (first batch only)'} | " + " | ".join(shown) + " |")
+            lines.append(f"| {name} {samples:,} | {label} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 

@@ -191,11 +191,13 @@ def test_order_table_quick_rows(tmp_path):
 
 def test_startup_table_smoke_rows(tmp_path):
     """benchmarks/startup_table.py at its smoke size: a row per mode, every sample read, the same
-    data in both modes (the script exits otherwise); never a speed."""
+    data in every mode (the script exits otherwise); never a speed."""
     proc = subprocess.run([sys.executable, str(BENCH.parent / "startup_table.py"), "--quick", "--contexts", "fork",
                            "--workloads", "seed"], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert "| epoch | batches built while workers start | fork |" in lines
+    assert "| epoch | mode | fork |" in lines
     assert [line.split(" | ")[:2] for line in lines if line.startswith("| seed 200")] == [
-        ["| seed 200", "yes"], ["| seed 200", "no (first batch only)"]]
+        ["| seed 200", "default: workers only when worth starting"],
+        ["| seed 200", "workers always started, batches built here until ready"],
+        ["| seed 200", "workers always started, first batch only built here"]]

@@ -2,7 +2,9 @@
 WebDatasetDataLoader.__iter__): before any worker starts, with the same content, state and
 error behaviour as a batch from a worker, and no workers at all when it is the last one. The
 next batches are built there too until every worker is ready, then the workers take over from
-that position; an epoch finished before they are ready stops them without waiting."""
+that position; an epoch finished before they are ready stops them without waiting. Workers
+that would take longer to start than the rest of the epoch takes to build here are not started
+at all (`worker_startup_s`; 0 starts them, as most tests here do to test their start)."""
 
 from __future__ import annotations
 
@@ -98,17 +100,18 @@ class _Mark:
 
 class _BuiltBy:
     """A collate_fn that says which process built each batch; in the training process, every
-    batch after the first waits until both workers have run `_Mark` (and a little more, so they
-    are ready), so that some batches are built here and the workers are ready for the rest."""
+    batch from the `waits_from`-th on waits until both workers have run `_Mark` (and a little
+    more, so they are ready), so that some batches are built here and the workers are ready for
+    the rest."""
 
-    def __init__(self, directory: Path) -> None:
-        self.main, self.directory, self.calls = os.getpid(), directory, 0
+    def __init__(self, directory: Path, waits_from: int = 2) -> None:
+        self.main, self.directory, self.calls, self.waits_from = os.getpid(), directory, 0, waits_from
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if os.getpid() == self.main:
             self.calls += 1
             deadline = time.monotonic() + 60
-            while self.calls > 1 and len(list(self.directory.iterdir())) < 2 and time.monotonic() < deadline:
+            while self.calls >= self.waits_from and len(list(self.directory.iterdir())) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             time.sleep(0.02)
         return {"ids": [int(s["metadata"]["id"]) for s in samples], "pid": os.getpid()}
@@ -120,6 +123,7 @@ def test_batches_are_built_here_until_the_workers_are_ready_then_by_them(dataset
     reference = [batch_ids(b) for b in create_webdataset_dataloader(dataset, batch_size=2, num_workers=0, seed=3)]
     loader = create_webdataset_dataloader(dataset, batch_size=2, num_workers=2, seed=3, multiprocessing_context=context,
                                           collate_fn=_BuiltBy(tmp_path), worker_init_fn=_Mark(tmp_path))
+    loader.worker_startup_s = 0.0                             # start them after the first batch, whatever the epoch
     batches, states = [], []
     for batch in loader:
         batches.append(batch)
@@ -141,6 +145,7 @@ def test_batches_are_built_here_until_the_workers_are_ready_then_by_them(dataset
 def test_an_epoch_built_here_before_spawned_workers_are_ready_stops_them(dataset: Path) -> None:
     loader = create_webdataset_dataloader(dataset, batch_size=8, num_workers=2, seed=1, multiprocessing_context="spawn",
                                           persistent_workers=True)
+    loader.worker_startup_s = 0.0
     others = set(multiprocessing.active_children())
     for epoch in range(2):                                    # spawned workers take seconds: 5 batches take ms
         reference = create_webdataset_dataloader(dataset, batch_size=8, num_workers=0, seed=1, epoch=epoch)
@@ -159,6 +164,7 @@ def test_an_epoch_built_before_the_fork_server_is_up_ends_and_exits_cleanly(data
         "if __name__ == '__main__':\n"
         f"    loader = create_webdataset_dataloader({str(dataset)!r}, batch_size=8, num_workers=2, seed=1,\n"
         "                                          multiprocessing_context='forkserver')\n"
+        "    loader.worker_startup_s = 0.0\n"
         "    for _ in range(2):\n"
         "        print(sorted(i for b in loader for i in b['metadata'] and [m['id'] for m in b['metadata']]))\n"
     )
@@ -173,6 +179,7 @@ def test_a_bad_sample_met_while_spawned_workers_start_raises_here_and_stops_them
     others = set(multiprocessing.active_children())
     loader = create_webdataset_dataloader(root, batch_size=4, num_workers=2, shuffle=False,
                                           multiprocessing_context="spawn")
+    loader.worker_startup_s = 0.0
     got = []
     with pytest.raises(ShardError, match=r"sample 23 of"):
         for batch in loader:                                  # batches 0-4 built here, 5 meets the sample
@@ -180,3 +187,56 @@ def test_a_bad_sample_met_while_spawned_workers_start_raises_here_and_stops_them
     assert got == [list(range(k, k + 4)) for k in range(0, 20, 4)]
     assert loader.state_dict()["position"] == 20
     assert set(multiprocessing.active_children()) <= others
+
+
+def test_a_short_epoch_under_spawn_is_built_here_without_starting_workers(dataset: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawned workers each import torch (seconds); 20 batches take milliseconds here."""
+    from neurocodec.loader import worker_start
+    monkeypatch.setattr(worker_start, "_seen_startup_s", {})  # the default, whatever ran before
+    reference = [batch_ids(b) for b in create_webdataset_dataloader(dataset, batch_size=2, num_workers=0, seed=3)]
+    loader = create_webdataset_dataloader(dataset, batch_size=2, num_workers=2, seed=3, multiprocessing_context="spawn",
+                                          worker_init_fn=_Mark(tmp_path), persistent_workers=True)
+    others = set(multiprocessing.active_children())
+    for epoch in range(2):
+        got = []
+        for batch in loader:
+            got.append(batch_ids(batch))
+            assert set(multiprocessing.active_children()) <= others   # no worker process, ever
+        expected = reference if epoch == 0 else [batch_ids(b) for b in create_webdataset_dataloader(
+            dataset, batch_size=2, num_workers=0, seed=3, epoch=1)]
+        assert got == expected
+    assert not list(tmp_path.iterdir()) and loader.epoch == 2
+
+
+@pytest.mark.parametrize("startup_s, here", [(1e-9, 2), (None, 1)])
+def test_workers_start_once_the_rest_would_take_longer_here(dataset: Path, tmp_path: Path, startup_s: float | None,
+                                                            here: int) -> None:
+    """Under fork (start-up 0) the workers start after the first batch; with any start-up time
+    the second batch is built here too, to time one (the first also opens the shards)."""
+    reference = [batch_ids(b) for b in create_webdataset_dataloader(dataset, batch_size=2, num_workers=0, seed=3)]
+    loader = create_webdataset_dataloader(dataset, batch_size=2, num_workers=2, seed=3, multiprocessing_context="fork",
+                                          collate_fn=_BuiltBy(tmp_path, here + 1), worker_init_fn=_Mark(tmp_path))
+    loader.worker_startup_s = startup_s
+    batches = list(loader)
+    assert [b["ids"] for b in batches] == reference
+    built_here = [b["pid"] == os.getpid() for b in batches]
+    assert built_here[:here] == [True] * here and not built_here[-1]
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_the_start_up_expected_is_the_last_one_seen_under_the_same_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neurocodec.loader import worker_start
+    monkeypatch.setattr(worker_start, "_seen_startup_s", {})
+    expected, note = worker_start.expected_startup_s, worker_start.note_startup
+    assert expected("fork") == 0.0 and expected(multiprocessing.get_context("fork")) == 0.0
+    assert expected("spawn") == expected("forkserver") == worker_start.DEFAULT_STARTUP_S
+    note("spawn", 0.7, finished=True)
+    assert expected(multiprocessing.get_context("spawn")) == 0.7
+    assert expected("forkserver") == worker_start.DEFAULT_STARTUP_S
+    note("spawn", 0.3, finished=False)                        # not ready after 0.3 s: says little
+    assert expected("spawn") == 0.7
+    note("spawn", 5.0, finished=False)                        # not ready after 5 s: at least 5
+    assert expected("spawn") == 5.0
+    note("forkserver", 0.2, finished=True)                    # the fork server was already up
+    assert expected("forkserver") == 0.2

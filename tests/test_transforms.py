@@ -323,7 +323,9 @@ def test_transform_must_be_callable_and_picklable_for_spawn(dataset):
 def test_spawned_workers_run_a_partial_and_an_attrs_class(dataset):
     transform = Compose([functools.partial(draw, scale=1 << 20), UnitDropout(("spikes",), p=0.5)])
     reference = list(loader(dataset, 0, transform=transform))
-    spawned = list(loader(dataset, 2, transform=transform, multiprocessing_context="spawn"))
+    spawned_loader = loader(dataset, 2, transform=transform, multiprocessing_context="spawn")
+    spawned_loader.build_while_workers_start = False          # the workers build every batch but the first
+    spawned = list(spawned_loader)
     assert_batches_equal(spawned, reference)
     assert int(torch.cat([b["draw"] for b in reference]).max()) < 1 << 20
 
@@ -448,11 +450,12 @@ def test_a_worker_s_error_stops_the_workers_at_once(dataset):
     import gc
     import multiprocessing
 
+    others = set(multiprocessing.active_children())  # (a worker of an earlier test may still be exiting)
     gc.disable()
     try:
         with pytest.raises(TransformError):
             list(create_webdataset_dataloader(dataset, batch_size=BATCH, num_workers=2, shuffle=False,
                                               transform=FailOn({13})))
-        assert multiprocessing.active_children() == []
+        assert set(multiprocessing.active_children()) <= others
     finally:
         gc.enable()

@@ -9,7 +9,6 @@ workers.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 import weakref
@@ -19,100 +18,20 @@ import numpy.random  # noqa: F401  (see below)
 import torch
 import torch.utils.data
 
-from neurocodec.plugin.collate import allocating_from
-from neurocodec.loader.batch import collate_webdataset, sample_to_tensors
+from neurocodec.loader.batch_stream import BATCH, EMPTY, SKIPPED, SKIPS, STOP, WAITING, BatchStream
 from neurocodec.loader.heap import forks, frozen_heap
-from neurocodec.loader.slots import SlotPool, batch_bytes, pool_for
+from neurocodec.loader.slots import batch_bytes, pool_for
 from neurocodec.loader.mix import open_stream
-from neurocodec.loader.stream import EpochStream, StreamState, worker_slot
+from neurocodec.loader.stream import EpochStream, StreamState
 from neurocodec.loader.transform import Transform, check_picklable, check_transform
-from neurocodec.loader.worker_start import WorkerStart, stop_workers
+from neurocodec.loader.worker_start import WorkerStart, expected_startup_s, note_startup, stop_workers
 from neurocodec.plugin.manager import default_registry
 from neurocodec.plugin.registry import Registry
 
-_BATCH, _SKIPPED, _EMPTY, _SKIPS = "__batch__", "__skipped__", "__empty__", "__skips__"
-_WAITING, _STOP = -1, -2  # `BatchStream.start[1]` before the hand-over / when there is none
 _DONE = object()  # a generator's end, for next(..., _DONE)
 # numpy.random is imported above although nothing here uses it: every torch DataLoader worker
 # seeds it on start (`np.random.seed`), and a worker forked before anything imported it pays
 # the import itself, ~50 ms of the first batch on a 2-core machine.
-
-
-class BatchStream(torch.utils.data.IterableDataset):
-    """Yields this worker's collated batches, tagged with their number for the main process."""
-
-    def __init__(self, stream: EpochStream, collate_fn: Callable[[Sequence[Mapping[str, Any]]], Any] | None) -> None:
-        super().__init__()
-        self.stream = stream
-        self.collate_fn = collate_fn
-        self.pool: SlotPool | None = None  # set by WebDatasetDataLoader for its workers
-        # Where the pass starts (epoch, position), set by the main process before each: a
-        # persistent worker's copy of the stream stays where the first pass left it. While the
-        # workers start, the position is _WAITING (the main process builds batches itself);
-        # each worker sets its `ready` flag and waits for the position it hands over.
-        self.start = torch.zeros(2, dtype=torch.int64).share_memory_()
-        self.ready = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def expect_workers(self, workers: int) -> None:
-        """Clear the ready flags of `workers` new worker processes (call before starting them)."""
-        if len(self.ready) != workers:
-            self.ready = torch.zeros(workers, dtype=torch.int64).share_memory_()
-        self.ready.zero_()
-
-    def workers_ready(self) -> bool:
-        """Whether every worker has started and waits for (or has had) its hand-over."""
-        return bool(self.ready.all())
-
-    def _await_start(self, worker: int) -> tuple[int, int] | None:
-        """In a worker: flag it ready and wait for the position the main process hands over;
-        None when there is none (the main process built the rest, or stopped, or is gone)."""
-        self.ready[worker] = 1
-        parent = os.getppid()  # the training process, or the fork server, as torch's watchdog
-        while True:
-            epoch, position = self.start.tolist()
-            if position >= 0:
-                return epoch, position
-            if position == _STOP or os.getppid() != parent:
-                return None
-            time.sleep(0.001)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        stream = self.stream
-        worker, workers = worker_slot()
-        in_worker = torch.utils.data.get_worker_info() is not None
-        if in_worker:
-            # The heap inherited from the parent (torch, numpy, the user's model...) is never
-            # garbage here: keep the collector from scanning it, which costs tens of ms on the
-            # first batch and unshares copy-on-write pages.
-            gc.freeze()
-            start = self._await_start(worker)
-            if start is None:
-                return
-            stream.epoch, stream.position = start
-        registry = stream.source.registry or default_registry()
-        pool = self.pool if in_worker else None
-        for k, positions, samples in stream.batches(stream.plan(), worker, workers):
-            values = [s for _, s in samples]
-            arena = pool.acquire(worker) if pool is not None and values else None
-            with allocating_from(arena):
-                batch = self._collate(values, stream, registry)
-            if arena is not None:
-                batch, placed = arena.export(batch)
-                if not placed:
-                    pool.give_back(arena.index)
-            batch[_BATCH] = k
-            batch[_SKIPPED] = len(positions) - len(values)
-            if in_worker:  # its skip counts go to the main process's summary of the epoch
-                batch[_SKIPS] = stream.source.skips.unsent()
-            yield batch
-
-    def _collate(self, values: list[dict[str, Any]], stream: EpochStream, registry: Registry) -> dict[str, Any]:
-        if not values:
-            return {_EMPTY: True}
-        if self.collate_fn is not None:
-            batch = self.collate_fn([sample_to_tensors(s) for s in values])
-            return batch if isinstance(batch, dict) else {"__collated__": batch}
-        return collate_webdataset(values, stream.fields, registry)
 
 
 def _as_is(batch: Any) -> Any:
@@ -134,7 +53,9 @@ class WebDatasetDataLoader(StreamState):
     runs here for them, and `worker_init_fn` has not run yet): the training loop gets the first
     in the time one batch takes to read, and does not wait for the workers' start-up (seconds
     under spawn and forkserver, where each imports torch; under forkserver they are started
-    from a thread, as starting the fork server blocks). An epoch finished before they are ready
+    from a thread, as starting the fork server blocks). While the rest of the epoch would take
+    this process less time to build than the workers take to start (`worker_startup_s`), they
+    are not started at all (a short epoch under spawn or forkserver). An epoch finished before they are ready
     stops them without waiting for them (under forkserver, once the fork server has forked
     them). The workers continue from where this process stopped, exactly as a loader resumed
     there would; their batches arrive through shared-memory slots (`neurocodec.loader.slots`).
@@ -148,6 +69,11 @@ class WebDatasetDataLoader(StreamState):
 
     build_while_workers_start: bool = True
     """False: only the first batch of an iteration that starts workers is built in this process."""
+
+    worker_startup_s: float | None = None
+    """Seconds the workers are expected to take to start. None: 0 under fork, else the last
+    start seen in this process under the same start method (2 s before any; see
+    `neurocodec.loader.worker_start.expected_startup_s`). 0: always start them."""
 
     def __init__(self, stream: EpochStream, *, num_workers: int, prefetch_factor: int | None,
                  pin_memory: bool, collate_fn: Callable | None, timeout: float,
@@ -203,11 +129,15 @@ class WebDatasetDataLoader(StreamState):
 
     def _start_workers(self, plan: Any) -> Iterator[Any]:
         """An iteration that starts the workers. The first batch is built here before any
-        worker exists, so the training loop has it in the time one batch takes to read; the
-        next ones too, while the workers start (an interpreter importing torch under spawn or
-        forkserver, seconds), until every worker is ready; the workers then take over from the
-        position reached, exactly as a loader resumed there would read. An epoch built whole
-        here does not wait for its workers to start (see `WorkerStart.abandon`)."""
+        worker exists, so the training loop has it in the time one batch takes to read. While
+        the rest of the epoch would take this process less time to build than the workers take
+        to start (see `worker_startup_s`; a short epoch under spawn or forkserver, where each
+        worker imports torch), its batches are built here and no worker is started: starting
+        them would only take CPU from this process. Once it would take longer, the workers are
+        started, and the next batches are built here until every worker is ready; the workers
+        then take over from the position reached, exactly as a loader resumed there would read.
+        An epoch built whole here does not wait for its workers to start (see
+        `WorkerStart.abandon`)."""
         here = self._batches_here(plan)
         try:
             first = next(here, _DONE)
@@ -215,11 +145,31 @@ class WebDatasetDataLoader(StreamState):
                 return
             if first is not None:
                 yield first
+            if self.build_while_workers_start:
+                yield from self._here_while_quicker(here)
             rest = self.stream.plan()
-            if len(rest):  # (else that was the epoch's only batch)
+            if len(rest):  # (else the epoch was built whole here)
                 yield from self._from_workers(rest, here if self.build_while_workers_start else None)
         finally:
             here.close()
+
+    def _here_while_quicker(self, here: Iterator[Any]) -> Iterator[Any]:
+        """Batches built here while the rest of the plan, at the mean time a batch has taken
+        here so far (the first, which opens the shards, not counted), would take less time than
+        the workers take to start."""
+        context = self._kwargs["multiprocessing_context"]
+        startup = expected_startup_s(context) if self.worker_startup_s is None else self.worker_startup_s
+        left = len(self.stream.plan())
+        built, seconds = 0, 0.0
+        while startup > 0 and left and (not built or left * seconds / built < startup):
+            began = time.perf_counter()
+            batch = next(here, _DONE)
+            seconds += time.perf_counter() - began
+            if batch is _DONE:
+                return
+            built, left = built + 1, left - 1
+            if batch is not None:
+                yield batch
 
     def _batches_here(self, plan: Any) -> Iterator[Any]:
         """Build `plan`'s batches in this process, each counted as delivered before it is
@@ -233,7 +183,7 @@ class WebDatasetDataLoader(StreamState):
                 batch = self.dataset._collate(values, stream, registry)
                 stream.skipped += len(positions) - len(values)
                 stream.position = plan.position_after(k + 1)
-                if batch.pop(_EMPTY, False):
+                if batch.pop(EMPTY, False):
                     yield None
                     continue
                 if self._kwargs["pin_memory"] and torch.cuda.is_available():
@@ -248,27 +198,28 @@ class WebDatasetDataLoader(StreamState):
         stream = self.stream
         delivered, start, failed = 0, None, True
         context = self._kwargs["multiprocessing_context"]
-        self.dataset.start[0], self.dataset.start[1] = stream.epoch, stream.position if here is None else _WAITING
+        self.dataset.start[0], self.dataset.start[1] = stream.epoch, stream.position if here is None else WAITING
         self.dataset.expect_workers(self.num_workers)
         try:
             with frozen_heap(self.num_workers > 0 and forks(context)):
+                began = time.perf_counter()
                 loader = self._loader()
                 start = WorkerStart(lambda: iter(loader), context)
                 if here is not None:
-                    yield from self._until_ready(here, start)
+                    yield from self._until_ready(here, start, began)
                     plan = stream.plan()
                     if not len(plan):  # built whole here: the workers are not needed
                         return
                     self.dataset.start[1] = stream.position
                 for batch in start.get():
-                    number, skipped = batch.pop(_BATCH), batch.pop(_SKIPPED)
-                    stream.source.skips.add(*batch.pop(_SKIPS, (None, {})))
+                    number, skipped = batch.pop(BATCH), batch.pop(SKIPPED)
+                    stream.source.skips.add(*batch.pop(SKIPS, (None, {})))
                     if number != delivered:  # DataLoader returns worker outputs in order; guard anyway
                         raise RuntimeError(f"batch {number} arrived where batch {delivered} was expected")
                     delivered += 1
                     stream.skipped += int(skipped)
                     stream.position = plan.position_after(delivered)
-                    if batch.pop(_EMPTY, False):
+                    if batch.pop(EMPTY, False):
                         continue
                     yield _unwrapped(batch)
             failed = False
@@ -287,19 +238,24 @@ class WebDatasetDataLoader(StreamState):
             if start is None:
                 return
             if not handed_over:
-                self.dataset.start[1] = _STOP
+                self.dataset.start[1] = STOP
                 start.abandon()
             else:
                 start.stop()
 
-    def _until_ready(self, here: Iterator[Any], start: WorkerStart) -> Iterator[Any]:
-        """Batches built here until every worker is ready or the plan is done."""
+    def _until_ready(self, here: Iterator[Any], start: WorkerStart, began: float) -> Iterator[Any]:
+        """Batches built here until every worker is ready or the plan is done; how long the
+        workers took to start (since `began`), or had taken by then, is noted for the next
+        iteration's choice (see `_here_while_quicker`)."""
+        context = self._kwargs["multiprocessing_context"]
         while not (start.ready() and self.dataset.workers_ready()):
             batch = next(here, _DONE)
             if batch is _DONE:
+                note_startup(context, time.perf_counter() - began, finished=False)
                 return
             if batch is not None:
                 yield batch
+        note_startup(context, time.perf_counter() - began, finished=True)
         start.get()  # (raises what starting the workers raised)
 
     def _loader(self) -> torch.utils.data.DataLoader:

@@ -23,16 +23,19 @@ _lock = threading.Lock()
 _active = 0
 
 
-def forks(context: Any) -> bool:
-    """Whether DataLoader workers started with `context` (None, a start method name or a
-    multiprocessing context, as DataLoader takes it) are forked from this process."""
+def start_method(context: Any) -> str:
+    """The start method of DataLoader workers started with `context` (None, a start method name
+    or a multiprocessing context, as DataLoader takes it; None is the process's default)."""
     if context is None:
-        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
-    elif isinstance(context, str):
-        method = context
-    else:
-        method = context.get_start_method()
-    return method == "fork"
+        return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
+    if isinstance(context, str):
+        return context
+    return context.get_start_method()
+
+
+def forks(context: Any) -> bool:
+    """Whether DataLoader workers started with `context` are forked from this process."""
+    return start_method(context) == "fork"
 
 
 @contextlib.contextmanager

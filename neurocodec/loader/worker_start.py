@@ -6,6 +6,10 @@ in a thread instead, so that the training process builds batches meanwhile; unde
 created at once in the calling thread (forking from a second thread while the first runs torch
 code could copy a lock held mid-operation into the workers), and under spawn too (starting a
 spawned process only launches an interpreter: it does not wait for it).
+
+How long the workers take to start is remembered per start method (`expected_startup_s`), so
+that a loader can build a short epoch in the training process instead of starting workers that
+would be ready only after it ended.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from typing import Any, Callable
 
 import torch.utils.data
 
-from neurocodec.loader.heap import forks
+from neurocodec.loader.heap import forks, start_method
+
+DEFAULT_STARTUP_S = 2.0
+"""Seconds spawned or forkserver workers are expected to take to start before any start was seen
+in this process: each imports torch (1-3 s of CPU per process on a 2-core machine)."""
+_seen_startup_s: dict[str, float] = {}  # by start method: the last start seen in this process
 
 
 class WorkerStart:
@@ -30,7 +39,7 @@ class WorkerStart:
         self._error: BaseException | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        if forks(context) or _method(context) != "forkserver":
+        if start_method(context) != "forkserver":
             self._run()
         else:
             torch.utils.data._utils.signal_handling._set_SIGCHLD_handler()  # (only the main thread may)
@@ -72,10 +81,22 @@ class WorkerStart:
             abandon_workers(self._iterator)
 
 
-def _method(context: Any) -> str | None:
-    if context is None or isinstance(context, str):
-        return context
-    return context.get_start_method()
+def expected_startup_s(context: Any) -> float:
+    """Seconds DataLoader workers started with `context` are expected to take until every one
+    is ready: 0 under fork; else the last start seen in this process under the same method
+    (`note_startup`), or `DEFAULT_STARTUP_S` before any."""
+    if forks(context):
+        return 0.0
+    return _seen_startup_s.get(start_method(context), DEFAULT_STARTUP_S)
+
+
+def note_startup(context: Any, seconds: float, *, finished: bool) -> None:
+    """Remember a start of workers under `context` that took `seconds` (`finished`: every worker
+    became ready), or that had not finished after `seconds` (the start took longer than that)."""
+    method = start_method(context)
+    if not finished:
+        seconds = max(seconds, _seen_startup_s.get(method, DEFAULT_STARTUP_S))
+    _seen_startup_s[method] = seconds
 
 
 def abandon_workers(batches: Any) -> None:
