@@ -12,11 +12,13 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch.utils.data
 
 from loader_util import batch_ids, write_ids_dataset
 from neurocodec import create_webdataset_dataloader
@@ -240,3 +242,31 @@ def test_the_start_up_expected_is_the_last_one_seen_under_the_same_method(monkey
     assert expected("spawn") == 5.0
     note("forkserver", 0.2, finished=True)                    # the fork server was already up
     assert expected("forkserver") == 0.2
+
+
+class _Counting(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(10 ** 9))
+
+
+def _hold_and_exit(lock: Any) -> None:
+    lock.acquire()
+    os._exit(0)
+
+
+def test_abandoned_workers_are_stopped_even_when_a_dead_process_holds_their_shared_lock() -> None:
+    """A worker killed while it held the lock of torch's `done` event (its loop reads the event
+    under that lock) left torch's shutdown waiting on the lock forever: here a process takes
+    the lock and exits holding it, and abandoning the workers must still return."""
+    from neurocodec.loader.worker_start import abandon_workers
+
+    batches = iter(torch.utils.data.DataLoader(_Counting(), batch_size=None, num_workers=2,
+                                               multiprocessing_context="fork"))
+    holder = multiprocessing.get_context("fork").Process(target=_hold_and_exit,
+                                                         args=(batches._workers_done_event._cond._lock,))
+    holder.start()
+    holder.join()
+    stopped = threading.Event()
+    threading.Thread(target=lambda: (abandon_workers(batches), stopped.set()), daemon=True).start()
+    assert stopped.wait(30)
+    assert not any(worker.is_alive() for worker in batches._workers)

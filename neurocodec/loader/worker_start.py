@@ -101,18 +101,42 @@ def note_startup(context: Any, seconds: float, *, finished: bool) -> None:
 
 def abandon_workers(batches: Any) -> None:
     """Stop workers that were never handed any work, without waiting for them to finish
-    starting (a spawned one imports torch for seconds): they hold no lock and no slot yet, or
-    wait for their start. Their pids leave torch's SIGCHLD watch first, so the signal is not
-    taken for a worker that failed."""
+    starting (a spawned one imports torch for seconds): they hold no slot yet, or wait for
+    their start. Their pids leave torch's SIGCHLD watch first, so the signal is not taken for a
+    worker that failed. A worker killed here may have held a lock the processes share (torch's
+    worker loop takes the lock of its `done` event to read it), so they are closed without
+    taking any (`_close_without_locks`): torch's own shutdown would wait on such a lock forever."""
     if getattr(batches, "_worker_pids_set", False):
         torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
         batches._worker_pids_set = False
-    for process in getattr(batches, "_workers", ()):
+    workers = list(getattr(batches, "_workers", ()))
+    for process in workers:
         if process.is_alive():
             process.terminate()
-    for process in getattr(batches, "_workers", ()):
+    for process in workers:
         process.join(timeout=5)
-    stop_workers(batches)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    _close_without_locks(batches)
+
+
+def _close_without_locks(batches: Any) -> None:
+    """torch's `_shutdown_workers` for an iterator whose workers are all gone, without setting
+    the workers' `done` event (its lock may be held by a killed worker): the pin-memory thread
+    is stopped, the queues closed without waiting for their feeder threads, and the iterator
+    marked shut down, so its own shutdown does nothing later."""
+    if getattr(batches, "_shutdown", True):
+        return
+    batches._shutdown = True
+    results = batches._worker_result_queue
+    if hasattr(batches, "_pin_memory_thread"):
+        batches._pin_memory_thread_done_event.set()
+        results.put((None, None))  # wakes the thread (else it checks the event every few seconds)
+        batches._pin_memory_thread.join()
+    for queue in [results, *batches._index_queues]:
+        queue.cancel_join_thread()
+        queue.close()
 
 
 def stop_workers(batches: Any) -> None:
