@@ -293,8 +293,14 @@ def test_merging_a_dataset_into_itself_replaces_it_whole(tmp_path):
 
 # -- neurocodec convert on .npz, interrupted ------------------------------------------------------
 PAUSED_CLI = r'''
-import sys, time
+import faulthandler, signal, sys, time
 import neurocodec.dataset.writer as writer
+
+# Ctrl-C as a shell delivers it, whatever this process inherited from the test process; and its
+# stacks on SIGUSR1, for a clean-up that does not end (see interrupt_convert).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 pause_at = int(sys.argv[1])
 real = writer.WebDatasetWriter._write  # every sample goes through it (write_sample and the npz path)
@@ -335,7 +341,13 @@ def interrupt_convert(args: list[str], signum: int) -> None:
     proc.send_signal(signum)
     # Generous: the interrupted writer's clean-up fsyncs, which waits behind every dirty page of
     # the machine (a full suite on a busy 2-core machine once took over 60 s here).
-    _out, err = proc.communicate(timeout=180)
+    try:
+        _out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # its stacks to stderr, then the failure shows where it waits
+        time.sleep(1)
+        proc.kill()
+        pytest.fail(f"the interrupted writer did not exit within 180 s; its stacks:\n{proc.communicate()[1]}")
     assert proc.returncode != 0, err
 
 
