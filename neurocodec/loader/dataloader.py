@@ -57,8 +57,9 @@ class WebDatasetDataLoader(StreamState):
     this process less time to build than the workers take to start (`worker_startup_s`), they
     are not started at all (a short epoch under spawn or forkserver). An epoch finished before
     they are ready stops them without waiting for them (under forkserver, once the fork server
-    has forked them). The workers continue from where this process stopped, exactly as a loader resumed
-    there would; their batches arrive through shared-memory slots (`neurocodec.loader.slots`).
+    has forked them). The workers continue from where this process stopped, exactly as a
+    loader resumed there would; their batches arrive through shared-memory slots
+    (`neurocodec.loader.slots`).
 
     The state counts batches handed to the training loop only. Restoring works across a
     different `num_workers` and a different world size (the remaining samples of the epoch are

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch.utils.data
 
-from neurocodec.loader.heap import forks, start_method
+from neurocodec.loader.heap import start_method
 
 DEFAULT_STARTUP_S = 2.0
 """Seconds spawned or forkserver workers are expected to take to start before any start was seen
@@ -85,9 +85,8 @@ def expected_startup_s(context: Any) -> float:
     """Seconds DataLoader workers started with `context` are expected to take until every one
     is ready: 0 under fork; else the last start seen in this process under the same method
     (`note_startup`), or `DEFAULT_STARTUP_S` before any."""
-    if forks(context):
-        return 0.0
-    return _seen_startup_s.get(start_method(context), DEFAULT_STARTUP_S)
+    method = start_method(context)
+    return 0.0 if method == "fork" else _seen_startup_s.get(method, DEFAULT_STARTUP_S)
 
 
 def note_startup(context: Any, seconds: float, *, finished: bool) -> None:
